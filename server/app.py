@@ -1,0 +1,132 @@
+"""The aiohttp application: the page, signaling (``POST /offer``), SR control and ``GET /stats``.
+
+The app's registry of sessions is the only shared mutable state. Every handler answers a bad request
+with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never disturbs other sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from .config import CLIENT_DIR, ServerConfig
+from .engine import OnnxUpscaler
+from .registry import ModelInfo
+from .session import OfferError, Session, parse_offer
+
+log = logging.getLogger(__name__)
+
+SESSIONS = web.AppKey("sessions", dict)
+UPSCALER = web.AppKey("upscaler", OnnxUpscaler)
+MODEL = web.AppKey("model", ModelInfo)
+CONFIG = web.AppKey("config", ServerConfig)
+
+
+def create_app(config: ServerConfig, upscaler: OnnxUpscaler, model: ModelInfo) -> web.Application:
+    """Build the app around an already loaded model (loading it is where start-up may fail)."""
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
+    app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model
+    app[SESSIONS] = {}
+    app.router.add_get("/", index)
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/sessions/{id}/sr", set_sr)
+    app.router.add_delete("/sessions/{id}", close_session)
+    app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
+    app.on_shutdown.append(_close_all)
+    return app
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(CLIENT_DIR / "index.html")
+
+
+async def offer(request: web.Request) -> web.Response:
+    """Signaling: an SDP offer in, an answer out; the new session is registered under its id."""
+    app = request.app
+    sessions: dict[str, Session] = app[SESSIONS]
+    description, sr_enabled = parse_offer(await _read_json(request))
+    if len(sessions) >= app[CONFIG].max_sessions:
+        raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
+    session = Session(app[UPSCALER], on_closed=lambda s: sessions.pop(s.id, None),
+                      connect_timeout_s=app[CONFIG].connect_timeout_s)
+    sessions[session.id] = session
+    try:
+        answer = await session.answer(description, sr_enabled)
+    except BaseException:
+        await session.close()
+        raise
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "id": session.id})
+
+
+async def set_sr(request: web.Request) -> web.Response:
+    """Switch SR on or off for one session at runtime: ``{"enabled": bool}``."""
+    session = _session(request)
+    body = await _read_json(request)
+    enabled = body.get("enabled") if isinstance(body, dict) else None
+    if not isinstance(enabled, bool):
+        raise _error(web.HTTPBadRequest, 'expected {"enabled": true|false}')
+    session.set_sr(enabled)
+    return web.json_response({"id": session.id, "sr_enabled": session.sr_enabled})
+
+
+async def close_session(request: web.Request) -> web.Response:
+    session = _session(request)
+    await session.close()
+    return web.json_response({"id": session.id, "closed": True})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Live figures for the page and the probe: the model, and every session (or ``?id=`` one)."""
+    sessions: dict[str, Session] = request.app[SESSIONS]
+    wanted = request.query.get("id")
+    chosen = [s for s in sessions.values() if wanted in (None, s.id)]
+    return web.json_response({"model": request.app[MODEL].to_json(), "sessions": [s.stats() for s in chosen]})
+
+
+def _session(request: web.Request) -> Session:
+    session = request.app[SESSIONS].get(request.match_info["id"])
+    if session is None:
+        raise _error(web.HTTPNotFound, f"no session {request.match_info['id']!r} (closed or never opened)")
+    return session
+
+
+async def _read_json(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except json.JSONDecodeError as exc:
+        raise _error(web.HTTPBadRequest, f"body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise _error(web.HTTPBadRequest, "body is not UTF-8 text") from exc
+
+
+def _error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    return kind(text=json.dumps({"error": message}), content_type="application/json")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Turn validation errors and aiohttp's own 4xx (413 too large, 404, 405) into JSON with a message."""
+    try:
+        return await handler(request)
+    except OfferError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app[CONFIG].max_body_bytes
+        return web.json_response({"error": f"request body too large (limit {limit} bytes)"}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return web.json_response({"error": exc.reason}, status=exc.status, headers=_allow(exc))
+        raise
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+async def _close_all(app: web.Application) -> None:
+    for session in list(app[SESSIONS].values()):
+        await session.close()

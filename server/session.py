@@ -1,0 +1,169 @@
+"""One client: its peer connection, the tracks wired for it, and cleanup on every exit path.
+
+The offer's contract (see docs/PROTOCOL.md): three video m-lines, in order,
+0 = the uplink the client sends, 1 = SR on comes back (2x), 2 = SR off comes back (as received).
+A single ``sendrecv`` video m-line also works: SR on comes back on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
+
+from .engine import OnnxUpscaler
+from .fanout import FrameFanout
+from .sr_track import RawTrack, SuperResolutionTrack
+
+log = logging.getLogger(__name__)
+
+
+class OfferError(ValueError):
+    """The client's offer cannot be used; the message says why, for a 400 answer."""
+
+
+def parse_offer(body: object) -> tuple[RTCSessionDescription, bool]:
+    """Validate the JSON of ``POST /offer``: ``{"sdp": str, "type": "offer", "sr": bool (optional)}``."""
+    if not isinstance(body, dict):
+        raise OfferError('expected a JSON object {"sdp": ..., "type": "offer"}')
+    sdp, kind, sr = body.get("sdp"), body.get("type"), body.get("sr", True)
+    if kind != "offer":
+        raise OfferError(f'"type" must be "offer", got {kind!r}')
+    if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
+        raise OfferError('"sdp" must be an SDP session description starting with "v=0"')
+    if "m=video" not in sdp:
+        raise OfferError("the offer has no video m-line; send a video track")
+    if not isinstance(sr, bool):
+        raise OfferError(f'"sr" must be true or false, got {sr!r}')
+    return RTCSessionDescription(sdp=sdp, type="offer"), sr
+
+
+class Session:
+    """A receiving peer: uplink -> fanout -> (SR track, raw track) -> back to the same client."""
+
+    def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.created = time.monotonic()
+        self.pc = RTCPeerConnection()
+        self.upscaler = upscaler
+        self.fanout: FrameFanout | None = None
+        self.sr_track: SuperResolutionTrack | None = None
+        self.raw_track: RawTrack | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
+        self._blackhole = MediaBlackhole()
+        self._on_closed = on_closed
+        self._connect_timeout_s = connect_timeout_s
+        self._closing: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def answer(self, offer: RTCSessionDescription, sr_enabled: bool = True) -> RTCSessionDescription:
+        """Apply the offer, wire the return tracks, and produce the answer; raises :class:`OfferError`."""
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except Exception as exc:  # aiortc raises ValueError, InvalidAccessError, OperationError...
+            raise OfferError(f"cannot apply the offer: {str(exc) or type(exc).__name__}") from exc
+        uplink, sr_out, raw_out = self._transceivers()
+        if self.fanout is None:
+            raise OfferError("the uplink m-line does not send video (its direction must be sendonly or sendrecv)")
+        self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled)
+        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink)
+        if raw_out is not None:
+            self.raw_track = RawTrack(self.fanout.subscribe())
+            _send(raw_out, self.raw_track, keep_receiving=False)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self._blackhole.start()
+        self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
+        log.info("session %s: answered (%d video m-lines, sr=%s)", self.id, 3 if raw_out else 1, sr_enabled)
+        return self.pc.localDescription
+
+    def set_sr(self, enabled: bool) -> None:
+        if self.sr_track is not None:
+            self.sr_track.enabled = enabled
+        log.info("session %s: SR %s", self.id, "on" if enabled else "off")
+
+    @property
+    def sr_enabled(self) -> bool:
+        return self.sr_track is not None and self.sr_track.enabled
+
+    def close(self) -> asyncio.Task[None]:
+        """Idempotent: the first caller starts the teardown, everyone gets the same task to await."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._teardown())
+        return self._closing
+
+    def stats(self) -> dict:
+        sr = self.sr_track.stats() if self.sr_track else {}
+        raw = self.raw_track.stats() if self.raw_track else None
+        fanout = self.fanout
+        return {
+            "id": self.id,
+            "state": self.pc.connectionState,
+            "age_s": round(time.monotonic() - self.created, 1),
+            "sr_enabled": self.sr_enabled,
+            "upscaler": sr.get("upscaler"),
+            "frames_in": fanout.frames if fanout else 0,
+            "fps_in": fanout.fps.rate() if fanout else 0.0,
+            "input": {"width": fanout.width if fanout else 0, "height": fanout.height if fanout else 0},
+            "frames_out": sr.get("frames_out", 0),
+            "fps_out": sr.get("fps", 0.0),
+            "output": {"width": sr.get("width", 0), "height": sr.get("height", 0)},
+            "skipped": sr.get("skipped", 0),
+            "sr_ms": sr.get("sr_ms"),
+            "streams": {"sr": sr, "raw": raw},
+        }
+
+    def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver, RTCRtpTransceiver | None]:
+        video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
+        if len(video) == 3:
+            return video[0], video[1], video[2]
+        if len(video) == 1 and video[0]._offerDirection == "sendrecv":
+            return video[0], video[0], None
+        raise OfferError(
+            f"the offer has {len(video)} video m-lines; expected 3 (0: uplink sendonly, 1: SR on recvonly, "
+            "2: SR off recvonly) or 1 (sendrecv: SR on comes back on it)"
+        )
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self.fanout is None:
+            self.fanout = FrameFanout(track)
+        else:
+            self._blackhole.addTrack(track)  # audio or a second video: drain it so nothing queues up
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("session %s: connection %s", self.id, state)
+        if state in ("failed", "closed"):
+            self.close()
+
+    async def _close_if_never_connected(self) -> None:
+        await asyncio.sleep(self._connect_timeout_s)
+        if self.pc.connectionState != "connected":
+            log.warning("session %s: not connected after %.0f s, closing", self.id, self._connect_timeout_s)
+            self.close()
+
+    async def _teardown(self) -> None:
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+        for track in (self.sr_track, self.raw_track):
+            if track is not None:
+                track.stop()
+        if self.fanout is not None:
+            await self.fanout.stop()
+        await self._blackhole.stop()
+        await self.pc.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("session %s: closed", self.id)
+        self._on_closed(self)
+
+
+def _send(transceiver: RTCRtpTransceiver, track: MediaStreamTrack, keep_receiving: bool) -> None:
+    transceiver.sender.replaceTrack(track)
+    transceiver.direction = "sendrecv" if keep_receiving else "sendonly"
