@@ -43,7 +43,8 @@ def assemble(y: np.ndarray, u: np.ndarray, v: np.ndarray, like: av.VideoFrame) -
     for index, data in enumerate((y, u, v)):
         plane_view(out, index)[:] = data
     out.pts = like.pts
-    out.time_base = like.time_base
+    if like.time_base is not None:
+        out.time_base = like.time_base
     return out
 
 
@@ -55,7 +56,9 @@ def as_yuv420p(frame: av.VideoFrame) -> av.VideoFrame:
     if width < 2 or height < 2:
         raise ValueError(f"frame too small to upscale: {frame.width}x{frame.height}")
     converted = frame.reformat(width=width, height=height, format="yuv420p")
-    converted.pts, converted.time_base = frame.pts, frame.time_base
+    converted.pts = frame.pts
+    if frame.time_base is not None:
+        converted.time_base = frame.time_base
     return converted
 
 

@@ -1,0 +1,70 @@
+"""Signaling errors get clear 4xx answers, and the server keeps serving afterwards."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.app import create_app
+from server.config import ConfigError, ServerConfig
+from server.registry import describe
+
+
+@pytest.fixture
+async def client(upscaler, default_model_path):
+    config = ServerConfig(port=0, max_body_bytes=16 * 1024)
+    app = create_app(config, upscaler, describe(str(default_model_path)))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def expect_error(response, status: int, fragment: str) -> None:
+    assert response.status == status, await response.text()
+    body = await response.json()
+    assert fragment in body["error"], body
+
+
+async def test_malformed_json_is_a_400(client):
+    await expect_error(await client.post("/offer", data=b"{not json"), 400, "not valid JSON")
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ([1, 2], "JSON object"),
+        ({"sdp": "v=0\r\n", "type": "answer"}, '"type" must be "offer"'),
+        ({"sdp": "hello", "type": "offer"}, "SDP"),
+        ({"sdp": 42, "type": "offer"}, "SDP"),
+        ({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n", "type": "offer"}, "no video"),
+        ({"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}, "cannot apply the offer"),
+        ({"sdp": "v=0\r\nm=video 9\r\n", "type": "offer", "sr": "yes"}, '"sr" must be'),
+    ],
+)
+async def test_a_body_that_is_not_an_sdp_offer_is_a_400(client, body, fragment):
+    await expect_error(await client.post("/offer", json=body), 400, fragment)
+
+
+async def test_an_oversized_body_is_a_413_and_the_server_keeps_serving(client):
+    await expect_error(await client.post("/offer", data=b"x" * 64 * 1024), 413, "too large")
+    response = await client.get("/stats")
+    assert response.status == 200
+    assert (await response.json())["sessions"] == []
+
+
+async def test_unknown_session_and_bad_sr_switch(client):
+    await expect_error(await client.post("/sessions/nope/sr", json={"enabled": False}), 404, "no session")
+    await expect_error(await client.delete("/sessions/nope"), 404, "no session")
+
+
+async def test_the_page_and_its_assets_are_served(client):
+    page = await client.get("/")
+    assert page.status == 200 and "<video" in await page.text()
+    script = await client.get("/static/app.js")
+    assert script.status == 200
+
+
+def test_out_of_range_settings_are_refused():
+    with pytest.raises(ConfigError, match="port"):
+        ServerConfig(port=70000)
+    with pytest.raises(ConfigError, match="threads"):
+        ServerConfig(threads=0)

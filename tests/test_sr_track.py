@@ -1,0 +1,84 @@
+"""The SR track behind a consumer slower than the source: the newest frame wins, skips are counted."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from server.fanout import FrameFanout
+from server.sr_track import RawTrack, SuperResolutionTrack
+
+from .conftest import photo_frame
+
+
+class FastSource(MediaStreamTrack):
+    """Real frames at a fixed pace, far faster than the consumer takes them; pts counts frames."""
+
+    kind = "video"
+
+    def __init__(self, total: int, interval_s: float) -> None:
+        super().__init__()
+        self.frames = [photo_frame(320, 180, index=i) for i in range(4)]
+        self.total, self.interval_s, self.sent = total, interval_s, 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.sent >= self.total:
+            raise MediaStreamError
+        await asyncio.sleep(self.interval_s)
+        frame = self.frames[self.sent % 4].reformat()  # a fresh frame object per send
+        frame.pts, frame.time_base = self.sent, self.frames[0].time_base
+        self.sent += 1
+        return frame
+
+
+async def test_slow_consumer_gets_newest_frames_and_skips_are_counted(upscaler):
+    source = FastSource(total=120, interval_s=0.005)
+    fanout = FrameFanout(source)
+    with ThreadPoolExecutor(1) as executor:
+        sr = SuperResolutionTrack(fanout.subscribe(), upscaler, executor)
+        raw = RawTrack(fanout.subscribe())
+        seen = []
+        for _ in range(6):
+            frame = await sr.recv()
+            seen.append(frame.pts)
+            assert (frame.width, frame.height) == (640, 360)
+            lag = source.sent - 1 - frame.pts
+            assert lag <= 3, f"SR sent frame {frame.pts} while the source was at {source.sent - 1}"
+            await asyncio.sleep(0.06)  # the consumer is ~12x slower than the source
+        await fanout.stop()
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert sr.slot.skipped >= source.sent - len(seen) - 2
+    assert sr.slot.received == fanout.frames
+    stats = sr.stats()
+    assert stats["frames_out"] == 6 and stats["skipped"] == sr.slot.skipped and stats["sr_ms"]["p50"] > 0
+    # The raw twin was never read, so all it ever held was the newest frame.
+    assert raw.slot.skipped == fanout.frames - 1
+
+
+async def test_sr_off_sends_bicubic_at_the_same_size(upscaler):
+    source = FastSource(total=3, interval_s=0.001)
+    fanout = FrameFanout(source)
+    with ThreadPoolExecutor(1) as executor:
+        sr = SuperResolutionTrack(fanout.subscribe(), upscaler, executor, enabled=False)
+        frame = await sr.recv()
+        assert (frame.width, frame.height) == (640, 360)
+        assert sr.stats()["upscaler"] == "bicubic"
+        await fanout.stop()
+
+
+async def test_the_track_ends_when_the_source_ends(upscaler):
+    source = FastSource(total=2, interval_s=0.001)
+    fanout = FrameFanout(source)
+    raw = RawTrack(fanout.subscribe())
+    await asyncio.sleep(0.05)
+    await raw.recv()  # the newest of the two
+    try:
+        await asyncio.wait_for(raw.recv(), timeout=2)
+    except MediaStreamError:
+        pass
+    else:
+        raise AssertionError("recv() after the source ended should raise MediaStreamError")
