@@ -110,10 +110,15 @@ def server_url(tmp_path_factory):
 
 
 @pytest.fixture
-def page(sync_playwright_api, server_url):
+def open_page(sync_playwright_api, server_url):
+    """A factory: a fresh headless Chromium (extra command-line flags allowed) and one page in it."""
     with sync_playwright_api() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
+        browsers = []
+
+        def _open(extra_args: tuple[str, ...] = ()):
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                         args=CHROMIUM_ARGS + list(extra_args))
+            browsers.append(browser)
             context = browser.new_context(viewport={"width": 1440, "height": 900})
             page = context.new_page()
             page.set_default_timeout(MEDIA_TIMEOUT_MS)
@@ -121,9 +126,18 @@ def page(sync_playwright_api, server_url):
             page.on("console", lambda m: messages.append(f"console.{m.type}: {m.text}"))
             page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
             page.messages = messages
-            yield page
+            return page
+
+        try:
+            yield _open
         finally:
-            browser.close()
+            for browser in browsers:
+                browser.close()
+
+
+@pytest.fixture
+def page(open_page):
+    return open_page()
 
 
 VIDEO_STATE_JS = """
@@ -250,3 +264,24 @@ def test_offer_errors_are_shown_on_the_page(page, server_url):
     assert "synthetic test error" in page.locator("#status").text_content()
     assert page.evaluate("() => window.srtcState.connected") is False
     assert page.locator("#start").is_enabled()
+
+
+def test_camera_source_with_a_fake_camera(open_page, server_url):
+    """The Camera option: getUserMedia at 640x360 (Chromium's fake camera) goes the same way round."""
+    page = open_page(("--use-fake-device-for-media-stream",))
+    page.goto(server_url + "/")
+    page.select_option("#source", "camera")
+    page.click("#start")
+    try:
+        page.wait_for_function("() => window.srtcState && window.srtcState.connected === true",
+                               timeout=MEDIA_TIMEOUT_MS)
+        raw = _wait_playing(page, "video-raw")
+        sr = _wait_playing(page, "video-sr")
+    except Exception:
+        pytest.fail("media did not flow from the fake camera:\n" + _context(page))
+    assert (raw["w"], raw["h"]) == (640, 360), raw
+    assert (sr["w"], sr["h"]) == (1280, 720), sr
+    with page.expect_response(lambda r: r.request.method == "DELETE") as response_info:
+        page.click("#stop")
+    assert response_info.value.ok
+    assert not [m for m in page.messages if m.startswith("pageerror")], page.messages
