@@ -318,7 +318,7 @@ class NumberedTrack(VideoStreamTrack):
         now = time.monotonic()
         if self._next is None:
             self._next = now
-        if self.first_time is not None and now - self.first_time >= self.duration_s:
+        if self.first_time is not None and self._next - self.first_time > self.duration_s - self.period / 2:
             self.done.set()
             await asyncio.Event().wait()  # sending is over; aiortc cancels this on close
         wait = self._next - now

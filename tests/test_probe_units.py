@@ -309,3 +309,12 @@ async def test_arrival_watch_maps_pts_back_to_the_marker_packet() -> None:
     assert watch.arrival_of(3000) is not None
     assert watch.arrival_of(3000) is None  # each frame once
     assert watch.arrival_of(None) is None
+
+
+async def test_numbered_track_stops_after_its_duration(small_source: probe.Source) -> None:
+    track = probe.NumberedTrack(small_source, fps=50.0, duration_s=0.1)
+    for _ in range(5):
+        await track.recv()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(track.recv(), 0.2)
+    assert track.done.is_set() and track.count == 5
