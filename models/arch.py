@@ -1,0 +1,95 @@
+"""The generator: a Y-only x2 network that works at quarter resolution.
+
+Why this shape: onnxruntime on 2 CPU threads spends its time per output pixel of each conv,
+so wide convs on few pixels beat narrow convs on many. The LR luma is pixel-unshuffled by 2
+(4 channels at H/2 x W/2), a short stack of 3x3 convs runs there, and the last conv emits the
+16 sub-pixels of each 4x4 HR block, which a pixel shuffle by 4 lays out at 2H x 2W.
+
+Global residual: each 4x4 HR block starts from the nearest-neighbour upsampling of its LR
+pixels (a fixed channel gather before the shuffle, almost free), so the convs learn detail only.
+
+Activations are LeakyReLU(0.1): with plain ReLU this small net lost most of its units early in
+training (dead ReLUs; Set5 stuck near nearest-neighbour quality), and onnxruntime fuses
+LeakyRelu into the conv as it does Relu (PReLU is not fused and cost ~60% more time).
+The conv stack sees the input shifted by -0.5 (zero-mean-ish), which kept training stable at
+learning rates of 3e-3..5e-3 where the unshifted net diverged to a poor solution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEGATIVE_SLOPE = 0.1
+
+
+def _nearest_index() -> torch.Tensor:
+    """For each of the 16 output sub-pixel channels, the unshuffled LR channel it repeats.
+
+    Output channel ``4*i + j`` is HR pixel (i, j) of a 4x4 block; it lies over LR pixel
+    (i // 2, j // 2) of the 2x2 LR block, which is unshuffled channel ``2*(i//2) + j//2``.
+    """
+    return torch.tensor([2 * (i // 2) + j // 2 for i in range(4) for j in range(4)])
+
+
+class QuarterResSR(nn.Module):
+    """x2 luma SR: unshuffle 2 -> conv stack at quarter resolution -> shuffle 4, plus nearest residual.
+
+    Input [N,1,H,W] in 0..1, output [N,1,2H,2W]. Odd H or W are padded by replication and the
+    output is cropped back, so any size works (the deployed 640x360 needs no padding).
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16)) -> None:
+        """``widths``: output channels of the head and body convs; multiples of 16 suit
+        onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32)."""
+        super().__init__()
+        self.widths = tuple(widths)
+        self.head = nn.Conv2d(4, widths[0], 3, padding=1)
+        self.body = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.tail = nn.Conv2d(widths[-1], 16, 3, padding=1)
+        self.register_buffer("nearest_index", _nearest_index(), persistent=False)
+        # Start as plain nearest upsampling: the detail branch begins near zero.
+        nn.init.zeros_(self.tail.bias)
+        with torch.no_grad():
+            self.tail.weight.mul_(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+        lr4 = F.pixel_unshuffle(x, 2)
+        f = F.leaky_relu(self.head(lr4 - 0.5), NEGATIVE_SLOPE)
+        for conv in self.body:
+            f = F.leaky_relu(conv(f), NEGATIVE_SLOPE)
+        sub = self.tail(f) + lr4.index_select(1, self.nearest_index)
+        return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameter count (what the 20k budget limits)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_macs(model: nn.Module, height: int = 360, width: int = 640) -> int:
+    """Multiply-accumulates of the convolutions for one [1,1,height,width] input."""
+    macs = 0
+
+    def hook(mod: nn.Conv2d, _inp: tuple, out: torch.Tensor) -> None:
+        nonlocal macs
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+        macs += out.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, height, width))
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
+
+
+def build(config: dict | None = None) -> QuarterResSR:
+    """Make the generator from a checkpoint's config dict (so checkpoints rebuild themselves)."""
+    return QuarterResSR(**(config or {}))

@@ -1,0 +1,125 @@
+"""Export a trained checkpoint to ONNX under the contract, verify it, and list it in the manifest.
+
+``python -m models.export --ckpt models/runs/NAME/best.pt --name NAME --out models/NAME.onnx [--default]``
+
+Contract: input "lr" float32 [1,1,H,W] (luma/255), output "sr" float32 [1,1,2H,2W], H and W
+dynamic, opset 17, legacy (TorchScript) exporter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from models.arch import build, count_macs, count_params
+from models.manifest import MANIFEST_PATH
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+TOLERANCE = 1e-4
+
+
+def export_onnx(model: nn.Module, path: str | Path) -> None:
+    """Write ``model`` as ONNX with the contract's names, dynamic H/W and opset."""
+    model = model.eval().cpu()
+    dummy = torch.rand(1, 1, 64, 96)
+    torch.onnx.export(
+        model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+        input_names=["lr"], output_names=["sr"],
+        dynamic_axes={"lr": {2: "h", 3: "w"}, "sr": {2: "h2", 3: "w2"}},
+    )
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def max_abs_diff(model: nn.Module, path: str | Path,
+                 sizes: tuple[tuple[int, int], ...] = ((64, 96), (37, 51), (360, 640))) -> float:
+    """Largest |onnxruntime - torch| over random inputs of several sizes (odd ones included)."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    model = model.eval().cpu()
+    for h, w in sizes:
+        x = torch.rand(1, 1, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = sess.run(["sr"], {"lr": x.numpy()})[0]
+        if out.shape != (1, 1, 2 * h, 2 * w):
+            raise ValueError(f"ONNX output shape {out.shape} for input {(1, 1, h, w)}")
+        worst = max(worst, float(np.abs(out - ref).max()))
+    return worst
+
+
+def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the generator stored in a training checkpoint; returns (model, checkpoint)."""
+    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+    model = build(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MANIFEST_PATH) -> None:
+    """Add or replace ``name`` in the manifest; it becomes default if asked or if none is set."""
+    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    manifest.setdefault("models", {})[name] = entry
+    if make_default or manifest.get("default") not in manifest["models"]:
+        manifest["default"] = name
+    ordered = {"default": manifest["default"], "models": manifest["models"]}
+    path.write_text(json.dumps(ordered, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", required=True, help="training checkpoint (.pt)")
+    ap.add_argument("--name", required=True, help="model name in the manifest")
+    ap.add_argument("--out", help="ONNX path (default models/NAME.onnx)")
+    ap.add_argument("--description", default="", help="manifest description")
+    ap.add_argument("--default", action="store_true", help="make this the manifest default")
+    ap.add_argument("--no-manifest", action="store_true", help="only export and check")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    out = Path(args.out) if args.out else MANIFEST_PATH.parent / f"{args.name}.onnx"
+    model, ckpt = load_checkpoint_model(args.ckpt)
+    export_onnx(model, out)
+    diff = max_abs_diff(model, out)
+    log.info("exported %s; max |onnxruntime - torch| = %.2e", out, diff)
+    if diff >= TOLERANCE:
+        raise SystemExit(f"ONNX output differs from torch by {diff:.2e} (>= {TOLERANCE})")
+    if args.no_manifest:
+        return
+
+    try:
+        file = out.resolve().relative_to(MANIFEST_PATH.parent)
+    except ValueError as err:
+        raise SystemExit(f"--out must lie inside {MANIFEST_PATH.parent} to be listed") from err
+    export_cmd = "python -m models.export " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    train_cmd = ckpt.get("command", "")
+    params = count_params(model)
+    entry = {
+        "file": file.as_posix(),
+        "kind": "fidelity",
+        "precision": "fp32",
+        "params": params,
+        "scale": 2,
+        "description": args.description or (
+            f"Y-only x2 {type(model).__name__} {ckpt['config']}, {params} params, "
+            f"{count_macs(model) / 1e9:.2f} GMAC at 640x360"),
+        "command": f"{train_cmd} && {export_cmd}" if train_cmd else export_cmd,
+    }
+    update_manifest(args.name, entry, args.default)
+    log.info("manifest %s: %s%s", MANIFEST_PATH, args.name, " (default)" if args.default else "")
+
+
+if __name__ == "__main__":
+    main()

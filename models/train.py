@@ -1,0 +1,181 @@
+"""Train the x2 luma generator on random patches, validating PSNR-Y on Set5.
+
+``python -m models.train --data ../shared/data/train --out models/runs/NAME --steps N --seed S [--resume]``
+
+Writes ``last.pt`` (every ``--save-every`` steps and at the end; ``--resume`` continues from it
+with the same data order) and ``best.pt`` (best validation PSNR-Y) into ``--out``.
+L1 (or Charbonnier) loss, Adam, cosine learning-rate decay to ``--min-lr``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from models.arch import build, count_macs, count_params
+from models.data import PatchPairs
+from models.evaluate import evaluate, load_samples
+
+log = logging.getLogger(__name__)
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Smooth L1 variant: behaves like L1 away from zero, differentiable at zero."""
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier}
+
+
+def cosine_lr(step: int, total: int, peak: float, floor: float) -> float:
+    """Cosine decay from ``peak`` at step 0 to ``floor`` at ``total``."""
+    t = min(step / max(total, 1), 1.0)
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * t))
+
+
+def torch_upscaler(model: torch.nn.Module, device: torch.device):
+    """Wrap the torch model in the evaluation's uint8-luma -> 0..1 interface."""
+
+    @torch.no_grad()
+    def run(lr_y: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(lr_y.astype(np.float32) / 255.0)[None, None].to(device)
+        return model(x)[0, 0].float().cpu().numpy()
+
+    return run
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/train", help="folder of HR training images (searched recursively)")
+    ap.add_argument("--val", default="../shared/data/benchmarks/Set5", help="validation folder ('' to skip)")
+    ap.add_argument("--out", required=True, help="run folder for checkpoints")
+    ap.add_argument("--steps", type=int, required=True, help="total optimisation steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--widths", type=parse_widths, default=(32, 32, 16, 16), help="conv widths, e.g. 32,32,16,16")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    ap.add_argument("--min-lr", type=float, default=1e-5)
+    ap.add_argument("--loss", choices=sorted(LOSSES), default="l1")
+    ap.add_argument("--val-every", type=int, default=2000)
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--limit-images", type=int, default=None, help="use only the first N images (tests)")
+    return ap
+
+
+def save(path: Path, **state) -> None:
+    """Write atomically so an interrupted save never corrupts the resume point."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(args: argparse.Namespace, command: str = "") -> dict:
+    """Run (or resume) training; returns a summary with the final loss and best PSNR."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    config = {"widths": list(args.widths)}
+    model = build(config).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    rng = np.random.default_rng(args.seed)
+    step, best, elapsed = 0, -math.inf, 0.0
+    if args.resume and (out / "last.pt").is_file():
+        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        if ckpt["config"] != config:
+            raise SystemExit(f"--widths {config} differs from the checkpoint's {ckpt['config']}")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
+        command = ckpt.get("command", command)
+        log.info("resumed from %s at step %d", out / "last.pt", step)
+    elif args.resume:
+        log.info("no %s yet; starting fresh", out / "last.pt")
+
+    log.info("%s %s: %d params, %.2f GMAC at 640x360, device %s", type(model).__name__, config,
+             count_params(model), count_macs(model) / 1e9, device)
+    data = PatchPairs(args.data, args.patch, args.limit_images)
+    val = load_samples(args.val) if args.val else []
+    loss_fn = LOSSES[args.loss]
+
+    def state() -> dict:
+        return {"config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
+                "command": command, "args": vars(args)}
+
+    def validate() -> float:
+        model.eval()
+        psnr = evaluate(val, torch_upscaler(model, device))["model"]
+        model.train()
+        return psnr
+
+    losses: list[float] = []
+    first_loss = None
+    t0 = time.perf_counter()
+    model.train()
+    with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="train", unit="step",
+                                       dynamic_ncols=True) as bar:
+        while step < args.steps:
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, args.steps, args.lr, args.min_lr)
+            lr_b, hr_b = data.sample(args.batch, rng)
+            loss = loss_fn(model(lr_b.to(device)), hr_b.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            first_loss = losses[0] if first_loss is None else first_loss
+            bar.update(1)
+            if step % 20 == 0 or step == args.steps:
+                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+            if val and (step % args.val_every == 0 or step == args.steps):
+                psnr = validate()
+                if psnr > best:
+                    best = psnr
+                    save(out / "best.pt", **state())
+                log.info("step %d: loss %.5f, %s PSNR-Y %.3f dB (best %.3f)", step,
+                         np.mean(losses[-args.val_every:]), Path(args.val).name, psnr, best)
+            if step % args.save_every == 0 or step == args.steps:
+                save(out / "last.pt", **state())
+    wall = elapsed + time.perf_counter() - t0
+    if not val:
+        save(out / "best.pt", **state())
+    log.info("done: %d steps, %.1f min wall in total, best PSNR-Y %.3f dB", step, wall / 60, best)
+    return {"first_loss": first_loss, "last_loss": float(np.mean(losses[-20:])) if losses else None,
+            "best_psnr": best, "steps": step, "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    command = "python -m models.train " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
+    train(args, command)
+
+
+if __name__ == "__main__":
+    main()
