@@ -671,6 +671,17 @@ async def wait_connected(pc: RTCPeerConnection, timeout_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def wait_sent(pc: RTCPeerConnection, uplink: NumberedTrack, timeout_s: float) -> None:
+    """Wait until the uplink has sent its frames; a lost connection or a stall is a ProbeError."""
+    deadline = time.monotonic() + timeout_s
+    while not uplink.done.is_set():
+        if pc.connectionState in ("failed", "closed"):
+            raise ProbeError(f"peer connection {pc.connectionState} after {uplink.count} frames were sent")
+        if time.monotonic() > deadline:
+            raise ProbeError(f"sending did not finish: {uplink.count} frames sent in {timeout_s:g} s")
+        await asyncio.sleep(0.1)
+
+
 async def log_progress(uplink: NumberedTrack, streams: dict[str, StreamStats]) -> None:
     """Once a second: frames sent and received, so a stalled run is visible while it runs."""
     while True:
@@ -727,11 +738,9 @@ async def run_probe(
             await wait_connected(pc, connect_timeout_s)
             log.info("connected (session %s), sending for %g s", session_id, seconds)
             tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
-            await asyncio.wait_for(uplink.done.wait(), timeout=seconds + connect_timeout_s)
+            await wait_sent(pc, uplink, seconds + connect_timeout_s)
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id)
-        except asyncio.TimeoutError as exc:
-            raise ProbeError(f"sending did not finish: {uplink.count} frames sent before the time ran out") from exc
         finally:
             await pc.close()
             for task in tasks:
