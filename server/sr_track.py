@@ -2,7 +2,10 @@
 
 The SR track takes the newest decoded frame, upscales it in a worker thread (onnxruntime releases the
 GIL, so the event loop keeps serving signaling and RTP meanwhile) and hands it to aiortc's encoder.
-Because it pulls only when the encoder is ready, a slow stage skips frames instead of queueing them.
+It works one frame ahead: while the encoder compresses frame N, frame N+1 is being upscaled, so the
+stage costs max(SR, encode) per frame rather than their sum. It starts that next upscale just late
+enough to finish when the encoder asks (so the frame it takes is as fresh as possible), and never holds
+more than that one frame, so a slow stage skips frames instead of queueing them.
 """
 
 from __future__ import annotations
@@ -77,6 +80,44 @@ class SuperResolutionTrack(SlotTrack):
         self.sr_ms = RollingSamples()  # the upscale alone, in the worker thread
         self._bicubic = BicubicUpscaler()
         self._executor = executor
+        self._ahead: asyncio.Future[tuple[TimedFrame, av.VideoFrame]] | None = None
+        self._returned_at: float | None = None
+        self._consumer_ms = RollingSamples(30)  # how long the encoder takes between two recv() calls
+
+    async def recv(self) -> av.VideoFrame:
+        if self._returned_at is not None:
+            self._consumer_ms.add((time.monotonic() - self._returned_at) * 1000.0)
+        if self._ahead is None:
+            self._ahead = asyncio.ensure_future(self._next(delay_s=0.0))
+        try:
+            item, frame = await self._ahead
+        finally:
+            self._ahead = None
+        if self.readyState == "live":
+            # Upscale the next frame while this one is encoded, timed to finish when the encoder asks.
+            self._ahead = asyncio.ensure_future(self._next(delay_s=self._lead_delay_s()))
+        self._count(frame, item)
+        self._returned_at = time.monotonic()
+        return frame
+
+    def stop(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+        super().stop()
+
+    async def _next(self, delay_s: float) -> tuple[TimedFrame, av.VideoFrame]:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        item = await self.slot.get()
+        return item, await self.process(item)
+
+    def _lead_delay_s(self) -> float:
+        """How long to wait before taking the next frame: the encoder's time minus our own, if positive."""
+        consumer, own = self._consumer_ms.summary()["p50"], self.sr_ms.summary()["p50"]
+        if consumer is None or own is None:
+            return 0.0
+        return max(0.0, consumer - own - 2.0) / 1000.0  # 2 ms of margin for scheduling jitter
 
     async def process(self, item: TimedFrame) -> av.VideoFrame:
         upscaler = self.upscaler if self.enabled else self._bicubic
