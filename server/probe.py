@@ -404,6 +404,8 @@ class StreamStats:
     unreadable: int = 0  # no intact frame code
     unknown: int = 0  # a code for a number never sent
     repeats: int = 0  # the same number again (a frame sent back twice)
+    out_of_order: int = 0  # a number lower than one already received (frames must come back in order)
+    last_number: int = -1
     seen: set[int] = field(default_factory=set)
 
     def report(self) -> dict:
@@ -423,6 +425,7 @@ class StreamStats:
             "unreadable": self.unreadable,
             "unknown": self.unknown,
             "repeats": self.repeats,
+            "out_of_order": self.out_of_order,
             "sizes": dict(self.sizes),
         }
 
@@ -463,6 +466,9 @@ def measure_frame(
         stats.repeats += 1
         return
     stats.seen.add(number)
+    if number < stats.last_number:
+        stats.out_of_order += 1
+    stats.last_number = max(stats.last_number, number)
     stats.latencies.append((record.time, (received - record.time) * 1000.0))
     if arrived is not None:
         stats.arrival_latencies.append((arrived - record.time) * 1000.0)

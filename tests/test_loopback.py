@@ -1,0 +1,43 @@
+"""Loopback, in-process: the probe's aiortc client against the real app over 127.0.0.1.
+
+Both returned streams carry the frames the client sent, identified by the numbers embedded in their
+pixels: SR on at exactly twice the size, in increasing order, every code intact after two encodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from server.app import SESSIONS, create_app
+from server.config import ServerConfig
+from server.probe import FULL_H, FULL_W, run_probe
+from server.registry import describe
+
+
+async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upscaler, default_model_path):
+    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        report = await run_probe(f"http://127.0.0.1:{port}", seconds=4.0, fps=15.0, psnr_every=3)
+        sr, raw = report.streams["sr"], report.streams["raw"]
+        assert report.sent == 60
+        assert (sr["width"], sr["height"]) == (FULL_W, FULL_H)
+        assert (raw["width"], raw["height"]) == (FULL_W // 2, FULL_H // 2)
+        assert sr["sizes"] == {f"{FULL_W}x{FULL_H}": sr["frames"]}
+        for stream in (sr, raw):
+            assert stream["numbered"] >= 20, stream  # most frames came back with a readable number
+            assert stream["out_of_order"] == 0 and stream["repeats"] == 0 and stream["unknown"] == 0
+            assert stream["unreadable"] <= 2
+        assert report.skipped is not None and report.skipped >= 0
+        # SR output resembles the original 720p frames at least as well as bicubic of what was received.
+        assert sr["psnr_y"] > 25 and sr["psnr_y"] >= raw["psnr_y"] - 0.5
+        await asyncio.sleep(0.2)
+        assert app[SESSIONS] == {}, "the probe deletes its session; the server must forget it"
+    finally:
+        await runner.cleanup()
