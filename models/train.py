@@ -88,7 +88,7 @@ def save(path: Path, **state) -> None:
 
 
 def train(args: argparse.Namespace, command: str = "") -> dict:
-    """Run (or resume) training; returns a summary with the final loss and best PSNR."""
+    """Run (or resume) training; returns this session's losses, the best PSNR and the wall time."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -107,7 +107,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
         step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
         command = ckpt.get("command", command)
         log.info("resumed from %s at step %d", out / "last.pt", step)
@@ -133,7 +133,6 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         return psnr
 
     losses: list[float] = []
-    first_loss = None
     t0 = time.perf_counter()
     model.train()
     with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="train", unit="step",
@@ -148,7 +147,6 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
             opt.step()
             step += 1
             losses.append(loss.item())
-            first_loss = losses[0] if first_loss is None else first_loss
             bar.update(1)
             if step % 20 == 0 or step == args.steps:
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
@@ -165,8 +163,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     if not val:
         save(out / "best.pt", **state())
     log.info("done: %d steps, %.1f min wall in total, best PSNR-Y %.3f dB", step, wall / 60, best)
-    return {"first_loss": first_loss, "last_loss": float(np.mean(losses[-20:])) if losses else None,
-            "best_psnr": best, "steps": step, "wall_s": wall}
+    return {"losses": losses, "best_psnr": best, "steps": step, "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,120 @@
+"""Tests for the models package: training, export contract, shipped model, evaluation protocol.
+
+Tests that need torch skip when it is not installed (it is in the ``train`` extra); tests that
+need images skip when ``../shared/data`` (next to the repository, or $SRTC_SHARED/data) is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SRTC_SHARED", ROOT.parent / "shared")) / "data"
+SET5 = DATA / "benchmarks" / "Set5"
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed (pip install -e '.[train]')")
+needs_data = pytest.mark.skipif(not SET5.is_dir(), reason=f"shared data not found at {DATA}")
+
+
+@needs_torch
+@needs_data
+@pytest.mark.shared
+def test_short_training_lowers_loss(tmp_path: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from models import train
+    from models.arch import build
+    from models.data import PatchPairs
+
+    args = train.make_parser().parse_args([
+        "--data", str(DATA / "train" / "BSDS200"), "--val", "", "--out", str(tmp_path / "run"),
+        "--steps", "150", "--seed", "0", "--batch", "16", "--patch", "48", "--limit-images", "6",
+        "--save-every", "50"])
+    # The same fixed batch scores the initial and the trained weights, so the check is not noisy.
+    lr_b, hr_b = PatchPairs(args.data, args.patch, args.limit_images).sample(64, np.random.default_rng(123))
+    torch.manual_seed(args.seed)
+    initial = build({"widths": list(args.widths)})
+    summary = train.train(args)
+    assert summary["steps"] == len(summary["losses"]) == 150
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    trained = build(ckpt["config"])
+    trained.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        before = F.l1_loss(initial(lr_b), hr_b).item()
+        after = F.l1_loss(trained(lr_b), hr_b).item()
+    assert after < 0.97 * before, (before, after)  # about 0.95 after 150 steps
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+@needs_torch
+def test_export_matches_torch(tmp_path: Path) -> None:
+    import onnx
+    import torch
+
+    from models.arch import QuarterResSR, count_params
+    from models.export import TOLERANCE, export_onnx, max_abs_diff
+
+    torch.manual_seed(0)
+    model = QuarterResSR()
+    assert count_params(model) <= 20_000
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path)
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version == 17
+    assert [i.name for i in graph.graph.input] == ["lr"]
+    assert [o.name for o in graph.graph.output] == ["sr"]
+    assert max_abs_diff(model, path) < TOLERANCE  # includes odd sizes and 640x360
+
+
+def test_manifest_shape_and_resolve() -> None:
+    from models.manifest import MANIFEST_PATH, load_manifest, resolve
+
+    manifest = load_manifest()
+    assert set(manifest) == {"default", "models"}
+    assert manifest["default"] in manifest["models"]
+    keys = {"file", "kind", "precision", "params", "scale", "description", "command"}
+    for name, entry in manifest["models"].items():
+        assert set(entry) == keys, name
+        assert entry["scale"] == 2 and entry["params"] <= 20_000
+        assert resolve(name) == MANIFEST_PATH.parent / entry["file"]
+    assert resolve(None) == resolve(manifest["default"])
+    with pytest.raises(FileNotFoundError, match="no_such_model.onnx"):
+        resolve("no_such_model.onnx")
+
+
+@needs_data
+@pytest.mark.shared
+def test_default_model_beats_bicubic() -> None:
+    from models.evaluate import evaluate, load_samples, onnx_upscaler
+    from models.manifest import resolve
+    from models.speed import make_session
+
+    sess = make_session(resolve(None))
+    samples = load_samples(SET5)
+    x = samples[0].lr_y.astype(np.float32)[None, None] / 255.0
+    out = sess.run(None, {"lr": x})[0]
+    assert out.shape == (1, 1, 2 * x.shape[2], 2 * x.shape[3])
+    assert out.dtype == np.float32
+
+    result = evaluate(samples, onnx_upscaler(resolve(None)))
+    for row in result["images"]:
+        assert row["model"] > row["bicubic"], row
+    assert result["model"] > result["bicubic"] + 2.0
+
+
+@needs_data
+@pytest.mark.shared
+def test_bicubic_reproduces_set5_reference() -> None:
+    from models.evaluate import evaluate, load_samples
+
+    samples = load_samples(SET5)
+    bicubic = evaluate(samples, lambda lr: np.zeros((2 * lr.shape[0], 2 * lr.shape[1])))["bicubic"]
+    assert abs(bicubic - 33.66) < 0.05, bicubic
+
