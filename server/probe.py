@@ -31,6 +31,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.mediastreams import MediaStreamError
 
 from server import framecode
+from server.engine import plane_view
+from server.metrics import percentile
 
 log = logging.getLogger("server.probe")
 
@@ -56,13 +58,6 @@ class ProbeError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- pure measurements
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """q-th percentile (0..100, linear interpolation), None for no samples."""
-    if len(values) == 0:
-        return None
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
 def frame_rate(times: Sequence[float]) -> float:
@@ -434,9 +429,7 @@ def luma_plane(frame: av.VideoFrame) -> np.ndarray:
     """The Y plane of a decoded frame as a ``(height, width)`` view (converted if not yuv420p)."""
     if frame.format.name not in ("yuv420p", "yuvj420p"):
         frame = frame.reformat(format="yuv420p")
-    plane = frame.planes[0]
-    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-    return rows[:, : plane.width]
+    return plane_view(frame, 0)
 
 
 def measure_frame(
