@@ -67,3 +67,47 @@ class RateMeter:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
+
+
+class FreezeDetector:
+    """Video freezes as WebRTC's ``freezeCount`` defines them.
+
+    A gap between two rendered frames is a freeze when it is at least
+    max(3 x the average frame interval, the average interval + 150 ms); the average is taken over the
+    recent intervals before the gap (libwebrtc's VideoReceiveStream uses a similar sliding window).
+    """
+
+    def __init__(self, window: int = 30) -> None:
+        self._intervals: deque[float] = deque(maxlen=window)
+        self._last: float | None = None
+        self.freeze_count = 0
+        self.total_freezes_duration = 0.0  # seconds
+        self.longest_gap = 0.0  # seconds: the longest stall, freeze or not
+        self.frames = 0
+
+    def frame(self, t: float) -> bool:
+        """Record a frame shown at time ``t`` (seconds); True when the gap before it was a freeze."""
+        self.frames += 1
+        if self._last is None:
+            self._last = t
+            return False
+        gap = max(0.0, t - self._last)
+        self._last = t
+        self.longest_gap = max(self.longest_gap, gap)
+        frozen = False
+        if len(self._intervals) >= 3:
+            average = sum(self._intervals) / len(self._intervals)
+            if gap >= max(3.0 * average, average + 0.150):
+                self.freeze_count += 1
+                self.total_freezes_duration += gap
+                frozen = True
+        if not frozen:
+            self._intervals.append(gap)
+        return frozen
+
+    def stats(self) -> dict[str, float | int]:
+        return {
+            "freezeCount": self.freeze_count,
+            "totalFreezesDuration": round(self.total_freezes_duration, 3),
+            "longestGapMs": round(self.longest_gap * 1000.0, 1),
+        }
