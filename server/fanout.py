@@ -16,7 +16,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from .metrics import RateMeter
+from .metrics import FreezeDetector, RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class FrameFanout:
         self.width = 0
         self.height = 0
         self.fps = RateMeter()
+        self.freezes = FreezeDetector()  # on decoded frames: what the network and decoder delivered
         self._slots: list[LatestFrame] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -86,6 +87,7 @@ class FrameFanout:
                 item = TimedFrame(frame, time.monotonic())
                 self.frames += 1
                 self.fps.tick()
+                self.freezes.frame(item.arrived)
                 self.width, self.height = frame.width, frame.height
                 for slot in self._slots:
                     slot.put(item)

@@ -112,6 +112,7 @@ class Session:
             "frames_in": fanout.frames if fanout else 0,
             "fps_in": fanout.fps.rate() if fanout else 0.0,
             "input": {"width": fanout.width if fanout else 0, "height": fanout.height if fanout else 0},
+            "freezes_in": fanout.freezes.stats() if fanout else None,
             "frames_out": sr.get("frames_out", 0),
             "fps_out": sr.get("fps", 0.0),
             "output": {"width": sr.get("width", 0), "height": sr.get("height", 0)},

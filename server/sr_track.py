@@ -20,7 +20,7 @@ from aiortc import MediaStreamTrack
 
 from .engine import BicubicUpscaler, OnnxUpscaler
 from .fanout import LatestFrame, TimedFrame
-from .metrics import RateMeter, RollingSamples
+from .metrics import FreezeDetector, RateMeter, RollingSamples
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class SlotTrack(MediaStreamTrack):
         self.width = 0
         self.height = 0
         self.fps = RateMeter()
+        self.freezes = FreezeDetector()  # on frames handed to the encoder: what the viewer gets
         self.latency_ms = RollingSamples()  # arrival of the decoded frame -> handed to the encoder
 
     async def recv(self) -> av.VideoFrame:
@@ -52,7 +53,9 @@ class SlotTrack(MediaStreamTrack):
         self.frames_out += 1
         self.width, self.height = frame.width, frame.height
         self.fps.tick()
-        self.latency_ms.add((time.monotonic() - item.arrived) * 1000.0)
+        now = time.monotonic()
+        self.freezes.frame(now)
+        self.latency_ms.add((now - item.arrived) * 1000.0)
 
     def stats(self) -> dict:
         return {
@@ -62,6 +65,7 @@ class SlotTrack(MediaStreamTrack):
             "width": self.width,
             "height": self.height,
             "latency_ms": self.latency_ms.summary(),
+            "freezes": self.freezes.stats(),
         }
 
 
