@@ -32,7 +32,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from server import framecode
 from server.engine import plane_view
-from server.metrics import percentile
+from server.metrics import FreezeDetector, percentile
 
 log = logging.getLogger("server.probe")
 
@@ -402,6 +402,7 @@ class StreamStats:
     out_of_order: int = 0  # a number lower than one already received (frames must come back in order)
     last_number: int = -1
     seen: set[int] = field(default_factory=set)
+    freezes: FreezeDetector = field(default_factory=FreezeDetector)
 
     def report(self) -> dict:
         return {
@@ -422,6 +423,7 @@ class StreamStats:
             "repeats": self.repeats,
             "out_of_order": self.out_of_order,
             "sizes": dict(self.sizes),
+            "freezes": self.freezes.stats(),
         }
 
 
@@ -447,6 +449,7 @@ def measure_frame(
     key = f"{width}x{height}"
     stats.sizes[key] = stats.sizes.get(key, 0) + 1
     stats.times.append(received)
+    stats.freezes.frame(received)
     number = framecode.read(y)
     if number is None:
         stats.unreadable += 1
@@ -510,6 +513,7 @@ class ProbeReport:
     source: str
     psnr_every: int = 5
     server_session: dict | None = None
+    network: dict | None = None  # the cap, the probe's achieved send bitrate, the server's /network counters
 
     def targets(self) -> dict[str, bool]:
         """The system's acceptance targets, checked on the SR-on stream."""
@@ -525,6 +529,8 @@ class ProbeReport:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["freezes"] = {name: s.get("freezes") for name, s in self.streams.items()}
+        out["latency_ms"] = {name: s.get("latency_ms") for name, s in self.streams.items()}
         out["targets"] = self.targets()
         return _finite(out)
 
@@ -558,11 +564,23 @@ class ProbeReport:
                     f"{'':<19} to the frame's last RTP packet (before aiortc's one-frame hold and decode):"
                     f" p50 {_fmt(arrival['p50'])} / p95 {_fmt(arrival['p95'])} ms"
                 )
+            freezes = s.get("freezes") or {}
+            lines.append(
+                f"{'':<19} freezes (WebRTC freezeCount rule): {freezes.get('freezeCount')},"
+                f" {_fmt(freezes.get('totalFreezesDuration'))} s in all; longest gap {_fmt(freezes.get('longestGapMs'))} ms"
+            )
             if s["unreadable"] or s["unknown"] or s["repeats"]:
                 lines.append(
                     f"{'':<19} ({s['unreadable']} without a readable number, {s['unknown']} unknown, "
                     f"{s['repeats']} repeats)"
                 )
+        net = self.network or {}
+        if net:
+            server = net.get("server") or {}
+            lines += ["", f"network: cap {_fmt(net.get('cap_kbps'))} kbps, probe sent {_fmt(net.get('sent_kbps'))} kbps"
+                      f" ({_fmt(net.get('packets_sent'))} RTP packets)"]
+            if server:
+                lines.append(f"  server's impairment: {json.dumps(server, sort_keys=True)}")
         box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
         ref = self.psnr_reference
         lines += [
@@ -582,7 +600,7 @@ class ProbeReport:
 
 def build_report(
     url: str, session_id: str | None, uplink: NumberedTrack, fps: float, streams: dict[str, StreamStats],
-    source: Source, server_session: dict | None, psnr_every: int = 5,
+    source: Source, server_session: dict | None, psnr_every: int = 5, network: dict | None = None,
 ) -> ProbeReport:
     """Summarise the raw measurements."""
     seconds = 0.0
@@ -603,6 +621,7 @@ def build_report(
         source=source.description,
         psnr_every=psnr_every,
         server_session=server_session,
+        network=network,
     )
 
 
@@ -647,6 +666,27 @@ async def fetch_session_stats(http: aiohttp.ClientSession, url: str, session_id:
             return entry
     log.warning("session %s not in GET /stats (%d sessions listed)", session_id, len(sessions))
     return None
+
+
+async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, uplink: NumberedTrack) -> dict:
+    """The cap the server announced, the bitrate the probe's encoder achieved, the server's link counters."""
+    report: dict = {"cap_kbps": None, "sent_kbps": None, "packets_sent": None, "server": None}
+    try:
+        async with http.get(url.rstrip("/") + "/network") as resp:
+            if resp.status < 400:
+                report["server"] = await resp.json(content_type=None)
+                settings = report["server"].get("settings", report["server"]) if isinstance(report["server"], dict) else {}
+                report["cap_kbps"] = settings.get("kbps") or None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        log.warning("GET /network failed: %s", exc)
+    sender = pc.getTransceivers()[0].sender
+    for stat in (await sender.getStats()).values():
+        if stat.type == "outbound-rtp":
+            span = (uplink.last_time or 0.0) - (uplink.first_time or 0.0)
+            report["packets_sent"] = stat.packetsSent
+            if span > 0:
+                report["sent_kbps"] = _r(stat.bytesSent * 8 / span / 1000.0, 1)
+    return report
 
 
 async def delete_session(http: aiohttp.ClientSession, url: str, session_id: str) -> None:
@@ -709,6 +749,7 @@ async def run_probe(
     tasks: list[asyncio.Task] = []
     session_id: str | None = None
     server_session: dict | None = None
+    network: dict | None = None
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -740,6 +781,7 @@ async def run_probe(
             await wait_sent(pc, uplink, seconds + connect_timeout_s)
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id)
+            network = await network_report(http, url, pc, uplink)
         finally:
             await pc.close()
             for task in tasks:
@@ -747,7 +789,7 @@ async def run_probe(
             await asyncio.gather(*tasks, return_exceptions=True)
             if session_id is not None:
                 await delete_session(http, url, session_id)
-    return build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every)
+    return build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
 
 
 # --------------------------------------------------------------------------- helpers and CLI
