@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from aiortc import RTCRtpReceiver
-from aiortc.rtcp import RTCP_PSFB_APP, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
 from aiortc.rtp import pack_remb_fci, unpack_remb_fci
 
 log = logging.getLogger(__name__)
