@@ -94,6 +94,25 @@ def psnr_y(
     return float("inf") if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
+def recovery_after(times: Sequence[float], change_at: float, fps: float) -> dict[str, float | int | None]:
+    """How the stream behaved after a network change at ``change_at`` (monotonic seconds).
+
+    ``recovery_ms``: from the change to the first received frame after which no gap between frames
+    exceeds the freeze threshold at the sent rate (max(3 / fps, 1 / fps + 0.15) s); None if it never
+    settles. Also the frame rate over the time after the change plus one second.
+    """
+    threshold = max(3.0 / fps, 1.0 / fps + 0.150)
+    after = [t for t in times if t >= change_at]
+    long_gaps = [b for a, b in zip(after, after[1:]) if b - a >= threshold]
+    settled_at = long_gaps[-1] if long_gaps else (after[0] if after else None)
+    late = [t for t in after if t >= change_at + 1.0]
+    return {
+        "recovery_ms": _r((settled_at - change_at) * 1000.0) if settled_at is not None else None,
+        "frames_after": len(after),
+        "fps_from_1s_after": _r(frame_rate(late)),
+    }
+
+
 def latency_summary(
     samples: Sequence[tuple[float, float]], window_s: float = GROWTH_WINDOW_S
 ) -> dict[str, float | None]:
@@ -581,6 +600,12 @@ class ProbeReport:
                       f" ({_fmt(net.get('packets_sent'))} RTP packets)"]
             if server:
                 lines.append(f"  server's impairment: {json.dumps(server, sort_keys=True)}")
+            change = net.get("change")
+            if change:
+                lines.append(f"  network changed to {change['settings']} after {change['after_s']:g} s:")
+                for name, rec in change["streams"].items():
+                    lines.append(f"    {name}: back to a freeze-free stream {_fmt(rec['recovery_ms'])} ms after the change;"
+                                 f" {_fmt(rec['fps_from_1s_after'])} fps from 1 s after it")
         box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
         ref = self.psnr_reference
         lines += [
@@ -668,6 +693,18 @@ async def fetch_session_stats(http: aiohttp.ClientSession, url: str, session_id:
     return None
 
 
+async def change_network(http: aiohttp.ClientSession, url: str, after_s: float, settings: dict) -> float | None:
+    """POST /network ``settings`` after ``after_s`` seconds of sending; the monotonic time it took effect."""
+    await asyncio.sleep(after_s)
+    async with http.post(url.rstrip("/") + "/network", json=settings) as resp:
+        body = await resp.text()
+        if resp.status >= 400:
+            log.error("POST /network %s answered %d: %s", settings, resp.status, _error_text(body))
+            return None
+    log.info("network changed to %s", settings)
+    return time.monotonic()
+
+
 async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, uplink: NumberedTrack) -> dict:
     """The cap the server announced, the bitrate the probe's encoder achieved, the server's link counters."""
     report: dict = {"cap_kbps": None, "sent_kbps": None, "packets_sent": None, "server": None}
@@ -737,6 +774,7 @@ async def run_probe(
     psnr_every: int = 5,
     grace_s: float = 1.5,
     connect_timeout_s: float = 20.0,
+    network_change: tuple[float, dict] | None = None,
 ) -> ProbeReport:
     """Connect to the server, send numbered frames for ``seconds``, and measure both returned streams.
 
@@ -778,10 +816,17 @@ async def run_probe(
             await wait_connected(pc, connect_timeout_s)
             log.info("connected (session %s), sending for %g s", session_id, seconds)
             tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
+            if network_change is not None:
+                change = asyncio.ensure_future(change_network(http, url, *network_change))
+                tasks.append(change)
             await wait_sent(pc, uplink, seconds + connect_timeout_s)
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id)
             network = await network_report(http, url, pc, uplink)
+            if network_change is not None and change.done() and not change.cancelled() and change.result():
+                changed_at = change.result()
+                network["change"] = {"after_s": network_change[0], "settings": network_change[1],
+                                     "streams": {n: recovery_after(st.times, changed_at, fps) for n, st in streams.items()}}
         finally:
             await pc.close()
             for task in tasks:
@@ -845,10 +890,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", default=None, help="video file, image or folder of images (default: Big Buck Bunny)")
     parser.add_argument("--psnr-every", type=int, default=5, help="PSNR on every Nth source frame")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--network-change", metavar="SECONDS:JSON", default=None,
+                        help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1:
         parser.error("need --seconds > 0, --fps in 1..120 and --psnr-every >= 1")
+    if args.network_change is not None:
+        when, _, body = args.network_change.partition(":")
+        try:
+            args.network_change = (float(when), json.loads(body))
+        except ValueError:
+            parser.error("--network-change takes SECONDS:JSON, for example '20:{\"loss\": 0}'")
+        if not isinstance(args.network_change[1], dict):
+            parser.error("--network-change: the JSON must be an object")
     return args
 
 
@@ -864,7 +919,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         report = asyncio.run(
-            run_probe(args.url, args.seconds, source=args.source, fps=args.fps, psnr_every=args.psnr_every)
+            run_probe(args.url, args.seconds, source=args.source, fps=args.fps, psnr_every=args.psnr_every,
+                      network_change=args.network_change)
         )
     except ProbeError as exc:
         log.error("%s", exc)

@@ -318,3 +318,13 @@ async def test_numbered_track_stops_after_its_duration(small_source: probe.Sourc
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(track.recv(), 0.2)
     assert track.done.is_set() and track.count == 5
+
+
+def test_recovery_after_a_network_change() -> None:
+    # 30 fps, a 600 ms hole just after the change at t=10, then steady again.
+    times = [i / 30 for i in range(300)] + [10.6 + i / 30 for i in range(60)]
+    rec = probe.recovery_after(times, change_at=10.0, fps=30)
+    assert rec["recovery_ms"] == pytest.approx(600.0, abs=1)
+    assert rec["fps_from_1s_after"] == pytest.approx(30.0, abs=0.5)
+    steady = probe.recovery_after([i / 30 for i in range(600)], change_at=10.0, fps=30)
+    assert steady["recovery_ms"] == pytest.approx(0.0, abs=34)
