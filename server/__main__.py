@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from .app import create_app
-from .config import ConfigError, ServerConfig
+from .config import ConfigError, NetworkConfig, ServerConfig
 from .engine import ModelError
 from .registry import open_model
 
@@ -17,7 +17,13 @@ log = logging.getLogger("server")
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    return parse_command_line(argv)[0]
+
+
+def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, NetworkConfig]:
+    """The server's settings and the simulated network's (``--loss`` and friends; default: no impairment)."""
     defaults = ServerConfig()
+    net = NetworkConfig()
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default %(default)s)")
@@ -25,24 +31,40 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument("--threads", type=int, default=defaults.threads, help="onnxruntime threads per inference (default %(default)s)")
     parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="concurrent clients (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sim = parser.add_argument_group("simulated network on the inbound media path (also GET/POST /network)")
+    sim.add_argument("--loss", type=float, default=net.loss, help="long-run packet loss fraction, 0..1 (default %(default)s)")
+    sim.add_argument("--burst", type=float, default=net.burst, help="mean loss burst length in packets, 1 = independent (default %(default)s)")
+    sim.add_argument("--kbps", type=float, default=net.kbps, help="link capacity, 10..100000, 0 = unlimited (default %(default)s)")
+    sim.add_argument("--delay-ms", type=float, default=net.delay_ms, help="one-way base delay (default %(default)s)")
+    sim.add_argument("--jitter-ms", type=float, default=net.jitter_ms, help="standard deviation of the delay (default %(default)s)")
+    sim.add_argument("--queue-ms", type=float, default=net.queue_ms, help="drop-tail queue in ms of data at --kbps (default %(default)s)")
+    sim.add_argument("--seed", type=int, default=net.seed, help="random seed of loss and jitter (default %(default)s)")
+    sim.add_argument("--reorder", action="store_true", help="let jitter reorder packets (default: in order)")
+    sim.add_argument("--no-impair-rtcp", dest="impair_rtcp", action="store_false", help="RTCP bypasses the impairment (default: impaired like RTP)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
-                            max_sessions=args.max_sessions)
+        config = ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
+                              max_sessions=args.max_sessions)
+        network = NetworkConfig(loss=args.loss, burst=args.burst, kbps=args.kbps, delay_ms=args.delay_ms,
+                                jitter_ms=args.jitter_ms, queue_ms=args.queue_ms, seed=args.seed,
+                                reorder=args.reorder, impair_rtcp=args.impair_rtcp)
     except ConfigError as exc:
         parser.error(str(exc))
+    return config, network
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, network = parse_command_line(argv)
     try:
         upscaler, info = open_model(config.model, config.threads)
     except ModelError as exc:
         log.error("cannot start: %s", exc)
         return 2
     log.info("model %s (%s, %s, %s params) from %s", info.name, info.kind, info.precision, info.params, info.path)
-    app = create_app(config, upscaler, info)
+    if network.active:
+        log.info("simulated network on the inbound path: %s", network.to_json())
+    app = create_app(config, upscaler, info, network)
     web.run_app(app, host=config.host, port=config.port, print=lambda msg: log.info("%s", msg.strip()))
     return 0
 

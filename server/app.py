@@ -1,4 +1,5 @@
-"""The aiohttp application: the page, signaling (``POST /offer``), SR control and ``GET /stats``.
+"""The aiohttp application: the page, signaling (``POST /offer``), SR control, ``GET /stats`` and the
+simulated network (``GET``/``POST /network``).
 
 The app's registry of sessions is the only shared mutable state. Every handler answers a bad request
 with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never disturbs other sessions.
@@ -11,8 +12,9 @@ import logging
 
 from aiohttp import web
 
-from .config import CLIENT_DIR, ServerConfig
+from .config import CLIENT_DIR, ConfigError, NetworkConfig, ServerConfig
 from .engine import OnnxUpscaler
+from .impairment import NetworkControl
 from .registry import ModelInfo
 from .session import OfferError, Session, parse_offer
 
@@ -22,18 +24,26 @@ SESSIONS = web.AppKey("sessions", dict)
 UPSCALER = web.AppKey("upscaler", OnnxUpscaler)
 MODEL = web.AppKey("model", ModelInfo)
 CONFIG = web.AppKey("config", ServerConfig)
+NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
 
 
-def create_app(config: ServerConfig, upscaler: OnnxUpscaler, model: ModelInfo) -> web.Application:
-    """Build the app around an already loaded model (loading it is where start-up may fail)."""
+def create_app(config: ServerConfig, upscaler: OnnxUpscaler, model: ModelInfo,
+               network: NetworkConfig | None = None) -> web.Application:
+    """Build the app around an already loaded model (loading it is where start-up may fail).
+
+    ``network``: the inbound path's impairment at start (default: none); ``POST /network`` changes it.
+    """
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
     app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model
+    app[NETWORK] = NetworkControl(network)
     app[SESSIONS] = {}
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
     app.router.add_get("/stats", stats)
     app.router.add_post("/sessions/{id}/sr", set_sr)
     app.router.add_delete("/sessions/{id}", close_session)
+    app.router.add_get("/network", get_network)
+    app.router.add_post("/network", set_network)
     app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
     app.on_shutdown.append(_close_all)
     return app
@@ -84,6 +94,21 @@ async def stats(request: web.Request) -> web.Response:
     wanted = request.query.get("id")
     chosen = [s for s in sessions.values() if wanted in (None, s.id)]
     return web.json_response({"model": request.app[MODEL].to_json(), "sessions": [s.stats() for s in chosen]})
+
+
+async def get_network(request: web.Request) -> web.Response:
+    """The simulated network's settings and its counters over all sessions (see server/impairment.py)."""
+    return web.json_response(request.app[NETWORK].stats())
+
+
+async def set_network(request: web.Request) -> web.Response:
+    """Change the network settings at runtime for every live session: a partial JSON object of fields."""
+    control = request.app[NETWORK]
+    try:
+        control.update(await _read_json(request))
+    except ConfigError as exc:
+        raise _error(web.HTTPBadRequest, str(exc)) from exc
+    return web.json_response(control.stats())
 
 
 def _session(request: web.Request) -> Session:
