@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
+from .bandwidth import RembCap, with_bandwidth
 from .engine import OnnxUpscaler
 from .fanout import FrameFanout
+from .impairment import NetworkControl, SessionPath
 from .sr_track import RawTrack, SuperResolutionTrack
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ def parse_offer(body: object) -> tuple[RTCSessionDescription, bool]:
 class Session:
     """A receiving peer: uplink -> fanout -> (SR track, raw track) -> back to the same client."""
 
-    def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0) -> None:
+    def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
+                 network: NetworkControl | None = None) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.monotonic()
         self.pc = RTCPeerConnection()
@@ -55,6 +58,9 @@ class Session:
         self.fanout: FrameFanout | None = None
         self.sr_track: SuperResolutionTrack | None = None
         self.raw_track: RawTrack | None = None
+        self.network = network
+        self.netpath: SessionPath | None = None
+        self.remb_cap: RembCap | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
         self._blackhole = MediaBlackhole()
         self._on_closed = on_closed
@@ -71,6 +77,9 @@ class Session:
         except Exception as exc:  # aiortc raises ValueError, InvalidAccessError, OperationError...
             raise OfferError(f"cannot apply the offer: {str(exc) or type(exc).__name__}") from exc
         uplink, sr_out, raw_out = self._transceivers()
+        if self.network is not None:
+            self.netpath = self.network.attach_peer(self.pc)  # impair what this peer receives
+            self.remb_cap = RembCap(uplink.receiver, lambda: self.network.config.kbps or None)
         if self.fanout is None:
             raise OfferError("the uplink m-line does not send video (its direction must be sendonly or sendrecv)")
         self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled)
@@ -82,7 +91,9 @@ class Session:
         await self._blackhole.start()
         self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
         log.info("session %s: answered (%d video m-lines, sr=%s)", self.id, 3 if raw_out else 1, sr_enabled)
-        return self.pc.localDescription
+        answer = self.pc.localDescription
+        kbps = self.network.config.kbps if self.network is not None else None
+        return RTCSessionDescription(sdp=with_bandwidth(answer.sdp, kbps), type=answer.type)
 
     def set_sr(self, enabled: bool) -> None:
         if self.sr_track is not None:
@@ -119,6 +130,7 @@ class Session:
             "skipped": sr.get("skipped", 0),
             "sr_ms": sr.get("sr_ms"),
             "streams": {"sr": sr, "raw": raw},
+            "network": self.netpath.stats() if self.netpath else None,
         }
 
     def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver, RTCRtpTransceiver | None]:
@@ -159,7 +171,11 @@ class Session:
         if self.fanout is not None:
             await self.fanout.stop()
         await self._blackhole.stop()
+        if self.remb_cap is not None:
+            self.remb_cap.stop()
         await self.pc.close()
+        if self.netpath is not None:
+            self.netpath.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("session %s: closed", self.id)
         self._on_closed(self)
