@@ -574,6 +574,11 @@
     ui.st.skipped.textContent = fmtCount(mine.skipped);
     ui.st.res.textContent = `${fmtRes(mine.input)} → ${fmtRes(mine.output)}`;
     ui.st.sr.textContent = typeof mine.sr_enabled === 'boolean' ? (mine.sr_enabled ? 'on (neural)' : 'off (bicubic)') : '—';
+    const fz = mine.freezes_in || {};
+    document.getElementById('st-freezes').textContent = isNum(fz.freezeCount)
+      ? `${fz.freezeCount} (${fmt(fz.totalFreezesDuration, 1)} s)` : '—';
+    const rx = mine.receiver || {};
+    document.getElementById('st-nack').textContent = isNum(rx.nackCount) ? `${rx.nackCount} / ${fmtCount(rx.pliCount)}` : '—';
   }
 
   async function tick() {

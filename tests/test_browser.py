@@ -285,3 +285,25 @@ def test_camera_source_with_a_fake_camera(open_page, server_url):
         page.click("#stop")
     assert response_info.value.ok
     assert not [m for m in page.messages if m.startswith("pageerror")], page.messages
+
+
+def test_network_card_applies_settings_and_shows_range_errors(page, server_url):
+    """The page's network form: an out-of-range loss is refused with the field named; a valid one applies."""
+    page.goto(server_url + "/")
+    page.fill("#net-loss", "150")
+    page.click("#net-apply")
+    page.wait_for_function("() => document.querySelector('#net-status').dataset.state === 'error'")
+    assert "loss" in page.text_content("#net-status")
+    assert _get_json(server_url + "/network")["settings"]["loss"] == 0
+    page.fill("#net-loss", "5")
+    page.fill("#net-burst", "2")
+    page.fill("#net-delay", "40")
+    page.click("#net-apply")
+    page.wait_for_function("() => document.querySelector('#net-status').dataset.state === 'ok'")
+    settings = _get_json(server_url + "/network")["settings"]
+    assert settings["loss"] == 0.05 and settings["burst"] == 2 and settings["delay_ms"] == 40
+    # Put the shared server back as the other tests expect it.
+    request = urllib.request.Request(server_url + "/network", data=json.dumps({"loss": 0, "burst": 1, "delay_ms": 0}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200
