@@ -31,6 +31,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     parser.add_argument("--threads", type=int, default=defaults.threads, help="onnxruntime threads per inference (default %(default)s)")
     parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="concurrent clients (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--stock-receiver", action="store_true",
+                        help="receive with aiortc's stock jitter buffer instead of the loss-resilient one (for comparisons)")
     sim = parser.add_argument_group("simulated network on the inbound media path (also GET/POST /network)")
     sim.add_argument("--loss", type=float, default=net.loss, help="long-run packet loss fraction, 0..1 (default %(default)s)")
     sim.add_argument("--burst", type=float, default=net.burst, help="mean loss burst length in packets, 1 = independent (default %(default)s)")
@@ -45,7 +47,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
-                              max_sessions=args.max_sessions)
+                              max_sessions=args.max_sessions, resilient_receiver=not args.stock_receiver)
         network = NetworkConfig(loss=args.loss, burst=args.burst, kbps=args.kbps, delay_ms=args.delay_ms,
                                 jitter_ms=args.jitter_ms, queue_ms=args.queue_ms, seed=args.seed,
                                 reorder=args.reorder, impair_rtcp=args.impair_rtcp)

@@ -61,7 +61,8 @@ async def offer(request: web.Request) -> web.Response:
     if len(sessions) >= app[CONFIG].max_sessions:
         raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
     session = Session(app[UPSCALER], on_closed=lambda s: sessions.pop(s.id, None),
-                      connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK])
+                      connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK],
+                      resilient=app[CONFIG].resilient_receiver)
     sessions[session.id] = session
     try:
         answer = await session.answer(description, sr_enabled)

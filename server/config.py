@@ -25,6 +25,7 @@ class ServerConfig:
     max_sessions: int = 8
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few kB; anything larger is refused with 413
     connect_timeout_s: float = 30.0  # a peer that never connects is closed after this long
+    resilient_receiver: bool = True  # False: aiortc's stock jitter buffer and NACK (for comparisons)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

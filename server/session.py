@@ -21,6 +21,7 @@ from .bandwidth import RembCap, with_bandwidth
 from .engine import OnnxUpscaler
 from .fanout import FrameFanout
 from .impairment import NetworkControl, SessionPath
+from .receiver import ResilientReceiver, attach, sender_rtt_ms
 from .sr_track import RawTrack, SuperResolutionTrack
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Session:
     """A receiving peer: uplink -> fanout -> (SR track, raw track) -> back to the same client."""
 
     def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
-                 network: NetworkControl | None = None) -> None:
+                 network: NetworkControl | None = None, resilient: bool = True) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.monotonic()
         self.pc = RTCPeerConnection()
@@ -61,6 +62,8 @@ class Session:
         self.network = network
         self.netpath: SessionPath | None = None
         self.remb_cap: RembCap | None = None
+        self.resilient = resilient
+        self.receiver: ResilientReceiver | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
         self._blackhole = MediaBlackhole()
         self._on_closed = on_closed
@@ -80,6 +83,9 @@ class Session:
         if self.network is not None:
             self.netpath = self.network.attach_peer(self.pc)  # impair what this peer receives
             self.remb_cap = RembCap(uplink.receiver, lambda: self.network.config.kbps or None)
+        if self.resilient:
+            # NACK with re-NACKs, an RTT-tied give-up, PLI and skip-to-keyframe, instead of aiortc's stall.
+            self.receiver = attach(uplink.receiver, rtt_ms=sender_rtt_ms(self.pc))
         if self.fanout is None:
             raise OfferError("the uplink m-line does not send video (its direction must be sendonly or sendrecv)")
         self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled)
@@ -131,6 +137,7 @@ class Session:
             "sr_ms": sr.get("sr_ms"),
             "streams": {"sr": sr, "raw": raw},
             "network": self.netpath.stats() if self.netpath else None,
+            "receiver": self.receiver.stats() if self.receiver else None,
         }
 
     def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver, RTCRtpTransceiver | None]:
@@ -173,6 +180,8 @@ class Session:
         await self._blackhole.stop()
         if self.remb_cap is not None:
             self.remb_cap.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         await self.pc.close()
         if self.netpath is not None:
             self.netpath.stop()
