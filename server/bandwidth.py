@@ -43,7 +43,7 @@ def with_bandwidth(sdp: str, kbps: int | None, section: int = 0) -> str:
 class RembCap:
     """Clamps one receiver's REMB feedback to ``cap_kbps()`` and announces the cap every second."""
 
-    def __init__(self, receiver: RTCRtpReceiver, cap_kbps: Callable[[], int | None]) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, cap_kbps: Callable[[], float | None]) -> None:
         self._receiver = receiver
         self._cap_kbps = cap_kbps
         self._estimate_bps: int | None = None  # the receiver's own latest REMB, before clamping
@@ -51,28 +51,32 @@ class RembCap:
         receiver._send_rtcp = self._clamped  # type: ignore[method-assign]
         self._task = asyncio.ensure_future(self._announce())
 
-    async def _clamped(self, packet) -> None:
+    def _cap_bps(self) -> int | None:
         cap = self._cap_kbps()
+        return int(cap * 1000) if cap else None
+
+    async def _clamped(self, packet) -> None:
+        cap = self._cap_bps()
         if cap and isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)
             except ValueError:
                 bitrate, ssrcs = None, []
             self._estimate_bps = bitrate
-            if bitrate is not None and bitrate > cap * 1000:
+            if bitrate is not None and bitrate > cap:
                 packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc,
-                                        fci=pack_remb_fci(cap * 1000, ssrcs))
+                                        fci=pack_remb_fci(cap, ssrcs))
         await self._send_rtcp(packet)
 
     async def _announce(self) -> None:
         while True:
             await asyncio.sleep(REMB_INTERVAL_S)
-            cap = self._cap_kbps()
+            cap = self._cap_bps()
             ssrcs = [s.source for s in self._receiver.getSynchronizationSources()]
             rtcp_ssrc = getattr(self._receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
             if not cap or not ssrcs or rtcp_ssrc is None:
                 continue
-            bitrate = min(cap * 1000, self._estimate_bps or cap * 1000)
+            bitrate = min(cap, self._estimate_bps or cap)
             packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
                                     fci=pack_remb_fci(bitrate, ssrcs))
             try:

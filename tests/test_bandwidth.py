@@ -52,7 +52,7 @@ async def test_remb_is_clamped_to_the_cap_and_lower_estimates_pass():
             return []
 
     receiver = Receiver()
-    cap = RembCap(receiver, lambda: 600)
+    cap = RembCap(receiver, lambda: 600.0)  # settings carry kbps as a float
     for bitrate in (2_000_000, 400_000):
         remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(bitrate, [1234]))
         await receiver._send_rtcp(remb)
