@@ -2,10 +2,14 @@
 
 Two channels, as libwebrtc uses them: the answer's SDP carries ``b=AS`` (kbps) and ``b=TIAS`` (bps)
 on the uplink m-section, which browsers treat as a hard ceiling; and the server's REMB feedback
-(Receiver Estimated Maximum Bitrate, RTCP PSFB fmt 15) never exceeds the cap, which is what an aiortc
-sender (the probe) adapts its encoder's target bitrate to. The server also repeats, once a second,
-the lower of the cap and the receiver's latest estimate, so a sender learns the cap before the
-receiver's own estimator has anything to say, without overriding what the estimator says later.
+(Receiver Estimated Maximum Bitrate, RTCP PSFB fmt 15), which is what an aiortc sender (the probe)
+sets its encoder's target bitrate from.
+
+While a cap is set, every REMB the receiver sends says the same thing: ``TARGET_SHARE`` of the cap
+(room for RTP/SRTP headers and retransmissions), announced once a second from the start. A constant
+figure matters: aiortc's VP8 encoder restarts, with a keyframe, whenever its target moves by more than
+10%, and on a 600 kbps link every such keyframe is a burst that overflows the queue. Without a cap
+the receiver's own estimate passes unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from aiortc.rtp import pack_remb_fci, unpack_remb_fci
 log = logging.getLogger(__name__)
 
 REMB_INTERVAL_S = 1.0
+TARGET_SHARE = 0.85  # of the cap, for the media itself
 
 
 def with_bandwidth(sdp: str, kbps: int | None, section: int = 0) -> str:
@@ -41,44 +46,41 @@ def with_bandwidth(sdp: str, kbps: int | None, section: int = 0) -> str:
 
 
 class RembCap:
-    """Clamps one receiver's REMB feedback to ``cap_kbps()`` and announces the cap every second."""
+    """Replaces one receiver's REMB with the cap's target while a cap is set, and announces it every second."""
 
     def __init__(self, receiver: RTCRtpReceiver, cap_kbps: Callable[[], float | None]) -> None:
         self._receiver = receiver
         self._cap_kbps = cap_kbps
-        self._estimate_bps: int | None = None  # the receiver's own latest REMB, before clamping
         self._send_rtcp = receiver._send_rtcp  # aiortc 1.16: every RTCP packet the receiver sends
         receiver._send_rtcp = self._clamped  # type: ignore[method-assign]
         self._task = asyncio.ensure_future(self._announce())
 
-    def _cap_bps(self) -> int | None:
+    def target_bps(self) -> int | None:
+        """What the sender is told while a cap is set (None: no cap, the estimator speaks)."""
         cap = self._cap_kbps()
-        return int(cap * 1000) if cap else None
+        return int(cap * 1000 * TARGET_SHARE) if cap else None
 
     async def _clamped(self, packet) -> None:
-        cap = self._cap_bps()
-        if cap and isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+        target = self.target_bps()
+        if target and isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
-                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                _, ssrcs = unpack_remb_fci(packet.fci)
             except ValueError:
-                bitrate, ssrcs = None, []
-            self._estimate_bps = bitrate
-            if bitrate is not None and bitrate > cap:
-                packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc,
-                                        fci=pack_remb_fci(cap, ssrcs))
+                ssrcs = []
+            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc,
+                                    fci=pack_remb_fci(target, ssrcs))
         await self._send_rtcp(packet)
 
     async def _announce(self) -> None:
         while True:
             await asyncio.sleep(REMB_INTERVAL_S)
-            cap = self._cap_bps()
+            target = self.target_bps()
             ssrcs = [s.source for s in self._receiver.getSynchronizationSources()]
             rtcp_ssrc = getattr(self._receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
-            if not cap or not ssrcs or rtcp_ssrc is None:
+            if not target or not ssrcs or rtcp_ssrc is None:
                 continue
-            bitrate = min(cap, self._estimate_bps or cap)
             packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
-                                    fci=pack_remb_fci(bitrate, ssrcs))
+                                    fci=pack_remb_fci(target, ssrcs))
             try:
                 await self._send_rtcp(packet)
             except ConnectionError:
