@@ -25,7 +25,7 @@ from aiortc.rtp import pack_remb_fci, unpack_remb_fci
 log = logging.getLogger(__name__)
 
 REMB_INTERVAL_S = 1.0
-TARGET_SHARE = 0.85  # of the cap, for the media itself
+TARGET_SHARE = 0.7  # of the cap, for the media itself: headers, retransmissions and bursts need the rest
 
 
 def with_bandwidth(sdp: str, kbps: int | None, section: int = 0) -> str:

@@ -33,6 +33,8 @@ from aiortc.mediastreams import MediaStreamError
 from server import framecode
 from server.engine import plane_view
 from server.metrics import FreezeDetector, percentile
+from server.receiver import attach as attach_resilient
+from server.receiver import sender_rtt_ms
 
 log = logging.getLogger("server.probe")
 
@@ -368,9 +370,7 @@ class NumberedTrack(VideoStreamTrack):
 class ArrivalWatch:
     """When each returned frame's last RTP packet reached the probe, looked up by the decoded frame's pts.
 
-    Why: aiortc's jitter buffer hands a frame to the decoder only when the *next* frame's first
-    packet arrives, so the decoded-frame latency includes one frame interval of the returned
-    stream that a browser would not add. Timing the marker packet separates the two. This reads
+    Why: it splits the returned frame's latency into the network part and the decode part. This reads
     aiortc internals (the receiver's timestamp mapper); when they change, it quietly gives None.
     """
 
@@ -580,7 +580,7 @@ class ProbeReport:
             arrival = s["arrival_latency_ms"]
             if arrival["p50"] is not None:
                 lines.append(
-                    f"{'':<19} to the frame's last RTP packet (before aiortc's one-frame hold and decode):"
+                    f"{'':<19} to the frame's last RTP packet (before decode):"
                     f" p50 {_fmt(arrival['p50'])} / p95 {_fmt(arrival['p95'])} ms"
                 )
             freezes = s.get("freezes") or {}
@@ -788,6 +788,7 @@ async def run_probe(
     session_id: str | None = None
     server_session: dict | None = None
     network: dict | None = None
+    resilient: list = []
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -797,7 +798,10 @@ async def run_probe(
         if name is None:
             log.warning("unexpected %s track on transceiver %s, ignored", track.kind, index)
             return
-        watch = ArrivalWatch(transceivers[index].receiver)
+        receiver = transceivers[index].receiver
+        watch = ArrivalWatch(receiver)
+        # Receive like a browser: each frame released at its last packet, losses NACKed, no stall.
+        resilient.append(attach_resilient(receiver, rtt_ms=sender_rtt_ms(pc)))
         tasks.append(asyncio.ensure_future(consume(track, streams[name], uplink, src, watch)))
 
     timeout = aiohttp.ClientTimeout(total=15)
@@ -828,6 +832,8 @@ async def run_probe(
                 network["change"] = {"after_s": network_change[0], "settings": network_change[1],
                                      "streams": {n: recovery_after(st.times, changed_at, fps) for n, st in streams.items()}}
         finally:
+            for receiver in resilient:
+                receiver.stop()
             await pc.close()
             for task in tasks:
                 task.cancel()
