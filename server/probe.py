@@ -441,6 +441,7 @@ class StreamStats:
             "unknown": self.unknown,
             "repeats": self.repeats,
             "out_of_order": self.out_of_order,
+            "last_number": self.last_number,
             "sizes": dict(self.sizes),
             "freezes": self.freezes.stats(),
         }
