@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
-
 from server.app import SESSIONS, create_app
 from server.config import ServerConfig
 from server.probe import FULL_H, FULL_W, run_probe
 from server.registry import describe
 
+from .conftest import serving
+
 
 async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upscaler, default_model_path):
     app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        report = await run_probe(f"http://127.0.0.1:{port}", seconds=4.0, fps=15.0, psnr_every=3)
+    async with serving(app) as url:
+        report = await run_probe(url, seconds=4.0, fps=15.0, psnr_every=3)
         sr, raw = report.streams["sr"], report.streams["raw"]
         assert report.sent == 60
         assert (sr["width"], sr["height"]) == (FULL_W, FULL_H)
@@ -40,5 +35,3 @@ async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upsca
         assert sr["psnr_y"] > 30 and raw["psnr_y"] > 30
         await asyncio.sleep(0.2)
         assert app[SESSIONS] == {}, "the probe deletes its session; the server must forget it"
-    finally:
-        await runner.cleanup()

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from server.app import NETWORK, create_app
 from server.config import NetworkConfig, ServerConfig
 from server.probe import run_probe
 from server.registry import describe
 
+from .conftest import serving
+
 
 async def test_ten_percent_bursty_loss_never_stalls_a_second(upscaler, default_model_path):
     network = NetworkConfig(loss=0.10, burst=2.0, delay_ms=20.0, jitter_ms=5.0, seed=7)
     app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)), network)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        report = await run_probe(f"http://127.0.0.1:{port}", seconds=8.0, fps=20.0, psnr_every=5)
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        report = await run_probe(url, seconds=8.0, fps=20.0, psnr_every=5)
     counters = app[NETWORK].stats()["counters"]
     assert counters["lost_packets"] >= 5, counters  # the loss really happened
     receiver = report.server_session["receiver"]
