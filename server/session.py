@@ -87,14 +87,14 @@ class Session:
         except Exception as exc:  # aiortc raises ValueError, InvalidAccessError, OperationError...
             raise OfferError(f"cannot apply the offer: {str(exc) or type(exc).__name__}") from exc
         uplink, sr_out, raw_out = self._transceivers()
+        if self.fanout is None:
+            raise OfferError("the uplink m-line does not send video (its direction must be sendonly or sendrecv)")
         if self.network is not None:
             self.netpath = self.network.attach_peer(self.pc)  # impair what this peer receives
             self.remb_cap = RembCap(uplink.receiver, lambda: self.network.config.kbps or None)
         if self.resilient:
             # NACK with re-NACKs, an RTT-tied give-up, PLI and skip-to-keyframe, instead of aiortc's stall.
             self.receiver = attach(uplink.receiver, rtt_ms=sender_rtt_ms(self.pc), policy=UPLINK_POLICY)
-        if self.fanout is None:
-            raise OfferError("the uplink m-line does not send video (its direction must be sendonly or sendrecv)")
         self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled)
         _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink)
         if raw_out is not None:
@@ -177,7 +177,7 @@ class Session:
             self.close()
 
     async def _teardown(self) -> None:
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+        if self._watchdog is not None:
             self._watchdog.cancel()
         for track in (self.sr_track, self.raw_track):
             if track is not None:
