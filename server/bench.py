@@ -1,0 +1,704 @@
+"""Side-by-side CPU benchmark of the full upscaling path: bicubic, our models and published peers.
+
+``python -m server.bench [--json] [--peers DIR] [--frames N] [--runs N] [--threads 1,2]``
+
+Every candidate is timed the way the server runs it (``upscale(av.VideoFrame yuv420p 640x360)``
+-> yuv420p 1280x720: Y through the network, U/V bicubic) on the same decoded frames of real
+content, in one process, so the ratios between rows are meaningful even on a noisy shared machine.
+Each row also gets its parameters, its multiply-accumulates at 640x360 (counted from the ONNX graph),
+its Set5/Set14 Y-PSNR under ``models.evaluate``'s protocol, and how close its conv work gets to the
+machine's measured float32 matrix-multiply rate.
+
+Peers (``--peers``, e.g. ``../shared/peers``; see its SOURCES.md):
+- OpenCV FSRCNN/ESPCN ``.pb`` through ``cv2.dnn`` when the installed OpenCV can run them (their
+  DepthToSpace layer is registered by opencv-contrib's dnn_superres; without it they are skipped).
+- ECBSR-M4C16, ETDS-M5C16 and ESPCN (RGB) rebuilt in torch from their state_dicts (already the
+  inference-time plain form), run on Y: the RGB input is Y replicated (limited-range Y mapped to grey
+  RGB), the RGB output converted back to BT.601 limited-range Y; exported to ONNX under our contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import onnx
+
+from models.manifest import MANIFEST_PATH, load_manifest, resolve
+
+from .engine import BicubicUpscaler, OnnxUpscaler, plane_view, upscale_frame
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SRTC_SHARED", REPO.parent / "shared"))
+VIDEO = SHARED / "data" / "video" / "bbb_opening_720p24_00-15s.webm"
+BENCHMARKS = SHARED / "data" / "benchmarks"
+SAMPLES = REPO / "client_web" / "samples"
+WIDTH, HEIGHT = 640, 360
+WARMUP = 5
+MIN_LUMA_STD = 20.0  # below this a frame is a fade or a flat fill, not content
+
+# BT.601 limited range: Y = 16 + 219 * (kr R + kg G + kb B) on 0..255, with RGB in 0..1 (k sums to 1).
+LUMA_K = (65.481 / 219.0, 128.553 / 219.0, 24.966 / 219.0)
+
+
+# ---------------------------------------------------------------- frames
+
+def _to_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:
+    """uint8 RGB 640x360 to a yuv420p frame with a pts, as a decoder would hand it over."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+    frame.pts = index
+    return frame
+
+
+def _cover(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Cover-crop to the target aspect ratio, then INTER_AREA resize (no letterbox, no stretch)."""
+    h, w = rgb.shape[:2]
+    scale = max(width / w, height / h)
+    cw, ch = round(width / scale), round(height / scale)
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    return cv2.resize(rgb[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
+
+
+def video_frames(path: Path, count: int) -> list[av.VideoFrame]:
+    """``count`` decoded frames of ``path`` after its fade-in, downscaled (INTER_AREA) to 640x360 yuv420p.
+
+    Frames whose luma is nearly flat (the clip opens on black) are skipped: they time nothing real.
+    """
+    frames = []
+    with av.open(str(path)) as container:
+        for decoded in container.decode(video=0):
+            rgb = _cover(decoded.to_ndarray(format="rgb24"), WIDTH, HEIGHT)
+            frame = _to_frame(rgb, len(frames))
+            if plane_view(frame, 0).std() < MIN_LUMA_STD:
+                continue
+            frames.append(frame)
+            if len(frames) >= count:
+                break
+    return frames
+
+
+def sample_frames(count: int) -> list[av.VideoFrame]:
+    """Fallback without ../shared: the page's sample photographs, cover-cropped, cycled."""
+    photos = [_cover(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), WIDTH, HEIGHT)
+              for p in sorted(SAMPLES.glob("*.jpg"))]
+    if not photos:
+        raise FileNotFoundError(f"no benchmark content: neither {VIDEO} nor {SAMPLES}/*.jpg")
+    return [_to_frame(photos[i % len(photos)], i) for i in range(count)]
+
+
+def load_frames(count: int, video: Path = VIDEO) -> tuple[list[av.VideoFrame], str]:
+    """Real frames (never synthetic: flat input flatters nothing but hides nothing either) and their source."""
+    if video.is_file():
+        frames = video_frames(video, count)
+        if frames:
+            return frames, str(video)
+    return sample_frames(count), str(SAMPLES / "*.jpg")
+
+
+# ---------------------------------------------------------------- counting
+
+def _tensor_shapes(model: onnx.ModelProto, names: set[str], channels: int, height: int, width: int) -> dict:
+    """Actual shapes of ``names`` for one input, read by running the graph once (unoptimised, so names stay).
+
+    Shape inference alone is not enough: exported graphs pad to a multiple with computed sizes.
+    """
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    present = {o.name for o in model.graph.output}
+    wanted = sorted(names - present)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = np.full((1, channels, height, width), 0.5, np.float32)
+    outputs = [o.name for o in sess.get_outputs()]
+    values = sess.run(outputs, {sess.get_inputs()[0].name: x})
+    return {n: list(v.shape) for n, v in zip(outputs, values)}
+
+
+def count_macs(model: onnx.ModelProto, height: int = HEIGHT, width: int = WIDTH) -> int:
+    """Multiply-accumulates of the Conv/ConvTranspose/Gemm/MatMul nodes for one [1,C,height,width] input.
+
+    Counted from the graph rather than from an architecture description, so any ONNX file gets a figure.
+    """
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    names: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            names.update(n for n in node.input[:2] if n not in weights)
+            names.add(node.output[0])
+    if not names:
+        return 0
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    channels = dims[1].dim_value if len(dims) > 1 and dims[1].dim_value else 1
+    shapes = {**weights, **_tensor_shapes(model, names, channels, height, width)}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":  # each output value: Cin/group * kh * kw
+            total += int(np.prod(shapes[node.output[0]])) * int(np.prod(shapes[node.input[1]][1:]))
+        elif node.op_type == "ConvTranspose":  # each input value scatters Cout/group * kh * kw
+            total += int(np.prod(shapes[node.input[0]])) * int(np.prod(shapes[node.input[1]][1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            total += int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
+    return total
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Learned parameters: the floating-point initializers (shape constants excluded)."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floats)
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 7) -> float:
+    """Median GFLOP/s of numpy (BLAS) float32 n x n matmuls in this process, with its BLAS threads."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    a @ b  # warm-up: thread pool start, page faults
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        rates.append(2.0 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
+
+
+def ceiling_gflops(threads: int, n: int = 1024, repeats: int = 7) -> float:
+    """The float32 ceiling at ``threads`` cores: BLAS reads its thread count at start-up, so a child measures it."""
+    import subprocess
+
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+        env[var] = str(threads)
+    code = f"from server.bench import matmul_gflops; print(matmul_gflops({n}, {repeats}))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO), capture_output=True,
+                         text=True, check=True, timeout=120)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- candidates
+
+@dataclass
+class Candidate:
+    """One row to time: something with ``upscale(frame)`` and what is known about it."""
+
+    name: str
+    kind: str  # baseline | project | peer
+    make: Callable[[int], object]  # threads -> upscaler
+    params: int | None = None
+    macs: int | None = None
+    psnr: Callable[[], dict] | None = None  # computes {"Set5": dB, "Set14": dB}
+    psnr_note: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Row:
+    """One measured row of the table (and of the JSON ``rows``)."""
+
+    name: str
+    kind: str
+    threads: int
+    params: int | None
+    macs: int | None
+    p50_ms: float
+    p95_ms: float
+    fps: float
+    gmac_per_s: float | None
+    ceiling_pct: float | None
+    psnr: dict | None
+    psnr_note: str | None
+    note: str = ""
+
+
+_SAMPLES_CACHE: dict[str, list] = {}
+
+
+def psnr_sets(upscale_luma: Callable[[np.ndarray], np.ndarray]) -> dict:
+    """Mean Y-PSNR on Set5 and Set14 with ``models.evaluate``'s protocol; empty without ../shared."""
+    from models import evaluate
+
+    result = {}
+    for name in ("Set5", "Set14"):
+        folder = BENCHMARKS / name
+        if not folder.is_dir():
+            continue
+        if name not in _SAMPLES_CACHE:
+            _SAMPLES_CACHE[name] = evaluate.load_samples(folder)
+        result[name] = round(evaluate.evaluate(_SAMPLES_CACHE[name], upscale_luma)["model"], 3)
+    return result
+
+
+def onnx_candidate(name: str, path: Path, kind: str, params: int | None = None, note: str = "",
+                   psnr_note: str | None = None, with_psnr: bool = True) -> Candidate:
+    """A row for any contract-following ONNX file, run by the server's own ``OnnxUpscaler``."""
+    from models.evaluate import onnx_upscaler
+
+    graph = onnx.load(str(path))
+    return Candidate(
+        name=name, kind=kind, make=lambda threads: OnnxUpscaler(path, threads=threads, name=name),
+        params=params if params is not None else count_params(graph), macs=count_macs(graph),
+        psnr=(lambda: psnr_sets(onnx_upscaler(path, 2))) if with_psnr else None,
+        psnr_note=psnr_note, note=note)
+
+
+def bicubic_candidate() -> Candidate:
+    """OpenCV bicubic on all three planes: the SR-off path, the floor every model must beat."""
+    def luma(y: np.ndarray) -> np.ndarray:
+        return cv2.resize(y, (y.shape[1] * 2, y.shape[0] * 2), interpolation=cv2.INTER_CUBIC) / 255.0
+
+    return Candidate("bicubic (OpenCV)", "baseline", lambda threads: BicubicUpscaler(), params=0,
+                     psnr=lambda: psnr_sets(luma), note="cv2 INTER_CUBIC, all planes")
+
+
+def project_candidates(manifest_path: Path = MANIFEST_PATH, only_default: bool = False) -> list[Candidate]:
+    """Every model of the manifest, at the precision it lists (the file is what ships)."""
+    manifest = load_manifest(manifest_path)
+    names = [manifest["default"]] if only_default else list(manifest["models"])
+    rows = []
+    for name in names:
+        entry = manifest["models"][name]
+        rows.append(onnx_candidate(name, resolve(name, manifest_path), "project", entry.get("params"),
+                                   note=f"{entry.get('precision', '?')}, manifest"))
+    return rows
+
+
+# ---------------------------------------------------------------- peers
+
+class _DnnUpscaler:
+    """A Y-only ``.pb`` in cv2.dnn behind the engine's ``upscale`` (chroma bicubic like ours)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        cv2.setNumThreads(threads)
+        self.net = cv2.dnn.readNetFromTensorflow(str(path))
+        self.name = path.stem
+
+    def upscale_luma(self, y: np.ndarray) -> np.ndarray:
+        self.net.setInput((y.astype(np.float32) / 255.0)[None, None])
+        out = self.net.forward()[0, 0]
+        return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
+        return upscale_frame(frame, self.upscale_luma)
+
+
+@contextlib.contextmanager
+def _quiet_opencv():
+    """OpenCV logs each failed importer attempt at ERROR level; the skip line says it once."""
+    utils = getattr(getattr(cv2, "utils", None), "logging", None)
+    if utils is None:
+        yield
+        return
+    level = utils.getLogLevel()
+    utils.setLogLevel(utils.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        utils.setLogLevel(level)
+
+
+def dnn_candidates(peers: Path) -> tuple[list[Candidate], list[dict]]:
+    """FSRCNN and ESPCN ``.pb`` through cv2.dnn, or a skip entry saying why the installed OpenCV cannot."""
+    found, skipped = [], []
+    for label, rel in (("FSRCNN (.pb, cv2.dnn)", "opencv_fsrcnn/FSRCNN_x2.pb"),
+                       ("FSRCNN-small (.pb, cv2.dnn)", "opencv_fsrcnn/FSRCNN-small_x2.pb"),
+                       ("ESPCN (.pb, cv2.dnn)", "opencv_espcn/ESPCN_x2.pb")):
+        path = peers / rel
+        if not path.is_file():
+            skipped.append({"name": label, "reason": f"{path} not found"})
+            continue
+        try:
+            with _quiet_opencv():
+                probe = _DnnUpscaler(path, 1)
+                probe.upscale_luma(np.full((24, 32), 128, np.uint8))
+        except cv2.error as exc:
+            lines = [ln.strip(" >") for ln in str(exc).splitlines() if ln.strip(" >")]
+            first = next((ln for ln in lines if "required" in ln), lines[-1] if lines else repr(exc))
+            skipped.append({"name": label, "reason": (
+                f"cv2.dnn {cv2.__version__} (headless, no contrib) cannot run it: the graph's DepthToSpace "
+                f"layer is registered by opencv-contrib's dnn_superres, not installed here ({first})")})
+            continue
+        found.append(Candidate(label, "peer", lambda threads, p=path: _DnnUpscaler(p, threads),
+                               psnr=lambda p=path: psnr_sets(lambda y, net=_DnnUpscaler(p, 2): net.upscale_luma(y) / 255.0),
+                               note="Y-only, trained on cv2 INTER_CUBIC LR"))
+    return found, skipped
+
+
+def _torch_peer_builders():
+    """Y-contract torch wrappers of the RGB peers (torch imported here, only when peers are asked for)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    k = torch.tensor(LUMA_K)
+
+    def y_to_rgb(x):  # limited-range Y/255 -> the grey RGB (0..1) that has this Y
+        return x * (255.0 / 219.0) - 16.0 / 219.0
+
+    def rgb_to_y(rgb_lum):  # kr R + kg G + kb B (0..1) -> limited-range Y/255
+        return rgb_lum * (219.0 / 255.0) + 16.0 / 255.0
+
+    def fold_in(w):  # R=G=B: a conv on 3 identical channels is a conv on one with summed weights (exact)
+        return w.sum(dim=1, keepdim=True)
+
+    def fold_out(w, b):  # the Y mix of a linear 12-channel (colour-major, c*4+s) layer, folded to 4 channels
+        w4 = sum(k[c] * w[c * 4:(c + 1) * 4] for c in range(3))
+        b4 = sum(k[c] * b[c * 4:(c + 1) * 4] for c in range(3))
+        return w4, b4
+
+    def y_mix():  # 1x1 conv 12 -> 4 taking the Y mix of colour channels, for outputs behind a non-linearity
+        w = torch.zeros(4, 12, 1, 1)
+        for c in range(3):
+            for s in range(4):
+                w[s, c * 4 + s] = k[c]
+        return w
+
+    class ECBSR(nn.Module):
+        """Plain (re-parameterised) ECBSR: conv+PReLU stack, linear last conv, nearest anchor, shuffle."""
+
+        def __init__(self, sd: dict) -> None:
+            super().__init__()
+            n = len({key.split(".")[1] for key in sd})
+            convs, acts = [], []
+            for i in range(n):
+                w, b = sd[f"backbone.{i}.0.weight"], sd[f"backbone.{i}.0.bias"]
+                if i == 0:
+                    w = fold_in(w)
+                if i == n - 1:
+                    w, b = fold_out(w, b)
+                conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1)
+                conv.weight.data, conv.bias.data = w.clone(), b.clone()
+                convs.append(conv)
+                if i < n - 1:
+                    act = nn.PReLU(w.shape[0])
+                    act.weight.data = sd[f"backbone.{i}.1.weight"].clone()
+                    acts.append(act)
+            self.convs, self.acts = nn.ModuleList(convs), nn.ModuleList(acts)
+
+        def forward(self, x):
+            rgb = y_to_rgb(x)
+            h = rgb
+            for conv, act in zip(self.convs, self.acts):
+                h = act(conv(h))
+            h = self.convs[-1](h) + rgb  # anchor: the Y mix of R,G,B repeated is the grey value itself
+            return rgb_to_y(torch.clamp(F.pixel_shuffle(h, 2), 0.0, 1.0))
+
+    class ETDS(nn.Module):
+        """ETDS in its deployable (equivalently transformed) form; the last two ReLUs are the clamp."""
+
+        def __init__(self, sd: dict) -> None:
+            super().__init__()
+            def conv(prefix: str, fold: bool = False) -> nn.Conv2d:
+                w, b = sd[f"{prefix}.weight"], sd[f"{prefix}.bias"]
+                w = fold_in(w) if fold else w
+                c = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], padding=w.shape[-1] // 2)
+                c.weight.data, c.bias.data = w.clone(), b.clone()
+                return c
+            n = len({key.split(".")[1] for key in sd if key.startswith("backbone_convs.")})
+            self.first = conv("conv_first", fold=True)
+            self.body = nn.ModuleList(conv(f"backbone_convs.{i}") for i in range(n))
+            self.last, self.clip = conv("conv_last"), conv("conv_clip")
+            self.mix = nn.Conv2d(12, 4, 1, bias=False)
+            self.mix.weight.data = y_mix()
+
+        def forward(self, x):
+            h = F.relu(self.first(y_to_rgb(x)))
+            for c in self.body:
+                h = F.relu(c(h))
+            h = F.relu(self.clip(F.relu(self.last(h))))
+            return rgb_to_y(F.pixel_shuffle(self.mix(h), 2))
+
+    class ESPCN(nn.Module):
+        """ESPCN (RGB, ETDS repo): conv5x5 + tanh, conv3x3 + tanh, conv3x3 to 12, shuffle, sigmoid."""
+
+        def __init__(self, sd: dict) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 64, 5, padding=2)
+            self.c1.weight.data, self.c1.bias.data = fold_in(sd["conv1.weight"]).clone(), sd["conv1.bias"].clone()
+            self.c2 = nn.Conv2d(64, 32, 3, padding=1)
+            self.c2.weight.data, self.c2.bias.data = sd["conv2.weight"].clone(), sd["conv2.bias"].clone()
+            self.c3 = nn.Conv2d(32, 12, 3, padding=1)
+            self.c3.weight.data, self.c3.bias.data = sd["conv3.weight"].clone(), sd["conv3.bias"].clone()
+            self.mix = nn.Conv2d(12, 4, 1, bias=False)
+            self.mix.weight.data = y_mix()
+
+        def forward(self, x):
+            h = torch.tanh(self.c2(torch.tanh(self.c1(y_to_rgb(x)))))
+            return rgb_to_y(F.pixel_shuffle(self.mix(torch.sigmoid(self.c3(h))), 2))
+
+    def reference(sd_model, kind: str):
+        """The unfolded RGB network on grey input, Y taken from its output: what the fold must equal."""
+        def run(x):
+            rgb = y_to_rgb(x).repeat(1, 3, 1, 1)
+            if kind == "ecbsr":
+                n = len({key.split(".")[1] for key in sd_model})
+                h = rgb
+                for i in range(n):
+                    h = F.conv2d(h, sd_model[f"backbone.{i}.0.weight"], sd_model[f"backbone.{i}.0.bias"], padding=1)
+                    if i < n - 1:
+                        h = F.prelu(h, sd_model[f"backbone.{i}.1.weight"])
+                out = F.pixel_shuffle(h + rgb.repeat_interleave(4, dim=1), 2)
+                lum = sum(k[c] * out[:, c:c + 1] for c in range(3)).clamp(0.0, 1.0)
+            elif kind == "etds":
+                n = len({key.split(".")[1] for key in sd_model if key.startswith("backbone_convs.")})
+                h = F.relu(F.conv2d(rgb, sd_model["conv_first.weight"], sd_model["conv_first.bias"], padding=1))
+                for i in range(n):
+                    h = F.relu(F.conv2d(h, sd_model[f"backbone_convs.{i}.weight"],
+                                        sd_model[f"backbone_convs.{i}.bias"], padding=1))
+                h = F.relu(F.conv2d(h, sd_model["conv_last.weight"], sd_model["conv_last.bias"], padding=1))
+                out = F.pixel_shuffle(F.relu(F.conv2d(h, sd_model["conv_clip.weight"], sd_model["conv_clip.bias"])), 2)
+                lum = sum(k[c] * out[:, c:c + 1] for c in range(3))
+            else:
+                h = torch.tanh(F.conv2d(rgb, sd_model["conv1.weight"], sd_model["conv1.bias"], padding=2))
+                h = torch.tanh(F.conv2d(h, sd_model["conv2.weight"], sd_model["conv2.bias"], padding=1))
+                out = torch.sigmoid(F.pixel_shuffle(
+                    F.conv2d(h, sd_model["conv3.weight"], sd_model["conv3.bias"], padding=1), 2))
+                lum = sum(k[c] * out[:, c:c + 1] for c in range(3))
+            return rgb_to_y(lum)
+        return run
+
+    return torch, {"ecbsr": ECBSR, "etds": ETDS, "espcn": ESPCN}, reference
+
+
+TORCH_PEERS = (
+    ("ECBSR-M4C16 (torch->ONNX, Y)", "ecbsr", "ecbsr/ECBSR_M4C16_x2.pth"),
+    ("ETDS-M5C16 (torch->ONNX, Y)", "etds", "etds/ETDS_M5C16_x2.pth"),
+    ("ESPCN-RGB (torch->ONNX, Y)", "espcn", "espcn_rgb/ESPCN_x2.pth"),
+)
+PEER_NOTE = "RGB net on Y replicated (R=G=B), Y of output; first conv folded to 1 ch"
+
+
+def torch_candidates(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
+                     ) -> tuple[list[Candidate], list[dict]]:
+    """Rebuild, check, export and wrap the torch peers (``only``: a subset of kinds, for tests)."""
+    try:
+        torch, builders, reference = _torch_peer_builders()
+    except ImportError as exc:
+        return [], [{"name": label, "reason": f"torch not installed ({exc})"} for label, _, _ in TORCH_PEERS]
+    from models.export import export_onnx
+
+    found, skipped = [], []
+    for label, kind, rel in TORCH_PEERS:
+        if only is not None and kind not in only:
+            continue
+        path = peers / rel
+        if not path.is_file():
+            skipped.append({"name": label, "reason": f"{path} not found"})
+            continue
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        model = builders[kind](sd).eval()
+        params = sum(v.numel() for v in sd.values())
+        onnx_path = workdir / f"{kind}_{path.stem}.onnx"
+        export_onnx(model, onnx_path)
+        err = _max_error(torch, model, reference(sd, kind), onnx_path)
+        ok = err < 1e-4
+        log.info("peer %s: exported, max |onnx - torch RGB reference| = %.2e", label, err)
+        found.append(onnx_candidate(
+            label, onnx_path, "peer", params, note=f"{PEER_NOTE}; {params} params in the RGB state_dict",
+            with_psnr=ok, psnr_note=None if ok else f"ONNX differs from the torch model by {err:.1e}"))
+    return found, skipped
+
+
+def _max_error(torch, model, reference, onnx_path: Path) -> float:
+    """Largest |ONNX (folded Y network) - unfolded RGB torch network on grey input| over real-ish sizes."""
+    from models.evaluate import onnx_upscaler
+
+    run = onnx_upscaler(onnx_path, 1)
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in ((36, 64), (37, 51)):
+        x = torch.rand(1, 1, h, w, generator=gen) * (219.0 / 255.0) + 16.0 / 255.0
+        y_u8 = np.rint(x.numpy()[0, 0] * 255).astype(np.uint8)
+        x = torch.from_numpy(y_u8.astype(np.float32) / 255.0)[None, None]
+        with torch.no_grad():
+            ref = reference(x).numpy()[0, 0]
+            folded = model(x).numpy()[0, 0]
+        worst = max(worst, float(np.abs(run(y_u8) - ref).max()), float(np.abs(folded - ref).max()))
+    return worst
+
+
+# ---------------------------------------------------------------- timing
+
+def time_upscaler(upscaler, frames: list[av.VideoFrame], runs: int, warmup: int = WARMUP) -> list[float]:
+    """Per-frame wall times (ms) of the full path, ``runs`` passes over ``frames`` after a warm-up."""
+    for frame in frames[:warmup]:
+        upscaler.upscale(frame)
+    times = []
+    for _ in range(runs):
+        for frame in frames:
+            t0 = time.perf_counter()
+            out = upscaler.upscale(frame)
+            times.append((time.perf_counter() - t0) * 1e3)
+    if (out.width, out.height, out.format.name) != (2 * WIDTH, 2 * HEIGHT, "yuv420p"):
+        raise RuntimeError(f"upscaler gave {out.width}x{out.height} {out.format.name}")
+    return times
+
+
+def measure(candidate: Candidate, frames: list[av.VideoFrame], runs: int, threads: int,
+            ceiling_gmacs: float, psnr: dict | None, psnr_note: str | None) -> Row:
+    """Time one candidate at one thread count (OpenCV's pool set to the same count, as for chroma)."""
+    cv2.setNumThreads(threads)
+    times = time_upscaler(candidate.make(threads), frames, runs)
+    p50 = statistics.median(times)
+    p95 = float(np.percentile(times, 95))
+    rate = candidate.macs / (p50 * 1e6) if candidate.macs else None  # GMAC/s
+    return Row(candidate.name, candidate.kind, threads, candidate.params, candidate.macs, round(p50, 2),
+               round(p95, 2), round(1000.0 / p50, 1), round(rate, 2) if rate else None,
+               round(100.0 * rate / ceiling_gmacs, 1) if rate else None, psnr, psnr_note, candidate.note)
+
+
+def evaluate_psnr(candidate: Candidate) -> tuple[dict | None, str | None]:
+    """Quality once per candidate (threads do not change outputs); reasons instead of numbers."""
+    if candidate.psnr is None:
+        return None, candidate.psnr_note or "not evaluated"
+    if not BENCHMARKS.is_dir():
+        return None, f"{BENCHMARKS} not found"
+    return candidate.psnr(), candidate.psnr_note
+
+
+# ---------------------------------------------------------------- output
+
+def cpu_model() -> str:
+    """``lscpu``'s model name, read from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _fmt(value, spec: str, empty: str = "-") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def table(rows: list[Row], ceiling: dict) -> str:
+    """The readable table: one line per (model, threads)."""
+    head = (f"{'model':<30} {'thr':>3} {'params':>7} {'GMAC':>6} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} "
+            f"{'GMAC/s':>7} {'%ceil':>6} {'Set5':>6} {'Set14':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        p = r.psnr or {}
+        lines.append(
+            f"{r.name:<30} {r.threads:>3} {_fmt(r.params, 'd'):>7} {_fmt(r.macs and r.macs / 1e9, '.2f'):>6} "
+            f"{r.p50_ms:>8.2f} {r.p95_ms:>8.2f} {r.fps:>7.1f} {_fmt(r.gmac_per_s, '.1f'):>7} "
+            f"{_fmt(r.ceiling_pct, '.1f'):>6} {_fmt(p.get('Set5'), '.2f'):>6} {_fmt(p.get('Set14'), '.2f'):>6}")
+    for threads, gflops in ceiling["gflops"].items():
+        lines.append(f"ceiling at {threads} thread(s): numpy float32 matmul {ceiling['n']}x{ceiling['n']}: "
+                     f"{gflops:.1f} GFLOP/s = {ceiling['gmacs'][threads]:.1f} GMAC/s (median of {ceiling['repeats']}); "
+                     f"%ceil = (GMAC / p50) / this")
+    notes = [f"  {r.name}: {r.psnr_note}" for r in rows if r.psnr_note and r.threads == rows[0].threads]
+    if notes:
+        lines += ["PSNR not given:"] + notes
+    return "\n".join(lines)
+
+
+def parse_threads(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``."""
+    values = [int(t) for t in text.split(",") if t.strip()]
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"threads must be positive integers, got {text!r}")
+    return values
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark; returns the JSON object (also the source of the table)."""
+    frames, source = load_frames(args.frames)
+    luma_std = float(np.mean([plane_view(f, 0).std() for f in frames]))
+    log.info("%d frames of %s (%dx%d yuv420p, mean luma std %.1f)", len(frames), source, WIDTH, HEIGHT, luma_std)
+    ceiling: dict = {"n": 1024, "repeats": 7, "gflops": {}, "gmacs": {}}
+    for threads in args.threads:
+        gflops = ceiling_gflops(threads, ceiling["n"], ceiling["repeats"])
+        ceiling["gflops"][str(threads)] = round(gflops, 1)
+        ceiling["gmacs"][str(threads)] = round(gflops / 2, 1)
+        log.info("ceiling at %d thread(s): %.1f GFLOP/s float32 matmul", threads, gflops)
+
+    candidates = [bicubic_candidate()] + project_candidates(only_default=args.default_only)
+    skipped: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="srtc-bench-") as tmp:
+        if args.peers:
+            peers = Path(args.peers)
+            found, skip = dnn_candidates(peers)
+            candidates += found
+            skipped += skip
+            found, skip = torch_candidates(peers, Path(tmp))
+            candidates += found
+            skipped += skip
+            for s in skipped:
+                log.warning("skipped %s: %s", s["name"], s["reason"])
+        rows = []
+        cv2_threads = cv2.getNumThreads()
+        for cand in candidates:
+            psnr, psnr_note = evaluate_psnr(cand)
+            for threads in args.threads:
+                row = measure(cand, frames, args.runs, threads, ceiling["gmacs"][str(threads)], psnr, psnr_note)
+                rows.append(row)
+                log.info("%-30s %d thr: p50 %.2f ms, p95 %.2f ms, %.1f fps, PSNR %s", row.name, threads,
+                         row.p50_ms, row.p95_ms, row.fps, psnr or psnr_note)
+        cv2.setNumThreads(cv2_threads)  # callers (tests, the server) keep their own OpenCV pool size
+    return {
+        "command": "python -m server.bench " + " ".join(args.argv),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "onnxruntime": _ort_version(),
+                    "opencv": cv2.__version__},
+        "frames": {"source": source, "count": len(frames), "width": WIDTH, "height": HEIGHT,
+                   "format": "yuv420p", "luma_std": round(luma_std, 1)},
+        "runs": args.runs, "warmup": WARMUP, "threads": args.threads,
+        "ceiling": ceiling,
+        "psnr_protocol": "models.evaluate: PIL bicubic LR, Y BT.601 limited range, shave 2, mean per set",
+        "rows": [asdict(r) for r in rows],
+        "skipped": skipped,
+    }
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout, last")
+    ap.add_argument("--peers", default=None, help="folder of published peer models (e.g. ../shared/peers)")
+    ap.add_argument("--frames", type=int, default=60, help="frames per pass (default %(default)s)")
+    ap.add_argument("--runs", type=int, default=3, help="timed passes over the frames (default %(default)s)")
+    ap.add_argument("--threads", type=parse_threads, default=[1, 2],
+                    help="comma-separated thread counts, each row timed at each (default 1,2)")
+    ap.add_argument("--default-only", action="store_true", help="only the manifest's default model")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    result = run(args)
+    rows = [Row(**r) for r in result["rows"]]
+    print(table(rows, result["ceiling"]))
+    for s in result["skipped"]:
+        print(f"skipped {s['name']}: {s['reason']}")
+    if args.json:
+        print(json.dumps(result))
+    sys.stdout.flush()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""server.bench: real frames, the full path of each model, MAC counting, the JSON shape (never timings)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from models.manifest import load_manifest
+from server import bench
+from server.engine import plane_view
+
+PEERS = bench.SHARED / "peers"
+
+
+def test_frames_are_real_content_at_640x360_yuv420p():
+    frames, source = bench.load_frames(3)
+    assert len(frames) == 3 and source
+    for frame in frames:
+        assert (frame.width, frame.height, frame.format.name) == (640, 360, "yuv420p")
+        assert plane_view(frame, 0).std() > 20  # real content, never zeros or a flat fill
+
+
+def test_fallback_frames_from_the_page_samples_are_real_content(tmp_path):
+    frames, source = bench.load_frames(2, video=tmp_path / "missing.webm")
+    assert source.endswith("*.jpg")
+    assert all(plane_view(f, 0).std() > 20 for f in frames)
+
+
+def test_full_path_of_each_project_model_gives_1280x720_yuv420p():
+    frames, _ = bench.load_frames(1)
+    candidates = bench.project_candidates()
+    assert {c.name for c in candidates} == set(load_manifest()["models"])
+    for cand in candidates:
+        out = cand.make(1).upscale(frames[0])
+        assert (out.width, out.height, out.format.name) == (1280, 720, "yuv420p")
+        assert plane_view(out, 0).std() > 20
+
+
+def _conv(name: str, x: str, y: str, cout: int, cin: int, k: int, stride: int = 1) -> tuple:
+    weight = helper.make_tensor(f"{name}_w", TensorProto.FLOAT, [cout, cin, k, k], np.zeros(cout * cin * k * k))
+    bias = helper.make_tensor(f"{name}_b", TensorProto.FLOAT, [cout], np.zeros(cout))
+    node = helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y], pads=[k // 2] * 4,
+                            strides=[stride, stride])
+    return node, [weight, bias]
+
+
+def test_mac_and_parameter_counting_of_a_known_conv_stack():
+    c1, i1 = _conv("c1", "lr", "h1", 8, 1, 3)
+    relu = helper.make_node("Relu", ["h1"], ["h2"])
+    c2, i2 = _conv("c2", "h2", "h3", 4, 8, 3)
+    c3, i3 = _conv("c3", "h3", "sr", 2, 4, 1, stride=2)
+    graph = helper.make_graph(
+        [c1, relu, c2, c3], "stack",
+        [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, 1, "h", "w"])],
+        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, None)], i1 + i2 + i3)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # 10x12: 3x3 1->8 and 3x3 8->4 at full size, 1x1 4->2 stride 2 at 5x6
+    assert bench.count_macs(model, 10, 12) == 120 * (8 * 9 * 1) + 120 * (4 * 9 * 8) + 30 * (2 * 4)
+    assert bench.count_params(model) == (8 * 9 + 8) + (4 * 72 + 4) + (2 * 4 + 2)
+
+
+def test_project_model_macs_scale_with_the_pixel_count():
+    for cand in bench.project_candidates():
+        graph = onnx.load(str(bench.resolve(cand.name)))
+        assert cand.macs == bench.count_macs(graph, 360, 640) > 0
+        assert bench.count_macs(graph, 720, 1280) == 4 * cand.macs
+
+
+def test_json_of_a_tiny_run_has_the_documented_shape(capsys):
+    bench.main(["--json", "--frames", "3", "--runs", "1", "--threads", "1", "--default-only"])
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert {"command", "date", "machine", "frames", "runs", "warmup", "threads", "ceiling", "psnr_protocol",
+            "rows", "skipped"} <= set(result)
+    assert result["frames"]["count"] == 3 and result["frames"]["luma_std"] > 20
+    assert result["ceiling"]["gflops"]["1"] > 0 and result["ceiling"]["gmacs"]["1"] > 0
+    default = load_manifest()["default"]
+    assert [r["name"] for r in result["rows"]] == ["bicubic (OpenCV)", default]
+    for row in result["rows"]:
+        assert {"name", "kind", "threads", "params", "macs", "p50_ms", "p95_ms", "fps", "gmac_per_s",
+                "ceiling_pct", "psnr", "psnr_note", "note"} <= set(row)
+        assert row["threads"] == 1 and row["p95_ms"] >= row["p50_ms"] > 0
+    model = result["rows"][1]
+    assert model["macs"] > 0 and model["params"] > 0 and model["ceiling_pct"] > 0
+    if (bench.BENCHMARKS / "Set5").is_dir():
+        assert model["psnr"]["Set5"] > result["rows"][0]["psnr"]["Set5"]  # the model beats bicubic
+    assert any(line.startswith("bicubic (OpenCV)") for line in out)  # the readable table came first
+
+
+@pytest.mark.skipif(not (PEERS / "ecbsr" / "ECBSR_M4C16_x2.pth").is_file(), reason="no ../shared/peers")
+def test_a_torch_peer_export_matches_its_rgb_network_and_runs_the_full_path(tmp_path):
+    pytest.importorskip("torch")
+    found, skipped = bench.torch_candidates(PEERS, tmp_path, only=("ecbsr",))
+    assert not skipped and len(found) == 1
+    peer = found[0]
+    assert peer.psnr is not None, peer.psnr_note  # set only when ONNX matched the torch RGB network
+    assert peer.params == 11548 and peer.macs > 0
+    frames, _ = bench.load_frames(1)
+    out = peer.make(1).upscale(frames[0])
+    assert (out.width, out.height, out.format.name) == (1280, 720, "yuv420p")
