@@ -844,6 +844,36 @@ async def run_probe(
     return build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
 
 
+async def run_clients(
+    url: str, seconds: float, clients: int, source: str | Path | Source | None = None, fps: float = 30.0,
+    psnr_every: int = 5, network_change: tuple[float, dict] | None = None,
+) -> list[ProbeReport]:
+    """``clients`` probes at once against one server, sharing one pre-rendered source (so the probe's own
+    CPU cost stays small), each with its own session; their reports in client order."""
+    src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
+    return list(await asyncio.gather(*(
+        run_probe(url, seconds, source=src, fps=fps, psnr_every=psnr_every,
+                  network_change=network_change if i == 0 else None)
+        for i in range(clients)
+    )))
+
+
+def clients_summary(reports: Sequence[ProbeReport]) -> dict:
+    """Per-stream fps and latency of every client side by side, and their medians (the scale figures)."""
+    rows = []
+    for i, report in enumerate(reports):
+        row: dict = {"client": i, "session_id": report.session_id, "sent": report.sent, "skipped": report.skipped}
+        for name, stream in report.streams.items():
+            row[name] = {"frames": stream["frames"], "fps": stream["fps"], "latency_ms": stream["latency_ms"]}
+        rows.append(row)
+    medians = {}
+    for name in ("sr", "raw"):
+        fps = [r[name]["fps"] for r in rows if name in r]
+        p95 = [r[name]["latency_ms"]["p95"] for r in rows if name in r and r[name]["latency_ms"]["p95"] is not None]
+        medians[name] = {"fps": _r(percentile(fps, 50)), "latency_p95_ms": _r(percentile(p95, 50))}
+    return {"clients": len(reports), "per_client": rows, "median": medians}
+
+
 # --------------------------------------------------------------------------- helpers and CLI
 
 
@@ -897,12 +927,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", default=None, help="video file, image or folder of images (default: Big Buck Bunny)")
     parser.add_argument("--psnr-every", type=int, default=5, help="PSNR on every Nth source frame")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--clients", type=int, default=1, help="concurrent clients, each with its own session (default 1)")
     parser.add_argument("--network-change", metavar="SECONDS:JSON", default=None,
                         help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1:
-        parser.error("need --seconds > 0, --fps in 1..120 and --psnr-every >= 1")
+    if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1 or not 1 <= args.clients <= 64:
+        parser.error("need --seconds > 0, --fps in 1..120, --psnr-every >= 1 and --clients in 1..64")
     if args.network_change is not None:
         when, _, body = args.network_change.partition(":")
         try:
@@ -925,15 +956,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        report = asyncio.run(
-            run_probe(args.url, args.seconds, source=args.source, fps=args.fps, psnr_every=args.psnr_every,
-                      network_change=args.network_change)
+        reports = asyncio.run(
+            run_clients(args.url, args.seconds, args.clients, source=args.source, fps=args.fps,
+                        psnr_every=args.psnr_every, network_change=args.network_change)
         )
     except ProbeError as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
         return 130
+    if args.clients > 1:
+        for i, report in enumerate(reports):
+            print(f"--- client {i}\n{report.to_text()}\n", file=sys.stderr if args.json else sys.stdout, flush=True)
+        summary = clients_summary(reports)
+        if args.json:
+            print(json.dumps({**summary, "reports": [r.to_dict() for r in reports]}), flush=True)
+        else:
+            print(json.dumps(summary["median"]), flush=True)
+        return 0
+    report = reports[0]
     if args.json:
         print(report.to_text(), file=sys.stderr, flush=True)  # stdout stays one JSON object
         print(report.to_json(), flush=True)

@@ -10,7 +10,7 @@ import asyncio
 
 from server.app import SESSIONS, create_app
 from server.config import ServerConfig
-from server.probe import FULL_H, FULL_W, run_probe
+from server.probe import FULL_H, FULL_W, clients_summary, run_clients, run_probe
 from server.registry import describe
 
 from .conftest import serving
@@ -35,3 +35,16 @@ async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upsca
         assert sr["psnr_y"] > 30 and raw["psnr_y"] > 30
         await asyncio.sleep(0.2)
         assert app[SESSIONS] == {}, "the probe deletes its session; the server must forget it"
+
+
+async def test_two_concurrent_clients_each_get_their_own_streams(upscaler, default_model_path):
+    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
+    async with serving(app) as url:
+        reports = await run_clients(url, seconds=3.0, clients=2, fps=10.0, psnr_every=5)
+    assert len({r.session_id for r in reports}) == 2
+    summary = clients_summary(reports)
+    assert summary["clients"] == 2 and len(summary["per_client"]) == 2
+    for report in reports:
+        assert report.streams["sr"]["width"] == FULL_W and report.streams["sr"]["numbered"] >= 10
+        assert report.streams["sr"]["out_of_order"] == 0
+    assert summary["median"]["sr"]["fps"] > 0
