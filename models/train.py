@@ -62,6 +62,8 @@ def parse_widths(text: str) -> tuple[int, ...]:
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/train", help="folder of HR training images (searched recursively)")
+    ap.add_argument("--pairs", default=None,
+                    help="train on a codec-aware pair cache made by `python -m models.degrade` instead of --data")
     ap.add_argument("--val", default="../shared/data/benchmarks/Set5", help="validation folder ('' to skip)")
     ap.add_argument("--out", required=True, help="run folder for checkpoints")
     ap.add_argument("--steps", type=int, required=True, help="total optimisation steps")
@@ -116,7 +118,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
 
     log.info("%s %s: %d params, %.2f GMAC at 640x360, device %s", type(model).__name__, config,
              count_params(model), count_macs(model) / 1e9, device)
-    data = PatchPairs(args.data, args.patch, args.limit_images)
+    data = load_training_data(args)
     val = load_samples(args.val) if args.val else []
     loss_fn = LOSSES[args.loss]
 
@@ -164,6 +166,15 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         save(out / "best.pt", **state())
     log.info("done: %d steps, %.1f min wall in total, best PSNR-Y %.3f dB", step, wall / 60, best)
     return {"losses": losses, "best_psnr": best, "steps": step, "wall_s": wall}
+
+
+def load_training_data(args: argparse.Namespace):
+    """Clean bicubic pairs cut from --data, or the degraded (codec-aware) pairs of a --pairs cache."""
+    if args.pairs:
+        from models.degrade import CodecPatchPairs  # imports PyAV; only needed for codec-aware training
+
+        return CodecPatchPairs(args.pairs, args.patch, args.limit_images, seed=args.seed)
+    return PatchPairs(args.data, args.patch, args.limit_images)
 
 
 def main(argv: list[str] | None = None) -> None:

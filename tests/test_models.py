@@ -118,3 +118,20 @@ def test_bicubic_reproduces_set5_reference() -> None:
     bicubic = evaluate(samples, lambda lr: np.zeros((2 * lr.shape[0], 2 * lr.shape[1])))["bicubic"]
     assert abs(bicubic - 33.66) < 0.05, bicubic
 
+
+
+@needs_torch
+def test_short_training_on_a_codec_aware_cache_lowers_loss(tmp_path: Path) -> None:
+    """--pairs: the loop trains on degraded pairs from models.degrade's cache just as on clean images."""
+    from models import train
+    from models.degrade import build_cache
+
+    samples = Path(__file__).resolve().parent.parent / "client_web" / "samples"
+    cache = build_cache(tmp_path / "cache", samples, None, pairs=6, seed=0, progress=False)
+    args = train.make_parser().parse_args([
+        "--pairs", str(cache), "--val", "", "--out", str(tmp_path / "run"), "--steps", "120", "--seed", "0",
+        "--batch", "16", "--patch", "48", "--save-every", "60"])
+    summary = train.train(args)
+    losses = summary["losses"]
+    assert summary["steps"] == 120
+    assert np.mean(losses[-20:]) < 0.97 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
