@@ -68,14 +68,21 @@ class PatchPairs:
         lrs = np.empty((batch, 1, q, q), np.float32)
         hrs = np.empty((batch, 1, p, p), np.float32)
         for b, i in enumerate(rng.choice(len(self.hr), size=batch, p=self.weights)):
-            lr, hr = self.lr[i], self.hr[i]
-            y = int(rng.integers(lr.shape[0] - q + 1))
-            x = int(rng.integers(lr.shape[1] - q + 1))
-            lp = lr[y:y + q, x:x + q]
-            hp = hr[SCALE * y:SCALE * y + p, SCALE * x:SCALE * x + p]
-            k = int(rng.integers(4))
-            if rng.integers(2):
-                lp, hp = lp[:, ::-1], hp[:, ::-1]
-            lrs[b, 0] = np.rot90(lp, k)
-            hrs[b, 0] = np.rot90(hp, k)
+            lrs[b, 0], hrs[b, 0] = crop_pair(self.lr[i], self.hr[i], p, rng)
         return torch.from_numpy(lrs), torch.from_numpy(hrs)
+
+
+def crop_pair(lr: np.ndarray, hr: np.ndarray, patch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One aligned patch pair (LR patch/2, HR patch) at a random place, with a random flip and rotation.
+
+    Shared by every training source, so clean and codec-degraded pairs are cut and augmented alike.
+    """
+    q = patch // SCALE
+    y = int(rng.integers(lr.shape[0] - q + 1))
+    x = int(rng.integers(lr.shape[1] - q + 1))
+    lp = lr[y:y + q, x:x + q]
+    hp = hr[SCALE * y:SCALE * y + patch, SCALE * x:SCALE * x + patch]
+    k = int(rng.integers(4))
+    if rng.integers(2):
+        lp, hp = lp[:, ::-1], hp[:, ::-1]
+    return np.rot90(lp, k), np.rot90(hp, k)

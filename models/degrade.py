@@ -43,6 +43,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import imaging
+from models.data import crop_pair
 
 log = logging.getLogger(__name__)
 
@@ -436,16 +437,7 @@ class CodecPatchPairs(torch.utils.data.Dataset):
 
     def crop(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One aligned uint8 patch pair from pair ``i`` with a random flip and rotation."""
-        p, q = self.patch, self.patch // SCALE
-        lr, hr = self.lr[i], self.hr[i]
-        y = int(rng.integers(lr.shape[0] - q + 1))
-        x = int(rng.integers(lr.shape[1] - q + 1))
-        lp = lr[y:y + q, x:x + q]
-        hp = hr[SCALE * y:SCALE * y + p, SCALE * x:SCALE * x + p]
-        k = int(rng.integers(4))
-        if rng.integers(2):
-            lp, hp = lp[:, ::-1], hp[:, ::-1]
-        return np.rot90(lp, k), np.rot90(hp, k)
+        return crop_pair(self.lr[i], self.hr[i], self.patch, rng)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         lp, hp = self.crop(i, self.rng)
