@@ -165,6 +165,19 @@ def _wait_playing(page, video_id: str) -> dict:
     return page.evaluate(VIDEO_STATE_JS, video_id)
 
 
+def _start_and_wait_playing(page, failure: str, screenshot: bool = False) -> tuple[dict, dict]:
+    """Press Start and wait until the page is connected and both returned videos play; (raw, sr) sizes."""
+    page.click("#start")
+    try:
+        page.wait_for_function("() => window.srtcState && window.srtcState.connected === true",
+                               timeout=MEDIA_TIMEOUT_MS)
+        return _wait_playing(page, "video-raw"), _wait_playing(page, "video-sr")
+    except Exception:
+        if screenshot:
+            page.screenshot(path=str(SCREENSHOT))
+        pytest.fail(f"{failure}:\n" + _context(page))
+
+
 def _context(page) -> str:
     state = page.evaluate("() => ({srtc: window.srtcState, status: document.getElementById('status').textContent})")
     return f"page state: {state}\n" + "\n".join(page.messages[-30:])
@@ -179,15 +192,7 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
         assert page.locator(selector).count() == 1, f"{selector} missing"
     assert page.locator("#sr-toggle").is_checked()
 
-    page.click("#start")
-    try:
-        page.wait_for_function("() => window.srtcState && window.srtcState.connected === true",
-                               timeout=MEDIA_TIMEOUT_MS)
-        raw = _wait_playing(page, "video-raw")
-        sr = _wait_playing(page, "video-sr")
-    except Exception:
-        page.screenshot(path=str(SCREENSHOT))
-        pytest.fail("media did not flow:\n" + _context(page))
+    raw, sr = _start_and_wait_playing(page, "media did not flow", screenshot=True)
 
     state = page.evaluate("() => window.srtcState")
     assert state["error"] in (None, ""), _context(page)
@@ -271,14 +276,7 @@ def test_camera_source_with_a_fake_camera(open_page, server_url):
     page = open_page(("--use-fake-device-for-media-stream",))
     page.goto(server_url + "/")
     page.select_option("#source", "camera")
-    page.click("#start")
-    try:
-        page.wait_for_function("() => window.srtcState && window.srtcState.connected === true",
-                               timeout=MEDIA_TIMEOUT_MS)
-        raw = _wait_playing(page, "video-raw")
-        sr = _wait_playing(page, "video-sr")
-    except Exception:
-        pytest.fail("media did not flow from the fake camera:\n" + _context(page))
+    raw, sr = _start_and_wait_playing(page, "media did not flow from the fake camera")
     assert (raw["w"], raw["h"]) == (640, 360), raw
     assert (sr["w"], sr["h"]) == (1280, 720), sr
     with page.expect_response(lambda r: r.request.method == "DELETE") as response_info:
