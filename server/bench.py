@@ -9,7 +9,7 @@ Each row also gets its parameters, its multiply-accumulates at 640x360 (counted 
 its Set5/Set14 Y-PSNR under ``models.evaluate``'s protocol, and how close its conv work gets to the
 machine's measured float32 matrix-multiply rate.
 
-Peers (``--peers``, e.g. ``../shared/peers``; see its SOURCES.md):
+Peers (``--peers``, e.g. ``../shared/peers``; see its SOURCES.md), built by ``models.peers``:
 - OpenCV FSRCNN/ESPCN ``.pb`` through ``cv2.dnn`` when the installed OpenCV can run them (their
   DepthToSpace layer is registered by opencv-contrib's dnn_superres; without it they are skipped).
 - ECBSR-M4C16, ETDS-M5C16 and ESPCN (RGB) rebuilt in torch from their state_dicts (already the
@@ -20,7 +20,6 @@ Peers (``--peers``, e.g. ``../shared/peers``; see its SOURCES.md):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ import numpy as np
 import onnx
 
 from models.manifest import MANIFEST_PATH, load_manifest, resolve
+from models.peers import DNN_NOTE, PEER_NOTE, DnnLuma, export_torch_peers, probe_dnn_peers
 
 from .engine import BicubicUpscaler, OnnxUpscaler, plane_view, upscale_frame
 
@@ -53,8 +53,6 @@ WIDTH, HEIGHT = 640, 360
 WARMUP = 5
 MIN_LUMA_STD = 20.0  # below this a frame is a fade or a flat fill, not content
 
-# BT.601 limited range: Y = 16 + 219 * (kr R + kg G + kb B) on 0..255, with RGB in 0..1 (k sums to 1).
-LUMA_K = (65.481 / 219.0, 128.553 / 219.0, 24.966 / 219.0)
 
 
 # ---------------------------------------------------------------- frames
@@ -283,36 +281,11 @@ def project_candidates(manifest_path: Path = MANIFEST_PATH, only_default: bool =
 
 # ---------------------------------------------------------------- peers
 
-class _DnnUpscaler:
+class _DnnUpscaler(DnnLuma):
     """A Y-only ``.pb`` in cv2.dnn behind the engine's ``upscale`` (chroma bicubic like ours)."""
-
-    def __init__(self, path: Path, threads: int) -> None:
-        cv2.setNumThreads(threads)
-        self.net = cv2.dnn.readNetFromTensorflow(str(path))
-        self.name = path.stem
-
-    def upscale_luma(self, y: np.ndarray) -> np.ndarray:
-        self.net.setInput((y.astype(np.float32) / 255.0)[None, None])
-        out = self.net.forward()[0, 0]
-        return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
         return upscale_frame(frame, self.upscale_luma)
-
-
-@contextlib.contextmanager
-def _quiet_opencv():
-    """OpenCV logs each failed importer attempt at ERROR level; the skip line says it once."""
-    utils = getattr(getattr(cv2, "utils", None), "logging", None)
-    if utils is None:
-        yield
-        return
-    level = utils.getLogLevel()
-    utils.setLogLevel(utils.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        utils.setLogLevel(level)
 
 
 def _dnn_psnr(path: Path) -> dict:
@@ -323,222 +296,22 @@ def _dnn_psnr(path: Path) -> dict:
 
 def dnn_candidates(peers: Path) -> tuple[list[Candidate], list[dict]]:
     """FSRCNN and ESPCN ``.pb`` through cv2.dnn, or a skip entry saying why the installed OpenCV cannot."""
-    found, skipped = [], []
-    for label, rel in (("FSRCNN (.pb, cv2.dnn)", "opencv_fsrcnn/FSRCNN_x2.pb"),
-                       ("FSRCNN-small (.pb, cv2.dnn)", "opencv_fsrcnn/FSRCNN-small_x2.pb"),
-                       ("ESPCN (.pb, cv2.dnn)", "opencv_espcn/ESPCN_x2.pb")):
-        path = peers / rel
-        if not path.is_file():
-            skipped.append({"name": label, "reason": f"{path} not found"})
-            continue
-        try:
-            with _quiet_opencv():
-                probe = _DnnUpscaler(path, 1)
-                probe.upscale_luma(np.full((24, 32), 128, np.uint8))
-        except cv2.error as exc:
-            lines = [ln.strip(" >") for ln in str(exc).splitlines() if ln.strip(" >")]
-            first = next((ln for ln in lines if "required" in ln), lines[-1] if lines else repr(exc)).rstrip(":")
-            skipped.append({"name": label, "reason": (
-                f"cv2.dnn {cv2.__version__} (headless, no contrib) cannot run it: the graph's DepthToSpace "
-                f"layer is registered by opencv-contrib's dnn_superres, not installed here ({first})")})
-            continue
-        found.append(Candidate(label, "peer", lambda threads, p=path: _DnnUpscaler(p, threads),
-                               psnr=lambda p=path: _dnn_psnr(p),
-                               note="Y-only, trained on cv2 INTER_CUBIC LR"))
+    runnable, skipped = probe_dnn_peers(peers)
+    found = [Candidate(label, "peer", lambda threads, p=path: _DnnUpscaler(p, threads),
+                       psnr=lambda p=path: _dnn_psnr(p), note=DNN_NOTE)
+             for label, path in runnable]
     return found, skipped
-
-
-def _torch_peer_builders():
-    """Y-contract torch wrappers of the RGB peers (torch imported here, only when peers are asked for)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    k = torch.tensor(LUMA_K)
-
-    def y_to_rgb(x):  # limited-range Y/255 -> the grey RGB (0..1) that has this Y
-        return x * (255.0 / 219.0) - 16.0 / 219.0
-
-    def rgb_to_y(rgb_lum):  # kr R + kg G + kb B (0..1) -> limited-range Y/255
-        return rgb_lum * (219.0 / 255.0) + 16.0 / 255.0
-
-    def fold_in(w):  # R=G=B: a conv on 3 identical channels is a conv on one with summed weights (exact)
-        return w.sum(dim=1, keepdim=True)
-
-    def fold_out(w, b):  # the Y mix of a linear 12-channel (colour-major, c*4+s) layer, folded to 4 channels
-        w4 = sum(k[c] * w[c * 4:(c + 1) * 4] for c in range(3))
-        b4 = sum(k[c] * b[c * 4:(c + 1) * 4] for c in range(3))
-        return w4, b4
-
-    def y_mix():  # 1x1 conv 12 -> 4 taking the Y mix of colour channels, for outputs behind a non-linearity
-        w = torch.zeros(4, 12, 1, 1)
-        for c in range(3):
-            for s in range(4):
-                w[s, c * 4 + s] = k[c]
-        return w
-
-    class ECBSR(nn.Module):
-        """Plain (re-parameterised) ECBSR: conv+PReLU stack, linear last conv, nearest anchor, shuffle."""
-
-        def __init__(self, sd: dict) -> None:
-            super().__init__()
-            n = len({key.split(".")[1] for key in sd})
-            convs, acts = [], []
-            for i in range(n):
-                w, b = sd[f"backbone.{i}.0.weight"], sd[f"backbone.{i}.0.bias"]
-                if i == 0:
-                    w = fold_in(w)
-                if i == n - 1:
-                    w, b = fold_out(w, b)
-                conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1)
-                conv.weight.data, conv.bias.data = w.clone(), b.clone()
-                convs.append(conv)
-                if i < n - 1:
-                    act = nn.PReLU(w.shape[0])
-                    act.weight.data = sd[f"backbone.{i}.1.weight"].clone()
-                    acts.append(act)
-            self.convs, self.acts = nn.ModuleList(convs), nn.ModuleList(acts)
-
-        def forward(self, x):
-            rgb = y_to_rgb(x)
-            h = rgb
-            for conv, act in zip(self.convs, self.acts):
-                h = act(conv(h))
-            h = self.convs[-1](h) + rgb  # anchor: the Y mix of R,G,B repeated is the grey value itself
-            return rgb_to_y(torch.clamp(F.pixel_shuffle(h, 2), 0.0, 1.0))
-
-    class ETDS(nn.Module):
-        """ETDS in its deployable (equivalently transformed) form; the last two ReLUs are the clamp."""
-
-        def __init__(self, sd: dict) -> None:
-            super().__init__()
-            def conv(prefix: str, fold: bool = False) -> nn.Conv2d:
-                w, b = sd[f"{prefix}.weight"], sd[f"{prefix}.bias"]
-                w = fold_in(w) if fold else w
-                c = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], padding=w.shape[-1] // 2)
-                c.weight.data, c.bias.data = w.clone(), b.clone()
-                return c
-            n = len({key.split(".")[1] for key in sd if key.startswith("backbone_convs.")})
-            self.first = conv("conv_first", fold=True)
-            self.body = nn.ModuleList(conv(f"backbone_convs.{i}") for i in range(n))
-            self.last, self.clip = conv("conv_last"), conv("conv_clip")
-            self.mix = nn.Conv2d(12, 4, 1, bias=False)
-            self.mix.weight.data = y_mix()
-
-        def forward(self, x):
-            h = F.relu(self.first(y_to_rgb(x)))
-            for c in self.body:
-                h = F.relu(c(h))
-            h = F.relu(self.clip(F.relu(self.last(h))))
-            return rgb_to_y(F.pixel_shuffle(self.mix(h), 2))
-
-    class ESPCN(nn.Module):
-        """ESPCN (RGB, ETDS repo): conv5x5 + tanh, conv3x3 + tanh, conv3x3 to 12, shuffle, sigmoid."""
-
-        def __init__(self, sd: dict) -> None:
-            super().__init__()
-            self.c1 = nn.Conv2d(1, 64, 5, padding=2)
-            self.c1.weight.data, self.c1.bias.data = fold_in(sd["conv1.weight"]).clone(), sd["conv1.bias"].clone()
-            self.c2 = nn.Conv2d(64, 32, 3, padding=1)
-            self.c2.weight.data, self.c2.bias.data = sd["conv2.weight"].clone(), sd["conv2.bias"].clone()
-            self.c3 = nn.Conv2d(32, 12, 3, padding=1)
-            self.c3.weight.data, self.c3.bias.data = sd["conv3.weight"].clone(), sd["conv3.bias"].clone()
-            self.mix = nn.Conv2d(12, 4, 1, bias=False)
-            self.mix.weight.data = y_mix()
-
-        def forward(self, x):
-            h = torch.tanh(self.c2(torch.tanh(self.c1(y_to_rgb(x)))))
-            return rgb_to_y(F.pixel_shuffle(self.mix(torch.sigmoid(self.c3(h))), 2))
-
-    def reference(sd_model, kind: str):
-        """The unfolded RGB network on grey input, Y taken from its output: what the fold must equal."""
-        def run(x):
-            rgb = y_to_rgb(x).repeat(1, 3, 1, 1)
-            if kind == "ecbsr":
-                n = len({key.split(".")[1] for key in sd_model})
-                h = rgb
-                for i in range(n):
-                    h = F.conv2d(h, sd_model[f"backbone.{i}.0.weight"], sd_model[f"backbone.{i}.0.bias"], padding=1)
-                    if i < n - 1:
-                        h = F.prelu(h, sd_model[f"backbone.{i}.1.weight"])
-                out = F.pixel_shuffle(h + rgb.repeat_interleave(4, dim=1), 2)
-                lum = sum(k[c] * out[:, c:c + 1] for c in range(3)).clamp(0.0, 1.0)
-            elif kind == "etds":
-                n = len({key.split(".")[1] for key in sd_model if key.startswith("backbone_convs.")})
-                h = F.relu(F.conv2d(rgb, sd_model["conv_first.weight"], sd_model["conv_first.bias"], padding=1))
-                for i in range(n):
-                    h = F.relu(F.conv2d(h, sd_model[f"backbone_convs.{i}.weight"],
-                                        sd_model[f"backbone_convs.{i}.bias"], padding=1))
-                h = F.relu(F.conv2d(h, sd_model["conv_last.weight"], sd_model["conv_last.bias"], padding=1))
-                out = F.pixel_shuffle(F.relu(F.conv2d(h, sd_model["conv_clip.weight"], sd_model["conv_clip.bias"])), 2)
-                lum = sum(k[c] * out[:, c:c + 1] for c in range(3))
-            else:
-                h = torch.tanh(F.conv2d(rgb, sd_model["conv1.weight"], sd_model["conv1.bias"], padding=2))
-                h = torch.tanh(F.conv2d(h, sd_model["conv2.weight"], sd_model["conv2.bias"], padding=1))
-                out = torch.sigmoid(F.pixel_shuffle(
-                    F.conv2d(h, sd_model["conv3.weight"], sd_model["conv3.bias"], padding=1), 2))
-                lum = sum(k[c] * out[:, c:c + 1] for c in range(3))
-            return rgb_to_y(lum)
-        return run
-
-    return torch, {"ecbsr": ECBSR, "etds": ETDS, "espcn": ESPCN}, reference
-
-
-TORCH_PEERS = (
-    ("ECBSR-M4C16 (torch->ONNX, Y)", "ecbsr", "ecbsr/ECBSR_M4C16_x2.pth"),
-    ("ETDS-M5C16 (torch->ONNX, Y)", "etds", "etds/ETDS_M5C16_x2.pth"),
-    ("ESPCN-RGB (torch->ONNX, Y)", "espcn", "espcn_rgb/ESPCN_x2.pth"),
-)
-PEER_NOTE = "RGB net on Y replicated (R=G=B), Y of output; first conv folded to 1 ch"
 
 
 def torch_candidates(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
                      ) -> tuple[list[Candidate], list[dict]]:
-    """Rebuild, check, export and wrap the torch peers (``only``: a subset of kinds, for tests)."""
-    try:
-        torch, builders, reference = _torch_peer_builders()
-    except ImportError as exc:
-        return [], [{"name": label, "reason": f"torch not installed ({exc})"} for label, _, _ in TORCH_PEERS]
-    from models.export import export_onnx
-
-    found, skipped = [], []
-    for label, kind, rel in TORCH_PEERS:
-        if only is not None and kind not in only:
-            continue
-        path = peers / rel
-        if not path.is_file():
-            skipped.append({"name": label, "reason": f"{path} not found"})
-            continue
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        model = builders[kind](sd).eval()
-        params = sum(v.numel() for v in sd.values())
-        onnx_path = workdir / f"{kind}_{path.stem}.onnx"
-        export_onnx(model, onnx_path)
-        err = _max_error(torch, model, reference(sd, kind), onnx_path)
-        ok = err < 1e-4
-        log.info("peer %s: exported, max |onnx - torch RGB reference| = %.2e", label, err)
-        found.append(onnx_candidate(
-            label, onnx_path, "peer", params, note=f"{PEER_NOTE}; {params} params in the RGB state_dict",
-            with_psnr=ok, psnr_note=None if ok else f"ONNX differs from the torch model by {err:.1e}"))
+    """Rebuild, check, export (``models.peers``) and wrap the torch peers (``only``: a subset of kinds)."""
+    exported, skipped = export_torch_peers(peers, workdir, only)
+    found = [onnx_candidate(
+        p.name, p.onnx_path, "peer", p.params, note=f"{PEER_NOTE}; {p.params} params in the RGB state_dict",
+        with_psnr=p.ok, psnr_note=None if p.ok else f"ONNX differs from the torch model by {p.error:.1e}")
+        for p in exported]
     return found, skipped
-
-
-def _max_error(torch, model, reference, onnx_path: Path) -> float:
-    """Largest |ONNX (folded Y network) - unfolded RGB torch network on grey input| over real-ish sizes."""
-    from models.evaluate import onnx_upscaler
-
-    run = onnx_upscaler(onnx_path, 1)
-    gen = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for h, w in ((36, 64), (37, 51)):
-        x = torch.rand(1, 1, h, w, generator=gen) * (219.0 / 255.0) + 16.0 / 255.0
-        y_u8 = np.rint(x.numpy()[0, 0] * 255).astype(np.uint8)
-        x = torch.from_numpy(y_u8.astype(np.float32) / 255.0)[None, None]
-        with torch.no_grad():
-            ref = reference(x).numpy()[0, 0]
-            folded = model(x).numpy()[0, 0]
-        worst = max(worst, float(np.abs(run(y_u8) - ref).max()), float(np.abs(folded - ref).max()))
-    return worst
 
 
 # ---------------------------------------------------------------- timing
