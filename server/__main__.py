@@ -30,6 +30,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     parser.add_argument("--model", default=None, help="a model name from models/manifest.json or a path to an .onnx file (default: the manifest's default)")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="onnxruntime threads per inference (default %(default)s)")
     parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="concurrent clients (default %(default)s)")
+    parser.add_argument("--sr-headroom", type=float, default=defaults.sr_headroom,
+                        help="share of the frame interval the generator may use per frame, 0.1..1; beyond it some "
+                             "frames get bicubic instead of falling behind (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--stock-receiver", action="store_true",
                         help="receive with aiortc's stock jitter buffer instead of the loss-resilient one (for comparisons)")
@@ -47,7 +50,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
-                              max_sessions=args.max_sessions, resilient_receiver=not args.stock_receiver)
+                              max_sessions=args.max_sessions, resilient_receiver=not args.stock_receiver,
+                              sr_headroom=args.sr_headroom)
         network = NetworkConfig(loss=args.loss, burst=args.burst, kbps=args.kbps, delay_ms=args.delay_ms,
                                 jitter_ms=args.jitter_ms, queue_ms=args.queue_ms, seed=args.seed,
                                 reorder=args.reorder, impair_rtcp=args.impair_rtcp)

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .config import CLIENT_DIR, ConfigError, NetworkConfig, ServerConfig
 from .engine import OnnxUpscaler
+from .governor import GovernorPolicy
 from .impairment import NetworkControl
 from .registry import ModelInfo
 from .session import OfferError, Session, parse_offer
@@ -62,7 +63,8 @@ async def offer(request: web.Request) -> web.Response:
         raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
     session = Session(app[UPSCALER], on_closed=lambda s: sessions.pop(s.id, None),
                       connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK],
-                      resilient=app[CONFIG].resilient_receiver)
+                      resilient=app[CONFIG].resilient_receiver,
+                      governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom))
     sessions[session.id] = session
     try:
         answer = await session.answer(description, sr_enabled)

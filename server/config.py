@@ -29,6 +29,9 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few kB; anything larger is refused with 413
     connect_timeout_s: float = 30.0  # a peer that never connects is closed after this long
     resilient_receiver: bool = True  # False: aiortc's stock jitter buffer and NACK (for comparisons)
+    # Share of the frame interval the generator may take per frame before the SR stage sends bicubic on
+    # some frames (server/governor.py). 1.0 = the whole interval.
+    sr_headroom: float = 0.85
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -41,6 +44,8 @@ class ServerConfig:
             raise ConfigError(f"max_body_bytes must be in 1024..16777216, got {self.max_body_bytes}")
         if not 1.0 <= self.connect_timeout_s <= 600.0:
             raise ConfigError(f"connect_timeout_s must be in 1..600, got {self.connect_timeout_s}")
+        if not 0.1 <= self.sr_headroom <= 1.0:
+            raise ConfigError(f"sr_headroom must be in 0.1..1.0, got {self.sr_headroom}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from .budget import ArrivalLog
 from .metrics import FreezeDetector, RateMeter
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TimedFrame:
-    """A decoded frame and when it reached the server's side of the decoder (monotonic seconds)."""
+    """A decoded frame and when it reached the server's side of the decoder (monotonic seconds).
+
+    ``first_packet`` and ``released`` (its first RTP packet, its hand-over to the decoder) are known
+    when the receiver logs them (see :mod:`server.budget`), else None.
+    """
 
     frame: av.VideoFrame
     arrived: float
+    first_packet: float | None = None
+    released: float | None = None
 
 
 class LatestFrame:
@@ -38,12 +45,14 @@ class LatestFrame:
         self._ended = False
         self.received = 0
         self.skipped = 0
+        self.fps = RateMeter()  # the rate frames arrive at: the SR stage's time budget per frame
 
     def put(self, item: TimedFrame) -> None:
         if self._item is not None:
             self.skipped += 1
         self._item = item
         self.received += 1
+        self.fps.tick()
         self._ready.set()
 
     def end(self) -> None:
@@ -63,8 +72,9 @@ class LatestFrame:
 class FrameFanout:
     """Drains one source track into any number of :class:`LatestFrame` slots."""
 
-    def __init__(self, source: MediaStreamTrack) -> None:
+    def __init__(self, source: MediaStreamTrack, arrivals: ArrivalLog | None = None) -> None:
         self.source = source
+        self.arrivals = arrivals
         self.frames = 0
         self.width = 0
         self.height = 0
@@ -85,6 +95,8 @@ class FrameFanout:
             while True:
                 frame = await self.source.recv()
                 item = TimedFrame(frame, time.monotonic())
+                if self.arrivals is not None and (logged := self.arrivals.lookup(frame.pts)) is not None:
+                    item.first_packet, item.released = logged
                 self.frames += 1
                 self.fps.tick()
                 self.freezes.frame(item.arrived)

@@ -31,6 +31,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.mediastreams import MediaStreamError
 
 from server import framecode
+from server.budget import STAGES
 from server.engine import plane_view
 from server.metrics import FreezeDetector, percentile
 from server.receiver import attach as attach_resilient
@@ -547,10 +548,21 @@ class ProbeReport:
             "sr_no_latency_growth_50ms": first is not None and last is not None and last - first <= 50,
         }
 
+    def budget(self) -> dict[str, dict]:
+        """The server's per-stage latency (p50/p95 ms) of each returned stream, from its /stats."""
+        streams = (self.server_session or {}).get("streams") or {}
+        return {name: s["budget_ms"] for name, s in streams.items() if s and s.get("budget_ms")}
+
+    def governor(self) -> dict | None:
+        """What the server's SR stage did under load: generator or bicubic, and on how many frames."""
+        return (self.server_session or {}).get("governor")
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["freezes"] = {name: s.get("freezes") for name, s in self.streams.items()}
         out["latency_ms"] = {name: s.get("latency_ms") for name, s in self.streams.items()}
+        out["budget_ms"] = self.budget()
+        out["governor"] = self.governor()
         out["targets"] = self.targets()
         return _finite(out)
 
@@ -594,6 +606,7 @@ class ProbeReport:
                     f"{'':<19} ({s['unreadable']} without a readable number, {s['unknown']} unknown, "
                     f"{s['repeats']} repeats)"
                 )
+        lines += self._budget_lines()
         net = self.network or {}
         if net:
             server = net.get("server") or {}
@@ -622,6 +635,23 @@ class ProbeReport:
             "targets: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in self.targets().items()),
         ]
         return "\n".join(lines)
+
+
+    def _budget_lines(self) -> list[str]:
+        budget = self.budget()
+        if not budget:
+            return []
+        lines = ["", "server latency budget, ms p50 / p95 (receive = first packet to decoder; total = first packet to sent):",
+                 f"{'stream':<8}" + "".join(f"{stage:>15}" for stage in STAGES)]
+        for name, stages in budget.items():
+            cells = (f"{_fmt(stages[st]['p50'])} / {_fmt(stages[st]['p95'])}" for st in STAGES if st in stages)
+            lines.append(f"{name:<8}" + "".join(f"{cell:>15}" for cell in cells))
+        gov = self.governor()
+        if gov:
+            lines.append(f"SR stage under load: {gov['mode']}, generator on {_fmt(gov['share'])} of frames now;"
+                         f" {gov['generator_frames']} generator / {gov['bicubic_frames']} bicubic frames;"
+                         f" generator p50 {_fmt(gov['generator_ms_p50'])} ms against a {_fmt(gov['budget_ms'])} ms budget")
+        return lines
 
 
 def build_report(

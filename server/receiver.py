@@ -49,13 +49,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiortc
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpreceiver import NackGenerator
 
+from .budget import ArrivalLog
 from .jitter import COUNTERS, Actions, AssembledFrame, FrameAssembler, Policy, SUPPORTED_CODECS
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ _REQUIRED = tuple(
 ) + ("_handle_rtp_packet", "_send_rtcp_nack", "_send_rtcp_pli", "_enabled")
 _STATE_KEYS = ("codec", "rttMs", "giveUpMs", "frameIntervalMs", "bufferedPackets", "missingPackets", "waitingForKeyframe")
 IDLE_STREAM_MS = 10_000.0  # forget an SSRC that has sent nothing for this long
+FIRST_SEEN_SIZE = 256  # RTP timestamps whose first-packet time is kept (frames in flight, with margin)
 
 
 def sender_rtt_ms(pc: Any) -> Callable[[], float | None]:
@@ -127,6 +129,13 @@ class _Stream:
     assembler: FrameAssembler
     codec: Any  # RTCRtpCodecParameters of the media payload type
     last_packet_ms: float
+    first_seen_ms: dict[int, float] = field(default_factory=dict)  # RTP timestamp -> its first packet's arrival
+
+    def saw(self, timestamp: int, now: float) -> None:
+        if timestamp not in self.first_seen_ms:
+            if len(self.first_seen_ms) >= FIRST_SEEN_SIZE:
+                del self.first_seen_ms[next(iter(self.first_seen_ms))]  # oldest first (dicts keep order)
+            self.first_seen_ms[timestamp] = now
 
 
 class ResilientReceiver:
@@ -139,8 +148,10 @@ class ResilientReceiver:
         policy: Policy | None,
         tick_ms: float,
         clock_ms: Callable[[], float],
+        arrivals: ArrivalLog | None = None,
     ) -> None:
         self._receiver = receiver
+        self._arrivals = arrivals
         self._rtt_source = rtt_ms
         self._policy = policy or Policy()
         self._tick_s = tick_ms / 1000.0
@@ -190,6 +201,7 @@ class ResilientReceiver:
         if stream is None:
             return
         stream.last_packet_ms = now
+        stream.saw(packet.timestamp, now)
         self._last_ssrc = packet.ssrc
         self._apply(packet.ssrc, stream, stream.assembler.add(packet, now))
         self._check_decoder_error(now)
@@ -272,19 +284,23 @@ class ResilientReceiver:
 
     def _apply(self, ssrc: int, stream: _Stream, actions: Actions) -> None:
         for frame in actions.frames:
-            self._deliver(stream.codec, frame)
+            self._deliver(stream, frame)
         if actions.nack:
             self._send(self._receiver._send_rtcp_nack(ssrc, actions.nack), "NACK")
         if actions.pli:
             self._send(self._receiver._send_rtcp_pli(ssrc), "PLI")
 
-    def _deliver(self, codec: Any, frame: AssembledFrame) -> None:
+    def _deliver(self, stream: _Stream, frame: AssembledFrame) -> None:
         """Queue the frame for aiortc's decoder thread exactly as aiortc's own handler would."""
         r = self._receiver
+        now = self._clock_ms()
+        first = stream.first_seen_ms.pop(frame.timestamp, now)
         if not getattr(r, _P + "decoder_thread"):
             return
         timestamp = getattr(r, _P + "timestamp_mapper").map(frame.timestamp)
-        getattr(r, _P + "decoder_queue").put((codec, JitterFrame(data=frame.data, timestamp=timestamp)))
+        if self._arrivals is not None:  # the decoded picture will carry ``timestamp`` as its pts
+            self._arrivals.released(timestamp, first / 1000.0, now / 1000.0)
+        getattr(r, _P + "decoder_queue").put((stream.codec, JitterFrame(data=frame.data, timestamp=timestamp)))
 
     def _send(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         task = asyncio.get_running_loop().create_task(_guarded(coro, what))
@@ -306,6 +322,7 @@ def attach(
     policy: Policy | None = None,
     tick_ms: float = 10.0,
     clock_ms: Callable[[], float] | None = None,
+    arrivals: ArrivalLog | None = None,
 ) -> ResilientReceiver:
     """Make one aiortc video ``RTCRtpReceiver`` NACK, give up, request keyframes and skip like libwebrtc.
 
@@ -332,4 +349,5 @@ def attach(
         policy,
         tick_ms,
         clock_ms or (lambda: time.monotonic() * 1000.0),
+        arrivals,
     )

@@ -18,12 +18,14 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, RTCSe
 from aiortc.contrib.media import MediaBlackhole
 
 from .bandwidth import RembCap, with_bandwidth
+from .budget import ArrivalLog, time_encoding
 from .engine import OnnxUpscaler
 from .fanout import FrameFanout
+from .governor import GovernorPolicy, LoadGovernor
 from .impairment import NetworkControl, SessionPath
 from .jitter import Policy
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
-from .sr_track import RawTrack, SuperResolutionTrack
+from .sr_track import RawTrack, SlotTrack, SuperResolutionTrack
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,8 @@ class Session:
     """A receiving peer: uplink -> fanout -> (SR track, raw track) -> back to the same client."""
 
     def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
-                 network: NetworkControl | None = None, resilient: bool = True) -> None:
+                 network: NetworkControl | None = None, resilient: bool = True,
+                 governor: GovernorPolicy | None = None) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.monotonic()
         self.pc = RTCPeerConnection()
@@ -71,6 +74,8 @@ class Session:
         self.remb_cap: RembCap | None = None
         self.resilient = resilient
         self.receiver: ResilientReceiver | None = None
+        self.governor_policy = governor or GovernorPolicy()
+        self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
         self._blackhole = MediaBlackhole()
         self._on_closed = on_closed
@@ -94,8 +99,10 @@ class Session:
             self.remb_cap = RembCap(uplink.receiver, lambda: self.network.config.kbps or None)
         if self.resilient:
             # NACK with re-NACKs, an RTT-tied give-up, PLI and skip-to-keyframe, instead of aiortc's stall.
-            self.receiver = attach(uplink.receiver, rtt_ms=sender_rtt_ms(self.pc), policy=UPLINK_POLICY)
-        self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled)
+            self.receiver = attach(uplink.receiver, rtt_ms=sender_rtt_ms(self.pc), policy=UPLINK_POLICY,
+                                   arrivals=self.arrivals)
+        self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
+                                             LoadGovernor(self.governor_policy))
         _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink)
         if raw_out is not None:
             self.raw_track = RawTrack(self.fanout.subscribe())
@@ -142,6 +149,8 @@ class Session:
             "output": {"width": sr.get("width", 0), "height": sr.get("height", 0)},
             "skipped": sr.get("skipped", 0),
             "sr_ms": sr.get("sr_ms"),
+            "governor": sr.get("governor"),
+            "budget_ms": sr.get("budget_ms"),
             "streams": {"sr": sr, "raw": raw},
             "network": self.netpath.stats() if self.netpath else None,
             "receiver": self.receiver.stats() if self.receiver else None,
@@ -160,7 +169,7 @@ class Session:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self.fanout is None:
-            self.fanout = FrameFanout(track)
+            self.fanout = FrameFanout(track, self.arrivals)
         else:
             self._blackhole.addTrack(track)  # audio or a second video: drain it so nothing queues up
 
@@ -197,6 +206,7 @@ class Session:
         self._on_closed(self)
 
 
-def _send(transceiver: RTCRtpTransceiver, track: MediaStreamTrack, keep_receiving: bool) -> None:
+def _send(transceiver: RTCRtpTransceiver, track: SlotTrack, keep_receiving: bool) -> None:
     transceiver.sender.replaceTrack(track)
+    time_encoding(transceiver.sender, track.encoded)  # the encode and send stages of the latency budget
     transceiver.direction = "sendrecv" if keep_receiving else "sendonly"

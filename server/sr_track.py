@@ -5,7 +5,10 @@ GIL, so the event loop keeps serving signaling and RTP meanwhile) and hands it t
 It works one frame ahead: while the encoder compresses frame N, frame N+1 is being upscaled, so the
 stage costs max(SR, encode) per frame rather than their sum. It starts that next upscale just late
 enough to finish when the encoder asks (so the frame it takes is as fresh as possible), and never holds
-more than that one frame, so a slow stage skips frames instead of queueing them.
+more than that one frame, so a slow stage skips frames instead of queueing them. When the generator
+cannot keep up even so, :class:`server.governor.LoadGovernor` sends bicubic on some frames.
+
+Both tracks time every frame they send through each stage (:mod:`server.budget`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import av
 from aiortc import MediaStreamTrack
 
+from .budget import StageTimes
 from .engine import BicubicUpscaler, OnnxUpscaler
 from .fanout import LatestFrame, TimedFrame
+from .governor import LoadGovernor
 from .metrics import FreezeDetector, RateMeter, RollingSamples
 
 log = logging.getLogger(__name__)
@@ -39,17 +45,33 @@ class SlotTrack(MediaStreamTrack):
         self.fps = RateMeter()
         self.freezes = FreezeDetector()  # on frames handed to the encoder: what the viewer gets
         self.latency_ms = RollingSamples()  # arrival of the decoded frame -> handed to the encoder
+        self.budget = StageTimes()
+        self._in_encoder: dict | None = None  # the points in time of the frame aiortc is encoding / sending
 
     async def recv(self) -> av.VideoFrame:
+        self._sent()
         item = await self.slot.get()
-        frame = await self.process(item)
-        self._count(frame, item)
+        started = time.monotonic()
+        frame = item.frame
+        self._count(frame, item, started, started)
         return frame
 
-    async def process(self, item: TimedFrame) -> av.VideoFrame:
-        return item.frame
+    def encoded(self, at: float) -> None:
+        """aiortc's encoder returned the payloads of the frame handed last (see :func:`server.budget.time_encoding`)."""
+        if self._in_encoder is not None and "encoded" not in self._in_encoder:
+            self._in_encoder["encoded"] = at
 
-    def _count(self, frame: av.VideoFrame, item: TimedFrame) -> None:
+    def _sent(self) -> None:
+        """The sender asks for a frame only after sending every packet of the previous one: close its record."""
+        times, self._in_encoder = self._in_encoder, None
+        if times is not None and "encoded" in times:
+            times["sent"] = time.monotonic()
+            self.budget.frame(times)
+
+    def _count(self, frame: av.VideoFrame, item: TimedFrame, started: float, done: float) -> None:
+        handed = time.monotonic()
+        self._in_encoder = {"first_packet": item.first_packet, "released": item.released, "arrived": item.arrived,
+                            "started": started, "done": done, "handed": handed}
         self.frames_out += 1
         self.width, self.height = frame.width, frame.height
         self.fps.tick()
@@ -66,6 +88,7 @@ class SlotTrack(MediaStreamTrack):
             "height": self.height,
             "latency_ms": self.latency_ms.summary(),
             "freezes": self.freezes.stats(),
+            "budget_ms": self.budget.summary(),
         }
 
 
@@ -73,36 +96,49 @@ class RawTrack(SlotTrack):
     """SR off, as received: the page's left-hand side, so SR can be judged against what arrived."""
 
 
-class SuperResolutionTrack(SlotTrack):
-    """Every frame it sends is upscaled 2x: by the generator when SR is on, by bicubic when it is off."""
+@dataclass
+class _Upscaled:
+    item: TimedFrame
+    frame: av.VideoFrame
+    started: float
+    done: float
 
-    def __init__(self, slot: LatestFrame, upscaler: OnnxUpscaler, executor: Executor, enabled: bool = True) -> None:
+
+class SuperResolutionTrack(SlotTrack):
+    """Every frame it sends is upscaled 2x: by the generator when SR is on (bicubic on the frames the
+    governor gives up under load), by bicubic when it is off."""
+
+    def __init__(self, slot: LatestFrame, upscaler: OnnxUpscaler, executor: Executor, enabled: bool = True,
+                 governor: LoadGovernor | None = None) -> None:
         super().__init__(slot)
         self.upscaler = upscaler
         self.enabled = enabled
         self.errors = 0
-        self.sr_ms = RollingSamples()  # the upscale alone, in the worker thread
+        self.governor = governor or LoadGovernor()
+        self.sr_ms = RollingSamples()  # the upscale alone (generator or bicubic), in the worker thread
         self._bicubic = BicubicUpscaler()
         self._executor = executor
-        self._ahead: asyncio.Future[tuple[TimedFrame, av.VideoFrame]] | None = None
+        self._ahead: asyncio.Future[_Upscaled] | None = None
         self._returned_at: float | None = None
         self._consumer_ms = RollingSamples(30)  # how long the encoder takes between two recv() calls
 
     async def recv(self) -> av.VideoFrame:
+        self._sent()
         if self._returned_at is not None:
             self._consumer_ms.add((time.monotonic() - self._returned_at) * 1000.0)
         if self._ahead is None:
-            self._ahead = asyncio.ensure_future(self._next(delay_s=0.0))
+            self._ahead = asyncio.ensure_future(self._next(delay_s=0.0, generator=self._choose()))
         try:
-            item, frame = await self._ahead
+            up = await self._ahead
         finally:
             self._ahead = None
         if self.readyState == "live":
             # Upscale the next frame while this one is encoded, timed to finish when the encoder asks.
-            self._ahead = asyncio.ensure_future(self._next(delay_s=self._lead_delay_s()))
-        self._count(frame, item)
+            generator = self._choose()
+            self._ahead = asyncio.ensure_future(self._next(self._lead_delay_s(generator), generator))
+        self._count(up.frame, up.item, up.started, up.done)
         self._returned_at = time.monotonic()
-        return frame
+        return up.frame
 
     def stop(self) -> None:
         if self._ahead is not None:
@@ -110,21 +146,33 @@ class SuperResolutionTrack(SlotTrack):
             self._ahead = None
         super().stop()
 
-    async def _next(self, delay_s: float) -> tuple[TimedFrame, av.VideoFrame]:
+    def _choose(self) -> bool:
+        """Generator for the next frame? Only when SR is on, and as often as the governor allows."""
+        return self.enabled and self.governor.use_generator()
+
+    async def _next(self, delay_s: float, generator: bool) -> _Upscaled:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         item = await self.slot.get()
-        return item, await self.process(item)
+        started = time.monotonic()
+        frame = await self.process(item, generator)
+        done = time.monotonic()
+        if self.enabled:
+            self.governor.observe(generator, (done - started) * 1000.0, self.slot.fps.rate())
+        return _Upscaled(item, frame, started, done)
 
-    def _lead_delay_s(self) -> float:
+    def _lead_delay_s(self, generator: bool) -> float:
         """How long to wait before taking the next frame: the encoder's time minus our own, if positive."""
-        consumer, own = self._consumer_ms.summary()["p50"], self.sr_ms.summary()["p50"]
+        own = self.governor.stats()["generator_ms_p50" if generator else "bicubic_ms_p50"]
+        if own is None:  # this path has not run yet: go by the stage's time so far
+            own = self.sr_ms.summary()["p50"]
+        consumer = self._consumer_ms.summary()["p50"]
         if consumer is None or own is None:
             return 0.0
         return max(0.0, consumer - own - 2.0) / 1000.0  # 2 ms of margin for scheduling jitter
 
-    async def process(self, item: TimedFrame) -> av.VideoFrame:
-        upscaler = self.upscaler if self.enabled else self._bicubic
+    async def process(self, item: TimedFrame, generator: bool = True) -> av.VideoFrame:
+        upscaler = self.upscaler if generator else self._bicubic
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
@@ -144,5 +192,6 @@ class SuperResolutionTrack(SlotTrack):
             upscaler=self.upscaler.name if self.enabled else self._bicubic.name,
             sr_ms=self.sr_ms.summary(),
             errors=self.errors,
+            governor=self.governor.stats() if self.enabled else None,
         )
         return stats

@@ -33,8 +33,23 @@ async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upsca
         # Both streams show the same pictures as the 720p originals (a wrong frame or a garbled plane scores
         # far lower). Which stream scores higher depends on the return encoder's bitrate, not on this test.
         assert sr["psnr_y"] > 30 and raw["psnr_y"] > 30
+        # The server timed every stage of both streams (the resilient receiver logs the receive side).
+        budget = report.budget()
+        for name in ("sr", "raw"):
+            stages = budget[name]
+            assert all(stages[s]["p50"] is not None and stages[s]["p50"] >= 0 for s in stages), (name, stages)
+            assert stages["total"]["p50"] >= stages["encode"]["p50"]
+        assert budget["sr"]["sr"]["p50"] > 0 and budget["raw"]["sr"]["p50"] == 0
+        # Every frame sent was upscaled by one of the two paths (plus at most the one being upscaled ahead).
+        governed = report.governor()["generator_frames"] + report.governor()["bicubic_frames"]
+        assert 0 <= governed - sr_sent(report) <= 1
         await asyncio.sleep(0.2)
         assert app[SESSIONS] == {}, "the probe deletes its session; the server must forget it"
+
+
+def sr_sent(report) -> int:
+    """Frames the server's SR track sent (its own count, from /stats)."""
+    return report.server_session["streams"]["sr"]["frames_out"]
 
 
 async def test_two_concurrent_clients_each_get_their_own_streams(upscaler, default_model_path):

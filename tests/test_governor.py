@@ -1,0 +1,122 @@
+"""The SR stage under load: the governor's share rule, and the fallback engaging on a slowed generator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import pytest
+
+from server.fanout import FrameFanout
+from server.governor import GovernorPolicy, LoadGovernor
+from server.sr_track import SuperResolutionTrack
+
+from .test_sr_track import FastSource
+
+
+def feed(governor: LoadGovernor, frames: int, generator_ms: float, bicubic_ms: float = 1.0, fps: float = 30.0) -> list[bool]:
+    """Run ``frames`` decisions, reporting the given cost for each path; the choices made."""
+    choices = []
+    for _ in range(frames):
+        use = governor.use_generator()
+        choices.append(use)
+        governor.observe(use, generator_ms if use else bicubic_ms, fps)
+    return choices
+
+
+def test_a_generator_within_budget_runs_on_every_frame():
+    governor = LoadGovernor()
+    assert all(feed(governor, 90, generator_ms=20.0))  # 20 ms < 0.85 x 33.3 ms
+    assert governor.mode == "generator" and governor.stats()["bicubic_frames"] == 0
+
+
+def test_a_slow_generator_gets_the_share_that_fits_the_budget():
+    governor = LoadGovernor(GovernorPolicy(headroom=0.85))
+    choices = feed(governor, 300, generator_ms=50.0, bicubic_ms=1.0)
+    budget = 0.85 * 1000.0 / 30.0
+    expected = (budget - 1.0) / (50.0 - 1.0)  # ~0.57
+    assert governor.share == pytest.approx(expected, abs=0.01)
+    assert governor.mode == "mixed"
+    # The last 100 frames keep the average cost per frame inside the budget.
+    recent = choices[-100:]
+    average_ms = sum(50.0 if c else 1.0 for c in recent) / len(recent)
+    assert average_ms <= budget + 1.0
+    # Error diffusion spreads the generator frames: never more than one bicubic frame in a row at ~57%.
+    runs = "".join("g" if c else "b" for c in recent)
+    assert "bb" not in runs
+
+
+def test_an_overloaded_stage_keeps_a_floor_and_recovers_when_the_load_goes():
+    governor = LoadGovernor(GovernorPolicy(min_share=0.05))
+    feed(governor, 200, generator_ms=2000.0)
+    assert governor.share == pytest.approx(0.05) and governor.mode == "bicubic"
+    # The floor keeps timing the generator, so it notices the load is gone and climbs back.
+    feed(governor, 400, generator_ms=15.0)
+    assert governor.share == 1.0 and governor.mode == "generator"
+
+
+def test_a_slower_input_rate_gives_a_bigger_budget():
+    fast, slow = LoadGovernor(), LoadGovernor()
+    feed(fast, 100, generator_ms=45.0, fps=30.0)
+    feed(slow, 100, generator_ms=45.0, fps=15.0)
+    assert fast.share < 1.0 and slow.share == 1.0
+
+
+@pytest.mark.parametrize("field,value", [("headroom", 0.0), ("headroom", 1.5), ("window", 1), ("min_share", 0.0),
+                                         ("climb", 2.0)])
+def test_out_of_range_policies_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        GovernorPolicy(**{field: value})
+
+
+class SlowedUpscaler:
+    """The shipped generator made artificially slow: what a slower machine or more streams look like."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s, self.name, self.calls = inner, delay_s, inner.name, 0
+
+    def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return self.inner.upscale(frame)
+
+
+async def take(track: SuperResolutionTrack, frames: int, consumer_s: float) -> list[av.VideoFrame]:
+    out = []
+    for _ in range(frames):
+        out.append(await track.recv())
+        await asyncio.sleep(consumer_s)  # the encoder's share of the frame time
+    return out
+
+
+async def test_the_fallback_engages_when_the_stage_is_slowed_and_stats_say_so(upscaler):
+    slowed = SlowedUpscaler(upscaler, delay_s=0.08)  # 80 ms a frame against a 30 fps input
+    source = FastSource(total=10_000, interval_s=1 / 30)
+    fanout = FrameFanout(source)
+    with ThreadPoolExecutor(1) as executor:
+        sr = SuperResolutionTrack(fanout.subscribe(), slowed, executor)
+        frames = await take(sr, 60, consumer_s=0.005)
+        stats = sr.stats()
+        sr.stop()
+        await fanout.stop()
+    gov = stats["governor"]
+    assert gov["mode"] in ("mixed", "bicubic") and gov["share"] < 0.5, gov
+    assert gov["bicubic_frames"] >= 20 and gov["generator_frames"] >= 3, gov
+    assert gov["generator_ms_p50"] >= 80.0 and gov["budget_ms"] < 40.0
+    assert slowed.calls == gov["generator_frames"]
+    # Every frame still went out at twice the size, generator or bicubic.
+    assert all((f.width, f.height) == (640, 360) for f in frames)
+
+
+async def test_an_unslowed_generator_is_not_degraded(upscaler):
+    source = FastSource(total=10_000, interval_s=1 / 10)  # 10 fps: 85 ms of budget, far above the generator's time
+    fanout = FrameFanout(source)
+    with ThreadPoolExecutor(1) as executor:
+        sr = SuperResolutionTrack(fanout.subscribe(), upscaler, executor)
+        await take(sr, 12, consumer_s=0.0)
+        gov = sr.stats()["governor"]
+        sr.stop()
+        await fanout.stop()
+    assert gov["mode"] == "generator" and gov["bicubic_frames"] == 0, gov
