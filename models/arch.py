@@ -13,6 +13,9 @@ training (dead ReLUs; Set5 stuck near nearest-neighbour quality), and onnxruntim
 LeakyRelu into the conv as it does Relu (PReLU is not fused and cost ~60% more time).
 The conv stack sees the input shifted by -0.5 (zero-mean-ish), which kept training stable at
 learning rates of 3e-3..5e-3 where the unshifted net diverged to a poor solution.
+
+``reparam=True`` trains every 3x3 conv as an ECB block (``models.reparam``); ``fused()`` folds
+them into the plain QuarterResSR that is exported, so inference cost and ONNX graph are unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.reparam import ECB
 
 NEGATIVE_SLOPE = 0.1
 
@@ -40,20 +45,31 @@ class QuarterResSR(nn.Module):
     output is cropped back, so any size works (the deployed 640x360 needs no padding).
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16)) -> None:
+    def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16), reparam: bool = False) -> None:
         """``widths``: output channels of the head and body convs; multiples of 16 suit
-        onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32)."""
+        onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32).
+        ``reparam``: train each 3x3 conv as an ECB block (identity branch where in == out,
+        never in head or tail); ``fused()`` gives the plain net for export."""
         super().__init__()
         self.widths = tuple(widths)
-        self.head = nn.Conv2d(4, widths[0], 3, padding=1)
-        self.body = nn.ModuleList(
-            nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
-        self.tail = nn.Conv2d(widths[-1], 16, 3, padding=1)
+        self.reparam = reparam
+
+        def conv(cin: int, cout: int, inner: bool) -> nn.Module:
+            if reparam:
+                return ECB(cin, cout, identity=inner and cin == cout)
+            return nn.Conv2d(cin, cout, 3, padding=1)
+
+        self.head = conv(4, widths[0], False)
+        self.body = nn.ModuleList(conv(a, b, True) for a, b in zip(widths[:-1], widths[1:]))
+        self.tail = conv(widths[-1], 16, False)
         self.register_buffer("nearest_index", _nearest_index(), persistent=False)
         # Start as plain nearest upsampling: the detail branch begins near zero.
-        nn.init.zeros_(self.tail.bias)
         with torch.no_grad():
-            self.tail.weight.mul_(0.1)
+            for name, p in self.tail.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.mul_(0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -67,7 +83,7 @@ class QuarterResSR(nn.Module):
 
 
 def count_params(model: nn.Module) -> int:
-    """Trainable parameter count (what the 20k budget limits)."""
+    """Trainable parameter count (what the 20k budget limits; for a reparam net, count ``fused(model)``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -91,5 +107,25 @@ def count_macs(model: nn.Module, height: int = 360, width: int = 640) -> int:
 
 
 def build(config: dict | None = None) -> QuarterResSR:
-    """Make the generator from a checkpoint's config dict (so checkpoints rebuild themselves)."""
+    """Make the generator from a checkpoint's config dict (so checkpoints rebuild themselves).
+
+    ``{"widths": [...]}`` is the plain net (every checkpoint before re-parameterisation);
+    ``{"widths": [...], "reparam": true}`` the ECB training form.
+    """
     return QuarterResSR(**(config or {}))
+
+
+@torch.no_grad()
+def fused(model: QuarterResSR) -> QuarterResSR:
+    """The plain QuarterResSR computing what ``model`` computes: ECB blocks folded into 3x3 convs.
+
+    A plain model is returned as a copy, so callers can always export ``fused(model)``.
+    """
+    plain = QuarterResSR(model.widths).to(next(model.parameters()).device)
+    convs = [model.head, *model.body, model.tail]
+    targets = [plain.head, *plain.body, plain.tail]
+    for src, dst in zip(convs, targets):
+        conv = src.fuse() if isinstance(src, ECB) else src
+        dst.weight.copy_(conv.weight)
+        dst.bias.copy_(conv.bias)
+    return plain.train(model.training)

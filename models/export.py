@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.arch import build, count_macs, count_params
+from models.arch import build, count_macs, count_params, fused
 from models.manifest import MANIFEST_PATH
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,15 @@ def max_abs_diff(model: nn.Module, path: str | Path,
 
 
 def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the generator stored in a training checkpoint; returns (model, checkpoint)."""
+    """Rebuild the generator of a training checkpoint as the plain net that is exported.
+
+    Takes the EMA weights when the checkpoint has them (stage 2, ``models.gan``) and folds
+    re-parameterised (ECB) convs into plain 3x3 convs; returns (model, checkpoint).
+    """
     ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
     model = build(ckpt["config"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    return fused(model).eval(), ckpt
 
 
 def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MANIFEST_PATH) -> None:
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     params = count_params(model)
     entry = {
         "file": file.as_posix(),
-        "kind": "fidelity",
+        "kind": "perceptual" if ckpt.get("stage") == "gan" else "fidelity",
         "precision": "fp32",
         "params": params,
         "scale": 2,

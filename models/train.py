@@ -5,6 +5,9 @@
 Writes ``last.pt`` (every ``--save-every`` steps and at the end; ``--resume`` continues from it
 with the same data order) and ``best.pt`` (best validation PSNR-Y) into ``--out``.
 L1 (or Charbonnier) loss, Adam, cosine learning-rate decay to ``--min-lr``.
+This is stage 1 (fidelity). ``--reparam`` trains the ECB re-parameterised form (``models.reparam``);
+its checkpoints export as the plain net. Stage 2, adversarial fine-tuning from a stage-1
+checkpoint, is ``python -m models.gan --init OUT/last.pt`` (see that module).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from models.arch import build, count_macs, count_params
+from models.arch import build, count_macs, count_params, fused
 from models.data import PatchPairs
 from models.evaluate import evaluate, load_samples
 
@@ -70,6 +73,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--widths", type=parse_widths, default=(32, 32, 16, 16), help="conv widths, e.g. 32,32,16,16")
+    ap.add_argument("--reparam", action="store_true",
+                    help="train each 3x3 conv as an ECB block (fused into plain convs for export)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -97,7 +102,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    config = {"widths": list(args.widths)}
+    config = model_config(args)
     model = build(config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
@@ -116,8 +121,10 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     elif args.resume:
         log.info("no %s yet; starting fresh", out / "last.pt")
 
-    log.info("%s %s: %d params, %.2f GMAC at 640x360, device %s", type(model).__name__, config,
-             count_params(model), count_macs(model) / 1e9, device)
+    plain = fused(model).cpu()
+    log.info("%s %s: %d params at inference (%d while training), %.3f GMAC at 640x360, device %s",
+             type(model).__name__, config, count_params(plain), count_params(model),
+             count_macs(plain) / 1e9, device)
     data = load_training_data(args)
     val = load_samples(args.val) if args.val else []
     loss_fn = LOSSES[args.loss]
@@ -166,6 +173,14 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         save(out / "best.pt", **state())
     log.info("done: %d steps, %.1f min wall in total, best PSNR-Y %.3f dB", step, wall / 60, best)
     return {"losses": losses, "best_psnr": best, "steps": step, "wall_s": wall}
+
+
+def model_config(args: argparse.Namespace) -> dict:
+    """The checkpoint's generator config; plain runs keep the old ``{"widths": ...}`` form."""
+    config: dict = {"widths": list(args.widths)}
+    if getattr(args, "reparam", False):
+        config["reparam"] = True
+    return config
 
 
 def load_training_data(args: argparse.Namespace):

@@ -1,0 +1,273 @@
+"""Stage 2: adversarial fine-tuning of a stage-1 (fidelity) generator, with toggleable remedies.
+
+``python -m models.gan --init models/runs/STAGE1/last.pt --out models/runs/NAME --steps N [--resume]``
+
+Stage 1 is ``python -m models.train`` (L1/Charbonnier). This stage starts from its checkpoint
+(``--init``; generator config and weights, EMA weights if it has them), adds a spectral-norm
+patch discriminator (``models.discriminator``) and trains both with Adam, cosine-decayed to
+1% of the peak rates. Generator loss = sum of weighted terms (``models.losses``); every remedy is
+a weight, 0 switches it off, so an ablation is a list of commands differing in one flag:
+
+- ``--pixel``        L1 to HR (pixel anchoring)
+- ``--patch-anchor`` L1 between 4x4 and 8x8 patch means of SR and HR
+- ``--down``         downscaled SR (``--down-kernel`` bicubic antialiased | area) vs the LR input
+- ``--grad``         L1 between Sobel gradients of SR and HR (tangent-space constraint)
+- ``--fm``           L1 between discriminator features of SR and HR (latent matching)
+- ``--adv``          adversarial term, ``--gan ragan`` (relativistic average, ESRGAN) or ``vanilla``
+- ``--ema``          decay of the generator EMA used for validation and export (0: none)
+
+Checkpoints (``last.pt`` every ``--save-every`` steps, ``best.pt`` by Set5 PSNR-Y) hold the
+generator, its EMA, the discriminator and both optimisers, the RNG states and the step, so
+``--resume`` continues exactly; ``models.export`` exports the EMA weights when present, fused.
+Each step: D(HR) once with gradients (used detached by G, with gradients by D, as D does not
+change in between), D(SR) for G with D frozen, D(SR.detach()) for D: three D passes, not four.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import shlex
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from models import losses as L
+from models.arch import build, count_macs, count_params, fused
+from models.discriminator import PatchDiscriminator
+from models.evaluate import evaluate, load_samples
+from models.train import cosine_lr, load_training_data, save, torch_upscaler
+
+log = logging.getLogger(__name__)
+
+REMEDIES = ("pixel", "patch_anchor", "down", "grad", "fm", "adv")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--init", default=None, help="stage-1 checkpoint to start from (not needed to --resume)")
+    ap.add_argument("--data", default="../shared/data/train", help="folder of HR training images")
+    ap.add_argument("--pairs", default=None, help="codec-aware pair cache (models.degrade) instead of --data")
+    ap.add_argument("--val", default="../shared/data/benchmarks/Set5", help="validation folder ('' to skip)")
+    ap.add_argument("--out", required=True, help="run folder for checkpoints")
+    ap.add_argument("--steps", type=int, required=True, help="total optimisation steps of this stage")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
+    ap.add_argument("--lr-g", type=float, default=1e-4, help="generator peak learning rate")
+    ap.add_argument("--lr-d", type=float, default=1e-4, help="discriminator peak learning rate")
+    ap.add_argument("--d-base", type=int, default=32, help="discriminator base width")
+    ap.add_argument("--pixel", type=float, default=1.0, help="weight of L1 to HR (0: off)")
+    ap.add_argument("--patch-anchor", type=float, default=1.0, help="weight of 4x4/8x8 patch-mean L1 (0: off)")
+    ap.add_argument("--down", type=float, default=1.0, help="weight of down-sampling consistency (0: off)")
+    ap.add_argument("--down-kernel", choices=("bicubic", "area"), default="bicubic",
+                    help="kernel the LR was made with (bicubic: antialiased, as PIL)")
+    ap.add_argument("--grad", type=float, default=0.5, help="weight of the gradient L1 (0: off)")
+    ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off)")
+    ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
+    ap.add_argument("--gan", choices=sorted(L.ADVERSARIAL), default="ragan", help="adversarial loss")
+    ap.add_argument("--ema", type=float, default=0.999, help="generator EMA decay (0: no EMA)")
+    ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--limit-images", type=int, default=None, help="use only the first N images (tests)")
+    return ap
+
+
+def loss_weights(args: argparse.Namespace) -> dict[str, float]:
+    """Weights of the generator's loss terms; a term with weight 0 is not computed at all."""
+    return {name: float(getattr(args, name)) for name in REMEDIES}
+
+
+def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weights: dict[str, float],
+                    disc: nn.Module | None = None, real: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+                    gan: str = "ragan", down_kernel: str = "bicubic") -> dict[str, torch.Tensor]:
+    """Unweighted loss terms of the switched-on remedies, plus ``total`` (their weighted sum).
+
+    ``real``: the discriminator's (logits, features) on HR, needed by ``adv`` and ``fm``;
+    they are used detached, so only the generator receives gradients from these terms.
+    """
+    w = {k: v for k, v in weights.items() if v}
+    terms: dict[str, torch.Tensor] = {}
+    if "pixel" in w:
+        terms["pixel"] = L.pixel_anchor(sr, hr)
+    if "patch_anchor" in w:
+        terms["patch_anchor"] = L.patch_anchor(sr, hr)
+    if "down" in w:
+        terms["down"] = L.down_consistency(sr, lr, down_kernel)
+    if "grad" in w:
+        terms["grad"] = L.gradient_loss(sr, hr)
+    if "adv" in w or "fm" in w:
+        if disc is None or real is None:
+            raise ValueError("adv/fm need the discriminator and its output on HR")
+        fake_logits, fake_feats = disc(sr)
+        real_logits, real_feats = real
+        if "adv" in w:
+            terms["adv"] = L.ADVERSARIAL[gan][1](real_logits.detach(), fake_logits)
+        if "fm" in w:
+            terms["fm"] = L.feature_matching(fake_feats, real_feats)
+    terms["total"] = sum(w[k] * terms[k] for k in w)
+    return terms
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def load_init(path: str | Path, device: torch.device) -> tuple[dict, dict]:
+    """Generator config and weights of a stage-1 (or stage-2) checkpoint; its EMA when it has one."""
+    ckpt = torch.load(str(path), map_location=device, weights_only=False)
+    return ckpt["config"], ckpt.get("ema") or ckpt["model"]
+
+
+def train_gan(args: argparse.Namespace, command: str = "") -> dict:
+    """Run (or resume) stage 2; returns per-step loss records, the best PSNR, steps and wall time."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resume = args.resume and (out / "last.pt").is_file()
+    ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False) if resume else None
+    if ckpt is None:
+        if not args.init:
+            raise SystemExit("--init CKPT (a stage-1 checkpoint) is needed to start stage 2")
+        config, gen_state = load_init(args.init, device)
+    else:
+        config, gen_state = ckpt["config"], ckpt["model"]
+
+    gen = build(config).to(device)
+    gen.load_state_dict(gen_state)
+    ema = copy.deepcopy(gen).requires_grad_(False) if args.ema else None
+    disc = PatchDiscriminator(args.d_base).to(device)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr_g, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
+    rng = np.random.default_rng(args.seed)
+    step, best, elapsed = 0, -math.inf, 0.0
+    weights = loss_weights(args)
+    if ckpt is not None:
+        if ckpt["weights"] != weights or ckpt["d_base"] != args.d_base:
+            raise SystemExit(f"loss weights / --d-base differ from the checkpoint's {ckpt['weights']}")
+        disc.load_state_dict(ckpt["disc"])
+        opt_g.load_state_dict(ckpt["optimizer"])
+        opt_d.load_state_dict(ckpt["optimizer_d"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"] or ckpt["model"])
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
+        command = ckpt.get("command", command)
+        log.info("resumed from %s at step %d", out / "last.pt", step)
+
+    plain = fused(gen).cpu()
+    log.info("generator %s: %d params at inference, %.3f GMAC at 640x360; discriminator %d params; "
+             "weights %s, %s, EMA %s, device %s", config, count_params(plain), count_macs(plain) / 1e9,
+             count_params(disc), {k: v for k, v in weights.items() if v}, args.gan, args.ema or "off", device)
+    data = load_training_data(args)
+    val = load_samples(args.val) if args.val else []
+    d_loss_fn = L.ADVERSARIAL[args.gan][0]
+    needs_disc = bool(weights["adv"] or weights["fm"])
+
+    def state() -> dict:
+        return {"config": config, "model": gen.state_dict(), "ema": ema.state_dict() if ema else None,
+                "disc": disc.state_dict(), "d_base": args.d_base, "optimizer": opt_g.state_dict(),
+                "optimizer_d": opt_d.state_dict(), "weights": weights, "stage": "gan", "init": args.init,
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
+                "command": command, "args": vars(args)}
+
+    def validate() -> float:
+        model = ema if ema is not None else gen
+        model.eval()
+        psnr = evaluate(val, torch_upscaler(model, device))["model"]
+        gen.train()
+        return psnr
+
+    records: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    t_rate, s_rate = t0, step
+    gen.train()
+    disc.train()
+    with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="gan", unit="step",
+                                       dynamic_ncols=True) as bar:
+        while step < args.steps:
+            for opt, peak in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(step, args.steps, peak, 0.01 * peak)
+            lr_b, hr_b = (t.to(device, non_blocking=True) for t in data.sample(args.batch, rng))
+            sr = gen(lr_b)
+            real = disc(hr_b) if needs_disc else None  # with D gradients: reused by the D step
+
+            disc.requires_grad_(False)
+            terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel)
+            opt_g.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt_g.step()
+            disc.requires_grad_(True)
+            if ema is not None:
+                ema_update(ema, gen, args.ema)
+
+            record = {k: v.item() for k, v in terms.items()}
+            if weights["adv"]:
+                fake_logits, _ = disc(sr.detach())
+                loss_d = d_loss_fn(real[0], fake_logits)
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                record["d"] = loss_d.item()
+            if not all(math.isfinite(v) for v in record.values()):
+                raise FloatingPointError(f"non-finite loss at step {step}: {record}")
+            records.append(record)
+            step += 1
+            bar.update(1)
+            if step % 20 == 0 or step == args.steps:
+                now = time.perf_counter()
+                rate = (step - s_rate) / max(now - t_rate, 1e-9)
+                t_rate, s_rate = now, step
+                recent = defaultdict(list)
+                for r in records[-100:]:
+                    for k, v in r.items():
+                        recent[k].append(v)
+                bar.set_postfix({k: f"{np.mean(v):.4g}" for k, v in recent.items()} | {"steps/s": f"{rate:.2f}"})
+            if val and (step % args.val_every == 0 or step == args.steps):
+                psnr = validate()
+                if psnr > best:
+                    best = psnr
+                    save(out / "best.pt", **state())
+                wall = time.perf_counter() - t0
+                log.info("step %d: total %.5f, %s PSNR-Y %.3f dB (best %.3f), %.2f steps/s this session",
+                         step, np.mean([r["total"] for r in records[-args.val_every:]]), Path(args.val).name,
+                         psnr, best, len(records) / max(wall, 1e-9))
+            if step % args.save_every == 0 or step == args.steps:
+                save(out / "last.pt", **state())
+    wall = time.perf_counter() - t0
+    if not val:
+        save(out / "best.pt", **state())
+    log.info("done: %d steps, %.2f steps/s this session, %.1f min wall in total, best PSNR-Y %.3f dB",
+             step, len(records) / max(wall, 1e-9), (elapsed + wall) / 60, best)
+    return {"records": records, "best_psnr": best, "steps": step, "wall_s": elapsed + wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    command = "python -m models.gan " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
+    train_gan(args, command)
+
+
+if __name__ == "__main__":
+    main()

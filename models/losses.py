@@ -1,0 +1,86 @@
+"""Loss terms of stage-2 adversarial fine-tuning (``models.gan``), one function per remedy.
+
+Why so many anchors: a 14k-parameter generator has little capacity to spare, and a plain GAN
+loss lets it trade fidelity for invented texture, shift mean brightness or drift off the LR.
+Each term below pins one property the adversarial term may not change, and ``models.gan``
+switches each on or off (weight 0) so an ablation shows what each one buys.
+All images are luma on the 0..1 scale, [N,1,H,W].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_SOBEL_X = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 8.0
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Smooth L1 variant: behaves like L1 away from zero, differentiable at zero."""
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+def pixel_anchor(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """L1 to the HR: keeps the output on the fidelity solution the adversary pulls away from."""
+    return F.l1_loss(sr, hr)
+
+
+def patch_anchor(sr: torch.Tensor, hr: torch.Tensor, sizes: tuple[int, ...] = (4, 8)) -> torch.Tensor:
+    """L1 between 4x4 / 8x8 patch means: fixes local brightness while leaving texture free."""
+    return sum(F.l1_loss(F.avg_pool2d(sr, s), F.avg_pool2d(hr, s)) for s in sizes) / len(sizes)
+
+
+def downscale2(img: torch.Tensor, kernel: str = "bicubic") -> torch.Tensor:
+    """x2 downscale like the LR was made: antialiased bicubic (as PIL) or area (box)."""
+    if kernel == "area":
+        return F.avg_pool2d(img, 2)
+    return F.interpolate(img, scale_factor=0.5, mode="bicubic", antialias=True, align_corners=False)
+
+
+def down_consistency(sr: torch.Tensor, lr: torch.Tensor, kernel: str = "bicubic") -> torch.Tensor:
+    """L1 between the downscaled SR and the LR input: whatever detail is invented must not change the LR."""
+    return F.l1_loss(downscale2(sr, kernel), lr)
+
+
+def gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel x and y derivatives (valid region, no padding artefacts)."""
+    kx = _SOBEL_X.to(img)[None, None]
+    return F.conv2d(img, kx), F.conv2d(img, kx.transpose(2, 3))
+
+
+def gradient_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """L1 between image gradients (tangent-space constraint): edges where HR has them, no fake ones."""
+    (sx, sy), (hx, hy) = gradients(sr), gradients(hr)
+    return F.l1_loss(sx, hx) + F.l1_loss(sy, hy)
+
+
+def feature_matching(feats_sr: list[torch.Tensor], feats_hr: list[torch.Tensor]) -> torch.Tensor:
+    """L1 between discriminator features of SR and HR (latent matching); HR features are targets."""
+    return sum(F.l1_loss(a, b.detach()) for a, b in zip(feats_sr, feats_hr)) / len(feats_sr)
+
+
+def ragan_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Relativistic average discriminator loss (ESRGAN): real more real than the average fake, and vice versa."""
+    return 0.5 * (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.ones_like(real))
+                  + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.zeros_like(fake)))
+
+
+def ragan_g(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Relativistic average generator loss: the symmetric objective, so G gets gradients from real logits too."""
+    return 0.5 * (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.zeros_like(real))
+                  + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.ones_like(fake)))
+
+
+def vanilla_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Standard non-saturating GAN discriminator loss (the ablation baseline for RaGAN)."""
+    return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                  + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+
+def vanilla_g(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Standard non-saturating GAN generator loss (``real`` unused)."""
+    del real
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+ADVERSARIAL = {"ragan": (ragan_d, ragan_g), "vanilla": (vanilla_d, vanilla_g)}

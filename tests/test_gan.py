@@ -1,0 +1,223 @@
+"""GAN-trained tiny generator: ECB re-parameterisation, discriminator, losses and the stage-2 loop.
+
+The loop tests train on a few real images from ../shared/data/train and skip with the reason
+when ../shared (or $SRTC_SHARED) is absent; the rest need only torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import shared_or_skip
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
+
+from models import losses as L  # noqa: E402
+from models.arch import build, count_macs, count_params, fused  # noqa: E402
+from models.discriminator import PatchDiscriminator  # noqa: E402
+from models.reparam import ECB  # noqa: E402
+
+WIDTHS = [24, 24, 16, 16]
+
+
+def randomise(module: torch.nn.Module, std: float = 0.1) -> None:
+    """Non-trivial values everywhere (biases and edge scales included), so no branch hides behind zeros."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * std)
+
+
+@pytest.mark.parametrize("cin,cout,identity", [(4, 24, False), (24, 24, True), (16, 16, False), (24, 16, False)])
+def test_ecb_branches_fuse_into_one_conv(cin: int, cout: int, identity: bool) -> None:
+    torch.manual_seed(0)
+    block = ECB(cin, cout, identity=identity)
+    randomise(block)
+    x = torch.randn(2, cin, 13, 17)
+    ref = block.forward_branches(x)  # the six branches one by one, borders included
+    conv = block.fuse()
+    assert type(conv) is torch.nn.Conv2d and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+    with torch.no_grad():
+        assert (conv(x) - ref).abs().max().item() < 1e-5
+        assert (block(x) - ref).abs().max().item() < 1e-5
+        # The extra branches matter: dropping them changes the result.
+        assert (block.conv3(x) - ref).abs().max().item() > 1e-2
+
+
+def test_reparam_generator_fuses_under_budget_and_old_config_rebuilds() -> None:
+    torch.manual_seed(0)
+    model = build({"widths": WIDTHS, "reparam": True})
+    randomise(model, 0.05)
+    plain = fused(model)
+    assert not any(isinstance(m, ECB) for m in plain.modules())
+    assert count_params(plain) == 14_208 <= 15_000
+    assert count_params(model) > count_params(plain)  # the training form is over-parameterised
+    assert count_macs(plain) == 14_112 * 320 * 180
+    x = torch.rand(2, 1, 37, 50)
+    with torch.no_grad():
+        assert (model(x) - plain(x)).abs().max().item() < 1e-5
+    # The branches themselves, not just the online-fused forward, agree with the fused model.
+    with torch.no_grad():
+        u = torch.nn.functional.pixel_unshuffle(x[..., :36, :50], 2)
+        f = torch.nn.functional.leaky_relu(model.head.forward_branches(u - 0.5), 0.1)
+        g = torch.nn.functional.leaky_relu(plain.head(u - 0.5), 0.1)
+        assert (f - g).abs().max().item() < 1e-5
+    old = build({"widths": [32, 32, 16, 16]})  # qres_x2_v1's config
+    assert count_params(old) == 19_696 and not old.reparam
+    assert set(old.state_dict()) == set(fused(old).state_dict())
+
+
+def test_fused_export_matches_torch(tmp_path: Path) -> None:
+    import onnx
+
+    from models.export import TOLERANCE, export_onnx, load_checkpoint_model, max_abs_diff
+
+    torch.manual_seed(0)
+    model = build({"widths": WIDTHS, "reparam": True})
+    randomise(model, 0.05)
+    ema = build({"widths": WIDTHS, "reparam": True})
+    randomise(ema, 0.05)
+    torch.save({"config": {"widths": WIDTHS, "reparam": True}, "model": model.state_dict(),
+                "ema": ema.state_dict(), "stage": "gan"}, tmp_path / "c.pt")
+    plain, _ = load_checkpoint_model(tmp_path / "c.pt")
+    assert not any(isinstance(m, ECB) for m in plain.modules())
+    x = torch.rand(1, 1, 24, 30)
+    with torch.no_grad():
+        assert (plain(x) - ema(x)).abs().max().item() < 1e-5  # exports the EMA, not the raw weights
+        assert (plain(x) - model(x)).abs().max().item() > 1e-3
+    path = tmp_path / "m.onnx"
+    export_onnx(plain, path)
+    graph = onnx.load(str(path))
+    assert [i.name for i in graph.graph.input] == ["lr"] and [o.name for o in graph.graph.output] == ["sr"]
+    assert sum(n.op_type == "Conv" for n in graph.graph.node) == len(WIDTHS) + 1
+    assert max_abs_diff(plain, path) < TOLERANCE  # odd sizes and 640x360 included
+
+
+def test_discriminator_is_spectrally_normalised_and_returns_features() -> None:
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(base=8)
+    convs = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(parametrize.is_parametrized(c, "weight") for c in convs)
+    for _ in range(30):  # power iterations converge; then each weight's top singular value is ~1
+        disc(torch.rand(1, 1, 32, 32))
+    for c in convs:
+        sigma = torch.linalg.matrix_norm(c.weight.detach().flatten(1), ord=2).item()
+        assert 0.9 < sigma < 1.1, sigma
+    logits, feats = disc(torch.rand(3, 1, 64, 48))
+    assert logits.shape[:2] == (3, 1) and logits.shape[-2:] == (8, 6)
+    assert len(feats) == 5 and all(f.shape[0] == 3 for f in feats)
+
+
+def test_losses_are_zero_on_the_truth_and_ragan_is_relativistic() -> None:
+    gen = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 1, 32, 32, generator=gen)
+    lr = L.downscale2(hr)
+    assert lr.shape[-2:] == (16, 16)
+    for value in (L.pixel_anchor(hr, hr), L.patch_anchor(hr, hr), L.gradient_loss(hr, hr), L.down_consistency(hr, lr)):
+        assert value.item() == 0.0
+    assert L.down_consistency(hr + 0.1, lr).item() == pytest.approx(0.1, abs=1e-5)
+    assert L.down_consistency(hr, L.downscale2(hr, "area"), "area").item() == 0.0
+    # A constant brightness offset shows in the patch anchor but not in the gradients.
+    assert L.patch_anchor(hr + 0.05, hr).item() == pytest.approx(0.05, abs=1e-5)
+    assert L.gradient_loss(hr + 0.05, hr).item() < 1e-6
+    real, fake = torch.full((4,), 3.0), torch.full((4,), -3.0)
+    assert L.ragan_d(real, fake) < L.ragan_d(fake, real)
+    assert L.ragan_g(real, fake) > L.ragan_g(fake, real)
+    # Relativistic: shifting both logits by the same amount changes nothing.
+    assert L.ragan_d(real + 5, fake + 5).item() == pytest.approx(L.ragan_d(real, fake).item())
+
+
+def gan_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    from models import gan
+
+    data = shared_or_skip("data", "train", "BSDS200")
+    return gan.make_parser().parse_args([
+        "--init", str(tmp_path / "init.pt"), "--data", str(data), "--val", "", "--out", str(tmp_path / "run"),
+        "--steps", "30", "--seed", "0", "--batch", "4", "--patch", "48", "--limit-images", "3",
+        "--d-base", "8", "--save-every", "15", "--threads", "1", *extra])
+
+
+def stage1_checkpoint(path: Path) -> None:
+    torch.manual_seed(0)
+    model = build({"widths": WIDTHS, "reparam": True})
+    torch.save({"config": {"widths": WIDTHS, "reparam": True}, "model": model.state_dict()}, path)
+
+
+def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from models import gan
+
+    args = gan_args(tmp_path)
+    stage1_checkpoint(tmp_path / "init.pt")
+    (tmp_path / "cut").mkdir()
+    real_save = gan.save
+
+    def save_and_keep_step_15(path: Path, **state) -> None:
+        real_save(path, **state)
+        if path.name == "last.pt" and state["step"] == 15:  # the state an interrupted run leaves
+            shutil.copy(path, tmp_path / "cut" / "last.pt")
+
+    monkeypatch.setattr(gan, "save", save_and_keep_step_15)
+    summary = gan.train_gan(args)
+    records = summary["records"]
+    assert summary["steps"] == len(records) == 30
+    assert all(np.isfinite(list(r.values())).all() for r in records)
+    assert set(records[0]) == {"pixel", "patch_anchor", "down", "grad", "fm", "adv", "total", "d"}
+    # From a fresh stage-1 net the anchors dominate, so the combined loss falls quickly.
+    assert np.mean([r["total"] for r in records[-5:]]) < np.mean([r["total"] for r in records[:5]])
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 30 and ckpt["ema"] is not None and ckpt["optimizer_d"]["state"]
+    assert ckpt["stage"] == "gan" and ckpt["optimizer"]["state"]
+
+    # Resume from the step-15 checkpoint (no --init needed): the same losses and weights as uninterrupted.
+    monkeypatch.setattr(gan, "save", real_save)
+    args_b = gan_args(tmp_path, "--resume")
+    args_b.out, args_b.init = str(tmp_path / "cut"), None
+    resumed = gan.train_gan(args_b)
+    assert resumed["steps"] == 30 and len(resumed["records"]) == 15
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert cut["step"] == 30
+    np.testing.assert_allclose([r["total"] for r in resumed["records"]],
+                               [r["total"] for r in records[15:]], rtol=1e-4)
+    for key in ("ema", "model", "disc"):
+        for k, v in ckpt[key].items():
+            torch.testing.assert_close(cut[key][k], v, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("flag,term", [("--pixel", "pixel"), ("--patch-anchor", "patch_anchor"),
+                                       ("--down", "down"), ("--grad", "grad"), ("--fm", "fm"), ("--adv", "adv")])
+def test_each_remedy_flag_switches_its_loss_term(tmp_path: Path, flag: str, term: str) -> None:
+    from models import gan
+
+    base = gan.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1"])
+    off = gan.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1", flag, "0"])
+    torch.manual_seed(0)
+    model = build({"widths": WIDTHS, "reparam": True})
+    disc = PatchDiscriminator(8)
+    lr = torch.rand(2, 1, 16, 16)
+    hr = torch.rand(2, 1, 32, 32)
+    sr = model(lr)
+    real = disc(hr)
+    on_terms = gan.generator_terms(sr, hr, lr, gan.loss_weights(base), disc, real)
+    off_terms = gan.generator_terms(sr, hr, lr, gan.loss_weights(off), disc, real)
+    assert term in on_terms and term not in off_terms
+    weight = gan.loss_weights(base)[term]
+    assert weight > 0
+    expected = on_terms["total"] - weight * on_terms[term]
+    assert off_terms["total"].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+
+
+def test_ema_lags_the_generator() -> None:
+    from models.gan import ema_update
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = a.weight.detach().clone()
+    ema_update(a, b, 0.9)
+    torch.testing.assert_close(a.weight, 0.9 * before + 0.1 * b.weight)
