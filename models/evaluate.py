@@ -1,14 +1,33 @@
-"""PSNR-Y of a model and of bicubic upscaling on benchmark folders (the usual SR protocol).
+"""Quality of a model against bicubic (and published peers): clean x2 benchmarks and the real codec path.
 
-``python -m models.evaluate --model NAME_OR_PATH --images DIR [DIR...] [--json]``
+``python -m models.evaluate --model NAME_OR_PATH --images DIR [DIR...]
+[--video CLIP --codec vp8|h264 --kbps N --frames N] [--peers DIR] [--json]``
 
-Protocol, per image (see ``models.imaging`` for the conventions):
-- HR is cropped to even size; LR = PIL bicubic downscale of the HR RGB, kept as uint8 RGB.
-- Model: input is the LR's Y rounded to uint8 (what a decoder gives), /255; its output is
-  clipped and rounded to 0..255 (what gets displayed) and compared with the HR's Y.
+Clean x2 benchmarks (``--images``), per image (see ``models.imaging`` for the conventions):
+- HR is cropped to even size (MATLAB ``modcrop``); LR = antialiased bicubic downscale of the HR RGB
+  (PIL BICUBIC, which matches MATLAB ``imresize``), kept as uint8 RGB.
+- Model: input is the LR's Y rounded to uint8 (what a decoder gives), /255; its output is clipped and
+  rounded to 0..255 (what gets displayed) and compared with the HR's Y (BT.601 limited range, unrounded).
 - Bicubic: the LR RGB is upscaled with PIL BICUBIC (uint8 RGB), then converted to Y.
-- PSNR on Y (0..255 scale, HR Y unrounded), 2 px shaved at each border, averaged per folder.
-The model runs through onnxruntime, as in the server.
+- Metrics on Y (0..255), 2 px shaved at each border, mean over the folder's images:
+  PSNR; SSIM (Wang et al., Gaussian 11x11, sigma 1.5); down-sampling consistency (SR downscaled by
+  the same PIL bicubic vs the LR Y, 1 LR px shaved); gradient statistics (mean Sobel magnitude ratio
+  SR/HR, and L1 distance of the magnitude histograms). Definitions in ``models.quality``.
+
+Codec path (``--video``), as the product sees it: each 1280x720 frame of the clip (after the leading
+near-black fade-in, luma std < 20, unless ``--start`` is given) is downscaled to 640x360 by 2x2 area
+averaging (``--kernel``; what a sender's scaler does), encoded as one real-time stream at ``--kbps``
+and 30 fps (VP8: libvpx deadline=realtime cpu-used 6, no lag; H.264: libx264 ultrafast, zerolatency,
+baseline; first frame only a keyframe; ``models.degrade``'s encoder), decoded, upscaled x2 by the model
+(and by PIL bicubic on the decoded Y), and compared with the original frame's Y (BT.601 limited range,
+rounded to uint8, as in ``models.degrade``'s pairs): PSNR and SSIM per frame (2 px shave), averaged;
+gradient statistics; temporal consistency (``models.quality.temporal_psnr``: PSNR of
+(SR_t - SR_t-1) - (HR_t - HR_t-1), pooled over all consecutive pairs; higher = frame-to-frame change
+reproduced more faithfully, less flicker). ``decoded_lr_psnr`` is the codec's own loss on the LR.
+
+Models and peers run through onnxruntime (or cv2.dnn for .pb peers), as in the server. ``--peers``
+adds the published models built by ``models.peers`` to every table; unrunnable ones are listed with
+the reason. ``--json`` prints one JSON object on stdout at the end; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -16,20 +35,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from models import imaging
+from models import imaging, quality
 from models.manifest import resolve
 
 log = logging.getLogger(__name__)
 
 SCALE = 2
 SHAVE = 2
+LR_SHAVE = SHAVE // SCALE
+MIN_LUMA_STD = 20.0  # a frame flatter than this is a fade or a fill, not content
+VIDEO_CODECS = {"vp8": ("libvpx", "6"), "h264": ("libx264", "ultrafast")}  # name -> (encoder, speed)
+METRICS = ("psnr", "ssim", "ds_psnr", "grad_ratio", "grad_hist_l1")
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
 """Maps LR luma uint8 [h,w] to SR luma float [2h,2w] on the 0..1 scale."""
@@ -43,6 +70,7 @@ class Sample:
     lr_y: np.ndarray  # uint8 [h, w]
     hr_y: np.ndarray  # float64 [2h, 2w], 0..255
     bicubic_y: np.ndarray  # float64 [2h, 2w], 0..255
+    bicubic_metrics: dict | None = field(default=None, repr=False)  # filled on first full evaluation
 
 
 def load_samples(folder: str | Path) -> list[Sample]:
@@ -61,18 +89,42 @@ def to_display(sr: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(sr * 255.0, 0.0, 255.0))
 
 
-def evaluate(samples: list[Sample], upscale: Upscaler) -> dict:
-    """Per-image and mean PSNR-Y of ``upscale`` and of bicubic."""
+def image_metrics(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray) -> dict:
+    """All clean-benchmark metrics of one displayed SR luma image (see the module docstring)."""
+    return {"psnr": imaging.psnr(sr, hr, SHAVE), "ssim": quality.ssim(sr, hr, SHAVE),
+            "ds_psnr": quality.downsample_psnr(sr, lr, LR_SHAVE, SCALE), **quality.gradient_stats(sr, hr, SHAVE)}
+
+
+def mean_metrics(rows: list[dict]) -> dict:
+    """Per-key mean over images (dB averaged as dB, as SR tables do)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def evaluate(samples: list[Sample], upscale: Upscaler, full: bool = False) -> dict:
+    """Per-image and mean PSNR-Y of ``upscale`` and of bicubic; ``full`` adds every metric.
+
+    The PSNR-only default is what training validation calls at every check, so it stays cheap.
+    With ``full``, the result also has ``metrics`` ({"model": means, "bicubic": means}) and each
+    image row has ``metrics`` of both.
+    """
     rows = []
     for s in samples:
         sr = to_display(upscale(s.lr_y))
         if sr.shape != s.hr_y.shape:
             raise ValueError(f"{s.name}: output {sr.shape}, expected {s.hr_y.shape}")
-        rows.append({"image": s.name, "model": imaging.psnr(sr, s.hr_y, SHAVE),
-                     "bicubic": imaging.psnr(s.bicubic_y, s.hr_y, SHAVE)})
-    return {"model": float(np.mean([r["model"] for r in rows])),
-            "bicubic": float(np.mean([r["bicubic"] for r in rows])),
-            "images": rows}
+        row = {"image": s.name, "model": imaging.psnr(sr, s.hr_y, SHAVE),
+               "bicubic": imaging.psnr(s.bicubic_y, s.hr_y, SHAVE)}
+        if full:
+            if s.bicubic_metrics is None:
+                s.bicubic_metrics = image_metrics(s.bicubic_y, s.hr_y, s.lr_y)
+            row["metrics"] = {"model": image_metrics(sr, s.hr_y, s.lr_y), "bicubic": s.bicubic_metrics}
+        rows.append(row)
+    result = {"model": float(np.mean([r["model"] for r in rows])),
+              "bicubic": float(np.mean([r["bicubic"] for r in rows])),
+              "images": rows}
+    if full:
+        result["metrics"] = {who: mean_metrics([r["metrics"][who] for r in rows]) for who in ("model", "bicubic")}
+    return result
 
 
 def onnx_upscaler(path: str | Path, threads: int = 2) -> Upscaler:
@@ -88,30 +140,186 @@ def onnx_upscaler(path: str | Path, threads: int = 2) -> Upscaler:
     return run
 
 
-def main(argv: list[str] | None = None) -> None:
+def bicubic_luma(lr_y: np.ndarray) -> np.ndarray:
+    """PIL bicubic x2 of a uint8 luma plane (the SR-off path on decoded video), as an ``Upscaler``."""
+    img = Image.fromarray(lr_y)
+    return np.asarray(img.resize((img.width * SCALE, img.height * SCALE), Image.BICUBIC), np.float64) / 255.0
+
+
+# ---------------------------------------------------------------- codec path
+
+
+@dataclass
+class Clip:
+    """Frames of a clip through the sender's scaler and a real-time codec, with their originals."""
+
+    name: str
+    start: int  # first frame used
+    hr_y: list[np.ndarray]  # uint8 [720, 1280]
+    lr_y: list[np.ndarray]  # uint8 [360, 640], the encoder's input
+    decoded_y: list[np.ndarray]  # uint8 [360, 640], what the receiver gets
+    frame_types: list[str]
+
+
+def first_content_frame(path: Path, limit: int = 600) -> int:
+    """Index of the first frame whose luma is not nearly flat (clips often open on a fade from black)."""
+    from models.degrade import iter_video_frames
+
+    for i, frame in iter_video_frames(path):
+        if frame.to_ndarray(format="yuv420p")[: frame.height].std() >= MIN_LUMA_STD or i >= limit:
+            return i
+    return 0
+
+
+def load_clip(path: str | Path, frames: int, codec: str = "vp8", kbps: float = 400.0, kernel: str = "area",
+              start: int | None = None) -> Clip:
+    """Run ``frames`` frames of ``path`` through downscale -> encode -> decode (``models.degrade``)."""
+    from models import degrade
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    if codec not in VIDEO_CODECS:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(VIDEO_CODECS)}")
+    start = first_content_frame(path) if start is None else start
+    hr_y, lrs = [], []
+    for i, frame in degrade.iter_video_frames(path):
+        if i < start:
+            continue
+        if len(lrs) >= frames:
+            break
+        hr = frame.to_image()
+        hr = hr.crop((0, 0, hr.width - hr.width % degrade.ALIGN, hr.height - hr.height % degrade.ALIGN))
+        hr_y.append(imaging.luma_u8(hr))
+        lrs.append(degrade.downscale(hr, kernel))
+    if len(lrs) < 2:
+        raise ValueError(f"{path}: only {len(lrs)} frame(s) from frame {start}; need at least 2")
+    encoder, speed = VIDEO_CODECS[codec]
+    decoded, types = degrade.encode_decode(lrs, encoder, kbps, speed)
+    return Clip(path.name, start, hr_y, [imaging.luma_u8(lr) for lr in lrs], decoded, types)
+
+
+def evaluate_clip(clip: Clip, upscalers: dict[str, Upscaler], progress_every: int = 10) -> dict:
+    """Per-upscaler means over frames: PSNR, SSIM, gradient statistics, temporal PSNR, ds_psnr vs decoded LR."""
+    rows: dict[str, list[dict]] = {name: [] for name in upscalers}
+    temporal = {name: quality.TemporalError(SHAVE) for name in upscalers}
+    for t, (hr, dec) in enumerate(zip(clip.hr_y, clip.decoded_y)):
+        hr = hr.astype(np.float64)
+        for name, up in upscalers.items():
+            sr = to_display(up(dec))
+            if sr.shape != hr.shape:
+                raise ValueError(f"{name}: output {sr.shape}, expected {hr.shape}")
+            rows[name].append(image_metrics(sr, hr, dec))
+            temporal[name].add(sr, hr)
+        if progress_every and (t + 1) % progress_every == 0:
+            log.info("  video frame %d/%d", t + 1, len(clip.hr_y))
+    out = {}
+    for name in upscalers:
+        out[name] = mean_metrics(rows[name])
+        out[name]["tpsnr"] = temporal[name].psnr()
+    return out
+
+
+def clip_summary(clip: Clip) -> dict:
+    """What the receiver got: codec loss on the LR and the frame types."""
+    lr_psnr = [imaging.psnr(d, c, 0) for d, c in zip(clip.decoded_y, clip.lr_y)]
+    return {"clip": clip.name, "start_frame": clip.start, "frames": len(clip.hr_y),
+            "decoded_lr_psnr": float(np.mean([p for p in lr_psnr if math.isfinite(p)] or [float("inf")])),
+            "frame_types": {k: clip.frame_types.count(k) for k in sorted(set(clip.frame_types))}}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def rounded(d: dict, digits: int = 4) -> dict:
+    """Round the floats of a (nested) metrics dict for JSON and tables."""
+    return {k: rounded(v, digits) if isinstance(v, dict) else (round(v, digits) if isinstance(v, float) else v)
+            for k, v in d.items()}
+
+
+def log_table(title: str, rows: dict[str, dict], keys: tuple[str, ...]) -> None:
+    """One readable block per table on the log."""
+    log.info("%s", title)
+    log.info("  %-30s %s", "", " ".join(f"{k:>12}" for k in keys))
+    for name, m in rows.items():
+        log.info("  %-30s %s", name, " ".join(f"{m[k]:>12.4f}" for k in keys))
+
+
+def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="manifest name or .onnx path (default: manifest default)")
-    ap.add_argument("--images", nargs="+", required=True, help="benchmark folders")
+    ap.add_argument("--images", nargs="*", default=[], help="benchmark folders")
+    ap.add_argument("--video", default=None, help="a 720p clip for the codec path")
+    ap.add_argument("--codec", choices=sorted(VIDEO_CODECS), default="vp8")
+    ap.add_argument("--kbps", type=float, default=400.0, help="encoder bitrate for the 640x360 stream")
+    ap.add_argument("--frames", type=int, default=30, help="video frames to use (default %(default)s)")
+    ap.add_argument("--start", type=int, default=None, help="first video frame (default: after the fade-in)")
+    ap.add_argument("--kernel", choices=("area", "bicubic"), default="area", help="sender's 720p->360p scaler")
+    ap.add_argument("--peers", default=None, help="folder of published peer models (e.g. ../shared/peers)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return ap
 
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole evaluation; returns the JSON object."""
+    t0 = time.perf_counter()
     path = resolve(args.model)
-    upscale = onnx_upscaler(path, args.threads)
-    log.info("model %s (%s); PSNR-Y in dB, x%d, shave %d", args.model or "default", path, SCALE, SHAVE)
-    log.info("%-12s %7s %9s %9s %7s", "folder", "images", "model", "bicubic", "gain")
-    results = {}
-    for folder in args.images:
-        r = evaluate(load_samples(folder), upscale)
-        name = Path(folder).name
-        results[name] = {"images": len(r["images"]), "model": round(r["model"], 3),
-                         "bicubic": round(r["bicubic"], 3)}
-        log.info("%-12s %7d %9.3f %9.3f %+7.3f", name, len(r["images"]), r["model"], r["bicubic"],
-                 r["model"] - r["bicubic"])
+    model_name = str(args.model or "default")
+    upscalers: dict[str, Upscaler] = {model_name: onnx_upscaler(path, args.threads)}
+    result: dict = {"model": model_name, "file": str(path), "scale": SCALE, "shave": SHAVE,
+                    "clean": {}, "video": None, "peers": None}
+    log.info("model %s (%s); x%d, Y BT.601 limited range, shave %d", model_name, path, SCALE, SHAVE)
+    with tempfile.TemporaryDirectory(prefix="srtc-eval-") as tmp:
+        if args.peers:
+            from models.peers import peer_upscalers
+
+            log.info("building peers from %s", args.peers)
+            peers, skipped = peer_upscalers(Path(args.peers), Path(tmp), args.threads)
+            for s in skipped:
+                log.warning("peer skipped: %s: %s", s["name"], s["reason"])
+            upscalers.update({p.name: p.upscale for p in peers})
+            result["peers"] = {"dir": str(args.peers), "found": [{"name": p.name, "params": p.params, "note": p.note}
+                                                                  for p in peers], "skipped": skipped}
+        for folder in args.images:
+            name = Path(folder).name
+            samples = load_samples(folder)
+            log.info("%s: %d images", name, len(samples))
+            table: dict[str, dict] = {}
+            for who, up in upscalers.items():
+                r = evaluate(samples, up, full=True)
+                table.setdefault("bicubic", r["metrics"]["bicubic"])
+                table[who] = r["metrics"]["model"]
+                log.info("  %s done (PSNR %.3f dB)", who, r["model"])
+            result["clean"][name] = {"images": len(samples), "results": rounded(table)}
+            log_table(f"{name} ({len(samples)} images)", table, METRICS)
+        if args.video:
+            log.info("video %s: %d frames, %s at %g kbps, %s downscale", args.video, args.frames, args.codec,
+                     args.kbps, args.kernel)
+            clip = load_clip(args.video, args.frames, args.codec, args.kbps, args.kernel, args.start)
+            summary = clip_summary(clip)
+            log.info("  decoded: LR PSNR %.2f dB vs encoder input, frame types %s", summary["decoded_lr_psnr"],
+                     summary["frame_types"])
+            table = evaluate_clip(clip, {"bicubic": bicubic_luma, **upscalers})
+            result["video"] = {**rounded(summary), "codec": args.codec, "kbps": args.kbps, "kernel": args.kernel,
+                               "fps": 30, "results": rounded(table)}
+            log_table(f"video {clip.name} ({args.codec} {args.kbps:g} kbps, {len(clip.hr_y)} frames)", table,
+                      METRICS[:2] + ("tpsnr",) + METRICS[2:])
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    log.info("done in %.1f s", result["wall_s"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = make_parser().parse_args(argv)
+    if not args.images and not args.video:
+        raise SystemExit("nothing to evaluate: give --images and/or --video")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    result = run(args)
     if args.json:
-        sys.stdout.write(json.dumps({"model": str(args.model or "default"), "file": str(path),
-                                     "scale": SCALE, "shave": SHAVE, "results": results}) + "\n")
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return result
 
 
 if __name__ == "__main__":
