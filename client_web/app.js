@@ -573,12 +573,31 @@
     ui.st.frames.textContent = `${fmtCount(mine.frames_in)} / ${fmtCount(mine.frames_out)}`;
     ui.st.skipped.textContent = fmtCount(mine.skipped);
     ui.st.res.textContent = `${fmtRes(mine.input)} → ${fmtRes(mine.output)}`;
-    ui.st.sr.textContent = typeof mine.sr_enabled === 'boolean' ? (mine.sr_enabled ? 'on (neural)' : 'off (bicubic)') : '—';
+    ui.st.sr.textContent = srMode(mine);
+    document.getElementById('st-budget').textContent = budgetLine(mine.budget_ms);
     const fz = mine.freezes_in || {};
     document.getElementById('st-freezes').textContent = isNum(fz.freezeCount)
       ? `${fz.freezeCount} (${fmt(fz.totalFreezesDuration, 1)} s)` : '—';
     const rx = mine.receiver || {};
     document.getElementById('st-nack').textContent = isNum(rx.nackCount) ? `${rx.nackCount} / ${fmtCount(rx.pliCount)}` : '—';
+  }
+
+  // SR on, and how much of it the generator does: under load the server sends bicubic on some frames.
+  function srMode(session) {
+    if (typeof session.sr_enabled !== 'boolean') return '—';
+    if (!session.sr_enabled) return 'off (bicubic)';
+    const gov = session.governor;
+    if (!gov || gov.mode === 'generator') return 'on (neural)';
+    return `on, neural on ${Math.round(gov.share * 100)}% of frames (load)`;
+  }
+
+  const BUDGET_STAGES = ['receive', 'decode', 'wait', 'sr', 'encode', 'send'];
+
+  function budgetLine(budget) {
+    if (!budget || !budget.total || !isNum(budget.total.p50)) return 'latency budget: —';
+    const parts = BUDGET_STAGES.filter((s) => budget[s] && isNum(budget[s].p50))
+      .map((s) => `${s} ${budget[s].p50.toFixed(1)}`);
+    return `latency budget, p50 ms: ${parts.join(' · ')} = ${budget.total.p50.toFixed(1)} (p95 ${fmt(budget.total.p95, 0)})`;
   }
 
   async function tick() {

@@ -217,6 +217,9 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
                  && /\\d/.test(document.getElementById('st-frames').textContent)""",
         timeout=MEDIA_TIMEOUT_MS,
     )
+    # ...and the server's latency budget, stage by stage, once frames have gone through every stage.
+    page.wait_for_function("() => /sr \\d.*encode \\d.*= \\d/.test(document.getElementById('st-budget').textContent)",
+                           timeout=MEDIA_TIMEOUT_MS)
 
     # Switch SR off through the page: the page's POST /sessions/{id}/sr must succeed...
     with page.expect_response(lambda r: r.url.endswith(f"/sessions/{session_id}/sr")) as response_info:
