@@ -128,3 +128,23 @@ def test_missing_peers_are_skipped_with_a_reason(tmp_path):
     assert found == []
     assert len(skipped) == len(DNN_PEERS) + len(TORCH_PEERS)
     assert all(s["reason"] for s in skipped)
+
+
+def test_crop_sheet_grid_labels_and_colour(tmp_path, model):
+    from PIL import Image
+
+    from models import cropsheet, imaging
+
+    path = shared_or_skip("data", "benchmarks", "Set14", "zebra.png")
+    sheet, scores = cropsheet.make_sheet([path, path], {"m": model}, crop=48, zoom=2, boxes=None)
+    tile_w, tile_h = 48 * 2, 48 * 2 + cropsheet.LABEL_H
+    assert sheet.size == (3 * tile_w + 4 * cropsheet.PAD, 2 * tile_h + 3 * cropsheet.PAD)
+    assert scores[0]["m"] > scores[0]["bicubic"]  # the hardest crop for bicubic is where the model helps
+    # Swapping in a luma keeps the chroma: putting back bicubic's own Y is the identity.
+    hr = imaging.crop_to_multiple(imaging.load_image(path), 2)
+    bic = imaging.upscale(imaging.downscale(hr, 2), 2)
+    same = cropsheet.with_luma(bic, imaging.luma(bic))
+    assert np.abs(np.asarray(same, int) - np.asarray(bic, int)).max() <= 1
+    out = tmp_path / "s.png"
+    cropsheet.main(["--models", "qres_x2_v1", "--images", str(path), "--out", str(out), "--box", "0,0"])
+    assert Image.open(out).size == (3 * 96 * 3 + 4 * cropsheet.PAD, 96 * 3 + cropsheet.LABEL_H + 2 * cropsheet.PAD)
