@@ -101,11 +101,13 @@ class Session:
             # NACK with re-NACKs, an RTT-tied give-up, PLI and skip-to-keyframe, instead of aiortc's stall.
             self.receiver = attach(uplink.receiver, rtt_ms=sender_rtt_ms(self.pc), policy=UPLINK_POLICY,
                                    arrivals=self.arrivals)
-        self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
-                                             LoadGovernor(self.governor_policy))
-        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink)
         if raw_out is not None:
             self.raw_track = RawTrack(self.fanout.subscribe())
+        self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
+                                             LoadGovernor(self.governor_policy),
+                                             baseline=self.raw_track.slot if self.raw_track else None)
+        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink)
+        if raw_out is not None:
             _send(raw_out, self.raw_track, keep_receiving=False)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._blackhole.start()

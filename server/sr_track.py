@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from collections import deque
 from dataclasses import dataclass
 
 import av
@@ -29,6 +30,8 @@ from .governor import LoadGovernor
 from .metrics import FreezeDetector, RateMeter, RollingSamples
 
 log = logging.getLogger(__name__)
+
+DROP_WINDOW = 60  # frames over which the SR stage's drop rate is measured (2 s at 30 fps)
 
 
 class SlotTrack(MediaStreamTrack):
@@ -109,7 +112,8 @@ class SuperResolutionTrack(SlotTrack):
     governor gives up under load), by bicubic when it is off."""
 
     def __init__(self, slot: LatestFrame, upscaler: OnnxUpscaler, executor: Executor, enabled: bool = True,
-                 governor: LoadGovernor | None = None) -> None:
+                 governor: LoadGovernor | None = None, baseline: LatestFrame | None = None) -> None:
+        """``baseline``: the raw track's slot, whose drops (same input, no SR) are not the SR stage's doing."""
         super().__init__(slot)
         self.upscaler = upscaler
         self.enabled = enabled
@@ -121,6 +125,8 @@ class SuperResolutionTrack(SlotTrack):
         self._ahead: asyncio.Future[_Upscaled] | None = None
         self._returned_at: float | None = None
         self._consumer_ms = RollingSamples(30)  # how long the encoder takes between two recv() calls
+        self.baseline = baseline
+        self._counts: deque[tuple[int, int, int]] = deque(maxlen=DROP_WINDOW)  # (received, skipped, baseline skipped)
 
     async def recv(self) -> av.VideoFrame:
         self._sent()
@@ -158,8 +164,19 @@ class SuperResolutionTrack(SlotTrack):
         frame = await self.process(item, generator)
         done = time.monotonic()
         if self.enabled:
-            self.governor.observe(generator, (done - started) * 1000.0, self.slot.fps.rate())
+            self.governor.observe(generator, (done - started) * 1000.0, self.slot.fps.rate(), self._drop_rate())
         return _Upscaled(item, frame, started, done)
+
+    def _drop_rate(self) -> float:
+        """Share of the input this stage dropped over its last frames, beyond what the raw track dropped."""
+        base = self.baseline.skipped if self.baseline is not None else 0
+        self._counts.append((self.slot.received, self.slot.skipped, base))
+        if len(self._counts) < 2:
+            return 0.0
+        (r0, s0, b0), (r1, s1, b1) = self._counts[0], self._counts[-1]
+        if r1 <= r0:
+            return 0.0
+        return max(0.0, ((s1 - s0) - (b1 - b0)) / (r1 - r0))
 
     def _lead_delay_s(self, generator: bool) -> float:
         """How long to wait before taking the next frame: the encoder's time minus our own, if positive."""

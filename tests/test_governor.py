@@ -57,6 +57,19 @@ def test_an_overloaded_stage_keeps_a_floor_and_recovers_when_the_load_goes():
     assert governor.share == 1.0 and governor.mode == "generator"
 
 
+def test_drops_beyond_the_raw_tracks_lower_the_share_even_when_the_timing_fits():
+    governor = LoadGovernor()
+    for _ in range(40):  # 20 ms fits the 28 ms budget, yet the stage drops 20% of the input
+        governor.observe(governor.use_generator(), 20.0, 30.0, drop_rate=0.20)
+    assert governor.share == pytest.approx(0.6, abs=0.02) and governor.stats()["limit"] == pytest.approx(governor.share, abs=1e-3)
+    for _ in range(40):  # a little drop (bursts after a network recovery) holds the limit where it is
+        governor.observe(governor.use_generator(), 20.0, 30.0, drop_rate=0.05)
+    assert governor.share == pytest.approx(0.6, abs=0.02)
+    for _ in range(60):  # no more drops: back to every frame
+        governor.observe(governor.use_generator(), 20.0, 30.0, drop_rate=0.0)
+    assert governor.share == 1.0 and governor.mode == "generator"
+
+
 def test_a_slower_input_rate_gives_a_bigger_budget():
     fast, slow = LoadGovernor(), LoadGovernor()
     feed(fast, 100, generator_ms=45.0, fps=30.0)
@@ -65,9 +78,9 @@ def test_a_slower_input_rate_gives_a_bigger_budget():
 
 
 @pytest.mark.parametrize("field,value", [("headroom", 0.0), ("headroom", 1.5), ("window", 1), ("min_share", 0.0),
-                                         ("climb", 2.0)])
+                                         ("climb", 2.0), ("drop_high", 0.01), ("limit_step", 0.0)])
 def test_out_of_range_policies_are_refused(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
         GovernorPolicy(**{field: value})
 
 
