@@ -20,6 +20,7 @@ from aiortc.contrib.media import MediaBlackhole
 from .bandwidth import RembCap, with_bandwidth
 from .budget import ArrivalLog, time_encoding
 from .engine import OnnxUpscaler
+from .encoder import use_return_encoder
 from .fanout import FrameFanout
 from .governor import GovernorPolicy, LoadGovernor
 from .impairment import NetworkControl, SessionPath
@@ -210,5 +211,6 @@ class Session:
 
 def _send(transceiver: RTCRtpTransceiver, track: SlotTrack, keep_receiving: bool) -> None:
     transceiver.sender.replaceTrack(track)
+    use_return_encoder(transceiver.sender)  # VP8 without the denoiser, at a realtime speed setting
     time_encoding(transceiver.sender, track.encoded)  # the encode and send stages of the latency budget
     transceiver.direction = "sendrecv" if keep_receiving else "sendonly"

@@ -1,0 +1,157 @@
+"""The return streams' VP8 encoder: aiortc's, tuned for frames that are already clean and upscaled.
+
+aiortc opens libvpx with ``noise-sensitivity 4``, a temporal denoiser meant for camera noise. On the
+frames this server sends back (decoded, then upscaled) it only blurs what the generator restored, and
+it costs encode time. ``python -m server.encoder`` measures both settings side by side on the same
+frames; docs/BENCHMARKS.md has the figures (the denoiser off: faster, and a higher PSNR-Y of the
+decoded stream against the frames the encoder was given). A faster ``cpu-used`` (-10, -12) was
+tried and rejected: on detailed content it lost up to 1 dB at the same bitrate.
+
+How it plugs in (aiortc == 1.16.0, pinned): ``RTCRtpSender._next_encoded_frame`` creates its encoder
+only while ``_RTCRtpSender__encoder`` is None, so :func:`install` sets one first when the negotiated
+codec is VP8. :class:`ReturnVp8Encoder` opens the libvpx context itself whenever aiortc's own
+``encode`` would open a new one (first frame, size change, a bitrate change over 10%), with aiortc's
+settings plus :data:`OPTIONS`; aiortc's ``encode`` then finds a matching context and uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import statistics
+import sys
+import time
+from fractions import Fraction
+from collections.abc import Sequence
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor, number_of_threads
+
+log = logging.getLogger(__name__)
+
+OPTIONS = {"noise-sensitivity": "0"}  # on top of aiortc's own settings (cpu-used -6, realtime, CBR)
+
+
+class ReturnVp8Encoder(Vp8Encoder):
+    """aiortc's VP8 encoder (packetisation, bitrate control, keyframes) with :data:`OPTIONS`."""
+
+    def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        if self._needs_context(frame):
+            self.codec = self._open(frame)
+        return super().encode(frame, force_keyframe)
+
+    def _needs_context(self, frame: av.VideoFrame) -> bool:
+        """aiortc's own rule for opening a new context (see ``Vp8Encoder.encode``)."""
+        codec = self.codec
+        return (codec is None or frame.width != codec.width or frame.height != codec.height
+                or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1)
+
+    def _open(self, frame: av.VideoFrame) -> Any:
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.width, codec.height = frame.width, frame.height
+        codec.bit_rate = self.target_bitrate
+        codec.pix_fmt = "yuv420p"
+        codec.gop_size = 3000
+        codec.qmin, codec.qmax = 2, 56
+        bitrate = str(self.target_bitrate)
+        codec.options = {
+            "bufsize": bitrate, "cpu-used": "-6", "deadline": "realtime", "lag-in-frames": "0", "minrate": bitrate,
+            "maxrate": bitrate, "overshoot-pct": "15", "partitions": "0", "static-thresh": "1",
+            "undershoot-pct": "100", **OPTIONS,
+        }
+        codec.thread_count = number_of_threads(frame.width * frame.height, multiprocessing.cpu_count())
+        return codec
+
+
+def install(sender: Any, codec: Any) -> bool:
+    """Give ``sender`` a :class:`ReturnVp8Encoder` before aiortc makes its own; False for other codecs."""
+    if getattr(codec, "mimeType", "").lower() != "video/vp8":
+        return False
+    if getattr(sender, "_RTCRtpSender__encoder", None) is None:
+        sender._RTCRtpSender__encoder = ReturnVp8Encoder()
+    return True
+
+
+def use_return_encoder(sender: Any) -> None:
+    """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame)."""
+    inner = sender._next_encoded_frame
+    installed = False
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        nonlocal installed
+        if not installed:
+            installed = True
+            install(sender, codec)
+        return await inner(codec)
+
+    sender._next_encoded_frame = next_encoded_frame
+
+
+# ------------------------------------------------------------------ the side-by-side measurement
+
+
+def measure(encoder: Vp8Encoder, frames: Sequence[av.VideoFrame]) -> dict:
+    """Encode ``frames`` as a sender would, decode the payloads; encode ms per frame and PSNR-Y of the result.
+
+    The first 4 frames (the keyframe and the rate control settling) are left out of both figures.
+    """
+    decoder = av.CodecContext.create("libvpx", "r")
+    times, scores = [], []
+    for frame in frames:
+        started = time.perf_counter()
+        payloads, _ = encoder.encode(frame)
+        times.append((time.perf_counter() - started) * 1000.0)
+        data = b"".join(VpxPayloadDescriptor.parse(p)[1] for p in payloads)
+        for out in decoder.decode(av.Packet(data)):
+            a = out.to_ndarray(format="gray").astype(np.float64)
+            b = frame.to_ndarray(format="gray").astype(np.float64)
+            scores.append(10.0 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-10)))
+    return {"encode_ms_p50": round(statistics.median(times[4:]), 2), "psnr_y": round(float(np.mean(scores[4:])), 2),
+            "frames": len(frames)}
+
+
+def upscaled_frames(count: int) -> tuple[list[av.VideoFrame], str]:
+    """Real 640x360 frames (the bench's BBB clip or the page's samples), bicubic x2: what the SR track sends."""
+    from .bench import load_frames
+    from .engine import BicubicUpscaler
+
+    small, source = load_frames(count)
+    bicubic = BicubicUpscaler()
+    frames = []
+    for i, frame in enumerate(small):
+        big = bicubic.upscale(frame)
+        big.pts, big.time_base = i * 3000, Fraction(1, 90000)
+        frames.append(big)
+    return frames, source
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m server.encoder",
+                                 description="aiortc's VP8 settings against the return encoder's, on the same 720p frames")
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--kbps", type=int, nargs="+", default=[500, 1500], help="CBR targets (aiortc's range: 250-1500)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    frames, source = upscaled_frames(args.frames)
+    rows = []
+    for kbps in args.kbps:
+        for name, make in (("aiortc", Vp8Encoder), ("return", ReturnVp8Encoder)):
+            encoder = make()
+            encoder.target_bitrate = kbps * 1000
+            row = {"encoder": name, "kbps": kbps, **measure(encoder, frames)}
+            rows.append(row)
+            log.info("%-7s %5d kbps: encode %6.2f ms p50, decoded PSNR-Y %.2f dB", name, kbps, row["encode_ms_p50"],
+                     row["psnr_y"])
+    result = {"source": source, "size": "1280x720", "options": OPTIONS, "rows": rows}
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
