@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 
 from aiohttp import web
 
@@ -96,7 +98,15 @@ async def stats(request: web.Request) -> web.Response:
     sessions: dict[str, Session] = request.app[SESSIONS]
     wanted = request.query.get("id")
     chosen = [s for s in sessions.values() if wanted in (None, s.id)]
-    return web.json_response({"model": request.app[MODEL].to_json(), "sessions": [s.stats() for s in chosen]})
+    return web.json_response({"model": request.app[MODEL].to_json(), "process": process_stats(len(sessions)),
+                              "sessions": [s.stats() for s in chosen]})
+
+
+def process_stats(sessions: int) -> dict:
+    """This server's CPU time so far (user + system, all threads): two readings give its cores in use."""
+    times = os.times()
+    return {"cpu_s": round(times.user + times.system, 3), "monotonic_s": round(time.monotonic(), 3),
+            "cores": os.cpu_count(), "sessions": sessions}
 
 
 async def get_network(request: web.Request) -> web.Response:

@@ -535,6 +535,7 @@ class ProbeReport:
     psnr_every: int = 5
     server_session: dict | None = None
     network: dict | None = None  # the cap, the probe's achieved send bitrate, the server's /network counters
+    server_cpu: dict | None = None  # the server process's cores in use while the probe sent (see cpu_between)
 
     def targets(self) -> dict[str, bool]:
         """The system's acceptance targets, checked on the SR-on stream."""
@@ -607,6 +608,11 @@ class ProbeReport:
                     f"{s['repeats']} repeats)"
                 )
         lines += self._budget_lines()
+        cpu = self.server_cpu
+        if cpu:
+            lines.append(f"server CPU while sending: {cpu['cores_used']:.2f} of {cpu['machine_cores']} cores for"
+                         f" {cpu['sessions']} session(s): {cpu['cores_per_session']} cores per session,"
+                         f" {_fmt(cpu['sessions_per_core'])} sessions per core")
         net = self.network or {}
         if net:
             server = net.get("server") or {}
@@ -703,6 +709,33 @@ async def post_offer(http: aiohttp.ClientSession, url: str, sdp: str) -> dict:
     except (ValueError, AttributeError) as exc:
         raise ProbeError(f"POST {endpoint} gave no usable answer ({exc}): {body[:200]!r}") from exc
     return answer
+
+
+async def fetch_process(http: aiohttp.ClientSession, url: str) -> dict | None:
+    """The server's ``process`` block of GET /stats (its CPU time), or None when it cannot be had."""
+    try:
+        async with http.get(url.rstrip("/") + "/stats") as resp:
+            body = await resp.json(content_type=None) if resp.status < 400 else {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        log.warning("GET /stats failed: %s", exc)
+        return None
+    process = body.get("process") if isinstance(body, dict) else None
+    return process if isinstance(process, dict) and "cpu_s" in process else None
+
+
+def cpu_between(before: dict | None, after: dict | None) -> dict | None:
+    """Cores the server used between two readings, and per session (the per-stream CPU cost)."""
+    if not before or not after:
+        return None
+    wall = after["monotonic_s"] - before["monotonic_s"]
+    if wall <= 0:
+        return None
+    cores = (after["cpu_s"] - before["cpu_s"]) / wall
+    sessions = max(1, int(after.get("sessions") or 1))
+    return {"seconds": _r(wall), "cores_used": _r(cores, 3), "sessions": sessions,
+            "cores_per_session": _r(cores / sessions, 3),
+            "sessions_per_core": _r(sessions / cores) if cores > 0 else None,
+            "machine_cores": after.get("cores")}
 
 
 async def fetch_session_stats(http: aiohttp.ClientSession, url: str, session_id: str | None) -> dict | None:
@@ -820,6 +853,7 @@ async def run_probe(
     server_session: dict | None = None
     network: dict | None = None
     resilient: list = []
+    server_cpu: dict | None = None
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -850,11 +884,13 @@ async def run_probe(
                 raise ProbeError(f"the server's answer cannot be applied: {exc or type(exc).__name__}") from exc
             await wait_connected(pc, connect_timeout_s)
             log.info("connected (session %s), sending for %g s", session_id, seconds)
+            cpu_before = await fetch_process(http, url)
             tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
             if network_change is not None:
                 change = asyncio.ensure_future(change_network(http, url, *network_change))
                 tasks.append(change)
             await wait_sent(pc, uplink, seconds + connect_timeout_s)
+            server_cpu = cpu_between(cpu_before, await fetch_process(http, url))
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id)
             network = await network_report(http, url, pc, uplink)
@@ -871,7 +907,9 @@ async def run_probe(
             await asyncio.gather(*tasks, return_exceptions=True)
             if session_id is not None:
                 await delete_session(http, url, session_id)
-    return build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
+    report = build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
+    report.server_cpu = server_cpu
+    return report
 
 
 async def run_clients(
@@ -901,7 +939,9 @@ def clients_summary(reports: Sequence[ProbeReport]) -> dict:
         fps = [r[name]["fps"] for r in rows if name in r]
         p95 = [r[name]["latency_ms"]["p95"] for r in rows if name in r and r[name]["latency_ms"]["p95"] is not None]
         medians[name] = {"fps": _r(percentile(fps, 50)), "latency_p95_ms": _r(percentile(p95, 50))}
-    return {"clients": len(reports), "per_client": rows, "median": medians}
+    # Client 0's sending window; the others sent over the same seconds.
+    return {"clients": len(reports), "per_client": rows, "median": medians,
+            "server_cpu": reports[0].server_cpu if reports else None}
 
 
 # --------------------------------------------------------------------------- helpers and CLI
@@ -1002,7 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps({**summary, "reports": [r.to_dict() for r in reports]}), flush=True)
         else:
-            print(json.dumps(summary["median"]), flush=True)
+            print(json.dumps({"median": summary["median"], "server_cpu": summary["server_cpu"]}), flush=True)
         return 0
     report = reports[0]
     if args.json:

@@ -40,6 +40,10 @@ async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upsca
             assert all(stages[s]["p50"] is not None and stages[s]["p50"] >= 0 for s in stages), (name, stages)
             assert stages["total"]["p50"] >= stages["encode"]["p50"]
         assert budget["sr"]["sr"]["p50"] > 0 and budget["raw"]["sr"]["p50"] == 0
+        # The server's CPU while the probe sent: real work, bounded by the machine.
+        cpu = report.server_cpu
+        assert cpu is not None and 0 < cpu["cores_used"] <= cpu["machine_cores"] + 0.5, cpu
+        assert cpu["sessions"] == 1 and cpu["cores_per_session"] == cpu["cores_used"]
         # Every frame sent was upscaled by one of the two paths (plus at most the one being upscaled ahead).
         governed = report.governor()["generator_frames"] + report.governor()["bicubic_frames"]
         assert 0 <= governed - sr_sent(report) <= 1
