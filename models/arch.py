@@ -48,20 +48,18 @@ class QuarterResSR(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16), reparam: bool = False) -> None:
         """``widths``: output channels of the head and body convs; multiples of 16 suit
         onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32).
-        ``reparam``: train each 3x3 conv as an ECB block (identity branch where in == out,
-        never in head or tail); ``fused()`` gives the plain net for export."""
+        ``reparam``: train each 3x3 conv as an ECB block (no identity branch: it trained
+        worse here); ``fused()`` gives the plain net for export."""
         super().__init__()
         self.widths = tuple(widths)
         self.reparam = reparam
 
-        def conv(cin: int, cout: int, inner: bool) -> nn.Module:
-            if reparam:
-                return ECB(cin, cout, identity=inner and cin == cout)
-            return nn.Conv2d(cin, cout, 3, padding=1)
+        def conv(cin: int, cout: int) -> nn.Module:
+            return ECB(cin, cout) if reparam else nn.Conv2d(cin, cout, 3, padding=1)
 
-        self.head = conv(4, widths[0], False)
-        self.body = nn.ModuleList(conv(a, b, True) for a, b in zip(widths[:-1], widths[1:]))
-        self.tail = conv(widths[-1], 16, False)
+        self.head = conv(4, widths[0])
+        self.body = nn.ModuleList(conv(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.tail = conv(widths[-1], 16)
         self.register_buffer("nearest_index", _nearest_index(), persistent=False)
         # Start as plain nearest upsampling: the detail branch begins near zero.
         with torch.no_grad():

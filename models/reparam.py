@@ -2,7 +2,7 @@
 
 Why: a tiny net trains better when each 3x3 conv is over-parameterised by parallel linear
 branches (3x3; 1x1 expand -> 3x3 squeeze; 1x1 -> fixed Sobel-x / Sobel-y / Laplacian with a
-learnt per-channel scale; identity when in == out). All branches are linear, so their sum is
+learnt per-channel scale; optionally identity when in == out). All branches are linear, so their sum is
 exactly one 3x3 conv, and inference pays nothing for them.
 
 Why the forward runs the fused kernel ("online" re-parameterisation, as OREPA does): the
@@ -35,11 +35,13 @@ def _pad_with_bias(y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 class ECB(nn.Module):
     """Training-time 3x3 conv made of linear branches; ``fuse()`` returns the equivalent nn.Conv2d."""
 
-    def __init__(self, cin: int, cout: int, multiplier: int = 2, identity: bool | None = None) -> None:
+    def __init__(self, cin: int, cout: int, multiplier: int = 2, identity: bool = False) -> None:
+        """``identity`` adds x (cin == cout only); off by default because in QuarterResSR it
+        trained worse (Set5 after 1,000 steps: 35.08 dB with it, 35.34 without, lr 1e-3)."""
         super().__init__()
         self.cin, self.cout = cin, cout
-        self.identity = (cin == cout) if identity is None else identity
-        if self.identity and cin != cout:
+        self.identity = identity
+        if identity and cin != cout:
             raise ValueError("an identity branch needs cin == cout")
         self.conv3 = nn.Conv2d(cin, cout, 3, padding=1)
         self.expand = nn.Conv2d(cin, multiplier * cout, 1)
