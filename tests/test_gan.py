@@ -221,3 +221,30 @@ def test_ema_lags_the_generator() -> None:
     before = a.weight.detach().clone()
     ema_update(a, b, 0.9)
     torch.testing.assert_close(a.weight, 0.9 * before + 0.1 * b.weight)
+
+
+def test_stage1_reparam_run_checkpoints_and_exports_fused(tmp_path: Path) -> None:
+    """``models.train --reparam``: the checkpoint records the ECB form and exports as the plain net."""
+    from models import train
+    from models.export import load_checkpoint_model
+
+    data = shared_or_skip("data", "train", "BSDS200")
+    args = train.make_parser().parse_args([
+        "--data", str(data), "--val", "", "--out", str(tmp_path / "run"), "--steps", "40", "--seed", "0",
+        "--batch", "8", "--patch", "48", "--limit-images", "3", "--widths", "32,16,16,16", "--reparam",
+        "--threads", "1", "--save-every", "20"])
+    summary = train.train(args)
+    assert summary["steps"] == 40 and all(np.isfinite(summary["losses"]))
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["config"] == {"widths": [32, 16, 16, 16], "reparam": True}
+    trained = build(ckpt["config"])
+    trained.load_state_dict(ckpt["model"])
+    plain, _ = load_checkpoint_model(tmp_path / "run" / "last.pt")
+    assert count_params(plain) == 12_768 and not any(isinstance(m, ECB) for m in plain.modules())
+    x = torch.rand(1, 1, 30, 41)
+    with torch.no_grad():
+        assert (plain(x) - trained(x)).abs().max().item() < 1e-5
+    # A plain (old-style) resume refuses the reparam checkpoint instead of silently mixing forms.
+    args.reparam, args.resume = False, True
+    with pytest.raises(SystemExit, match="differs"):
+        train.train(args)
