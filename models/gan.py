@@ -79,7 +79,7 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--down-kernel", choices=("bicubic", "area"), default="bicubic",
                     help="kernel the LR was made with (bicubic: antialiased, as PIL)")
     ap.add_argument("--grad", type=float, default=0.5, help="weight of the gradient L1 (0: off)")
-    ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off)")
+    ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
     ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
     ap.add_argument("--gan", choices=sorted(L.ADVERSARIAL), default="ragan", help="adversarial loss")
     ap.add_argument("--ema", type=float, default=0.999, help="generator EMA decay (0: no EMA)")
