@@ -10,7 +10,11 @@ a weight, 0 switches it off, so an ablation is a list of commands differing in o
 
 - ``--pixel``        L1 to HR (pixel anchoring)
 - ``--patch-anchor`` L1 between 4x4 and 8x8 patch means of SR and HR
-- ``--down``         downscaled SR (``--down-kernel`` bicubic antialiased | area) vs the LR input
+- ``--down``         downscaled SR (``--down-kernel`` bicubic antialiased | area) vs the LR: with
+                     ``--down-target clean`` (the default) the HR downscaled the same way, i.e. the LR
+                     before any codec (on clean pairs the same thing as the input; on codec pairs,
+                     matching the decoded input would teach the model to keep the codec's artefacts);
+                     ``--down-target input`` compares with the model's input as given
 - ``--grad``         L1 between Sobel gradients of SR and HR (tangent-space constraint)
 - ``--fm``           L1 between discriminator features of SR and HR (latent matching)
 - ``--adv``          adversarial term, ``--gan ragan`` (relativistic average, ESRGAN) or ``vanilla``
@@ -78,6 +82,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--down", type=float, default=1.0, help="weight of down-sampling consistency (0: off)")
     ap.add_argument("--down-kernel", choices=("bicubic", "area"), default="bicubic",
                     help="kernel the LR was made with (bicubic: antialiased, as PIL)")
+    ap.add_argument("--down-target", choices=("clean", "input"), default="clean",
+                    help="what the downscaled SR must match: the HR downscaled (the LR before a codec) or the input")
     ap.add_argument("--grad", type=float, default=0.5, help="weight of the gradient L1 (0: off)")
     ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
     ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
@@ -97,7 +103,8 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
 
 def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weights: dict[str, float],
                     disc: nn.Module | None = None, real: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
-                    gan: str = "ragan", down_kernel: str = "bicubic") -> dict[str, torch.Tensor]:
+                    gan: str = "ragan", down_kernel: str = "bicubic",
+                    down_target: str = "clean") -> dict[str, torch.Tensor]:
     """Unweighted loss terms of the switched-on remedies, plus ``total`` (their weighted sum).
 
     ``real``: the discriminator's (logits, features) on HR, needed by ``adv`` and ``fm``;
@@ -110,7 +117,8 @@ def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weight
     if "patch_anchor" in w:
         terms["patch_anchor"] = L.patch_anchor(sr, hr)
     if "down" in w:
-        terms["down"] = L.down_consistency(sr, lr, down_kernel)
+        target = L.downscale2(hr, down_kernel) if down_target == "clean" else lr
+        terms["down"] = L.down_consistency(sr, target, down_kernel)
     if "grad" in w:
         terms["grad"] = L.gradient_loss(sr, hr)
     if "adv" in w or "fm" in w:
@@ -218,7 +226,8 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
             real = disc(hr_b) if needs_disc else None  # with D gradients: reused by the D step
 
             disc.requires_grad_(False)
-            terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel)
+            terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel,
+                                    args.down_target)
             opt_g.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt_g.step()

@@ -248,3 +248,20 @@ def test_stage1_reparam_run_checkpoints_and_exports_fused(tmp_path: Path) -> Non
     args.reparam, args.resume = False, True
     with pytest.raises(SystemExit, match="differs"):
         train.train(args)
+
+
+def test_down_consistency_targets_the_lr_before_the_codec():
+    """On a codec pair, the HR itself must score ~0 against the clean target, not against the damaged input."""
+    import torch
+    import torch.nn.functional as F
+
+    from models import gan, losses as L
+
+    torch.manual_seed(0)
+    hr = F.avg_pool2d(torch.rand(1, 1, 64, 64), 1)
+    clean = L.downscale2(hr)
+    damaged = (clean + 0.08 * torch.randn_like(clean)).clamp(0, 1)  # what a codec would hand the model
+    weights = {name: 0.0 for name in gan.REMEDIES} | {"down": 1.0}
+    to_clean = gan.generator_terms(hr, hr, damaged, weights, down_target="clean")["down"]
+    to_input = gan.generator_terms(hr, hr, damaged, weights, down_target="input")["down"]
+    assert to_clean.item() < 1e-6 < 0.03 < to_input.item()
