@@ -72,6 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, required=True, help="total optimisation steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--init", default=None,
+                    help="start from this checkpoint's weights (same --widths/--reparam), e.g. to fine-tune on --pairs")
     ap.add_argument("--widths", type=parse_widths, default=(32, 32, 16, 16), help="conv widths, e.g. 32,32,16,16")
     ap.add_argument("--reparam", action="store_true",
                     help="train each 3x3 conv as an ECB block (fused into plain convs for export)")
@@ -118,6 +120,13 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
         command = ckpt.get("command", command)
         log.info("resumed from %s at step %d", out / "last.pt", step)
+    elif args.init:
+        init = torch.load(args.init, map_location=device, weights_only=False)
+        if init["config"] != config:
+            raise SystemExit(f"--init {args.init} has config {init['config']}, this run {config}")
+        model.load_state_dict(init["model"])
+        log.info("starting from the weights of %s (step %d there); new optimiser and schedule",
+                 args.init, init.get("step", 0))
     elif args.resume:
         log.info("no %s yet; starting fresh", out / "last.pt")
 

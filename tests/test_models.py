@@ -135,3 +135,27 @@ def test_short_training_on_a_codec_aware_cache_lowers_loss(tmp_path: Path) -> No
     losses = summary["losses"]
     assert summary["steps"] == 120
     assert np.mean(losses[-20:]) < 0.97 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
+
+
+@needs_torch
+def test_init_starts_a_fine_tune_from_another_runs_weights(tmp_path: Path) -> None:
+    """--init: same weights as the source checkpoint at step 0, fresh step count; a config mismatch is refused."""
+    import torch
+
+    from models import train
+
+    base = ["--data", str(Path(__file__).resolve().parent.parent / "client_web" / "samples"), "--val", "",
+            "--seed", "0", "--batch", "4", "--patch", "48", "--save-every", "5"]
+    train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "a"), "--steps", "10"]))
+    source = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    tuned = train.train(train.make_parser().parse_args(
+        base + ["--out", str(tmp_path / "b"), "--steps", "1", "--lr", "1e-12", "--min-lr", "1e-12",
+                "--init", str(tmp_path / "a" / "last.pt")]))
+    assert tuned["steps"] == 1
+    after = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    for name, value in source["model"].items():  # a 1e-12 step cannot move the weights measurably
+        assert torch.allclose(after["model"][name], value, atol=1e-6), name
+    with pytest.raises(SystemExit, match="config"):
+        train.train(train.make_parser().parse_args(
+            base + ["--out", str(tmp_path / "c"), "--steps", "1", "--widths", "16,16",
+                    "--init", str(tmp_path / "a" / "last.pt")]))
