@@ -59,6 +59,9 @@ PEER_FILES: tuple[tuple[str, str, str], ...] = (
     ("FSRCNN-RGB", "fsrcnn_rgb", "fsrcnn_rgb/FSRCNN_x2.pth"),
     ("ESPCN-RGB", "espcn_rgb", "espcn_rgb/ESPCN_x2.pth"),
 )
+# The two groups by how they are read (names kept for callers that count them).
+DNN_PEERS = tuple(e for e in PEER_FILES if e[1] == "pb")
+TORCH_PEERS = tuple(e for e in PEER_FILES if e[1] != "pb")
 # Files that are known but cannot be compared at x2.
 NOT_X2 = {"bicubic_pp/bicubic_pp_x3.pth": ("Bicubic++ (x3)", "x3 only: no x2 weights were published, "
                                           "and our contract and benchmarks are x2")}

@@ -1,6 +1,7 @@
 """Side-by-side CPU benchmark of the full upscaling path: bicubic, our models and published peers.
 
-``python -m server.bench [--json] [--peers DIR] [--frames N] [--runs N] [--threads 1,2]``
+``python -m server.bench [--json] [--peers DIR [--peers-only NAME...]] [--frames N] [--runs N]
+[--row-seconds S] [--threads 1,2] [--default-only]``
 
 Every candidate is timed the way the server runs it (``upscale(av.VideoFrame yuv420p 640x360)``
 -> yuv420p 1280x720: Y through the network, U/V bicubic) on the same decoded frames of real
@@ -9,12 +10,19 @@ Each row also gets its parameters, its multiply-accumulates at 640x360 (counted 
 its Set5/Set14 Y-PSNR under ``models.evaluate``'s protocol, and how close its conv work gets to the
 machine's measured float32 matrix-multiply rate.
 
-Peers (``--peers``, e.g. ``../shared/peers``; see its SOURCES.md), built by ``models.peers``:
-- OpenCV FSRCNN/ESPCN ``.pb`` through ``cv2.dnn`` when the installed OpenCV can run them (their
-  DepthToSpace layer is registered by opencv-contrib's dnn_superres; without it they are skipped).
-- ECBSR-M4C16, ETDS-M5C16 and ESPCN (RGB) rebuilt in torch from their state_dicts (already the
-  inference-time plain form), run on Y: the RGB input is Y replicated (limited-range Y mapped to grey
-  RGB), the RGB output converted back to BT.601 limited-range Y; exported to ONNX under our contract.
+Peers (``--peers``, e.g. ``../shared/peers``; see its SOURCES.md): every x2 file there, rebuilt by
+``models.peers`` and exported to ONNX under our contract, so they run in the same runtime as our models:
+- the RGB nets of the ETDS repo (ETDS, ECBSR, ECBSR-ET, ABPN, ABPN-ET, FSRCNN-RGB, ESPCN-RGB), run on Y
+  replicated (first conv folded to one channel) with the Y of their output;
+- the OpenCV FSRCNN / FSRCNN-small / ESPCN ``.pb`` (Y-only), rebuilt from their GraphDef constants,
+  with our limited-range Y mapped to their full-range convention and back inside the graph.
+Bicubic++ (x3 only) is listed as skipped. ``--peers-only`` takes short names or patterns (``ETDS-*``).
+
+Slow rows are timed on fewer frames: each (row, threads) stops after ``--row-seconds`` once it has
+``--min-frames`` timed frames, so the whole table stays a few minutes on two cores.
+
+For each peer (at each thread count) the fastest project model that is faster *and* at least as good
+on both Set5 and Set14 is named, or "none" with why (``comparison`` in the JSON): issue #5's question.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import numpy as np
 import onnx
 
 from models.manifest import MANIFEST_PATH, load_manifest, resolve
-from models.peers import DNN_NOTE, PEER_NOTE, DnnLuma, export_torch_peers, probe_dnn_peers
+from models.peers import export_peers
 
 from .engine import BicubicUpscaler, OnnxUpscaler, plane_view, upscale_frame
 
@@ -51,6 +59,8 @@ BENCHMARKS = SHARED / "data" / "benchmarks"
 SAMPLES = REPO / "client_web" / "samples"
 WIDTH, HEIGHT = 640, 360
 WARMUP = 5
+ROW_SECONDS = 15.0  # per (row, threads): stop timing after this once MIN_FRAMES frames are timed
+MIN_FRAMES = 20
 MIN_LUMA_STD = 20.0  # below this a frame is a fade or a flat fill, not content
 
 
@@ -225,6 +235,7 @@ class Row:
     psnr: dict | None
     psnr_note: str | None
     note: str = ""
+    timed_frames: int | None = None
 
 
 _SAMPLES_CACHE: dict[str, list] = {}
@@ -281,67 +292,63 @@ def project_candidates(manifest_path: Path = MANIFEST_PATH, only_default: bool =
 
 # ---------------------------------------------------------------- peers
 
-class _DnnUpscaler(DnnLuma):
-    """A Y-only ``.pb`` in cv2.dnn behind the engine's ``upscale`` (chroma bicubic like ours)."""
-
-    def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
-        return upscale_frame(frame, self.upscale_luma)
-
-
-def _dnn_psnr(path: Path) -> dict:
-    """Set5/Set14 PSNR of a ``.pb`` through cv2.dnn, one net for all images."""
-    net = _DnnUpscaler(path, 2)
-    return psnr_sets(lambda y: net.upscale_luma(y) / 255.0)
-
-
-def dnn_candidates(peers: Path) -> tuple[list[Candidate], list[dict]]:
-    """FSRCNN and ESPCN ``.pb`` through cv2.dnn, or a skip entry saying why the installed OpenCV cannot."""
-    runnable, skipped = probe_dnn_peers(peers)
-    found = [Candidate(label, "peer", lambda threads, p=path: _DnnUpscaler(p, threads),
-                       psnr=lambda p=path: _dnn_psnr(p), note=DNN_NOTE)
-             for label, path in runnable]
-    return found, skipped
-
-
-def torch_candidates(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
-                     ) -> tuple[list[Candidate], list[dict]]:
-    """Rebuild, check, export (``models.peers``) and wrap the torch peers (``only``: a subset of kinds)."""
-    exported, skipped = export_torch_peers(peers, workdir, only)
+def peer_candidates(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
+                    ) -> tuple[list[Candidate], list[dict]]:
+    """Rebuild, check, export (``models.peers``) and wrap every x2 peer (``only``: short names or patterns)."""
+    exported, skipped = export_peers(peers, workdir, only)
     found = [onnx_candidate(
-        p.name, p.onnx_path, "peer", p.params, note=f"{PEER_NOTE}; {p.params} params in the RGB state_dict",
-        with_psnr=p.ok, psnr_note=None if p.ok else f"ONNX differs from the torch model by {p.error:.1e}")
+        p.name, p.onnx_path, "peer", p.params, note=f"{p.note}; {p.params} published params",
+        with_psnr=p.ok, psnr_note=None if p.ok else f"ONNX differs from its reference by {p.error:.1e}")
         for p in exported]
     return found, skipped
 
 
 # ---------------------------------------------------------------- timing
 
-def time_upscaler(upscaler, frames: list[av.VideoFrame], runs: int, warmup: int = WARMUP) -> list[float]:
-    """Per-frame wall times (ms) of the full path, ``runs`` passes over ``frames`` after a warm-up."""
-    for frame in frames[:warmup]:
+def time_upscaler(upscaler, frames: list[av.VideoFrame], runs: int, warmup: int = WARMUP,
+                  row_seconds: float | None = None, min_frames: int = MIN_FRAMES) -> list[float]:
+    """Per-frame wall times (ms) of the full path, ``runs`` passes over ``frames`` after a warm-up.
+
+    With ``row_seconds``, a slow upscaler stops once it has spent that long *and* timed ``min_frames``
+    frames (the warm-up is cut to a fifth of it, at least 2 frames): the median of 20 frames of a 1 s
+    model says as much as 180, and the whole table stays minutes, not an hour.
+    """
+    start = time.perf_counter()
+    for i, frame in enumerate(frames[:warmup]):
         upscaler.upscale(frame)
-    times = []
+        if row_seconds is not None and i >= 1 and time.perf_counter() - start > row_seconds / 5:
+            break
+    times: list[float] = []
+    start = time.perf_counter()
     for _ in range(runs):
         for frame in frames:
             t0 = time.perf_counter()
             out = upscaler.upscale(frame)
             times.append((time.perf_counter() - t0) * 1e3)
+            if (row_seconds is not None and len(times) >= min_frames
+                    and time.perf_counter() - start > row_seconds):
+                break
+        else:
+            continue
+        break
     if (out.width, out.height, out.format.name) != (2 * WIDTH, 2 * HEIGHT, "yuv420p"):
         raise RuntimeError(f"upscaler gave {out.width}x{out.height} {out.format.name}")
     return times
 
 
 def measure(candidate: Candidate, frames: list[av.VideoFrame], runs: int, threads: int,
-            ceiling_gmacs: float, psnr: dict | None, psnr_note: str | None) -> Row:
+            ceiling_gmacs: float, psnr: dict | None, psnr_note: str | None,
+            row_seconds: float | None = None, min_frames: int = MIN_FRAMES) -> Row:
     """Time one candidate at one thread count (OpenCV's pool set to the same count, as for chroma)."""
     cv2.setNumThreads(threads)
-    times = time_upscaler(candidate.make(threads), frames, runs)
+    times = time_upscaler(candidate.make(threads), frames, runs, row_seconds=row_seconds, min_frames=min_frames)
     p50 = statistics.median(times)
     p95 = float(np.percentile(times, 95))
     rate = candidate.macs / (p50 * 1e6) if candidate.macs else None  # GMAC/s
     return Row(candidate.name, candidate.kind, threads, candidate.params, candidate.macs, round(p50, 2),
                round(p95, 2), round(1000.0 / p50, 1), round(rate, 2) if rate else None,
-               round(100.0 * rate / ceiling_gmacs, 1) if rate else None, psnr, psnr_note, candidate.note)
+               round(100.0 * rate / ceiling_gmacs, 1) if rate else None, psnr, psnr_note, candidate.note,
+               len(times))
 
 
 def evaluate_psnr(candidate: Candidate) -> tuple[dict | None, str | None]:
@@ -351,6 +358,64 @@ def evaluate_psnr(candidate: Candidate) -> tuple[dict | None, str | None]:
     if not BENCHMARKS.is_dir():
         return None, f"{BENCHMARKS} not found"
     return candidate.psnr(), candidate.psnr_note
+
+
+# ---------------------------------------------------------------- issue #5: a faster project model per peer
+
+QUALITY_SETS = ("Set5", "Set14")
+
+
+def faster_equal_or_better(rows: list[Row]) -> list[dict]:
+    """For each peer row: the fastest project model at the same thread count that is faster (p50) and at
+    least as good on Set5 *and* Set14, or ``None`` with the reason. PSNRs are compared as measured (3 decimals).
+    """
+    result = []
+    for peer in (r for r in rows if r.kind == "peer"):
+        entry = {"peer": peer.name, "threads": peer.threads, "peer_p50_ms": peer.p50_ms,
+                 "peer_psnr": peer.psnr, "model": None, "model_p50_ms": None, "model_psnr": None,
+                 "speedup": None, "reason": ""}
+        result.append(entry)
+        ppsnr = peer.psnr or {}
+        if not all(s in ppsnr for s in QUALITY_SETS):
+            entry["reason"] = f"peer PSNR not measured ({peer.psnr_note or 'no benchmark sets'})"
+            continue
+        ours = [r for r in rows if r.kind == "project" and r.threads == peer.threads]
+        good = [r for r in ours if r.psnr and all(r.psnr.get(s, float("-inf")) >= ppsnr[s] for s in QUALITY_SETS)]
+        fast = sorted((r for r in good if r.p50_ms < peer.p50_ms), key=lambda r: r.p50_ms)
+        if fast:
+            win = fast[0]
+            entry.update(model=win.name, model_p50_ms=win.p50_ms, model_psnr=win.psnr,
+                         speedup=round(peer.p50_ms / win.p50_ms, 2), reason="faster, Set5 and Set14 >= peer")
+        elif good:
+            best = min(good, key=lambda r: r.p50_ms)
+            entry["reason"] = (f"{best.name} is as good but slower ({best.p50_ms:.1f} ms vs {peer.p50_ms:.1f} ms)")
+        elif ours:
+            best = {s: max((r.psnr or {}).get(s, float("-inf")) for r in ours) for s in QUALITY_SETS}
+            entry["reason"] = ("no project model reaches the peer's quality (best Set5 "
+                               f"{best['Set5']:.2f} vs {ppsnr['Set5']:.2f}, Set14 {best['Set14']:.2f} vs "
+                               f"{ppsnr['Set14']:.2f})")
+        else:
+            entry["reason"] = f"no project model timed at {peer.threads} thread(s)"
+    return result
+
+
+def comparison_table(comparison: list[dict]) -> str:
+    """One line per (peer, threads): the project model that beats it, or none and why."""
+    if not comparison:
+        return ""
+    width = max(len(c["peer"]) for c in comparison)
+    lines = ["faster at equal or better Set5 and Set14 (issue #5), per peer and thread count:"]
+    for c in comparison:
+        if c["model"]:
+            what = (f"{c['model']} ({c['model_p50_ms']:.1f} ms vs {c['peer_p50_ms']:.1f} ms, "
+                    f"x{c['speedup']:.2f}; Set5 {c['model_psnr']['Set5']:.2f} vs {c['peer_psnr']['Set5']:.2f}, "
+                    f"Set14 {c['model_psnr']['Set14']:.2f} vs {c['peer_psnr']['Set14']:.2f})")
+        else:
+            what = f"none: {c['reason']}"
+        lines.append(f"  {c['peer']:<{width}} {c['threads']} thr -> {what}")
+    covered = {c["peer"] for c in comparison} - {c["peer"] for c in comparison if not c["model"]}
+    lines.append(f"  {len(covered)} of {len({c['peer'] for c in comparison})} peers beaten at every thread count")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- output
@@ -372,15 +437,17 @@ def _fmt(value, spec: str, empty: str = "-") -> str:
 
 def table(rows: list[Row], ceiling: dict) -> str:
     """The readable table: one line per (model, threads)."""
-    head = (f"{'model':<30} {'thr':>3} {'params':>7} {'GMAC':>6} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} "
-            f"{'GMAC/s':>7} {'%ceil':>6} {'Set5':>6} {'Set14':>6}")
+    nw = max([30] + [len(r.name) for r in rows])
+    head = (f"{'model':<{nw}} {'thr':>3} {'params':>7} {'GMAC':>6} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} "
+            f"{'GMAC/s':>7} {'%ceil':>6} {'Set5':>6} {'Set14':>6} {'frames':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r.psnr or {}
         lines.append(
-            f"{r.name:<30} {r.threads:>3} {_fmt(r.params, 'd'):>7} {_fmt(r.macs and r.macs / 1e9, '.2f'):>6} "
+            f"{r.name:<{nw}} {r.threads:>3} {_fmt(r.params, 'd'):>7} {_fmt(r.macs and r.macs / 1e9, '.2f'):>6} "
             f"{r.p50_ms:>8.2f} {r.p95_ms:>8.2f} {r.fps:>7.1f} {_fmt(r.gmac_per_s, '.1f'):>7} "
-            f"{_fmt(r.ceiling_pct, '.1f'):>6} {_fmt(p.get('Set5'), '.2f'):>6} {_fmt(p.get('Set14'), '.2f'):>6}")
+            f"{_fmt(r.ceiling_pct, '.1f'):>6} {_fmt(p.get('Set5'), '.2f'):>6} {_fmt(p.get('Set14'), '.2f'):>6} "
+            f"{_fmt(r.timed_frames, 'd'):>6}")
     for threads, gflops in ceiling["gflops"].items():
         lines.append(f"ceiling at {threads} thread(s): numpy float32 matmul {ceiling['n']}x{ceiling['n']}: "
                      f"{gflops:.1f} GFLOP/s = {ceiling['gmacs'][threads]:.1f} GMAC/s (median of {ceiling['repeats']}); "
@@ -416,10 +483,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="srtc-bench-") as tmp:
         if args.peers:
             peers = Path(args.peers)
-            found, skip = dnn_candidates(peers)
-            candidates += found
-            skipped += skip
-            found, skip = torch_candidates(peers, Path(tmp))
+            found, skip = peer_candidates(peers, Path(tmp), tuple(args.peers_only) if args.peers_only else None)
             candidates += found
             skipped += skip
             for s in skipped:
@@ -429,10 +493,11 @@ def run(args: argparse.Namespace) -> dict:
         for cand in candidates:
             psnr, psnr_note = evaluate_psnr(cand)
             for threads in args.threads:
-                row = measure(cand, frames, args.runs, threads, ceiling["gmacs"][str(threads)], psnr, psnr_note)
+                row = measure(cand, frames, args.runs, threads, ceiling["gmacs"][str(threads)], psnr, psnr_note,
+                              args.row_seconds or None, args.min_frames)
                 rows.append(row)
-                log.info("%-30s %d thr: p50 %.2f ms, p95 %.2f ms, %.1f fps, PSNR %s", row.name, threads,
-                         row.p50_ms, row.p95_ms, row.fps, psnr or psnr_note)
+                log.info("%-31s %d thr: p50 %.2f ms, p95 %.2f ms (%d frames), %.1f fps, PSNR %s", row.name,
+                         threads, row.p50_ms, row.p95_ms, row.timed_frames, row.fps, psnr or psnr_note)
         cv2.setNumThreads(cv2_threads)  # callers (tests, the server) keep their own OpenCV pool size
     return {
         "command": "python -m server.bench " + " ".join(args.argv),
@@ -442,10 +507,12 @@ def run(args: argparse.Namespace) -> dict:
         "frames": {"source": source, "count": len(frames), "width": WIDTH, "height": HEIGHT,
                    "format": "yuv420p", "luma_std": round(luma_std, 1)},
         "runs": args.runs, "warmup": WARMUP, "threads": args.threads,
+        "row_seconds": args.row_seconds or None, "min_frames": args.min_frames,
         "ceiling": ceiling,
         "psnr_protocol": "models.evaluate: PIL bicubic LR, Y BT.601 limited range, shave 2, mean per set",
         "rows": [asdict(r) for r in rows],
         "skipped": skipped,
+        "comparison": faster_equal_or_better(rows),
     }
 
 
@@ -465,6 +532,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=parse_threads, default=[1, 2],
                     help="comma-separated thread counts, each row timed at each (default 1,2)")
     ap.add_argument("--default-only", action="store_true", help="only the manifest's default model")
+    ap.add_argument("--peers-only", nargs="+", default=None, metavar="NAME",
+                    help="with --peers: only these peers (short names or patterns, e.g. ETDS-* FSRCNN-pb)")
+    ap.add_argument("--row-seconds", type=float, default=ROW_SECONDS,
+                    help="per row and thread count, stop timing after this many seconds once --min-frames "
+                         "are timed (0: no cap; default %(default)s)")
+    ap.add_argument("--min-frames", type=int, default=MIN_FRAMES,
+                    help="timed frames every row gets before --row-seconds applies (default %(default)s)")
     args = ap.parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -473,6 +547,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(rows, result["ceiling"]))
     for s in result["skipped"]:
         print(f"skipped {s['name']}: {s['reason']}")
+    if result["comparison"]:
+        print(comparison_table(result["comparison"]))
     if args.json:
         print(json.dumps(result))
     sys.stdout.flush()
