@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import av
 import numpy as np
 import onnx
 import pytest
@@ -75,14 +76,15 @@ def test_json_of_a_tiny_run_has_the_documented_shape(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     assert {"command", "date", "machine", "frames", "runs", "warmup", "threads", "ceiling", "psnr_protocol",
-            "rows", "skipped"} <= set(result)
+            "rows", "skipped", "comparison", "row_seconds", "min_frames"} <= set(result)
+    assert result["comparison"] == []  # no peers asked for
     assert result["frames"]["count"] == 3 and result["frames"]["luma_std"] > 20
     assert result["ceiling"]["gflops"]["1"] > 0 and result["ceiling"]["gmacs"]["1"] > 0
     default = load_manifest()["default"]
     assert [r["name"] for r in result["rows"]] == ["bicubic (OpenCV)", default]
     for row in result["rows"]:
         assert {"name", "kind", "threads", "params", "macs", "p50_ms", "p95_ms", "fps", "gmac_per_s",
-                "ceiling_pct", "psnr", "psnr_note", "note"} <= set(row)
+                "ceiling_pct", "psnr", "psnr_note", "note", "timed_frames"} <= set(row)
         assert row["threads"] == 1 and row["p95_ms"] >= row["p50_ms"] > 0
     model = result["rows"][1]
     assert model["macs"] > 0 and model["params"] > 0 and model["ceiling_pct"] > 0
@@ -94,7 +96,7 @@ def test_json_of_a_tiny_run_has_the_documented_shape(capsys):
 @pytest.mark.skipif(not (PEERS / "ecbsr" / "ECBSR_M4C16_x2.pth").is_file(), reason="no ../shared/peers")
 def test_a_torch_peer_export_matches_its_rgb_network_and_runs_the_full_path(tmp_path):
     pytest.importorskip("torch")
-    found, skipped = bench.torch_candidates(PEERS, tmp_path, only=("ecbsr",))
+    found, skipped = bench.peer_candidates(PEERS, tmp_path, only=("ECBSR-M4C16",))
     assert not skipped and len(found) == 1
     peer = found[0]
     assert peer.psnr is not None, peer.psnr_note  # set only when ONNX matched the torch RGB network
@@ -102,3 +104,68 @@ def test_a_torch_peer_export_matches_its_rgb_network_and_runs_the_full_path(tmp_
     frames, _ = bench.load_frames(1)
     out = peer.make(1).upscale(frames[0])
     assert (out.width, out.height, out.format.name) == (1280, 720, "yuv420p")
+
+
+@pytest.mark.skipif(not (PEERS / "opencv_fsrcnn" / "FSRCNN-small_x2.pb").is_file(), reason="no ../shared/peers")
+def test_a_pb_peer_runs_the_full_path_under_our_contract(tmp_path):
+    pytest.importorskip("torch")
+    found, skipped = bench.peer_candidates(PEERS, tmp_path, only=("FSRCNN-small-pb",))
+    assert not skipped and len(found) == 1
+    peer = found[0]
+    assert peer.psnr is not None, peer.psnr_note
+    assert peer.params == 1622 and peer.macs > 0
+    frames, _ = bench.load_frames(1)
+    out = peer.make(1).upscale(frames[0])
+    assert (out.width, out.height, out.format.name) == (1280, 720, "yuv420p")
+    assert plane_view(out, 0).std() > 20
+
+
+def _row(name: str, kind: str, p50: float, set5: float | None, set14: float | None, threads: int = 2) -> bench.Row:
+    psnr = None if set5 is None else {"Set5": set5, "Set14": set14}
+    return bench.Row(name, kind, threads, 1000, 10**9, p50, p50 * 1.1, 1000 / p50, None, None, psnr,
+                     None if psnr else "not evaluated")
+
+
+def test_comparison_picks_the_fastest_project_model_at_equal_or_better_quality():
+    rows = [
+        _row("bicubic", "baseline", 1.0, 33.9, 30.4),  # never a candidate: not a project model
+        _row("tiny", "project", 20.0, 35.0, 31.0),
+        _row("mid", "project", 50.0, 36.5, 32.3),
+        _row("big", "project", 90.0, 37.2, 32.9),
+        _row("mid", "project", 80.0, 36.5, 32.3, threads=1),
+        _row("pb-peer", "peer", 110.0, 34.5, 30.8),  # tiny beats it: the fastest of tiny/mid/big
+        _row("pb-peer", "peer", 100.0, 34.5, 30.8, threads=1),  # only mid was timed at 1 thread
+        _row("equal-peer", "peer", 60.0, 36.5, 32.3),  # equal on both sets counts; big is slower, mid wins
+        _row("set14-peer", "peer", 200.0, 37.0, 33.0),  # big beats Set5 but not Set14: none
+        _row("fast-peer", "peer", 40.0, 37.1, 32.8),  # big is as good but slower: none
+        _row("unmeasured", "peer", 40.0, None, None),
+    ]
+    got = {(c["peer"], c["threads"]): c for c in bench.faster_equal_or_better(rows)}
+    assert len(got) == 6
+    assert got["pb-peer", 2]["model"] == "tiny" and got["pb-peer", 2]["speedup"] == 5.5
+    assert got["pb-peer", 1]["model"] == "mid" and got["pb-peer", 1]["model_p50_ms"] == 80.0
+    assert got["equal-peer", 2]["model"] == "mid"
+    assert got["set14-peer", 2]["model"] is None and "reaches" in got["set14-peer", 2]["reason"]
+    assert got["fast-peer", 2]["model"] is None and "slower" in got["fast-peer", 2]["reason"]
+    assert got["unmeasured", 2]["model"] is None and "not measured" in got["unmeasured", 2]["reason"]
+    text = bench.comparison_table(list(got.values()))
+    assert "pb-peer" in text and "none: " in text and "2 of 5 peers beaten" in text
+
+
+class _FakeUpscaler:
+    """Returns a blank 1280x720 frame: only the loop's frame counting is under test."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
+        self.calls += 1
+        return av.VideoFrame(1280, 720, "yuv420p")
+
+
+def test_row_time_cap_stops_after_min_frames():
+    frames, _ = bench.load_frames(2)
+    fake = _FakeUpscaler()
+    times = bench.time_upscaler(fake, frames * 5, runs=3, warmup=5, row_seconds=0.0, min_frames=4)
+    assert len(times) == 4 and fake.calls == 2 + 4  # warm-up cut to 2 frames, then exactly min_frames
+    assert len(bench.time_upscaler(_FakeUpscaler(), frames, runs=3, warmup=1)) == 6  # no cap: every pass
