@@ -48,7 +48,7 @@ import onnx
 from models.manifest import MANIFEST_PATH, load_manifest, resolve
 from models.peers import export_peers
 
-from .engine import BicubicUpscaler, OnnxUpscaler, plane_view, upscale_frame
+from .engine import BicubicUpscaler, OnnxUpscaler, plane_view
 
 log = logging.getLogger(__name__)
 
