@@ -66,6 +66,7 @@ class Variant:
     activations: str = "uint8"
     symmetric: bool = False
     exclude: tuple[str, ...] = ()
+    percentile: float = 99.99
 
     def args(self) -> list[str]:
         """The command-line flags that rebuild this variant."""
@@ -74,6 +75,8 @@ class Variant:
             out.append("--per-channel")
         if self.symmetric:
             out.append("--symmetric")
+        if self.method == "percentile":
+            out += ["--percentile", f"{self.percentile:g}"]
         if self.exclude:
             out += ["--exclude", *self.exclude]
         return out
@@ -83,12 +86,15 @@ VARIANTS = (
     Variant("u8 per-tensor minmax"),
     Variant("u8 per-channel minmax", per_channel=True),
     Variant("s8 sym per-channel minmax", per_channel=True, activations="int8", symmetric=True),
-    Variant("u8 per-channel percentile", per_channel=True, method="percentile"),
     Variant("u8 per-channel entropy", per_channel=True, method="entropy"),
-    Variant("u8 per-channel, residual fp32", per_channel=True, exclude=("residual",)),
-    Variant("u8 per-channel, first+last+residual fp32", per_channel=True, exclude=EXCLUDABLE),
-    Variant("s8 sym per-channel, first+last+residual fp32", per_channel=True, activations="int8",
-            symmetric=True, exclude=EXCLUDABLE),
+    Variant("u8 per-channel pct99.99", per_channel=True, method="percentile", percentile=99.99),
+    Variant("u8 per-channel pct99.999, residual fp32", per_channel=True, method="percentile",
+            percentile=99.999, exclude=("residual",)),
+    Variant("u8 per-channel minmax, first+last+residual fp32", per_channel=True, exclude=EXCLUDABLE),
+    Variant("u8 per-channel pct99.999, first+last+residual fp32", per_channel=True, method="percentile",
+            percentile=99.999, exclude=EXCLUDABLE),
+    Variant("s8 sym per-channel pct99.999, first+last+residual fp32", per_channel=True, method="percentile",
+            percentile=99.999, activations="int8", symmetric=True, exclude=EXCLUDABLE),
 )
 
 
@@ -202,7 +208,7 @@ def quantize(model_path: Path, out: Path, lumas: list[np.ndarray], variant: Vari
         extra = {"ActivationSymmetric": variant.symmetric, "WeightSymmetric": True,
                  "CalibTensorRangeSymmetric": variant.symmetric}
         if variant.method == "percentile":
-            extra["CalibPercentile"] = 99.999
+            extra["CalibPercentile"] = variant.percentile
         quantize_static(
             str(pre), str(out), LumaReader(lumas, model.graph.input[0].name),
             quant_format=QuantFormat.QDQ, per_channel=variant.per_channel,
@@ -325,6 +331,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--calib-images", type=int, default=8, help="training stills (default %(default)s)")
     ap.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
     ap.add_argument("--method", choices=sorted(METHODS), default="minmax", help="activation range calibration")
+    ap.add_argument("--percentile", type=float, default=99.99, help="kept share of values for --method percentile")
     ap.add_argument("--activations", choices=sorted(ACTIVATIONS), default="uint8")
     ap.add_argument("--symmetric", action="store_true", help="symmetric activation ranges (zero point 0)")
     ap.add_argument("--exclude", nargs="*", choices=EXCLUDABLE, default=[], help="parts kept in float")
@@ -356,7 +363,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         variants = VARIANTS
     else:
         exclude = tuple(EXCLUDABLE if args.exclude_first_last else args.exclude)
-        variants = (Variant("chosen", args.per_channel, args.method, args.activations, args.symmetric, exclude),)
+        variants = (Variant("chosen", args.per_channel, args.method, args.activations, args.symmetric, exclude,
+                            args.percentile),)
     lumas = calibration_lumas(args.calib_frames, args.calib_images)
 
     with tempfile.TemporaryDirectory() as tmp:
