@@ -28,6 +28,7 @@ def make_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as server.engine
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

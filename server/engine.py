@@ -128,6 +128,10 @@ def _open_session(path: Path, threads: int) -> ort.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle intra-op threads would spin-wait for work; on cores shared with the decoder and the encoder
+    # that burns the time they need. Measured on this 2-core machine under load, 2 threads: 27.6 ms of
+    # CPU per frame without spinning against 39.6 ms with it, and a lower wall time too.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
