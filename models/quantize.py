@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import statistics
 import sys
@@ -44,7 +45,7 @@ from models.manifest import MANIFEST_PATH, load_manifest, resolve
 
 log = logging.getLogger(__name__)
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+SHARED = Path(os.environ.get("SRTC_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
 VIDEO_DIR = SHARED / "data" / "video"
 TRAIN_DIR = SHARED / "data" / "train"
 HEIGHT, WIDTH = 360, 640
@@ -140,9 +141,10 @@ def image_lumas(count: int, folder: Path = TRAIN_DIR) -> list[np.ndarray]:
     return out
 
 
-def calibration_lumas(frames: int, images: int) -> list[np.ndarray]:
+def calibration_lumas(frames: int, images: int, video_dir: Path = VIDEO_DIR,
+                      train_dir: Path = TRAIN_DIR) -> list[np.ndarray]:
     """Video frames first (the product's content), then training stills."""
-    lumas = video_lumas(frames) + (image_lumas(images) if images else [])
+    lumas = video_lumas(frames, Path(video_dir)) + (image_lumas(images, Path(train_dir)) if images else [])
     log.info("calibration: %d luma planes of %dx%d", len(lumas), WIDTH, HEIGHT)
     return lumas
 
@@ -329,6 +331,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default=None, help="int8 .onnx (default models/NAME_int8.onnx)")
     ap.add_argument("--calib-frames", type=int, default=32, help="decoded video frames (default %(default)s)")
     ap.add_argument("--calib-images", type=int, default=8, help="training stills (default %(default)s)")
+    ap.add_argument("--videos", default=str(VIDEO_DIR), help="folder of .webm/.mp4 clips (default %(default)s)")
+    ap.add_argument("--train", default=str(TRAIN_DIR), help="folder of training stills (default %(default)s)")
     ap.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
     ap.add_argument("--method", choices=sorted(METHODS), default="minmax", help="activation range calibration")
     ap.add_argument("--percentile", type=float, default=99.99, help="kept share of values for --method percentile")
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         exclude = tuple(EXCLUDABLE if args.exclude_first_last else args.exclude)
         variants = (Variant("chosen", args.per_channel, args.method, args.activations, args.symmetric, exclude,
                             args.percentile),)
-    lumas = calibration_lumas(args.calib_frames, args.calib_images)
+    lumas = calibration_lumas(args.calib_frames, args.calib_images, args.videos, args.train)
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from models import quantize as q
-from models.manifest import load_manifest, resolve
+from models.manifest import MANIFEST_PATH, load_manifest, resolve
 
 from .conftest import photo_frame, shared_or_skip
 
@@ -23,9 +23,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def calibration() -> list[np.ndarray]:
     """A small but real calibration set: decoded clip frames plus one training still."""
-    shared_or_skip("data", "video")
-    shared_or_skip("data", "train")
-    return q.calibration_lumas(frames=4, images=1)
+    return q.calibration_lumas(frames=4, images=1, video_dir=shared_or_skip("data", "video"),
+                               train_dir=shared_or_skip("data", "train"))
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +101,21 @@ def test_registered_int8_model_serves_a_real_frame(name):
     up = OnnxUpscaler(resolve(name), threads=2, name=name)
     out = up.upscale(photo_frame(640, 360))
     assert (out.width, out.height) == (1280, 720)
+
+
+def test_register_lists_int8_without_touching_the_default(tmp_path, int8_model):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "m_int8.onnx"
+    out.write_bytes(int8_model.read_bytes())
+    default = load_manifest(manifest)["default"]
+    q.register(f"{default}_int8", out, default, q.Variant("test", per_channel=True), "python -m models.quantize ...",
+               manifest_path=manifest)
+    after = load_manifest(manifest)
+    entry = after["models"][f"{default}_int8"]
+    assert after["default"] == default and after["models"][default] == load_manifest()["models"][default]
+    assert entry["precision"] == "int8" and entry["file"] == "m_int8.onnx" and entry["scale"] == 2
+    assert entry["params"] == after["models"][default]["params"]
+    from server.engine import OnnxUpscaler
+
+    assert OnnxUpscaler(resolve(f"{default}_int8", manifest), threads=1).upscale(photo_frame(320, 180)).width == 640
