@@ -109,6 +109,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
     step, best, elapsed = 0, -math.inf, 0.0
+    history: list[list] = [[0, command]]
     if args.resume and (out / "last.pt").is_file():
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
         if ckpt["config"] != config:
@@ -118,6 +119,10 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
+        # A resumed run may change its settings (e.g. --steps): keep every command with the step it took over at.
+        history = ckpt.get("history") or [[0, ckpt.get("command", command)]]
+        if command and command != history[-1][1]:
+            history.append([step, command])
         command = ckpt.get("command", command)
         log.info("resumed from %s at step %d", out / "last.pt", step)
     elif args.init:
@@ -142,7 +147,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         return {"config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                 "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
-                "command": command, "args": vars(args)}
+                "command": command, "history": history, "args": vars(args)}
 
     def validate() -> float:
         model.eval()
