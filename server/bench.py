@@ -216,6 +216,7 @@ class Candidate:
     psnr: Callable[[], dict] | None = None  # computes {"Set5": dB, "Set14": dB}
     psnr_note: str | None = None
     note: str = ""
+    precision: str = "fp32"  # what the graph computes in: fp32, or int8 (QDQ)
 
 
 @dataclass
@@ -236,6 +237,7 @@ class Row:
     psnr_note: str | None
     note: str = ""
     timed_frames: int | None = None
+    precision: str = "fp32"
 
 
 _SAMPLES_CACHE: dict[str, list] = {}
@@ -257,7 +259,7 @@ def psnr_sets(upscale_luma: Callable[[np.ndarray], np.ndarray]) -> dict:
 
 
 def onnx_candidate(name: str, path: Path, kind: str, params: int | None = None, note: str = "",
-                   psnr_note: str | None = None, with_psnr: bool = True) -> Candidate:
+                   psnr_note: str | None = None, with_psnr: bool = True, precision: str = "fp32") -> Candidate:
     """A row for any contract-following ONNX file, run by the server's own ``OnnxUpscaler``."""
     from models.evaluate import onnx_upscaler
 
@@ -266,7 +268,7 @@ def onnx_candidate(name: str, path: Path, kind: str, params: int | None = None, 
         name=name, kind=kind, make=lambda threads: OnnxUpscaler(path, threads=threads, name=name),
         params=params if params is not None else count_params(graph), macs=count_macs(graph),
         psnr=(lambda: psnr_sets(onnx_upscaler(path, 2))) if with_psnr else None,
-        psnr_note=psnr_note, note=note)
+        psnr_note=psnr_note, note=note, precision=precision)
 
 
 def bicubic_candidate() -> Candidate:
@@ -275,7 +277,7 @@ def bicubic_candidate() -> Candidate:
         return cv2.resize(y, (y.shape[1] * 2, y.shape[0] * 2), interpolation=cv2.INTER_CUBIC) / 255.0
 
     return Candidate("bicubic (OpenCV)", "baseline", lambda threads: BicubicUpscaler(), params=0,
-                     psnr=lambda: psnr_sets(luma), note="cv2 INTER_CUBIC, all planes")
+                     psnr=lambda: psnr_sets(luma), note="cv2 INTER_CUBIC, all planes", precision="u8")
 
 
 def project_candidates(manifest_path: Path = MANIFEST_PATH, only_default: bool = False) -> list[Candidate]:
@@ -286,7 +288,8 @@ def project_candidates(manifest_path: Path = MANIFEST_PATH, only_default: bool =
     for name in names:
         entry = manifest["models"][name]
         rows.append(onnx_candidate(name, resolve(name, manifest_path), "project", entry.get("params"),
-                                   note=f"{entry.get('precision', '?')}, manifest"))
+                                   note=f"{entry.get('precision', '?')}, manifest",
+                                   precision=entry.get("precision", "fp32")))
     return rows
 
 
@@ -348,7 +351,7 @@ def measure(candidate: Candidate, frames: list[av.VideoFrame], runs: int, thread
     return Row(candidate.name, candidate.kind, threads, candidate.params, candidate.macs, round(p50, 2),
                round(p95, 2), round(1000.0 / p50, 1), round(rate, 2) if rate else None,
                round(100.0 * rate / ceiling_gmacs, 1) if rate else None, psnr, psnr_note, candidate.note,
-               len(times))
+               len(times), candidate.precision)
 
 
 def evaluate_psnr(candidate: Candidate) -> tuple[dict | None, str | None]:
@@ -438,13 +441,13 @@ def _fmt(value, spec: str, empty: str = "-") -> str:
 def table(rows: list[Row], ceiling: dict) -> str:
     """The readable table: one line per (model, threads)."""
     nw = max([30] + [len(r.name) for r in rows])
-    head = (f"{'model':<{nw}} {'thr':>3} {'params':>7} {'GMAC':>6} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} "
+    head = (f"{'model':<{nw}} {'prec':>4} {'thr':>3} {'params':>7} {'GMAC':>6} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} "
             f"{'GMAC/s':>7} {'%ceil':>6} {'Set5':>6} {'Set14':>6} {'frames':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r.psnr or {}
         lines.append(
-            f"{r.name:<{nw}} {r.threads:>3} {_fmt(r.params, 'd'):>7} {_fmt(r.macs and r.macs / 1e9, '.2f'):>6} "
+            f"{r.name:<{nw}} {r.precision:>4} {r.threads:>3} {_fmt(r.params, 'd'):>7} {_fmt(r.macs and r.macs / 1e9, '.2f'):>6} "
             f"{r.p50_ms:>8.2f} {r.p95_ms:>8.2f} {r.fps:>7.1f} {_fmt(r.gmac_per_s, '.1f'):>7} "
             f"{_fmt(r.ceiling_pct, '.1f'):>6} {_fmt(p.get('Set5'), '.2f'):>6} {_fmt(p.get('Set14'), '.2f'):>6} "
             f"{_fmt(r.timed_frames, 'd'):>6}")
