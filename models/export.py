@@ -86,6 +86,15 @@ def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MAN
     path.write_text(json.dumps(ordered, indent=2) + "\n", encoding="utf-8")
 
 
+def training_command(ckpt: dict) -> str:
+    """The command(s) that trained ``ckpt``: a resumed run with changed settings lists each, with its step."""
+    history = ckpt.get("history") or []
+    if len(history) <= 1:
+        return ckpt.get("command", "")
+    parts = [history[0][1]] + [f"(stopped at step {step}) {cmd} --resume" for step, cmd in history[1:]]
+    return " ; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="training checkpoint (.pt)")
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise SystemExit(f"--out must lie inside {MANIFEST_PATH.parent} to be listed") from err
     export_cmd = "python -m models.export " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    train_cmd = ckpt.get("command", "")
+    train_cmd = training_command(ckpt)
     params = count_params(model)
     entry = {
         "file": file.as_posix(),

@@ -159,3 +159,15 @@ def test_init_starts_a_fine_tune_from_another_runs_weights(tmp_path: Path) -> No
         train.train(train.make_parser().parse_args(
             base + ["--out", str(tmp_path / "c"), "--steps", "1", "--widths", "16,16",
                     "--init", str(tmp_path / "a" / "last.pt")]))
+
+
+def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
+    from models.export import training_command
+
+    plain = {"command": "python -m models.train --steps 10"}
+    assert training_command(plain) == "python -m models.train --steps 10"
+    resumed = {"command": "python -m models.train --steps 10",
+               "history": [[0, "python -m models.train --steps 10"], [4, "python -m models.train --steps 8"]]}
+    text = training_command(resumed)
+    assert text.startswith("python -m models.train --steps 10 ;")
+    assert "(stopped at step 4) python -m models.train --steps 8 --resume" in text
