@@ -21,10 +21,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     model: str | None = None  # a manifest name or a path; None means the manifest's default
-    # onnxruntime intra-op threads per inference. Half the cores: the SR stage runs one frame ahead of
-    # the encoder, so upscaling and encoding each want a core. On 2 cores with the probe running, 1 thread
-    # sent back 94% of frames against 85% with 2 (probe, 15 s, side by side).
-    threads: int = max(1, (os.cpu_count() or 2) // 2)
+    # onnxruntime intra-op threads per inference: all cores, up to 4. Its threads do not spin-wait
+    # (server/engine.py), so they leave the cores to the decoder and the encoder between convs. On 2 cores,
+    # 20 s probes side by side: 2 threads gave SR latency p50/p95 27/38 ms against 33/43 ms with 1, all
+    # 600 frames both ways, at the same server CPU (0.89 against 0.88 cores). (With spinning threads, 1
+    # thread had been the better choice: 94% of frames returned against 85%.)
+    threads: int = max(1, min(4, os.cpu_count() or 2))
     max_sessions: int = 8
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few kB; anything larger is refused with 413
     connect_timeout_s: float = 30.0  # a peer that never connects is closed after this long
