@@ -584,11 +584,16 @@
 
   // SR on, and how much of it the generator does: under load the server sends bicubic on some frames.
   function srMode(session) {
+    const el = document.getElementById('st-sr');
+    el.title = '';
     if (typeof session.sr_enabled !== 'boolean') return '—';
     if (!session.sr_enabled) return 'off (bicubic)';
     const gov = session.governor;
     if (!gov || gov.mode === 'generator') return 'on (neural)';
-    return `on, neural on ${Math.round(gov.share * 100)}% of frames (load)`;
+    // Under load the server sends bicubic on some frames rather than fall behind (server/governor.py).
+    el.title = `The generator takes ${fmt(gov.generator_ms_p50, 1)} ms a frame against a ${fmt(gov.budget_ms, 1)} ms budget: `
+      + `${Math.round(gov.share * 100)}% of frames go through it, the rest get bicubic.`;
+    return `on, ${Math.round(gov.share * 100)}% neural`;
   }
 
   const BUDGET_STAGES = ['receive', 'decode', 'wait', 'sr', 'encode', 'send'];
