@@ -15,11 +15,10 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,276 +30,22 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, V
 from aiortc.mediastreams import MediaStreamError
 
 from server import framecode
-from server.budget import STAGES
 from server.engine import plane_view
 from server.metrics import FreezeDetector, percentile
+from server.probe_report import (ProbeReport, build_report, clients_summary, cpu_between, finite_mean,
+                                 frame_rate, latency_summary, recovery_after, rounded)
+from server.probe_source import CODE_MARGIN, FULL_H, FULL_W, SENT_H, Source, SourceError, load_source, psnr_y
 from server.receiver import attach as attach_resilient
 from server.receiver import sender_rtt_ms
 
 log = logging.getLogger("server.probe")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "video" / "bbb_opening_720p24_00-15s.webm"
-SAMPLES_DIR = REPO_ROOT / "client_web" / "samples"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-FULL_W, FULL_H = 1280, 720  # the original, and what SR-on should return
-SENT_W, SENT_H = 640, 360  # what is sent, and what SR-off should return
 CLOCK_RATE = 90_000  # RTP video clock: pts unit
-CODE_MARGIN = 8  # reference px around the frame code left out of PSNR (codec/scaler ringing)
-MAX_SOURCE_SECONDS = 10.0  # pre-rendered frames, then the source loops
-SECONDS_PER_IMAGE = 2.0
-MIN_CONTENT_STD = 20.0  # leading video frames flatter than this (a fade from black) are skipped...
-MAX_LEAD_IN_S = 5.0  # ...for at most this long
-GROWTH_WINDOW_S = 5.0
 STREAM_INDEX = {1: "sr", 2: "raw"}  # transceiver index -> stream name (0 is the uplink)
 
 
 class ProbeError(RuntimeError):
     """The probe could not run: server unreachable, refused the offer, or never connected."""
-
-
-# --------------------------------------------------------------------------- pure measurements
-
-
-def frame_rate(times: Sequence[float]) -> float:
-    """Frames per second over the span from first to last receipt (0 with fewer than two frames)."""
-    if len(times) < 2:
-        return 0.0
-    span = max(times) - min(times)
-    return (len(times) - 1) / span if span > 0 else 0.0
-
-
-def psnr_y(
-    a: np.ndarray, b: np.ndarray, exclude: tuple[int, int, int, int] | None = None, peak: float = 255.0
-) -> float:
-    """PSNR (dB) of two same-size uint8 planes over every pixel outside the ``exclude`` box.
-
-    Computed as full-frame squared error minus the box's, which is exact and avoids a mask array.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"PSNR of planes of different sizes: {a.shape} vs {b.shape}")
-    a = np.ascontiguousarray(a)
-    b = np.ascontiguousarray(b)
-    total = float(cv2.norm(a, b, cv2.NORM_L2SQR))
-    count = a.size
-    if exclude is not None:
-        x0, y0, x1, y1 = exclude
-        if x1 > x0 and y1 > y0:
-            box_a = np.ascontiguousarray(a[y0:y1, x0:x1])
-            box_b = np.ascontiguousarray(b[y0:y1, x0:x1])
-            total -= float(cv2.norm(box_a, box_b, cv2.NORM_L2SQR))
-            count -= (y1 - y0) * (x1 - x0)
-    if count <= 0:
-        raise ValueError("the exclusion box covers the whole plane")
-    mse = max(total, 0.0) / count
-    return float("inf") if mse == 0 else 10.0 * math.log10(peak * peak / mse)
-
-
-def recovery_after(times: Sequence[float], change_at: float, fps: float) -> dict[str, float | int | None]:
-    """How the stream behaved after a network change at ``change_at`` (monotonic seconds).
-
-    ``recovery_ms``: from the change to the first received frame after which no gap between frames
-    exceeds the freeze threshold at the sent rate (max(3 / fps, 1 / fps + 0.15) s); None if it never
-    settles. Also the frame rate over the time after the change plus one second.
-    """
-    threshold = max(3.0 / fps, 1.0 / fps + 0.150)
-    after = [t for t in times if t >= change_at]
-    long_gaps = [b for a, b in zip(after, after[1:]) if b - a >= threshold]
-    settled_at = long_gaps[-1] if long_gaps else (after[0] if after else None)
-    late = [t for t in after if t >= change_at + 1.0]
-    return {
-        "recovery_ms": _r((settled_at - change_at) * 1000.0) if settled_at is not None else None,
-        "frames_after": len(after),
-        "fps_from_1s_after": _r(frame_rate(late)),
-    }
-
-
-def latency_summary(
-    samples: Sequence[tuple[float, float]], window_s: float = GROWTH_WINDOW_S
-) -> dict[str, float | None]:
-    """p50/p95/max of latencies, and the medians of the first and last ``window_s`` of sending.
-
-    ``samples`` are ``(send_time, latency_ms)``; the windows are by send time, so frames still in
-    flight at the end do not count as growth.
-    """
-    lat = [ms for _, ms in samples]
-    out: dict[str, float | None] = {
-        "p50": _r(percentile(lat, 50)),
-        "p95": _r(percentile(lat, 95)),
-        "max": _r(max(lat) if lat else None),
-        "first5s_p50": None,
-        "last5s_p50": None,
-    }
-    if samples:
-        first = min(t for t, _ in samples)
-        last = max(t for t, _ in samples)
-        out["first5s_p50"] = _r(percentile([ms for t, ms in samples if t < first + window_s], 50))
-        out["last5s_p50"] = _r(percentile([ms for t, ms in samples if t > last - window_s], 50))
-    return out
-
-
-def luma_limited(bgr: np.ndarray) -> np.ndarray:
-    """Limited-range BT.601 luma (16..235), as in the yuv420p frames that are sent."""
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)[: bgr.shape[0]].copy()
-
-
-def to_yuv420p(bgr: np.ndarray) -> np.ndarray:
-    """A BGR frame as one ``(H*3/2, W)`` yuv420p array (cv2's I420 layout, what PyAV takes)."""
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
-
-
-def cover(bgr: np.ndarray, width: int = FULL_W, height: int = FULL_H) -> np.ndarray:
-    """Scale and centre-crop an image to fill ``width x height`` (no bars, aspect kept)."""
-    h, w = bgr.shape[:2]
-    s = max(width / w, height / h)
-    nw, nh = max(width, round(w * s)), max(height, round(h * s))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
-    scaled = cv2.resize(bgr, (nw, nh), interpolation=interp)
-    x0, y0 = (nw - width) // 2, (nh - height) // 2
-    return scaled[y0 : y0 + height, x0 : x0 + width]
-
-
-# --------------------------------------------------------------------------- the source
-
-
-@dataclass
-class Source:
-    """Pre-rendered frames to send, and the originals PSNR is measured against.
-
-    ``sent`` holds every frame as 640x360 yuv420p without the code; ``originals`` holds the
-    1280x720 luma only for every ``psnr_every``-th source frame, which bounds memory.
-    """
-
-    sent: list[np.ndarray]
-    fps: float
-    originals: dict[int, np.ndarray]
-    reference_psnr: dict[int, float]  # source index -> PSNR-Y of bicubic 2x of the sent frame
-    description: str
-    psnr_every: int = 5
-
-    def index_for(self, elapsed_s: float) -> int:
-        """Which source frame is shown ``elapsed_s`` after the start (the source loops)."""
-        return int(elapsed_s * self.fps + 1e-6) % len(self.sent)
-
-
-def prepare_source(frames: Iterable[np.ndarray], fps: float, psnr_every: int, description: str) -> Source:
-    """Turn 1280x720 BGR frames into what is sent, the PSNR originals and the ideal reference."""
-    exclude = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
-    sent: list[np.ndarray] = []
-    originals: dict[int, np.ndarray] = {}
-    reference: dict[int, float] = {}
-    for index, bgr in enumerate(frames):
-        if bgr.shape[:2] != (FULL_H, FULL_W):
-            bgr = cover(bgr)
-        small = cv2.resize(bgr, (SENT_W, SENT_H), interpolation=cv2.INTER_AREA)
-        yuv = to_yuv420p(small)
-        sent.append(yuv)
-        if index % psnr_every == 0:
-            original = luma_limited(bgr)
-            originals[index] = original
-            upscaled = cv2.resize(yuv[:SENT_H], (FULL_W, FULL_H), interpolation=cv2.INTER_CUBIC)
-            reference[index] = psnr_y(upscaled, original, exclude)
-    if not sent:
-        raise ProbeError(f"the source gave no frames: {description}")
-    return Source(sent, fps, originals, reference, description, psnr_every)
-
-
-def video_frames(path: Path, max_seconds: float = MAX_SOURCE_SECONDS) -> tuple[Iterator[np.ndarray], float]:
-    """Decoded BGR frames of a video file (at most ``max_seconds`` of them) and its frame rate."""
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
-        raise ProbeError(f"cannot open video source {path}: {exc}") from exc
-    stream = container.streams.video[0]
-    rate = stream.average_rate or stream.guessed_rate or 30
-    fps = float(rate)
-    limit = max(1, int(max_seconds * fps))
-
-    def generate() -> Iterator[np.ndarray]:
-        count = 0
-        try:
-            for decoded, frame in enumerate(container.decode(stream)):
-                bgr = frame.to_ndarray(format="bgr24")
-                # A fade in from black is not content: start at the first textured frame.
-                if count == 0 and decoded < MAX_LEAD_IN_S * fps and float(bgr[::8, ::8].std()) < MIN_CONTENT_STD:
-                    continue
-                yield bgr
-                count += 1
-                if count >= limit:
-                    break
-        finally:
-            container.close()
-
-    return generate(), fps
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The JPEG/PNG files of a folder, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def pan_zoom_frames(
-    images: Sequence[np.ndarray], fps: float, max_seconds: float = MAX_SOURCE_SECONDS
-) -> Iterator[np.ndarray]:
-    """A slow Ken Burns pan and zoom across each image in turn, rendered at 1280x720.
-
-    Motion is what makes a codec work and what a super-resolver has to keep up with; a still
-    image would flatter both.
-    """
-    per_image = max(SECONDS_PER_IMAGE, max_seconds / len(images))
-    frames_per_image = max(1, round(per_image * fps))
-    total = min(len(images) * frames_per_image, max(1, round(max_seconds * fps)))
-    # Each image once at ~1.25x the output size, so the per-frame warp only shrinks a little.
-    prepared = [cover(img, round(FULL_W * 1.25), round(FULL_H * 1.25)) for img in images]
-    for n in range(total):
-        which, step = divmod(n, frames_per_image)
-        img = prepared[which % len(prepared)]
-        p = step / max(1, frames_per_image - 1)
-        yield _pan_zoom(img, p, reverse=bool(which % 2))
-
-
-def _pan_zoom(img: np.ndarray, p: float, reverse: bool) -> np.ndarray:
-    """One frame at progress ``p`` (0..1): a window shrinking from 100% to 85% and drifting sideways."""
-    h, w = img.shape[:2]
-    zoom = 1.0 + 0.18 * p
-    win_w = w / zoom
-    win_h = win_w * FULL_H / FULL_W
-    drift = p if not reverse else 1.0 - p
-    cx = win_w / 2 + (w - win_w) * drift
-    cy = h / 2 + (h - win_h) / 2 * (drift - 0.5)
-    s = FULL_W / win_w
-    matrix = np.array([[s, 0.0, FULL_W / 2 - s * cx], [0.0, s, FULL_H / 2 - s * cy]], dtype=np.float64)
-    return cv2.warpAffine(img, matrix, (FULL_W, FULL_H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-
-
-def load_source(path: str | Path | None, fps: float, psnr_every: int = 5) -> Source:
-    """The default or given source, pre-rendered (video file, image folder or single image)."""
-    if path is None:
-        if DEFAULT_VIDEO.is_file():
-            path = DEFAULT_VIDEO
-        elif SAMPLES_DIR.is_dir() and image_files(SAMPLES_DIR):
-            path = SAMPLES_DIR
-        else:
-            raise ProbeError(f"no source: neither {DEFAULT_VIDEO} nor images in {SAMPLES_DIR}; pass --source")
-    path = Path(path)
-    started = time.monotonic()
-    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        files = image_files(path) if path.is_dir() else [path]
-        images = [img for img in (cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files) if img is not None]
-        if not images:
-            raise ProbeError(f"no readable JPEG/PNG images in {path}")
-        source = prepare_source(pan_zoom_frames(images, fps), fps, psnr_every, f"{len(images)} images from {path}, panned")
-    elif path.is_file():
-        frames, video_fps = video_frames(path)
-        source = prepare_source(frames, video_fps, psnr_every, f"video {path}")
-    else:
-        raise ProbeError(f"source not found: {path}")
-    log.info(
-        "source: %s, %d frames at %.3g fps (%.1f s, looped), rendered in %.1f s",
-        source.description, len(source.sent), source.fps, len(source.sent) / source.fps, time.monotonic() - started,
-    )
-    return source
 
 
 # --------------------------------------------------------------------------- sending
@@ -429,13 +174,13 @@ class StreamStats:
             "frames": self.frames,
             "width": self.width,
             "height": self.height,
-            "fps": _r(frame_rate(self.times)),
+            "fps": rounded(frame_rate(self.times)),
             "latency_ms": latency_summary(self.latencies),
             "arrival_latency_ms": {
-                "p50": _r(percentile(self.arrival_latencies, 50)),
-                "p95": _r(percentile(self.arrival_latencies, 95)),
+                "p50": rounded(percentile(self.arrival_latencies, 50)),
+                "p95": rounded(percentile(self.arrival_latencies, 95)),
             },
-            "psnr_y": _r(_mean(self.psnr)),
+            "psnr_y": rounded(finite_mean(self.psnr)),
             "psnr_frames": len(self.psnr),
             "numbered": len(self.seen),
             "unreadable": self.unreadable,
@@ -516,177 +261,6 @@ async def consume(
         measure_frame(stats, luma_plane(frame), received, uplink.sent, source, arrived)
 
 
-# --------------------------------------------------------------------------- the report
-
-
-@dataclass
-class ProbeReport:
-    """The probe's findings; ``to_json`` is the machine-readable form, ``to_text`` the human one."""
-
-    url: str
-    session_id: str | None
-    sent: int
-    seconds: float
-    fps: float
-    skipped: int | None
-    streams: dict[str, dict]
-    psnr_reference: dict[str, float | int | None]
-    source: str
-    psnr_every: int = 5
-    server_session: dict | None = None
-    network: dict | None = None  # the cap, the probe's achieved send bitrate, the server's /network counters
-    server_cpu: dict | None = None  # the server process's cores in use while the probe sent (see cpu_between)
-
-    def targets(self) -> dict[str, bool]:
-        """The system's acceptance targets, checked on the SR-on stream."""
-        sr = self.streams.get("sr", {})
-        lat = sr.get("latency_ms", {})
-        first, last = lat.get("first5s_p50"), lat.get("last5s_p50")
-        return {
-            "sr_1280x720": (sr.get("width"), sr.get("height")) == (FULL_W, FULL_H),
-            "sr_fps_ge_20": (sr.get("fps") or 0) >= 20,
-            "sr_latency_p95_le_250ms": lat.get("p95") is not None and lat["p95"] <= 250,
-            "sr_no_latency_growth_50ms": first is not None and last is not None and last - first <= 50,
-        }
-
-    def budget(self) -> dict[str, dict]:
-        """The server's per-stage latency (p50/p95 ms) of each returned stream, from its /stats."""
-        streams = (self.server_session or {}).get("streams") or {}
-        return {name: s["budget_ms"] for name, s in streams.items() if s and s.get("budget_ms")}
-
-    def governor(self) -> dict | None:
-        """What the server's SR stage did under load: generator or bicubic, and on how many frames."""
-        return (self.server_session or {}).get("governor")
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["freezes"] = {name: s.get("freezes") for name, s in self.streams.items()}
-        out["latency_ms"] = {name: s.get("latency_ms") for name, s in self.streams.items()}
-        out["budget_ms"] = self.budget()
-        out["governor"] = self.governor()
-        out["targets"] = self.targets()
-        return _finite(out)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    def to_text(self) -> str:
-        lines = [
-            f"probe of {self.url} (session {self.session_id}), source: {self.source}",
-            f"sent {self.sent} frames of {SENT_W}x{SENT_H} in {self.seconds:.1f} s at {self.fps:g} fps"
-            f" (frame number drawn in the top-left {framecode.COLS * framecode.BLOCK}x{framecode.ROWS * framecode.BLOCK} px)",
-            f"frames the server's SR stage skipped (/stats): {_fmt(self.skipped)}",
-            "",
-            "stream              frames  size       fps    latency p50 / p95 / max ms   first 5 s / last 5 s p50 ms",
-        ]
-        labels = {"sr": "sr  (SR on, 720p)", "raw": "raw (SR off)"}
-        for name in ("sr", "raw"):
-            s = self.streams.get(name)
-            if s is None:
-                lines.append(f"{labels[name]:<19} not received")
-                continue
-            lat = s["latency_ms"]
-            lines.append(
-                f"{labels[name]:<19} {s['frames']:>6}  {s['width']}x{s['height']:<5} {_fmt(s['fps']):>6}"
-                f"   {_fmt(lat['p50']):>7} / {_fmt(lat['p95']):>7} / {_fmt(lat['max']):>7}"
-                f"       {_fmt(lat['first5s_p50']):>7} / {_fmt(lat['last5s_p50'])}"
-            )
-            arrival = s["arrival_latency_ms"]
-            if arrival["p50"] is not None:
-                lines.append(
-                    f"{'':<19} to the frame's last RTP packet (before decode):"
-                    f" p50 {_fmt(arrival['p50'])} / p95 {_fmt(arrival['p95'])} ms"
-                )
-            freezes = s.get("freezes") or {}
-            lines.append(
-                f"{'':<19} freezes (WebRTC freezeCount rule): {freezes.get('freezeCount')},"
-                f" {_fmt(freezes.get('totalFreezesDuration'))} s in all; longest gap {_fmt(freezes.get('longestGapMs'))} ms"
-            )
-            if s["unreadable"] or s["unknown"] or s["repeats"]:
-                lines.append(
-                    f"{'':<19} ({s['unreadable']} without a readable number, {s['unknown']} unknown, "
-                    f"{s['repeats']} repeats)"
-                )
-        lines += self._budget_lines()
-        cpu = self.server_cpu
-        if cpu:
-            lines.append(f"server CPU while sending: {cpu['cores_used']:.2f} of {cpu['machine_cores']} cores for"
-                         f" {cpu['sessions']} session(s): {cpu['cores_per_session']} cores per session,"
-                         f" {_fmt(cpu['sessions_per_core'])} sessions per core")
-        net = self.network or {}
-        if net:
-            server = net.get("server") or {}
-            lines += ["", f"network: cap {_fmt(net.get('cap_kbps'))} kbps, probe sent {_fmt(net.get('sent_kbps'))} kbps"
-                      f" ({_fmt(net.get('packets_sent'))} RTP packets)"]
-            if server:
-                lines.append(f"  server's impairment: {json.dumps(server, sort_keys=True)}")
-            change = net.get("change")
-            if change:
-                lines.append(f"  network changed to {change['settings']} after {change['after_s']:g} s:")
-                for name, rec in change["streams"].items():
-                    lines.append(f"    {name}: back to a freeze-free stream {_fmt(rec['recovery_ms'])} ms after the change;"
-                                 f" {_fmt(rec['fps_from_1s_after'])} fps from 1 s after it")
-        box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
-        ref = self.psnr_reference
-        lines += [
-            "",
-            f"PSNR-Y (dB) against the 1280x720 original's luma, excluding the top-left {box[2]}x{box[3]} px"
-            f" frame-code area, on every {self.psnr_every}th source frame:",
-            f"  SR-on stream as received (1280x720):                 {_fmt(self.streams.get('sr', {}).get('psnr_y'))}",
-            f"  SR-off stream as received, bicubic 2x:               {_fmt(self.streams.get('raw', {}).get('psnr_y'))}",
-            f"  reference: sent 360p before compression, bicubic 2x: {_fmt(ref.get('bicubic_sent'))}",
-            "",
-            "latency growth on the SR stream (last 5 s p50 - first 5 s p50): "
-            + _fmt(_diff(self.streams.get("sr", {}).get("latency_ms", {}))) + " ms",
-            "targets: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in self.targets().items()),
-        ]
-        return "\n".join(lines)
-
-
-    def _budget_lines(self) -> list[str]:
-        budget = self.budget()
-        if not budget:
-            return []
-        lines = ["", "server latency budget, ms p50 / p95 (receive = first packet to decoder; total = first packet to sent):",
-                 f"{'stream':<8}" + "".join(f"{stage:>15}" for stage in STAGES)]
-        for name, stages in budget.items():
-            cells = (f"{_fmt(stages[st]['p50'])} / {_fmt(stages[st]['p95'])}" for st in STAGES if st in stages)
-            lines.append(f"{name:<8}" + "".join(f"{cell:>15}" for cell in cells))
-        gov = self.governor()
-        if gov:
-            lines.append(f"SR stage under load: {gov['mode']}, generator on {_fmt(gov['share'])} of frames now;"
-                         f" {gov['generator_frames']} generator / {gov['bicubic_frames']} bicubic frames;"
-                         f" generator p50 {_fmt(gov['generator_ms_p50'])} ms against a {_fmt(gov['budget_ms'])} ms budget")
-        return lines
-
-
-def build_report(
-    url: str, session_id: str | None, uplink: NumberedTrack, fps: float, streams: dict[str, StreamStats],
-    source: Source, server_session: dict | None, psnr_every: int = 5, network: dict | None = None,
-) -> ProbeReport:
-    """Summarise the raw measurements."""
-    seconds = 0.0
-    if uplink.first_time is not None and uplink.last_time is not None:
-        seconds = uplink.last_time - uplink.first_time + 1.0 / fps
-    used = {rec.index for rec in uplink.sent.values() if rec.index in source.reference_psnr}
-    reference = [source.reference_psnr[i] for i in used]
-    skipped = server_session.get("skipped") if server_session else None
-    return ProbeReport(
-        url=url,
-        session_id=session_id,
-        sent=uplink.count,
-        seconds=_r(seconds) or 0.0,
-        fps=fps,
-        skipped=skipped,
-        streams={name: stats.report() for name, stats in streams.items()},
-        psnr_reference={"bicubic_sent": _r(_mean(reference)), "frames": len(reference)},
-        source=source.description,
-        psnr_every=psnr_every,
-        server_session=server_session,
-        network=network,
-    )
-
-
 # --------------------------------------------------------------------------- signaling and the run
 
 
@@ -721,21 +295,6 @@ async def fetch_process(http: aiohttp.ClientSession, url: str) -> dict | None:
         return None
     process = body.get("process") if isinstance(body, dict) else None
     return process if isinstance(process, dict) and "cpu_s" in process else None
-
-
-def cpu_between(before: dict | None, after: dict | None) -> dict | None:
-    """Cores the server used between two readings, and per session (the per-stream CPU cost)."""
-    if not before or not after:
-        return None
-    wall = after["monotonic_s"] - before["monotonic_s"]
-    if wall <= 0:
-        return None
-    cores = (after["cpu_s"] - before["cpu_s"]) / wall
-    sessions = max(1, int(after.get("sessions") or 1))
-    return {"seconds": _r(wall), "cores_used": _r(cores, 3), "sessions": sessions,
-            "cores_per_session": _r(cores / sessions, 3),
-            "sessions_per_core": _r(sessions / cores) if cores > 0 else None,
-            "machine_cores": after.get("cores")}
 
 
 async def fetch_session_stats(http: aiohttp.ClientSession, url: str, session_id: str | None) -> dict | None:
@@ -786,7 +345,7 @@ async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConne
             span = (uplink.last_time or 0.0) - (uplink.first_time or 0.0)
             report["packets_sent"] = stat.packetsSent
             if span > 0:
-                report["sent_kbps"] = _r(stat.bytesSent * 8 / span / 1000.0, 1)
+                report["sent_kbps"] = rounded(stat.bytesSent * 8 / span / 1000.0, 1)
     return report
 
 
@@ -926,24 +485,6 @@ async def run_clients(
     )))
 
 
-def clients_summary(reports: Sequence[ProbeReport]) -> dict:
-    """Per-stream fps and latency of every client side by side, and their medians (the scale figures)."""
-    rows = []
-    for i, report in enumerate(reports):
-        row: dict = {"client": i, "session_id": report.session_id, "sent": report.sent, "skipped": report.skipped}
-        for name, stream in report.streams.items():
-            row[name] = {"frames": stream["frames"], "fps": stream["fps"], "latency_ms": stream["latency_ms"]}
-        rows.append(row)
-    medians = {}
-    for name in ("sr", "raw"):
-        fps = [r[name]["fps"] for r in rows if name in r]
-        p95 = [r[name]["latency_ms"]["p95"] for r in rows if name in r and r[name]["latency_ms"]["p95"] is not None]
-        medians[name] = {"fps": _r(percentile(fps, 50)), "latency_p95_ms": _r(percentile(p95, 50))}
-    # Client 0's sending window; the others sent over the same seconds.
-    return {"clients": len(reports), "per_client": rows, "median": medians,
-            "server_cpu": reports[0].server_cpu if reports else None}
-
-
 # --------------------------------------------------------------------------- helpers and CLI
 
 
@@ -954,39 +495,6 @@ def _error_text(body: str) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message) if message else body[:500].strip()
-
-
-def _r(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def _diff(lat: dict) -> float | None:
-    first, last = lat.get("first5s_p50"), lat.get("last5s_p50")
-    return None if first is None or last is None else round(last - first, 2)
-
-
-def _fmt(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
-
-
-def _finite(value: object) -> object:
-    """JSON has no inf/NaN: such figures become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1030,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_clients(args.url, args.seconds, args.clients, source=args.source, fps=args.fps,
                         psnr_every=args.psnr_every, network_change=args.network_change)
         )
-    except ProbeError as exc:
+    except (ProbeError, SourceError) as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server import framecode, probe
+from server import framecode, probe, probe_source
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "client_web" / "samples"
@@ -24,16 +24,16 @@ SET14 = REPO.parent / "shared" / "data" / "benchmarks" / "Set14"
 def _photo_folder(tmp_path: Path) -> Path:
     """A folder of real photographs: the page's samples, else Set14, else skip."""
     for folder in (SAMPLES, SET14):
-        if folder.is_dir() and probe.image_files(folder):
+        if folder.is_dir() and probe_source.image_files(folder):
             return folder
     pytest.skip("no photographs: neither client_web/samples nor ../shared Set14 is present")
 
 
 def _photo_720p() -> np.ndarray:
     for folder in (SAMPLES, SET14):
-        files = probe.image_files(folder) if folder.is_dir() else []
+        files = probe_source.image_files(folder) if folder.is_dir() else []
         if files:
-            return probe.cover(cv2.imread(str(files[0]), cv2.IMREAD_COLOR))
+            return probe_source.cover(cv2.imread(str(files[0]), cv2.IMREAD_COLOR))
     pytest.skip("no photographs")
 
 
@@ -42,7 +42,7 @@ def small_source() -> probe.Source:
     """A short source of real content (a few panned frames), cheap to build."""
     bgr = _photo_720p()
     frames = [np.roll(bgr, 11 * i, axis=1) for i in range(6)]
-    return probe.prepare_source(frames, fps=30.0, psnr_every=2, description="test photo")
+    return probe_source.prepare_source(frames, fps=30.0, psnr_every=2, description="test photo")
 
 
 # ----------------------------------------------------------------- statistics
@@ -117,8 +117,8 @@ def test_psnr_rejects_bad_input() -> None:
 
 def test_pan_zoom_renders_real_720p_content_that_moves(tmp_path: Path) -> None:
     folder = _photo_folder(tmp_path)
-    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in probe.image_files(folder)[:2]]
-    frames = list(probe.pan_zoom_frames(images, fps=10.0, max_seconds=2.0))
+    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in probe_source.image_files(folder)[:2]]
+    frames = list(probe_source.pan_zoom_frames(images, fps=10.0, max_seconds=2.0))
     assert len(frames) == 20
     for frame in frames:
         assert frame.shape == (720, 1280, 3) and frame.dtype == np.uint8
@@ -130,25 +130,25 @@ def test_load_source_from_a_folder(tmp_path: Path) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()
     src = _photo_folder(tmp_path)
-    for path in probe.image_files(src)[:2]:
+    for path in probe_source.image_files(src)[:2]:
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "notes.txt").write_text("not an image")
     source = probe.load_source(folder, fps=5.0, psnr_every=5)
-    assert len(source.sent) == round(probe.MAX_SOURCE_SECONDS * 5)
+    assert len(source.sent) == round(probe_source.MAX_SOURCE_SECONDS * 5)
     assert all(f.shape == (540, 640) for f in source.sent)
     assert float(source.sent[0][:360].std()) > 15.0
     assert sorted(source.originals) == list(range(0, len(source.sent), 5))
     assert all(o.shape == (720, 1280) for o in source.originals.values())
 
 
-@pytest.mark.skipif(not probe.DEFAULT_VIDEO.is_file(), reason="../shared video is absent")
+@pytest.mark.skipif(not probe_source.DEFAULT_VIDEO.is_file(), reason="../shared video is absent")
 def test_default_video_source_skips_the_fade_in() -> None:
-    frames, fps = probe.video_frames(probe.DEFAULT_VIDEO, max_seconds=0.5)
+    frames, fps = probe_source.video_frames(probe_source.DEFAULT_VIDEO, max_seconds=0.5)
     frames = list(frames)
     assert fps == pytest.approx(24.0)
     assert len(frames) == 12
     assert all(f.shape == (720, 1280, 3) for f in frames)
-    assert float(frames[0].std()) >= probe.MIN_CONTENT_STD * 0.8  # not the black lead-in
+    assert float(frames[0].std()) >= probe_source.MIN_CONTENT_STD * 0.8  # not the black lead-in
 
 
 def test_prepare_source(small_source: probe.Source) -> None:
@@ -165,7 +165,7 @@ def test_prepare_source(small_source: probe.Source) -> None:
 
 def test_cover_fills_without_bars() -> None:
     img = np.random.default_rng(0).integers(0, 255, (300, 451, 3), dtype=np.uint8)
-    out = probe.cover(img)
+    out = probe_source.cover(img)
     assert out.shape == (720, 1280, 3)
 
 
@@ -328,3 +328,24 @@ def test_recovery_after_a_network_change() -> None:
     assert rec["fps_from_1s_after"] == pytest.approx(30.0, abs=0.5)
     steady = probe.recovery_after([i / 30 for i in range(600)], change_at=10.0, fps=30)
     assert steady["recovery_ms"] == pytest.approx(0.0, abs=34)
+
+
+# ----------------------------------------------------------------- bad sources
+
+
+def test_a_missing_or_empty_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(probe_source.SourceError, match="source not found"):
+        probe_source.load_source(tmp_path / "nothing.webm", fps=30.0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(probe_source.SourceError, match="no readable JPEG/PNG images"):
+        probe_source.load_source(tmp_path / "empty", fps=30.0)
+    broken = tmp_path / "broken.webm"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(probe_source.SourceError, match="cannot open video source"):
+        probe_source.load_source(broken, fps=30.0)
+
+
+def test_the_cli_reports_a_bad_source_and_exits_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    code = probe.main(["--url", "http://127.0.0.1:9", "--seconds", "1", "--source", str(tmp_path / "none.mp4")])
+    assert code == 2
+    assert any("source not found" in r.getMessage() for r in caplog.records)
