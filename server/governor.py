@@ -100,11 +100,15 @@ class LoadGovernor:
         else:
             self.share = min(target, self.share + self.policy.climb)
 
+    def typical_ms(self, generator: bool) -> float | None:
+        """The recent median time of one path (None before it has run): the stage's expected cost per frame."""
+        return (self._generator_ms if generator else self._bicubic_ms).median()
+
     def _target_share(self) -> float | None:
-        gen = self._generator_ms.summary()["p50"]
+        gen = self._generator_ms.median()
         if gen is None or len(self._generator_ms) < 3:
             return None
-        bic = self._bicubic_ms.summary()["p50"] or 1.0
+        bic = self._bicubic_ms.median() or 1.0
         if gen <= self._budget_ms:
             return 1.0
         share = (self._budget_ms - bic) / max(gen - bic, 1e-6)

@@ -30,6 +30,10 @@ class RollingSamples:
     def __len__(self) -> int:
         return len(self._samples)
 
+    def median(self) -> float | None:
+        """The p50 alone: what per-frame decisions need, without the rest of :meth:`summary`."""
+        return percentile(self._samples, 50) if self._samples else None
+
     def summary(self) -> dict[str, float | None]:
         values = list(self._samples)
         return {

@@ -180,10 +180,10 @@ class SuperResolutionTrack(SlotTrack):
 
     def _lead_delay_s(self, generator: bool) -> float:
         """How long to wait before taking the next frame: the encoder's time minus our own, if positive."""
-        own = self.governor.stats()["generator_ms_p50" if generator else "bicubic_ms_p50"]
+        own = self.governor.typical_ms(generator)
         if own is None:  # this path has not run yet: go by the stage's time so far
-            own = self.sr_ms.summary()["p50"]
-        consumer = self._consumer_ms.summary()["p50"]
+            own = self.sr_ms.median()
+        consumer = self._consumer_ms.median()
         if consumer is None or own is None:
             return 0.0
         return max(0.0, consumer - own - 2.0) / 1000.0  # 2 ms of margin for scheduling jitter
