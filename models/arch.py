@@ -45,14 +45,18 @@ class QuarterResSR(nn.Module):
     output is cropped back, so any size works (the deployed 640x360 needs no padding).
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16), reparam: bool = False) -> None:
+    def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16), reparam: bool = False,
+                 slope: float = NEGATIVE_SLOPE) -> None:
         """``widths``: output channels of the head and body convs; multiples of 16 suit
         onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32).
         ``reparam``: train each 3x3 conv as an ECB block (no identity branch: it trained
-        worse here); ``fused()`` gives the plain net for export."""
+        worse here); ``fused()`` gives the plain net for export.
+        ``slope``: the LeakyReLU's negative slope; 0 makes it a ReLU, which int8 inference fuses
+        into the conv (one rounding per layer instead of two, see ``models.qat``)."""
         super().__init__()
         self.widths = tuple(widths)
         self.reparam = reparam
+        self.slope = float(slope)
 
         def conv(cin: int, cout: int) -> nn.Module:
             return ECB(cin, cout) if reparam else nn.Conv2d(cin, cout, 3, padding=1)
@@ -61,6 +65,7 @@ class QuarterResSR(nn.Module):
         self.body = nn.ModuleList(conv(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.tail = conv(widths[-1], 16)
         self.register_buffer("nearest_index", _nearest_index(), persistent=False)
+        self.shift = 0.5  # subtracted from the input; models.qat moves it onto the 1/255 grid
         # Start as plain nearest upsampling: the detail branch begins near zero.
         with torch.no_grad():
             for name, p in self.tail.named_parameters():
@@ -69,13 +74,16 @@ class QuarterResSR(nn.Module):
                 else:
                     p.mul_(0.1)
 
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
         x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
         lr4 = F.pixel_unshuffle(x, 2)
-        f = F.leaky_relu(self.head(lr4 - 0.5), NEGATIVE_SLOPE)
+        f = self.act(self.head(lr4 - self.shift))
         for conv in self.body:
-            f = F.leaky_relu(conv(f), NEGATIVE_SLOPE)
+            f = self.act(conv(f))
         sub = self.tail(f) + lr4.index_select(1, self.nearest_index)
         return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
 
@@ -119,7 +127,8 @@ def fused(model: QuarterResSR) -> QuarterResSR:
 
     A plain model is returned as a copy, so callers can always export ``fused(model)``.
     """
-    plain = QuarterResSR(model.widths).to(next(model.parameters()).device)
+    plain = QuarterResSR(model.widths, slope=model.slope).to(next(model.parameters()).device)
+    plain.shift = model.shift
     convs = [model.head, *model.body, model.tail]
     targets = [plain.head, *plain.body, plain.tail]
     for src, dst in zip(convs, targets):

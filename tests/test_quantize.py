@@ -96,7 +96,7 @@ def test_registered_int8_model_serves_a_real_frame(name):
     from server.engine import OnnxUpscaler
 
     entry = load_manifest()["models"][name]
-    assert entry["precision"] == "int8" and entry["scale"] == 2 and entry["command"].startswith("python -m models.quantize")
+    assert entry["precision"] == "int8" and entry["scale"] == 2 and entry["command"].startswith(("python -m models.quantize", "python -m models.qat"))
     assert load_manifest()["default"] != name  # quantising never changes the default
     up = OnnxUpscaler(resolve(name), threads=2, name=name)
     out = up.upscale(photo_frame(640, 360))

@@ -1,0 +1,129 @@
+"""Quantisation-aware fine-tuning: the torch simulation is what onnxruntime's int8 graph computes,
+and fine-tuning through it recovers quality that plain post-training rounding loses.
+
+Uses the committed stage-1 checkpoint of the default model and real images; the training test
+skips with the reason when ../shared (or $SRTC_SHARED) is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import REPO, load_photo_rgb, shared_or_skip
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
+
+from models import qat  # noqa: E402
+from models.export import export_onnx, load_checkpoint_model  # noqa: E402
+from models.imaging import psnr  # noqa: E402
+
+CKPT = REPO / "models" / "checkpoints" / "qres_x2_v2_stage1.pt"
+
+
+def photo_luma(width: int, height: int, index: int = 0) -> np.ndarray:
+    """Y (BT.601 limited range, uint8) of a real photograph."""
+    rgb = load_photo_rgb(width, height, index).astype(np.float64)
+    y = 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+def as_input(y: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(y.astype(np.float32) / 255)[None, None]
+
+
+@pytest.fixture(scope="module")
+def qmodel() -> qat.QuantSR:
+    net, _ = load_checkpoint_model(CKPT)
+    model = qat.QuantSR(net)
+    crops = [photo_luma(128, 96, i) for i in range(3)]
+    qat.start_ranges(model, [as_input(y) for y in crops])
+    return model.eval()
+
+
+def test_every_rounding_point_is_found_in_the_exported_graph(tmp_path, qmodel):
+    path = tmp_path / "fp32.onnx"
+    export_onnx(qmodel.net, path)
+    points = qat.onnx_points(onnx.load(str(path)))
+    assert set(points) == set(qmodel.points())
+    ops = {o: n.op_type for n in onnx.load(str(path)).graph.node for o in n.output}
+    assert ops[points["conv0"]] == "Conv" and ops[points["act0"]] == "LeakyRelu" and ops[points["output"]] == "Add"
+    assert ops[points["shifted"]] == "Sub" and points["input"] == "lr"
+
+
+def test_ranges_start_from_real_activations(qmodel):
+    for name, fq in qmodel.points().items():
+        scale, zero = fq.qparams()
+        if name in ("input", "output"):
+            assert (scale, zero) == (pytest.approx(1 / 255), 0)  # the 1/255 grid: free rounding
+        else:
+            assert 1e-4 < scale < 0.2 and 0 <= zero <= 255
+    assert qmodel.q_conv[0].qparams()[1] > 0  # a conv output has negative values: zero point above 0
+
+
+def test_int8_onnx_computes_what_the_simulation_computes(tmp_path, qmodel):
+    """The exported QDQ graph uses the trained scales: output equals the torch simulation, and both
+    differ from fp32 (so something really is rounded)."""
+    from models.evaluate import onnx_upscaler, to_display
+    from models.quantize import qdq_counts
+
+    out = qat.export_int8(qmodel, tmp_path / "int8.onnx", [photo_luma(640, 360, 2)])
+    assert qdq_counts(out)["QuantizeLinear"] > 5
+    y = photo_luma(320, 180, 1)
+    with torch.no_grad():
+        sim = qmodel(as_input(y))[0, 0].numpy()
+        qmodel.quantize = False
+        fp32 = qmodel(as_input(y))[0, 0].numpy()
+        qmodel.quantize = True
+    real = onnx_upscaler(out, threads=1)(y)
+    assert psnr(to_display(real), to_display(sim), 0) > 50
+    assert psnr(to_display(real), to_display(fp32), 0) < psnr(to_display(real), to_display(sim), 0)
+    assert not np.array_equal(to_display(real), to_display(fp32))
+
+
+def test_weights_are_rounded_per_channel_to_int8():
+    w = torch.randn(8, 4, 3, 3)
+    q = qat.fake_quant_weight(w)
+    step = w.abs().amax(dim=(1, 2, 3)) / 127
+    levels = q / step[:, None, None, None]
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert torch.allclose(q.abs().amax(dim=(1, 2, 3)), w.abs().amax(dim=(1, 2, 3)))
+
+
+def test_short_qat_run_recovers_simulated_quality(tmp_path):
+    """A hundred-odd steps through the rounding bring the simulated int8 net closer to fp32 on real images."""
+    args = qat.make_parser().parse_args([
+        "--ckpt", str(CKPT), "--base", "qres_x2_v2", "--out", str(tmp_path / "run"), "--steps", "150",
+        "--data", str(shared_or_skip("data", "train")), "--val", str(shared_or_skip("data", "benchmarks", "Set5")),
+        "--limit-images", "40", "--val-every", "150", "--batch", "16", "--lr", "3e-4", "--threads", "2"])
+    result = qat.qat(args)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 150
+    assert result["best_psnr"] > result["start_psnr"] + 0.02
+    resumed = qat.qat(qat.make_parser().parse_args([*sys_args(args), "--steps", "160", "--resume"]))
+    assert len(resumed["losses"]) == 10  # resumed at 150, not restarted
+
+
+def sys_args(args: argparse.Namespace) -> list[str]:
+    """The flags of ``args`` that a resumed run repeats."""
+    return ["--ckpt", args.ckpt, "--base", args.base, "--out", args.out, "--data", args.data, "--val", args.val,
+            "--limit-images", str(args.limit_images), "--batch", str(args.batch), "--threads", "2"]
+
+
+def test_relu_net_rounds_once_per_conv(tmp_path):
+    """With ReLU (slope 0) onnxruntime folds the activation into the conv: the simulation follows."""
+    from models.evaluate import onnx_upscaler, to_display
+
+    net, _ = load_checkpoint_model(CKPT)
+    net.slope = 0.0
+    model = qat.QuantSR(net)
+    qat.start_ranges(model, [as_input(photo_luma(128, 96, i)) for i in range(2)])
+    assert not any(name.startswith("act") for name in model.points())
+    assert all(model.q_conv[i].qparams()[1] == 0 for i in range(len(model.q_conv) - 1))  # ReLU output: from 0
+    out = qat.export_int8(model.eval(), tmp_path / "relu_int8.onnx", [photo_luma(640, 360, 2)])
+    assert "Relu" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    y = photo_luma(320, 180, 1)
+    with torch.no_grad():
+        sim = model(as_input(y))[0, 0].numpy()
+    assert psnr(to_display(onnx_upscaler(out, threads=1)(y)), to_display(sim), 0) > 50
