@@ -590,10 +590,16 @@
     if (!session.sr_enabled) return 'off (bicubic)';
     const gov = session.governor;
     if (!gov || gov.mode === 'generator') return 'on (neural)';
-    // Under load the server sends bicubic on some frames rather than fall behind (server/governor.py).
-    el.title = `The generator takes ${fmt(gov.generator_ms_p50, 1)} ms a frame against a ${fmt(gov.budget_ms, 1)} ms budget: `
-      + `${Math.round(gov.share * 100)}% of frames go through it, the rest get bicubic.`;
-    return `on, ${Math.round(gov.share * 100)}% neural`;
+    // Under load the server first runs a faster build of the generator (int8), then sends bicubic on some
+    // frames rather than fall behind (server/governor.py).
+    const fast = gov.tier === 'fast';
+    const model = fast ? `the fast model (${session.fast_upscaler || 'int8'})` : 'the generator';
+    const ms = fast ? gov.fast_ms_p50 : gov.generator_ms_p50;
+    el.title = `${fast ? `The full generator takes ${fmt(gov.generator_ms_p50, 1)} ms a frame, so ` : ''}`
+      + `${model} takes ${fmt(ms, 1)} ms a frame against a ${fmt(gov.budget_ms, 1)} ms budget: `
+      + `${Math.round(gov.share * 100)}% of frames go through it${gov.share < 1 ? ', the rest get bicubic' : ''}.`;
+    if (gov.mode === 'fast') return 'on (neural, fast int8)';
+    return `on, ${Math.round(gov.share * 100)}% neural${fast ? ' (fast int8)' : ''}`;
   }
 
   const BUDGET_STAGES = ['receive', 'decode', 'wait', 'sr', 'encode', 'send'];

@@ -51,6 +51,7 @@ QMIN, QMAX = 0, 255  # uint8 activations
 WMAX = 127  # symmetric int8 weights use -127..127
 START_PERCENTILE = 99.99
 GRID_SHIFT = 128.0 / 255.0
+MAX_FALLBACK_LOSS_DB = 0.5  # a fallback stands in for bicubic (2-3 dB lower), not for the fp32 model
 
 
 class FakeQuant(nn.Module):
@@ -304,6 +305,10 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--export", default=None, help="write the int8 ONNX here after training")
     ap.add_argument("--images", nargs="*", default=[], help="benchmark folders for the gate (with --export)")
     ap.add_argument("--register", action="store_true", help="list the int8 model in the manifest if it passes")
+    ap.add_argument("--register-fallback", action="store_true",
+                    help="if it misses the variant gate but passes the fallback gate (faster, at most "
+                         f"{MAX_FALLBACK_LOSS_DB} dB lost), list it as the base model's fallback: the server's "
+                         "step down under load before bicubic")
     ap.add_argument("--calib-frames", type=int, default=8, help="decoded frames for tensors without a trained range")
     return ap
 
@@ -425,12 +430,49 @@ def export_and_gate(qmodel: QuantSR, args: argparse.Namespace, command: str) -> 
     log.info("%s (QAT) vs fp32 %s:\n%s", out, args.base, Q.table([res], ref))
     ok, why = Q.qualifies(res, ref)
     if not ok:
-        log.warning("int8 model does not qualify: %s; not registered", why)
+        log.warning("int8 model does not qualify as a variant: %s; not registered as one", why)
+        fallback_ok, why = Q.qualifies(res, ref, MAX_FALLBACK_LOSS_DB)
+        if args.register_fallback and fallback_ok:
+            register_fallback(args.base, out, res, ref, command)
+        elif args.register_fallback:
+            log.warning("nor as a fallback: %s", why)
         return False
     if args.register:
         Q.register(f"{args.base}_int8", out, args.base, Q.Variant("quantisation-aware fine-tuned, trained ranges",
                                                                      per_channel=True), command)
     return True
+
+
+def register_fallback(base: str, out: Path, res, ref, command: str) -> None:
+    """List ``out`` as ``BASE_int8`` with role "fallback" and point the base's ``"fallback"`` at it.
+
+    Not an int8 *variant* (it misses the 0.1 dB gate): the server only runs it for the frames the
+    governor would otherwise send as bicubic, and the manifest entry says how much it loses.
+    """
+    from models.export import update_manifest
+    from models.manifest import MANIFEST_PATH, load_manifest
+
+    manifest = load_manifest()
+    src = manifest["models"][base]
+    try:
+        file = out.resolve().relative_to(MANIFEST_PATH.parent)
+    except ValueError as err:
+        raise SystemExit(f"--export must lie inside {MANIFEST_PATH.parent} to be registered") from err
+    losses = ", ".join(f"{k} {res.psnr[k] - ref.psnr[k]:+.2f} dB" for k in ref.psnr)
+    name = f"{base}_int8"
+    update_manifest(name, {
+        "file": file.as_posix(), "kind": src.get("kind", "fidelity"), "precision": "int8", "role": "fallback",
+        "params": src["params"], "scale": src.get("scale", 2),
+        "description": f"int8 QDQ build of {base} after quantisation-aware fine-tuning (models/qat.py): {losses} "
+                       f"against fp32, {res.ms[2]:.1f} against {ref.ms[2]:.1f} ms at 2 threads. Misses the 0.1 dB "
+                       "gate for an int8 variant; the server's governor runs it only under load, on frames that "
+                       "would otherwise be bicubic.",
+        "command": command,
+    }, make_default=False)
+    manifest = load_manifest()
+    manifest["models"][base]["fallback"] = name
+    update_manifest(base, manifest["models"][base], make_default=False)
+    log.info("manifest: %s is %s's fallback (%s)", name, base, losses)
 
 
 @torch.no_grad()

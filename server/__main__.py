@@ -11,7 +11,7 @@ from aiohttp import web
 from .app import create_app
 from .config import ConfigError, NetworkConfig, ServerConfig
 from .engine import ModelError
-from .registry import open_model
+from .registry import open_fast_model, open_model
 
 log = logging.getLogger("server")
 
@@ -33,6 +33,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     parser.add_argument("--sr-headroom", type=float, default=defaults.sr_headroom,
                         help="share of the frame interval the generator may use per frame, 0.1..1; beyond it some "
                              "frames get bicubic instead of falling behind (default %(default)s)")
+    parser.add_argument("--fast-model", default=defaults.fast_model,
+                        help='the faster model tried before bicubic under load: "auto" (the manifest\'s fallback '
+                             'of --model), "none", or a manifest name or path (default %(default)s)')
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--stock-receiver", action="store_true",
                         help="receive with aiortc's stock jitter buffer instead of the loss-resilient one (for comparisons)")
@@ -51,7 +54,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     try:
         config = ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
                               max_sessions=args.max_sessions, resilient_receiver=not args.stock_receiver,
-                              sr_headroom=args.sr_headroom)
+                              sr_headroom=args.sr_headroom, fast_model=args.fast_model)
         network = NetworkConfig(loss=args.loss, burst=args.burst, kbps=args.kbps, delay_ms=args.delay_ms,
                                 jitter_ms=args.jitter_ms, queue_ms=args.queue_ms, seed=args.seed,
                                 reorder=args.reorder, impair_rtcp=args.impair_rtcp)
@@ -64,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     config, network = parse_command_line(argv)
     try:
         upscaler, info = open_model(config.model, config.threads)
+        fast, fast_info = open_fast_model(config.fast_model, info, config.threads)
     except ModelError as exc:
         log.error("cannot start: %s", exc)
         return 2
     log.info("model %s (%s, %s, %s params) from %s", info.name, info.kind, info.precision, info.params, info.path)
+    if fast_info is not None:
+        log.info("under load, the governor steps down to %s (%s) before bicubic", fast_info.name, fast_info.precision)
     if network.active:
         log.info("simulated network on the inbound path: %s", network.to_json())
-    app = create_app(config, upscaler, info, network)
+    app = create_app(config, upscaler, info, network, fast=fast, fast_info=fast_info)
     web.run_app(app, host=config.host, port=config.port, print=lambda msg: log.info("%s", msg.strip()))
     return 0
 

@@ -28,17 +28,21 @@ UPSCALER = web.AppKey("upscaler", OnnxUpscaler)
 MODEL = web.AppKey("model", ModelInfo)
 CONFIG = web.AppKey("config", ServerConfig)
 NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
+FAST = web.AppKey("fast", object)  # (OnnxUpscaler, ModelInfo) of the governor's faster model, or (None, None)
 
 
 def create_app(config: ServerConfig, upscaler: OnnxUpscaler, model: ModelInfo,
-               network: NetworkConfig | None = None) -> web.Application:
+               network: NetworkConfig | None = None, fast: OnnxUpscaler | None = None,
+               fast_info: ModelInfo | None = None) -> web.Application:
     """Build the app around an already loaded model (loading it is where start-up may fail).
 
     ``network``: the inbound path's impairment at start (default: none); ``POST /network`` changes it.
+    ``fast``: the faster model the governor steps down to before bicubic (``fast_info`` describes it).
     """
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
     app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model
     app[NETWORK] = NetworkControl(network)
+    app[FAST] = (fast, fast_info)
     app[SESSIONS] = {}
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
@@ -66,7 +70,7 @@ async def offer(request: web.Request) -> web.Response:
     session = Session(app[UPSCALER], on_closed=lambda s: sessions.pop(s.id, None),
                       connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK],
                       resilient=app[CONFIG].resilient_receiver,
-                      governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom))
+                      governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom), fast=app[FAST][0])
     sessions[session.id] = session
     try:
         answer = await session.answer(description, sr_enabled)
@@ -98,7 +102,9 @@ async def stats(request: web.Request) -> web.Response:
     sessions: dict[str, Session] = request.app[SESSIONS]
     wanted = request.query.get("id")
     chosen = [s for s in sessions.values() if wanted in (None, s.id)]
-    return web.json_response({"model": request.app[MODEL].to_json(), "process": process_stats(len(sessions)),
+    fast_info = request.app[FAST][1]
+    model = {**request.app[MODEL].to_json(), "fast": fast_info.to_json() if fast_info else None}
+    return web.json_response({"model": model, "process": process_stats(len(sessions)),
                               "sessions": [s.stats() for s in chosen]})
 
 

@@ -34,6 +34,9 @@ class ServerConfig:
     # Share of the frame interval the generator may take per frame before the SR stage sends bicubic on
     # some frames (server/governor.py). 1.0 = the whole interval.
     sr_headroom: float = 0.85
+    # The faster model the governor steps down to before bicubic: "auto" = the manifest's "fallback" of
+    # the chosen model (the int8 build of the default), "none" = no such step, or a manifest name or path.
+    fast_model: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -48,6 +51,8 @@ class ServerConfig:
             raise ConfigError(f"connect_timeout_s must be in 1..600, got {self.connect_timeout_s}")
         if not 0.1 <= self.sr_headroom <= 1.0:
             raise ConfigError(f"sr_headroom must be in 0.1..1.0, got {self.sr_headroom}")
+        if not self.fast_model.strip():
+            raise ConfigError('fast_model must be "auto", "none", a manifest name or a path')
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ class RollingSamples:
     def __len__(self) -> int:
         return len(self._samples)
 
+    def values(self) -> list[float]:
+        return list(self._samples)
+
     def median(self) -> float | None:
         """The p50 alone: what per-frame decisions need, without the rest of :meth:`summary`."""
         return percentile(self._samples, 50) if self._samples else None

@@ -211,8 +211,10 @@ class ProbeReport:
             lines.append(f"{name:<8}" + "".join(f"{cell:>15}" for cell in cells))
         gov = self.governor()
         if gov:
-            lines.append(f"SR stage under load: {gov['mode']}, generator on {_fmt(gov['share'])} of frames now;"
-                         f" {gov['generator_frames']} generator / {gov['bicubic_frames']} bicubic frames;"
+            fast = f" ({gov['fast_frames']} of them the fast model, p50 {_fmt(gov['fast_ms_p50'])} ms)" \
+                if gov.get("fast_frames") else ""
+            lines.append(f"SR stage under load: {gov['mode']}, a model on {_fmt(gov['share'])} of frames now;"
+                         f" {gov['generator_frames']} model{fast} / {gov['bicubic_frames']} bicubic frames;"
                          f" generator p50 {_fmt(gov['generator_ms_p50'])} ms against a {_fmt(gov['budget_ms'])} ms budget")
         return lines
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from models.manifest import MANIFEST_PATH, load_manifest, resolve
 
 from .engine import ModelError, OnnxUpscaler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,32 @@ def describe(name_or_path: str | None, manifest_path: Path = MANIFEST_PATH) -> M
         if (manifest_path.parent / entry["file"]).resolve() == path.resolve():
             return ModelInfo(name, str(path), entry.get("kind", "?"), entry.get("precision", "?"), entry.get("params"))
     return ModelInfo(path.stem, str(path), "custom", "?", None)
+
+
+def fallback_of(info: ModelInfo, manifest_path: Path = MANIFEST_PATH) -> str | None:
+    """The manifest's faster stand-in for a model (its ``"fallback"`` entry), if it names one."""
+    entries = load_manifest(manifest_path).get("models", {}) if manifest_path.is_file() else {}
+    return entries.get(info.name, {}).get("fallback")
+
+
+def open_fast_model(choice: str, info: ModelInfo, threads: int,
+                    manifest_path: Path = MANIFEST_PATH) -> tuple[OnnxUpscaler | None, ModelInfo | None]:
+    """The governor's faster model: ``"none"``, ``"auto"`` (the manifest's fallback of ``info``, if any and
+    present) or a name or path (which must load, or :class:`ModelError`)."""
+    if choice == "none":
+        return None, None
+    if choice == "auto":
+        name = fallback_of(info, manifest_path)
+        if name is None:
+            return None, None
+        try:
+            fast = describe(name, manifest_path)
+            return OnnxUpscaler(Path(fast.path), threads=threads, name=fast.name), fast
+        except ModelError as exc:  # the main model is there; serve without the step rather than not at all
+            log.warning("no fast model (%s): under load the SR stage goes straight to bicubic", exc)
+            return None, None
+    fast = describe(choice, manifest_path)
+    return OnnxUpscaler(Path(fast.path), threads=threads, name=fast.name), fast
 
 
 def open_model(name_or_path: str | None, threads: int) -> tuple[OnnxUpscaler, ModelInfo]:

@@ -62,11 +62,12 @@ class Session:
 
     def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
                  network: NetworkControl | None = None, resilient: bool = True,
-                 governor: GovernorPolicy | None = None) -> None:
+                 governor: GovernorPolicy | None = None, fast: OnnxUpscaler | None = None) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.monotonic()
         self.pc = RTCPeerConnection()
         self.upscaler = upscaler
+        self.fast = fast  # the governor's faster model (int8), or None
         self.fanout: FrameFanout | None = None
         self.sr_track: SuperResolutionTrack | None = None
         self.raw_track: RawTrack | None = None
@@ -105,8 +106,8 @@ class Session:
         if raw_out is not None:
             self.raw_track = RawTrack(self.fanout.subscribe())
         self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
-                                             LoadGovernor(self.governor_policy),
-                                             baseline=self.raw_track.slot if self.raw_track else None)
+                                             LoadGovernor(self.governor_policy, fast=self.fast is not None),
+                                             baseline=self.raw_track.slot if self.raw_track else None, fast=self.fast)
         _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink)
         if raw_out is not None:
             _send(raw_out, self.raw_track, keep_receiving=False)
@@ -143,6 +144,7 @@ class Session:
             "age_s": round(time.monotonic() - self.created, 1),
             "sr_enabled": self.sr_enabled,
             "upscaler": sr.get("upscaler"),
+            "fast_upscaler": sr.get("fast_upscaler"),
             "frames_in": fanout.frames if fanout else 0,
             "fps_in": fanout.fps.rate() if fanout else 0.0,
             "input": {"width": fanout.width if fanout else 0, "height": fanout.height if fanout else 0},

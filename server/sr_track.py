@@ -26,7 +26,7 @@ from aiortc import MediaStreamTrack
 from .budget import StageTimes
 from .engine import BicubicUpscaler, OnnxUpscaler
 from .fanout import LatestFrame, TimedFrame
-from .governor import LoadGovernor
+from .governor import BICUBIC, FAST, GENERATOR, LoadGovernor
 from .metrics import FreezeDetector, RateMeter, RollingSamples
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,16 @@ class SuperResolutionTrack(SlotTrack):
     governor gives up under load), by bicubic when it is off."""
 
     def __init__(self, slot: LatestFrame, upscaler: OnnxUpscaler, executor: Executor, enabled: bool = True,
-                 governor: LoadGovernor | None = None, baseline: LatestFrame | None = None) -> None:
-        """``baseline``: the raw track's slot, whose drops (same input, no SR) are not the SR stage's doing."""
+                 governor: LoadGovernor | None = None, baseline: LatestFrame | None = None,
+                 fast: OnnxUpscaler | None = None) -> None:
+        """``baseline``: the raw track's slot, whose drops (same input, no SR) are not the SR stage's doing.
+        ``fast``: a faster model (the int8 build) the governor steps down to before bicubic."""
         super().__init__(slot)
         self.upscaler = upscaler
+        self.fast = fast
         self.enabled = enabled
         self.errors = 0
-        self.governor = governor or LoadGovernor()
+        self.governor = governor or LoadGovernor(fast=fast is not None)
         self.sr_ms = RollingSamples()  # the upscale alone (generator or bicubic), in the worker thread
         self._bicubic = BicubicUpscaler()
         self._executor = executor
@@ -133,15 +136,15 @@ class SuperResolutionTrack(SlotTrack):
         if self._returned_at is not None:
             self._consumer_ms.add((time.monotonic() - self._returned_at) * 1000.0)
         if self._ahead is None:
-            self._ahead = asyncio.ensure_future(self._next(delay_s=0.0, generator=self._choose()))
+            self._ahead = asyncio.ensure_future(self._next(delay_s=0.0, path=self._choose()))
         try:
             up = await self._ahead
         finally:
             self._ahead = None
         if self.readyState == "live":
             # Upscale the next frame while this one is encoded, timed to finish when the encoder asks.
-            generator = self._choose()
-            self._ahead = asyncio.ensure_future(self._next(self._lead_delay_s(generator), generator))
+            path = self._choose()
+            self._ahead = asyncio.ensure_future(self._next(self._lead_delay_s(path), path))
         self._count(up.frame, up.item, up.started, up.done)
         self._returned_at = time.monotonic()
         return up.frame
@@ -152,19 +155,19 @@ class SuperResolutionTrack(SlotTrack):
             self._ahead = None
         super().stop()
 
-    def _choose(self) -> bool:
-        """Generator for the next frame? Only when SR is on, and as often as the governor allows."""
-        return self.enabled and self.governor.use_generator()
+    def _choose(self) -> str:
+        """The next frame's path: bicubic when SR is off, else what the governor allows."""
+        return self.governor.choose() if self.enabled else BICUBIC
 
-    async def _next(self, delay_s: float, generator: bool) -> _Upscaled:
+    async def _next(self, delay_s: float, path: str) -> _Upscaled:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         item = await self.slot.get()
         started = time.monotonic()
-        frame = await self.process(item, generator)
+        frame = await self.process(item, path)
         done = time.monotonic()
         if self.enabled:
-            self.governor.observe(generator, (done - started) * 1000.0, self.slot.fps.rate(), self._drop_rate())
+            self.governor.observe(path, (done - started) * 1000.0, self.slot.fps.rate(), self._drop_rate())
         return _Upscaled(item, frame, started, done)
 
     def _drop_rate(self) -> float:
@@ -178,9 +181,9 @@ class SuperResolutionTrack(SlotTrack):
             return 0.0
         return max(0.0, ((s1 - s0) - (b1 - b0)) / (r1 - r0))
 
-    def _lead_delay_s(self, generator: bool) -> float:
+    def _lead_delay_s(self, path: str) -> float:
         """How long to wait before taking the next frame: the encoder's time minus our own, if positive."""
-        own = self.governor.typical_ms(generator)
+        own = self.governor.typical_ms(path)
         if own is None:  # this path has not run yet: go by the stage's time so far
             own = self.sr_ms.median()
         consumer = self._consumer_ms.median()
@@ -188,8 +191,9 @@ class SuperResolutionTrack(SlotTrack):
             return 0.0
         return max(0.0, consumer - own - 2.0) / 1000.0  # 2 ms of margin for scheduling jitter
 
-    async def process(self, item: TimedFrame, generator: bool = True) -> av.VideoFrame:
-        upscaler = self.upscaler if generator else self._bicubic
+    async def process(self, item: TimedFrame, path: str = GENERATOR) -> av.VideoFrame:
+        """Upscale one frame on ``path``: generator, fast (the faster model) or bicubic."""
+        upscaler = {GENERATOR: self.upscaler, FAST: self.fast or self.upscaler, BICUBIC: self._bicubic}[path]
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
@@ -207,6 +211,7 @@ class SuperResolutionTrack(SlotTrack):
         stats.update(
             sr_enabled=self.enabled,
             upscaler=self.upscaler.name if self.enabled else self._bicubic.name,
+            fast_upscaler=self.fast.name if self.enabled and self.fast is not None else None,
             sr_ms=self.sr_ms.summary(),
             errors=self.errors,
             governor=self.governor.stats() if self.enabled else None,

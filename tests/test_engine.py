@@ -77,3 +77,34 @@ def test_a_corrupt_model_names_the_path(tmp_path):
 def test_an_unknown_model_name_is_refused():
     with pytest.raises(ModelError, match="no-such-model"):
         open_model("no-such-model", threads=1)
+
+
+def test_the_fast_model_is_the_manifests_fallback_and_can_be_turned_off(tmp_path):
+    """auto: the default's int8 fallback, loaded; none: no step; a named one that is missing: a clear error;
+    an auto fallback whose file is gone: serve without the step (logged), never refuse to start."""
+    import json
+
+    from models.manifest import MANIFEST_PATH, load_manifest
+    from server.registry import describe, open_fast_model
+
+    manifest = load_manifest()
+    info = describe(None)
+    name = manifest["models"][manifest["default"]].get("fallback")
+    fast, fast_info = open_fast_model("auto", info, threads=1)
+    if name is None:
+        assert fast is None and fast_info is None
+    else:
+        assert fast_info.name == name and fast_info.precision == "int8"
+        y = cv2.cvtColor(load_photo_rgb(320, 180, index=1), cv2.COLOR_RGB2YUV)[:, :, 0]
+        assert fast.upscale_luma(y).shape == (360, 640)
+    assert open_fast_model("none", info, threads=1) == (None, None)
+    with pytest.raises(ModelError, match="no-such-fast-model"):
+        open_fast_model("no-such-fast-model", info, threads=1)
+    broken = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
+    entry = broken["models"][broken["default"]]
+    entry["file"] = str((MANIFEST_PATH.parent / entry["file"]).resolve())
+    entry["fallback"] = "gone_int8"
+    broken["models"]["gone_int8"] = {**entry, "file": str(tmp_path / "gone.onnx"), "precision": "int8"}
+    (tmp_path / "manifest.json").write_text(json.dumps(broken), encoding="utf-8")
+    info = describe(None, tmp_path / "manifest.json")
+    assert open_fast_model("auto", info, threads=1, manifest_path=tmp_path / "manifest.json") == (None, None)

@@ -77,8 +77,72 @@ def test_a_slower_input_rate_gives_a_bigger_budget():
     assert fast.share < 1.0 and slow.share == 1.0
 
 
+def feed_paths(governor: LoadGovernor, frames: int, ms: dict[str, float], fps: float = 30.0,
+               drop_rate: float = 0.0) -> list[str]:
+    """Like ``feed`` with a fast model: each path's cost per frame from ``ms``; the paths chosen."""
+    paths = []
+    for _ in range(frames):
+        path = governor.choose()
+        paths.append(path)
+        governor.observe(path, ms[path], fps, drop_rate)
+    return paths
+
+
+def test_a_slow_generator_steps_down_to_the_fast_model_before_bicubic():
+    governor = LoadGovernor(fast=True)
+    paths = feed_paths(governor, 300, {"generator": 40.0, "fast": 20.0, "bicubic": 1.0})  # budget 28.3 ms
+    recent = paths[-150:]
+    assert governor.tier == "fast" and governor.mode == "fast" and governor.share == 1.0
+    assert "bicubic" not in recent  # the fast model fits: no frame needs bicubic
+    # One frame in probe_every still runs the full generator, so its time under this load stays known.
+    assert recent.count("generator") == pytest.approx(len(recent) / GovernorPolicy().probe_every, abs=1)
+    stats = governor.stats()
+    assert stats["tier"] == "fast" and stats["fast_frames"] > 250 and stats["switches"] == 1
+    assert stats["fast_ms_p50"] == 20.0 and stats["generator_ms_p50"] == 40.0
+
+
+def test_when_even_the_fast_model_does_not_fit_its_frames_are_shared_with_bicubic():
+    governor = LoadGovernor(fast=True)
+    feed_paths(governor, 300, {"generator": 80.0, "fast": 50.0, "bicubic": 1.0})
+    budget = 0.85 * 1000.0 / 30.0
+    assert governor.tier == "fast" and governor.mode == "mixed"
+    assert governor.share == pytest.approx((budget - 1.0) / (50.0 - 1.0), abs=0.03)  # the fast model's share
+
+
+def test_the_full_generator_returns_when_the_load_goes_and_a_failed_return_backs_off():
+    policy = GovernorPolicy(hold=60)
+    governor = LoadGovernor(policy, fast=True)
+    feed_paths(governor, 100, {"generator": 40.0, "fast": 20.0, "bicubic": 1.0})
+    assert governor.tier == "fast"
+    light = {"generator": 15.0, "fast": 8.0, "bicubic": 1.0}
+    for frames in range(400):
+        if governor.tier == "generator":
+            break
+        feed_paths(governor, 1, light)
+    assert governor.tier == "generator" and governor.switches == 2
+    assert frames <= 3 * policy.probe_every  # the latest probes at 15 ms are enough, older 40 ms ones do not count
+    feed_paths(governor, 20, light)
+    assert governor.mode == "generator" and governor.stats()["full_frames"] > 20
+    # It comes back, but the stage drops frames at once: down again, and the next hold is twice as long.
+    feed_paths(governor, 5, light, drop_rate=0.2)
+    assert governor.tier == "fast" and governor.switches == 3
+    feed_paths(governor, 100, light)
+    assert governor.tier == "fast"  # 100 frames < the doubled hold of 120
+    feed_paths(governor, 40, light)
+    assert governor.tier == "generator"
+
+
+def test_without_a_fast_model_the_governor_never_picks_one():
+    governor = LoadGovernor()
+    paths = feed_paths(governor, 200, {"generator": 40.0, "fast": 1.0, "bicubic": 1.0})
+    assert "fast" not in paths and governor.tier == "generator" and governor.mode == "mixed"
+    with pytest.raises(ValueError, match="unknown path"):
+        governor.observe("nearest", 1.0, 30.0)
+
+
 @pytest.mark.parametrize("field,value", [("headroom", 0.0), ("headroom", 1.5), ("window", 1), ("min_share", 0.0),
-                                         ("climb", 2.0), ("drop_high", 0.01), ("limit_step", 0.0)])
+                                         ("climb", 2.0), ("drop_high", 0.01), ("limit_step", 0.0),
+                                         ("probe_every", 1), ("up_margin", 0.0), ("hold", 0)])
 def test_out_of_range_policies_are_refused(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         GovernorPolicy(**{field: value})
@@ -133,3 +197,30 @@ async def test_an_unslowed_generator_is_not_degraded(upscaler):
         sr.stop()
         await fanout.stop()
     assert gov["mode"] == "generator" and gov["bicubic_frames"] == 0, gov
+
+
+async def test_a_slowed_generator_hands_its_frames_to_the_fast_model(upscaler, tmp_path):
+    """The shipped generator slowed to 40 ms a frame, with the real int8 fallback as the fast model: frames
+    go through the fast model (counted by the engine itself), not bicubic, and /stats-style figures say so."""
+    from models.manifest import load_manifest, resolve
+    from server.engine import OnnxUpscaler
+
+    name = load_manifest()["models"][load_manifest()["default"]].get("fallback")
+    if name is None:
+        pytest.skip("the default model has no fallback in models/manifest.json")
+    fast = SlowedUpscaler(OnnxUpscaler(resolve(name), threads=2, name=name), delay_s=0.0)
+    slowed = SlowedUpscaler(upscaler, delay_s=0.04)
+    source = FastSource(total=10_000, interval_s=1 / 30)
+    fanout = FrameFanout(source)
+    with ThreadPoolExecutor(1) as executor:
+        sr = SuperResolutionTrack(fanout.subscribe(), slowed, executor, fast=fast)
+        frames = await take(sr, 60, consumer_s=0.005)
+        stats = sr.stats()
+        sr.stop()
+        await fanout.stop()
+    gov = stats["governor"]
+    assert gov["tier"] == "fast" and gov["switches"] >= 1, gov
+    assert fast.calls == gov["fast_frames"] >= 30 and slowed.calls == gov["full_frames"], gov
+    assert gov["bicubic_frames"] <= 5, gov
+    assert stats["fast_upscaler"] == name
+    assert all((f.width, f.height) == (640, 360) for f in frames)

@@ -81,8 +81,11 @@ def test_manifest_shape_and_resolve() -> None:
     assert manifest["default"] in manifest["models"]
     keys = {"file", "kind", "precision", "params", "scale", "description", "command"}
     for name, entry in manifest["models"].items():
-        assert set(entry) == keys, name
+        assert keys <= set(entry) <= keys | {"fallback", "role"}, name
         assert entry["scale"] == 2 and entry["params"] <= 20_000
+        if "fallback" in entry:  # the governor's step down: a faster build of the same net
+            fallback = manifest["models"][entry["fallback"]]
+            assert fallback["role"] == "fallback" and fallback["params"] == entry["params"], name
         assert resolve(name) == MANIFEST_PATH.parent / entry["file"]
     assert resolve(None) == resolve(manifest["default"])
     with pytest.raises(FileNotFoundError, match="no_such_model.onnx"):
