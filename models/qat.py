@@ -191,7 +191,6 @@ def start_ranges(qmodel: QuantSR, batches: list[torch.Tensor], percentile: float
 
     The input and the output are set to 0..1 (the 1/255 grid) whatever the data.
     """
-    convs = qmodel.convs()
     qmodel.quantize, qmodel.record = False, {}
     for x in batches:
         qmodel(x)

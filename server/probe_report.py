@@ -267,13 +267,20 @@ def clients_summary(reports: Sequence[ProbeReport]) -> dict:
     for i, report in enumerate(reports):
         row: dict = {"client": i, "session_id": report.session_id, "sent": report.sent, "skipped": report.skipped}
         for name, stream in report.streams.items():
-            row[name] = {"frames": stream["frames"], "fps": stream["fps"], "latency_ms": stream["latency_ms"]}
+            row[name] = {"frames": stream["frames"], "fps": stream["fps"], "latency_ms": stream["latency_ms"],
+                         "psnr_y": stream.get("psnr_y")}
+        gov = report.governor()
+        if gov:  # what this client's SR stage did under the shared load
+            row["governor"] = {k: gov.get(k) for k in ("mode", "tier", "share", "generator_frames", "fast_frames",
+                                                       "bicubic_frames", "switches")}
         rows.append(row)
     medians = {}
     for name in ("sr", "raw"):
         fps = [r[name]["fps"] for r in rows if name in r]
         p95 = [r[name]["latency_ms"]["p95"] for r in rows if name in r and r[name]["latency_ms"]["p95"] is not None]
-        medians[name] = {"fps": rounded(percentile(fps, 50)), "latency_p95_ms": rounded(percentile(p95, 50))}
+        psnr = [r[name]["psnr_y"] for r in rows if name in r and r[name]["psnr_y"] is not None]
+        medians[name] = {"fps": rounded(percentile(fps, 50)), "latency_p95_ms": rounded(percentile(p95, 50)),
+                         "psnr_y": rounded(percentile(psnr, 50))}
     # Client 0's sending window; the others sent over the same seconds.
     return {"clients": len(reports), "per_client": rows, "median": medians,
             "server_cpu": reports[0].server_cpu if reports else None}
