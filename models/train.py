@@ -77,6 +77,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--widths", type=parse_widths, default=(32, 32, 16, 16), help="conv widths, e.g. 32,32,16,16")
     ap.add_argument("--reparam", action="store_true",
                     help="train each 3x3 conv as an ECB block (fused into plain convs for export)")
+    ap.add_argument("--slope", type=float, default=0.1,
+                    help="LeakyReLU negative slope; 0 = ReLU, which int8 inference folds into the conv (models/qat.py)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -194,6 +196,8 @@ def model_config(args: argparse.Namespace) -> dict:
     config: dict = {"widths": list(args.widths)}
     if getattr(args, "reparam", False):
         config["reparam"] = True
+    if getattr(args, "slope", 0.1) != 0.1:
+        config["slope"] = args.slope
     return config
 
 
