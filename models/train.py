@@ -58,6 +58,11 @@ def torch_upscaler(model: torch.nn.Module, device: torch.device):
     return run
 
 
+def annealed_slope(step: int, steps: int, final: float, start: float = 0.1) -> float:
+    """LeakyReLU slope moved linearly from ``start`` to ``final`` over ``steps`` steps, then held."""
+    return final + (start - final) * max(0.0, 1.0 - step / steps)
+
+
 def parse_widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
@@ -79,6 +84,9 @@ def make_parser() -> argparse.ArgumentParser:
                     help="train each 3x3 conv as an ECB block (fused into plain convs for export)")
     ap.add_argument("--slope", type=float, default=0.1,
                     help="LeakyReLU negative slope; 0 = ReLU, which int8 inference folds into the conv (models/qat.py)")
+    ap.add_argument("--slope-anneal", type=int, default=0,
+                    help="start at slope 0.1 and move linearly to --slope over this many steps (a ReLU net "
+                         "trained from scratch at slope 0 loses its units at once)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -165,6 +173,8 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         while step < args.steps:
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, args.steps, args.lr, args.min_lr)
+            if args.slope_anneal:
+                model.slope = annealed_slope(step, args.slope_anneal, args.slope)
             lr_b, hr_b = data.sample(args.batch, rng)
             loss = loss_fn(model(lr_b.to(device)), hr_b.to(device))
             opt.zero_grad(set_to_none=True)

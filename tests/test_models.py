@@ -174,3 +174,20 @@ def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
     text = training_command(resumed)
     assert text.startswith("python -m models.train --steps 10 ;")
     assert "(stopped at step 4) python -m models.train --steps 8 --resume" in text
+
+
+def test_slope_anneals_from_leaky_to_the_target_and_is_recorded() -> None:
+    torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
+    from models import train
+    from models.arch import build, fused
+
+    assert train.annealed_slope(0, 100, 0.0) == pytest.approx(0.1)
+    assert train.annealed_slope(50, 100, 0.0) == pytest.approx(0.05)
+    assert train.annealed_slope(100, 100, 0.0) == train.annealed_slope(500, 100, 0.0) == 0.0
+    args = train.make_parser().parse_args(["--out", "x", "--steps", "1", "--reparam", "--slope", "0"])
+    config = train.model_config(args)
+    assert config["slope"] == 0.0
+    net = fused(build(config))  # a ReLU net exports Relu, which int8 folds into the conv
+    assert net.slope == 0.0
+    x = torch.rand(1, 1, 8, 8) - 0.5
+    assert torch.equal(net.act(x), torch.relu(x))
