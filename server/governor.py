@@ -17,7 +17,9 @@ limit on the share sinks by ``limit_step`` per frame; below ``drop_low`` it rise
 
 A faster model, when there is one (the int8 build of the generator, ``models/qat.py``: 1.5x faster,
 0.2 dB below it, 2.5 dB above bicubic), is the first step down: while the generator does not fit
-(its share would fall below 1, or the drop limit has sunk), generator frames go through the fast
+(its share would fall below 1, or the stage drops frames beyond ``drop_high``) for ``down_after`` frames in a row, so
+a passing slow frame or burst costs a few bicubic frames, not seconds on the fast model, generator
+frames go through the fast
 model instead, and the share rule applies to *its* time, so bicubic only comes in when even the fast
 model does not fit. One frame in ``probe_every`` still runs the full generator, so its time under the
 present load stays known; it comes back once the median of its last three such probes fits
@@ -48,7 +50,8 @@ class GovernorPolicy:
     drop_low: float = 0.03  # ... and below which the limit rises again
     limit_step: float = 0.01  # change of the limit per frame (0.3 a second at 30 fps)
     probe_every: int = 30  # on the fast model, one generator frame in this many runs the full one (1 a second)
-    up_margin: float = 0.8  # the full generator returns when its time fits this share of the budget
+    up_margin: float = 0.9  # the full generator returns when its time fits this share of the budget
+    down_after: int = 10  # frames in a row the generator must miss (time or drops) before the step down
     hold: int = 150  # frames on the fast model before trying the full one again (5 s at 30 fps)
     max_hold: int = 1800  # the longest hold after repeated failed returns (60 s)
 
@@ -67,6 +70,8 @@ class GovernorPolicy:
             raise ValueError(f"limit_step must be in (0, 1], got {self.limit_step}")
         if self.probe_every < 2:
             raise ValueError(f"probe_every must be at least 2 frames, got {self.probe_every}")
+        if self.down_after < 1:
+            raise ValueError(f"down_after must be at least 1 frame, got {self.down_after}")
         if not 0.1 <= self.up_margin <= 1.0:
             raise ValueError(f"up_margin must be in 0.1..1.0, got {self.up_margin}")
         if not 1 <= self.hold <= self.max_hold:
@@ -97,6 +102,7 @@ class LoadGovernor:
         self._hold = self.policy.hold
         self._tier_frames = 0  # generator frames chosen on the fast tier, for probing
         self._probes = RollingSamples(3)  # the full generator's latest times while on the fast tier
+        self._missed = 0  # frames in a row the full generator has not fit (time or drops)
 
     def choose(self) -> str:
         """The path of the next frame: the tier's model on ``share`` of frames (error diffusion), else bicubic."""
@@ -148,7 +154,9 @@ class LoadGovernor:
             return
         if self.tier == GENERATOR:
             target = self._target_share(GENERATOR)
-            if self.limit < 1.0 or (target is not None and target < 1.0):
+            missing = self.drop_rate > self.policy.drop_high or (target is not None and target < 1.0)
+            self._missed = self._missed + 1 if missing else 0
+            if self._missed >= self.policy.down_after:
                 if self._since_switch < self._hold and self.switches:  # the last return failed quickly
                     self._hold = min(self.policy.max_hold, 2 * self._hold)
                 self._switch(FAST)
@@ -165,6 +173,7 @@ class LoadGovernor:
             for ms in self._probes.values():
                 self._ms[GENERATOR].add(ms)
         self.tier, self.switches, self._since_switch, self._tier_frames = tier, self.switches + 1, 0, 0
+        self._missed = 0
         self._probes = RollingSamples(3)
 
     def typical_ms(self, path: str | bool) -> float | None:

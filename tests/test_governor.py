@@ -125,6 +125,8 @@ def test_the_full_generator_returns_when_the_load_goes_and_a_failed_return_backs
     assert governor.mode == "generator" and governor.stats()["full_frames"] > 20
     # It comes back, but the stage drops frames at once: down again, and the next hold is twice as long.
     feed_paths(governor, 5, light, drop_rate=0.2)
+    assert governor.tier == "generator"  # a passing burst of drops: a few bicubic frames at most
+    feed_paths(governor, 10, light, drop_rate=0.2)
     assert governor.tier == "fast" and governor.switches == 3
     feed_paths(governor, 100, light)
     assert governor.tier == "fast"  # 100 frames < the doubled hold of 120
@@ -142,7 +144,8 @@ def test_without_a_fast_model_the_governor_never_picks_one():
 
 @pytest.mark.parametrize("field,value", [("headroom", 0.0), ("headroom", 1.5), ("window", 1), ("min_share", 0.0),
                                          ("climb", 2.0), ("drop_high", 0.01), ("limit_step", 0.0),
-                                         ("probe_every", 1), ("up_margin", 0.0), ("hold", 0)])
+                                         ("probe_every", 1), ("up_margin", 0.0), ("hold", 0),
+                                         ("down_after", 0)])
 def test_out_of_range_policies_are_refused(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         GovernorPolicy(**{field: value})
