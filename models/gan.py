@@ -54,7 +54,7 @@ from models import losses as L
 from models.arch import build, count_macs, count_params, fused
 from models.discriminator import PatchDiscriminator
 from models.evaluate import evaluate, load_samples
-from models.train import cosine_lr, load_training_data, save, torch_upscaler
+from models.train import checkpoint, cosine_lr, load_training_data, save, torch_upscaler
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     d_loss_fn = L.ADVERSARIAL[args.gan][0]
     needs_disc = bool(weights["adv"] or weights["fm"])
 
-    def state() -> dict:
+    def state(best: float) -> dict:
         return {"config": config, "model": gen.state_dict(), "ema": ema.state_dict() if ema else None,
                 "disc": disc.state_dict(), "d_base": args.d_base, "optimizer": opt_g.state_dict(),
                 "optimizer_d": opt_d.state_dict(), "weights": weights, "stage": "gan", "init": args.init,
@@ -257,20 +257,13 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
                     for k, v in r.items():
                         recent[k].append(v)
                 bar.set_postfix({k: f"{np.mean(v):.4g}" for k, v in recent.items()} | {"steps/s": f"{rate:.2f}"})
-            if val and (step % args.val_every == 0 or step == args.steps):
-                psnr = validate()
-                if psnr > best:
-                    best = psnr
-                    save(out / "best.pt", **state())
-                wall = time.perf_counter() - t0
-                log.info("step %d: total %.5f, %s PSNR-Y %.3f dB (best %.3f), %.2f steps/s this session",
-                         step, np.mean([r["total"] for r in records[-args.val_every:]]), Path(args.val).name,
-                         psnr, best, len(records) / max(wall, 1e-9))
-            if step % args.save_every == 0 or step == args.steps:
-                save(out / "last.pt", **state())
+            best = checkpoint(step, args, out, state, validate if val else None, best, lambda psnr, top: (
+                f"total {np.mean([r['total'] for r in records[-args.val_every:]]):.5f}, {Path(args.val).name} "
+                f"PSNR-Y {psnr:.3f} dB (best {top:.3f}), "
+                f"{len(records) / max(time.perf_counter() - t0, 1e-9):.2f} steps/s this session"))
     wall = time.perf_counter() - t0
     if not val:
-        save(out / "best.pt", **state())
+        save(out / "best.pt", **state(best))
     log.info("done: %d steps, %.2f steps/s this session, %.1f min wall in total, best PSNR-Y %.3f dB",
              step, len(records) / max(wall, 1e-9), (elapsed + wall) / 60, best)
     return {"records": records, "best_psnr": best, "steps": step, "wall_s": elapsed + wall}

@@ -43,7 +43,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from models.arch import NEGATIVE_SLOPE, QuarterResSR
 from models.evaluate import evaluate, load_samples
 from models.export import load_checkpoint_model
-from models.train import LOSSES, cosine_lr, save, torch_upscaler
+from models.train import LOSSES, checkpoint, cosine_lr, load_training_data, save, torch_upscaler
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,9 @@ class QuantSR(nn.Module):
         lr4 = F.pixel_unshuffle(x, 2)
         f = lr4 - self.net.shift
         f = self.q_shifted(f) if q else f
-        convs = self.convs()
+        convs, scales = self.convs(), self.weight_scales()
         for i, conv in enumerate(convs):
-            weight = fake_quant_weight(conv.weight, self.weight_scales()[i]) if q else conv.weight
+            weight = fake_quant_weight(conv.weight, scales[i]) if q else conv.weight
             f = F.conv2d(f, weight, conv.bias, padding=1)
             hidden = i < len(convs) - 1
             if hidden and self.relu:
@@ -312,12 +312,6 @@ def make_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_data(args: argparse.Namespace):
-    from models.train import load_training_data
-
-    return load_training_data(args)
-
-
 def qat(args: argparse.Namespace, command: str = "") -> dict:
     """Fine-tune with int8 rounding simulated; returns the QuantSR, the losses, and the simulated
     validation PSNR before the first step (``start_psnr``, NaN on resume) and at its best."""
@@ -329,7 +323,7 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     net, _ = load_checkpoint_model(args.ckpt)
     teacher = copy.deepcopy(net).eval().requires_grad_(False)
     qmodel = QuantSR(net.train())
-    data = load_data(args)
+    data = load_training_data(args)
     weights = list(qmodel.net.parameters())
     ranges = [p for n, p in qmodel.named_parameters() if n.startswith("q_") and p.requires_grad]
     opt = torch.optim.Adam([{"params": weights, "peak": args.lr}, {"params": ranges, "peak": args.range_lr}])
@@ -348,7 +342,7 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     val = load_samples(args.val) if args.val else []
     loss_fn = F.mse_loss if (args.loss or ("mse" if args.target == "teacher" else "l1")) == "mse" else LOSSES["l1"]
 
-    def state() -> dict:
+    def state(best: float) -> dict:
         return {"qmodel": qmodel.state_dict(), "config": {"widths": list(net.widths), "slope": net.slope}, "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step, "best_psnr": best,
                 "elapsed_s": elapsed + time.perf_counter() - t0, "command": command, "args": vars(args)}
@@ -367,7 +361,7 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
         qmodel.quantize = True
         best = start = validate()
         log.info("int8 simulated before QAT: %.3f dB", best)
-        save(out / "best.pt", **state())
+        save(out / "best.pt", **state(best))
     losses: list[float] = []
     with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="qat", unit="step",
                                        dynamic_ncols=True) as bar:
@@ -387,15 +381,9 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}")
-            if val and (step % args.val_every == 0 or step == args.steps):
-                psnr = validate()
-                if psnr > best:
-                    best = psnr
-                    save(out / "best.pt", **state())
-                log.info("step %d: loss %.5f, int8-simulated %s PSNR-Y %.3f dB (best %.3f)", step,
-                         np.mean(losses[-args.val_every:]), Path(args.val).name, psnr, best)
-            if step % args.save_every == 0 or step == args.steps:
-                save(out / "last.pt", **state())
+            best = checkpoint(step, args, out, state, validate if val else None, best, lambda psnr, top: (
+                f"loss {np.mean(losses[-args.val_every:]):.5f}, int8-simulated {Path(args.val).name} PSNR-Y "
+                f"{psnr:.3f} dB (best {top:.3f})"))
     wall = elapsed + time.perf_counter() - t0
     log.info("done: %d steps, %.1f min, best simulated PSNR-Y %.3f dB", step, wall / 60, best)
     return {"qmodel": qmodel, "losses": losses, "start_psnr": start, "best_psnr": best, "wall_s": wall}

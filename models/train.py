@@ -18,6 +18,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,26 @@ def save(path: Path, **state) -> None:
     tmp.replace(path)
 
 
+def checkpoint(step: int, args: argparse.Namespace, out: Path, state: Callable[[float], dict],
+               validate: Callable[[], float] | None, best: float, report: Callable[[float, float], str]) -> float:
+    """The schedule's bookkeeping after an optimisation step, shared by every training stage.
+
+    On a validation step (``--val-every``, and the last step): validate, keep ``best.pt`` when it
+    improves, log ``report(psnr, best)``. On a save step (``--save-every``, and the last): ``last.pt``,
+    the resume point. ``state(best)`` is the checkpoint's content. Returns the best PSNR so far.
+    """
+    final = step == args.steps
+    if validate is not None and (step % args.val_every == 0 or final):
+        psnr = validate()
+        if psnr > best:
+            best = psnr
+            save(out / "best.pt", **state(best))
+        log.info("step %d: %s", step, report(psnr, best))
+    if step % args.save_every == 0 or final:
+        save(out / "last.pt", **state(best))
+    return best
+
+
 def train(args: argparse.Namespace, command: str = "") -> dict:
     """Run (or resume) training; returns this session's losses, the best PSNR and the wall time."""
     out = Path(args.out)
@@ -153,7 +174,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     val = load_samples(args.val) if args.val else []
     loss_fn = LOSSES[args.loss]
 
-    def state() -> dict:
+    def state(best: float) -> dict:
         return {"config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                 "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
@@ -185,18 +206,12 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
             bar.update(1)
             if step % 20 == 0 or step == args.steps:
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-            if val and (step % args.val_every == 0 or step == args.steps):
-                psnr = validate()
-                if psnr > best:
-                    best = psnr
-                    save(out / "best.pt", **state())
-                log.info("step %d: loss %.5f, %s PSNR-Y %.3f dB (best %.3f)", step,
-                         np.mean(losses[-args.val_every:]), Path(args.val).name, psnr, best)
-            if step % args.save_every == 0 or step == args.steps:
-                save(out / "last.pt", **state())
+            best = checkpoint(step, args, out, state, validate if val else None, best, lambda psnr, top: (
+                f"loss {np.mean(losses[-args.val_every:]):.5f}, {Path(args.val).name} PSNR-Y {psnr:.3f} dB "
+                f"(best {top:.3f})"))
     wall = elapsed + time.perf_counter() - t0
     if not val:
-        save(out / "best.pt", **state())
+        save(out / "best.pt", **state(best))
     log.info("done: %d steps, %.1f min wall in total, best PSNR-Y %.3f dB", step, wall / 60, best)
     return {"losses": losses, "best_psnr": best, "steps": step, "wall_s": wall}
 

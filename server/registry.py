@@ -57,16 +57,15 @@ def open_fast_model(choice: str, info: ModelInfo, threads: int,
         if name is None:
             return None, None
         try:
-            fast = describe(name, manifest_path)
-            return OnnxUpscaler(Path(fast.path), threads=threads, name=fast.name), fast
+            return open_model(name, threads, manifest_path)
         except ModelError as exc:  # the main model is there; serve without the step rather than not at all
             log.warning("no fast model (%s): under load the SR stage goes straight to bicubic", exc)
             return None, None
-    fast = describe(choice, manifest_path)
-    return OnnxUpscaler(Path(fast.path), threads=threads, name=fast.name), fast
+    return open_model(choice, threads, manifest_path)
 
 
-def open_model(name_or_path: str | None, threads: int) -> tuple[OnnxUpscaler, ModelInfo]:
+def open_model(name_or_path: str | None, threads: int,
+               manifest_path: Path = MANIFEST_PATH) -> tuple[OnnxUpscaler, ModelInfo]:
     """The upscaler the server shares between sessions; raises :class:`ModelError` naming the path."""
-    info = describe(name_or_path)
+    info = describe(name_or_path, manifest_path)
     return OnnxUpscaler(Path(info.path), threads=threads, name=info.name), info

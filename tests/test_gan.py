@@ -152,18 +152,19 @@ def stage1_checkpoint(path: Path) -> None:
 def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from models import gan
+    from models import gan, train
 
     args = gan_args(tmp_path)
     stage1_checkpoint(tmp_path / "init.pt")
     (tmp_path / "cut").mkdir()
-    real_save = gan.save
+    real_save = train.save  # every stage saves through models.train (its checkpoint() schedule)
 
     def save_and_keep_step_15(path: Path, **state) -> None:
         real_save(path, **state)
         if path.name == "last.pt" and state["step"] == 15:  # the state an interrupted run leaves
             shutil.copy(path, tmp_path / "cut" / "last.pt")
 
+    monkeypatch.setattr(train, "save", save_and_keep_step_15)
     monkeypatch.setattr(gan, "save", save_and_keep_step_15)
     summary = gan.train_gan(args)
     records = summary["records"]
