@@ -16,17 +16,16 @@ not the SR stage's doing): while more than ``drop_high`` of the input is lost th
 limit on the share sinks by ``limit_step`` per frame; below ``drop_low`` it rises again.
 
 A faster model, when there is one (the int8 build of the generator, ``models/qat.py``: 1.5x faster,
-0.2 dB below it, 2.5 dB above bicubic), is the first step down: while the generator does not fit
-(its share would fall below 1, or the stage drops frames beyond ``drop_high``) for ``down_after`` frames in a row, so
-a passing slow frame or burst costs a few bicubic frames, not seconds on the fast model, generator
-frames go through the fast
-model instead, and the share rule applies to *its* time, so bicubic only comes in when even the fast
-model does not fit. One frame in ``probe_every`` still runs the full generator, so its time under the
-present load stays known; it comes back once the median of its last three such probes fits
-``up_margin`` x the budget, the stage
-has run the fast model for ``hold`` frames without dropping, and the share is full. A return that
-fails within ``hold`` frames doubles the next hold (up to ``max_hold``), so a stage at the edge
-settles on the fast model instead of flapping.
+0.2 dB below it, 2.5 dB above bicubic), is the first step down. Once the generator has not fitted for
+``down_after`` frames in a row (its share would fall below 1, or the stage drops frames beyond
+``drop_high``), generator frames go through the fast model instead, and the share rule applies to
+*its* time, so bicubic only comes in when even the fast model does not fit; a passing slow frame or
+burst costs a few bicubic frames, not seconds on the fast model. One frame in ``probe_every`` still
+runs the full generator, so its time under the present load stays known; it comes back once the
+median of its last three such probes fits ``up_margin`` x the budget, the stage has run the fast
+model for ``hold`` frames without dropping, and the share is full. A return that fails within
+``hold`` frames doubles the next hold (up to ``max_hold``), so a stage at the edge settles on the
+fast model instead of flapping.
 Everything it decides is in :meth:`LoadGovernor.stats`, for ``/stats``.
 """
 
@@ -54,6 +53,9 @@ class GovernorPolicy:
     down_after: int = 10  # frames in a row the generator must miss (time or drops) before the step down
     hold: int = 150  # frames on the fast model before trying the full one again (5 s at 30 fps)
     max_hold: int = 1800  # the longest hold after repeated failed returns (60 s)
+    # Frames after a step down in which drops do not lower the limit: the stage's drop rate is a window
+    # over past frames (server/sr_track.py, 60), which the full generator handled, not the fast model.
+    settle: int = 60
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.headroom <= 1.0:
@@ -74,6 +76,8 @@ class GovernorPolicy:
             raise ValueError(f"down_after must be at least 1 frame, got {self.down_after}")
         if not 0.1 <= self.up_margin <= 1.0:
             raise ValueError(f"up_margin must be in 0.1..1.0, got {self.up_margin}")
+        if self.settle < 0:
+            raise ValueError(f"settle must be 0 frames or more, got {self.settle}")
         if not 1 <= self.hold <= self.max_hold:
             raise ValueError(f"need 1 <= hold <= max_hold, got {self.hold}, {self.max_hold}")
 
@@ -116,14 +120,9 @@ class LoadGovernor:
                 return GENERATOR  # keep the full generator's time under the present load known
         return self.tier
 
-    def use_generator(self) -> bool:
-        """Whether the next frame goes through a model at all (for callers with one model)."""
-        return self.choose() != BICUBIC
-
-    def observe(self, path: str | bool, ms: float, input_fps: float | None, drop_rate: float = 0.0) -> None:
-        """One frame took ``ms`` on ``path`` (True/False: generator/bicubic); ``input_fps`` is the frames' arrival
+    def observe(self, path: str, ms: float, input_fps: float | None, drop_rate: float = 0.0) -> None:
+        """One frame took ``ms`` on ``path`` (one of :data:`PATHS`); ``input_fps`` is the frames' arrival
         rate; ``drop_rate`` the share of recent input frames the stage dropped beyond the raw track's drops."""
-        path = {True: GENERATOR, False: BICUBIC}.get(path, path) if isinstance(path, bool) else path
         if path not in PATHS:
             raise ValueError(f"unknown path {path!r}")
         self.frames[path] += 1
@@ -134,7 +133,8 @@ class LoadGovernor:
         interval = 1000.0 / input_fps if input_fps and input_fps > 1.0 else self.policy.default_interval_ms
         self._budget_ms = self.policy.headroom * interval
         self.drop_rate = drop_rate
-        if drop_rate > self.policy.drop_high:
+        settling = self.tier == FAST and self._since_switch <= self.policy.settle
+        if drop_rate > self.policy.drop_high and not settling:
             self.limit = max(self.policy.min_share, self.limit - self.policy.limit_step)
         elif drop_rate < self.policy.drop_low:
             self.limit = min(1.0, self.limit + self.policy.limit_step)
@@ -160,7 +160,7 @@ class LoadGovernor:
                 if self._since_switch < self._hold and self.switches:  # the last return failed quickly
                     self._hold = min(self.policy.max_hold, 2 * self._hold)
                 self._switch(FAST)
-                self.limit = 1.0  # the drops were the full generator's; the fast model starts afresh
+                self.limit = 1.0  # the drops were the full generator's; the fast model starts afresh (``settle``)
             return
         gen = self._probes.median() if len(self._probes) >= 3 else None  # the last 3 probes: the present load
         if (gen is not None and gen <= self.policy.up_margin * self._budget_ms and self._since_switch >= self._hold
@@ -176,9 +176,8 @@ class LoadGovernor:
         self._missed = 0
         self._probes = RollingSamples(3)
 
-    def typical_ms(self, path: str | bool) -> float | None:
+    def typical_ms(self, path: str) -> float | None:
         """The recent median time of one path (None before it has run): the stage's expected cost per frame."""
-        path = {True: self.tier, False: BICUBIC}.get(path, path) if isinstance(path, bool) else path
         return self._ms[path].median()
 
     def _target_share(self, tier: str) -> float | None:

@@ -18,12 +18,8 @@ from .test_sr_track import FastSource
 
 def feed(governor: LoadGovernor, frames: int, generator_ms: float, bicubic_ms: float = 1.0, fps: float = 30.0) -> list[bool]:
     """Run ``frames`` decisions, reporting the given cost for each path; the choices made."""
-    choices = []
-    for _ in range(frames):
-        use = governor.use_generator()
-        choices.append(use)
-        governor.observe(use, generator_ms if use else bicubic_ms, fps)
-    return choices
+    paths = feed_paths(governor, frames, {"generator": generator_ms, "bicubic": bicubic_ms}, fps)
+    return [path != "bicubic" for path in paths]
 
 
 def test_a_generator_within_budget_runs_on_every_frame():
@@ -60,13 +56,13 @@ def test_an_overloaded_stage_keeps_a_floor_and_recovers_when_the_load_goes():
 def test_drops_beyond_the_raw_tracks_lower_the_share_even_when_the_timing_fits():
     governor = LoadGovernor()
     for _ in range(40):  # 20 ms fits the 28 ms budget, yet the stage drops 20% of the input
-        governor.observe(governor.use_generator(), 20.0, 30.0, drop_rate=0.20)
+        governor.observe(governor.choose(), 20.0, 30.0, drop_rate=0.20)
     assert governor.share == pytest.approx(0.6, abs=0.02) and governor.stats()["limit"] == pytest.approx(governor.share, abs=1e-3)
     for _ in range(40):  # a little drop (bursts after a network recovery) holds the limit where it is
-        governor.observe(governor.use_generator(), 20.0, 30.0, drop_rate=0.05)
+        governor.observe(governor.choose(), 20.0, 30.0, drop_rate=0.05)
     assert governor.share == pytest.approx(0.6, abs=0.02)
     for _ in range(60):  # no more drops: back to every frame
-        governor.observe(governor.use_generator(), 20.0, 30.0, drop_rate=0.0)
+        governor.observe(governor.choose(), 20.0, 30.0, drop_rate=0.0)
     assert governor.share == 1.0 and governor.mode == "generator"
 
 
@@ -144,7 +140,7 @@ def test_without_a_fast_model_the_governor_never_picks_one():
 
 @pytest.mark.parametrize("field,value", [("headroom", 0.0), ("headroom", 1.5), ("window", 1), ("min_share", 0.0),
                                          ("climb", 2.0), ("drop_high", 0.01), ("limit_step", 0.0),
-                                         ("probe_every", 1), ("up_margin", 0.0), ("hold", 0),
+                                         ("probe_every", 1), ("up_margin", 0.0), ("hold", 0), ("settle", -1),
                                          ("down_after", 0)])
 def test_out_of_range_policies_are_refused(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
