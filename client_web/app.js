@@ -580,6 +580,14 @@
       ? `${fz.freezeCount} (${fmt(fz.totalFreezesDuration, 1)} s)` : '—';
     const rx = mine.receiver || {};
     document.getElementById('st-nack').textContent = isNum(rx.nackCount) ? `${rx.nackCount} / ${fmtCount(rx.pliCount)}` : '—';
+    document.getElementById('st-return').textContent = returnKbps(mine.return_bitrate);
+  }
+
+  // The bitrate each returned stream is encoded at (server/return_rate.py): the SR stream's is higher.
+  function returnKbps(rates) {
+    const kbps = (r) => (r && isNum(r.target_kbps) ? fmtCount(r.target_kbps) : '—');
+    if (!rates || (!rates.sr && !rates.raw)) return '—';
+    return `${kbps(rates.sr)} / ${kbps(rates.raw)}`;
   }
 
   // SR on, and how much of it the generator does: under load the server sends bicubic on some frames.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import multiprocessing
 import statistics
 import sys
@@ -31,18 +32,67 @@ import av
 import numpy as np
 from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor, number_of_threads
 
+from .return_rate import BASE_DEFAULT, limits
+
 log = logging.getLogger(__name__)
 
 OPTIONS = {"noise-sensitivity": "0"}  # on top of aiortc's own settings (cpu-used -6, realtime, CBR)
+RAISE_HOLD_S = 5.0  # a higher bitrate reopens the encoder (a keyframe) at most this often
 
 
 class ReturnVp8Encoder(Vp8Encoder):
-    """aiortc's VP8 encoder (packetisation, bitrate control, keyframes) with :data:`OPTIONS`."""
+    """aiortc's VP8 encoder (packetisation, keyframes) with :data:`OPTIONS`, bitrate limits that grow
+    with the resolution (:mod:`server.return_rate`), and fewer reopenings when the bitrate rises.
+
+    libvpx takes a new bitrate only in a new context, which starts with a keyframe (many bits, then a
+    blurred frame while CBR recovers). aiortc reopens on every change over 10%, which a REMB ramping up
+    ~8% a second triggers every second or so; here a rise waits until :data:`RAISE_HOLD_S` after the
+    last opening (so it comes in fewer, larger steps), and a fall, which congestion asks for, applies at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested: int | None = None  # the last bitrate the client's REMB gave this stream (bps)
+        self.size: tuple[int, int] | None = None  # of the last frame
+        self.reopens = 0  # contexts opened after the first one, each starting with a keyframe
+        self._target = BASE_DEFAULT
+        self._opened_at = -math.inf
+
+    @property
+    def target_bitrate(self) -> int:
+        """What this frame is encoded at (aiortc's ``encode`` reopens when this moves off the context's)."""
+        return self._target
+
+    @target_bitrate.setter
+    def target_bitrate(self, bps: int) -> None:
+        self.requested = int(bps)
 
     def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        self._target = self._next_target(frame)
         if self._needs_context(frame):
+            self.reopens += self.codec is not None
             self.codec = self._open(frame)
         return super().encode(frame, force_keyframe)
+
+    def stats(self) -> dict:
+        width, height = self.size or (0, 0)
+        return {"width": width, "height": height, "target_kbps": round(self._target / 1000),
+                "requested_kbps": None if self.requested is None else round(self.requested / 1000),
+                "max_kbps": round(limits(width, height).maximum / 1000) if self.size else None,
+                "reopens": self.reopens}
+
+    def _next_target(self, frame: av.VideoFrame) -> int:
+        """The REMB's request within this resolution's limits (its default before any REMB); a rise
+        keeps the open context's bitrate until :data:`RAISE_HOLD_S` after it was opened."""
+        self.size = (frame.width, frame.height)
+        bounds = limits(frame.width, frame.height)
+        wanted = bounds.default if self.requested is None else bounds.clamp(self.requested)
+        codec = self.codec
+        if codec is None or (codec.width, codec.height) != self.size:
+            return wanted
+        if wanted > codec.bit_rate and time.monotonic() - self._opened_at < RAISE_HOLD_S:
+            return codec.bit_rate
+        return wanted
 
     def _needs_context(self, frame: av.VideoFrame) -> bool:
         """aiortc's own rule for opening a new context (see ``Vp8Encoder.encode``)."""
@@ -64,6 +114,7 @@ class ReturnVp8Encoder(Vp8Encoder):
             "undershoot-pct": "100", **OPTIONS,
         }
         codec.thread_count = number_of_threads(frame.width * frame.height, multiprocessing.cpu_count())
+        self._opened_at = time.monotonic()
         return codec
 
 
@@ -133,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m server.encoder",
                                  description="aiortc's VP8 settings against the return encoder's, on the same 720p frames")
     ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--kbps", type=int, nargs="+", default=[500, 1500], help="CBR targets (aiortc's range: 250-1500)")
+    ap.add_argument("--kbps", type=int, nargs="+", default=[500, 1500], help="CBR targets (the return encoder clamps them to its 720p limits, server.return_rate)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -21,6 +21,7 @@ from .bandwidth import RembCap, with_bandwidth
 from .budget import ArrivalLog, time_encoding
 from .engine import OnnxUpscaler
 from .encoder import use_return_encoder
+from .return_rate import ReturnBitrates
 from .fanout import FrameFanout
 from .governor import GovernorPolicy, LoadGovernor
 from .impairment import NetworkControl, SessionPath
@@ -77,6 +78,7 @@ class Session:
         self.resilient = resilient
         self.receiver: ResilientReceiver | None = None
         self.governor_policy = governor or GovernorPolicy()
+        self.return_rates = ReturnBitrates()  # how the SR and raw streams share the client's REMB
         self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
         self._blackhole = MediaBlackhole()
@@ -108,9 +110,9 @@ class Session:
         self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
                                              LoadGovernor(self.governor_policy, fast=self.fast is not None),
                                              baseline=self.raw_track.slot if self.raw_track else None, fast=self.fast)
-        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink)
+        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink, rates=self.return_rates, name="sr")
         if raw_out is not None:
-            _send(raw_out, self.raw_track, keep_receiving=False)
+            _send(raw_out, self.raw_track, keep_receiving=False, rates=self.return_rates, name="raw")
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._blackhole.start()
         self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
@@ -157,6 +159,7 @@ class Session:
             "governor": sr.get("governor"),
             "budget_ms": sr.get("budget_ms"),
             "streams": {"sr": sr, "raw": raw},
+            "return_bitrate": self.return_rates.stats(),
             "network": self.netpath.stats() if self.netpath else None,
             "receiver": self.receiver.stats() if self.receiver else None,
         }
@@ -211,8 +214,10 @@ class Session:
         self._on_closed(self)
 
 
-def _send(transceiver: RTCRtpTransceiver, track: SlotTrack, keep_receiving: bool) -> None:
+def _send(transceiver: RTCRtpTransceiver, track: SlotTrack, keep_receiving: bool, rates: ReturnBitrates,
+          name: str) -> None:
     transceiver.sender.replaceTrack(track)
-    use_return_encoder(transceiver.sender)  # VP8 without the denoiser, at a realtime speed setting
+    use_return_encoder(transceiver.sender)  # VP8 without the denoiser, limits by resolution
+    rates.add(name, transceiver.sender)  # its share of the client's REMB
     time_encoding(transceiver.sender, track.encoded)  # the encode and send stages of the latency budget
     transceiver.direction = "sendrecv" if keep_receiving else "sendonly"

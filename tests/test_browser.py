@@ -183,6 +183,17 @@ def _context(page) -> str:
     return f"page state: {state}\n" + "\n".join(page.messages[-30:])
 
 
+def _wait_for_remb(server_url: str, session_id: str, timeout_s: float = 15.0) -> dict:
+    """The session's return bitrates once the browser's REMB has reached both streams."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mine = [s for s in _get_json(f"{server_url}/stats").get("sessions", []) if s.get("id") == session_id]
+        rates = mine[0].get("return_bitrate", {}) if mine else {}
+        if all(rates.get(k, {}).get("requested_kbps") for k in ("sr", "raw")) or time.monotonic() > deadline:
+            return rates
+        time.sleep(0.5)
+
+
 def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
     ARTIFACTS.mkdir(exist_ok=True)
     started = time.monotonic()
@@ -220,6 +231,12 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
     # ...and the server's latency budget, stage by stage, once frames have gone through every stage.
     page.wait_for_function("() => /sr \\d.*encode \\d.*= \\d/.test(document.getElementById('st-budget').textContent)",
                            timeout=MEDIA_TIMEOUT_MS)
+    # Chrome sends one REMB for the transport, naming both returned streams: the server splits it, the
+    # 720p SR stream taking the larger part (server/return_rate.py), and the page shows both bitrates.
+    page.wait_for_function("() => /\\d+ \\/ \\d+/.test(document.getElementById('st-return').textContent)",
+                           timeout=MEDIA_TIMEOUT_MS)
+    rates = _wait_for_remb(server_url, session_id)
+    assert rates["sr"]["requested_kbps"] > 2 * rates["raw"]["requested_kbps"], rates
 
     # Switch SR off through the page: the page's POST /sessions/{id}/sr must succeed...
     with page.expect_response(lambda r: r.url.endswith(f"/sessions/{session_id}/sr")) as response_info:

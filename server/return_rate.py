@@ -1,0 +1,112 @@
+"""How the return streams share the client's bandwidth: limits by resolution, and a split of its REMB.
+
+aiortc gives every sender the whole of each REMB (the receiver's estimate of what it can take) and
+clamps it to 250-1500 kbps whatever the resolution. Two things go wrong for this server, which sends
+a 720p SR stream next to the 360p stream it received:
+
+- the 720p stream gets the bits of a 360p one (1.5 Mbps at most), so the encoder throws away much of
+  what the generator restored (measured: the SR-on stream as received ended *below* the SR-off stream
+  upscaled by bicubic at the client);
+- a browser sends one REMB for the whole transport, naming every SSRC; aiortc hands its full value to
+  each stream, so together they send twice what the client said it can receive.
+
+Here the limits scale with the pixel count as WebRTC's own resolution ladder does (bitrate ~ pixels^0.9:
+Chrome's simulcast table gives 360p 0.7 and 720p 2.5 Mbps), anchored at aiortc's 360p figures, and a
+REMB naming several of this session's streams is split between them in proportion to their maximum
+bitrates. A REMB naming one stream (aiortc's receivers, one estimator per stream) is that stream's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
+
+log = logging.getLogger(__name__)
+
+BASE_PIXELS = 640 * 360  # where aiortc's figures hold
+BASE_MIN, BASE_DEFAULT, BASE_MAX = 250_000, 500_000, 1_500_000  # aiortc.codecs.vpx's bps
+EXPONENT = 0.9  # bitrate ~ pixels ** 0.9 (Chrome's simulcast ladder: 0.7 Mbps at 360p, 2.5 Mbps at 720p)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """A stream's bitrate range and starting point (bps), given its resolution."""
+
+    minimum: int
+    default: int
+    maximum: int
+
+    def clamp(self, bps: float) -> int:
+        return int(max(self.minimum, min(self.maximum, bps)))
+
+
+def limits(width: int, height: int) -> RateLimits:
+    """aiortc's range at 360p and below; above, the start and the ceiling grow as pixels ** 0.9.
+
+    The floor stays at 250 kbps: it is what keeps a congested stream alive, not a quality target.
+    """
+    factor = max(1.0, (width * height) / BASE_PIXELS) ** EXPONENT
+    return RateLimits(BASE_MIN, int(BASE_DEFAULT * factor), int(BASE_MAX * factor))
+
+
+def share(estimate: int, mine: int, named: list[int]) -> int:
+    """This stream's part of a REMB ``estimate`` that names streams of maximum bitrates ``named``
+    (``mine`` among them): in proportion to the maximum, the bigger stream needing more."""
+    total = sum(named)
+    return int(estimate * mine / total) if total > 0 else estimate
+
+
+class ReturnBitrates:
+    """One session's return senders: hands each its share of every REMB the client sends.
+
+    Wraps ``_handle_rtcp_packet`` on each sender instance (aiortc 1.16.0, pinned: the DTLS transport
+    calls it with every RTCP packet routed to that sender); REMBs are handled here, everything else
+    goes on to aiortc. The encoder (:class:`server.encoder.ReturnVp8Encoder`) keeps the share as its
+    ``target_bitrate`` request and applies its own resolution limits when it encodes.
+    """
+
+    def __init__(self) -> None:
+        self._senders: dict[str, Any] = {}
+
+    def add(self, name: str, sender: Any) -> None:
+        """Take over REMB handling for ``sender`` (``name``: how /stats calls its stream)."""
+        self._senders[name] = sender
+        inner = sender._handle_rtcp_packet
+
+        async def handle(packet: Any) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                self._remb(sender, packet)
+                return
+            await inner(packet)
+
+        sender._handle_rtcp_packet = handle
+
+    def _remb(self, sender: Any, packet: RtcpPsfbPacket) -> None:
+        try:
+            estimate, ssrcs = unpack_remb_fci(packet.fci)
+        except ValueError:
+            return
+        if sender._ssrc not in ssrcs:
+            return
+        encoder = _encoder(sender)
+        if encoder is None:  # no frame encoded yet: aiortc would ignore it too; the next REMB comes in 1 s
+            return
+        named = [_maximum(s) for s in self._senders.values() if s._ssrc in ssrcs]
+        encoder.target_bitrate = share(estimate, _maximum(sender), named)
+
+    def stats(self) -> dict[str, dict]:
+        """Per stream: its resolution, the bitrate it encodes at, the REMB's request, the ceiling, reopenings."""
+        return {name: _encoder(s).stats() for name, s in self._senders.items() if hasattr(_encoder(s), "stats")}
+
+
+def _encoder(sender: Any) -> Any:
+    return getattr(sender, "_RTCRtpSender__encoder", None)
+
+
+def _maximum(sender: Any) -> int:
+    """The sender's ceiling at its current resolution (360p's before its first frame)."""
+    width, height = getattr(_encoder(sender), "size", None) or (640, 360)
+    return limits(width, height).maximum
