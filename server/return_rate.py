@@ -92,7 +92,7 @@ class ReturnBitrates:
         if sender._ssrc not in ssrcs:
             return
         encoder = _encoder(sender)
-        if encoder is None:  # no frame encoded yet: aiortc would ignore it too; the next REMB comes in 1 s
+        if not hasattr(encoder, "target_bitrate"):  # no frame encoded yet: aiortc ignores it too; another comes in 1 s
             return
         named = [_maximum(s) for s in self._senders.values() if s._ssrc in ssrcs]
         encoder.target_bitrate = share(estimate, _maximum(sender), named)

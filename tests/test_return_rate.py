@@ -66,6 +66,11 @@ async def test_a_browsers_remb_naming_both_streams_is_shared_and_aiortcs_per_str
     await raw._handle_rtcp_packet(pli)
     assert raw.passed == [pli] and sr.passed == []  # everything but REMB still reaches aiortc
     assert rates.stats()["raw"]["requested_kbps"] == 800
+    early = Sender(33, None)
+    early._RTCRtpSender__encoder = None  # no frame encoded yet: aiortc has no encoder to tell either
+    rates.add("late", early)
+    await early._handle_rtcp_packet(remb(800_000, 33))
+    assert early.passed == [] and "late" not in rates.stats()
 
 
 def encoded_kbps(encoder: ReturnVp8Encoder, frames: list[av.VideoFrame]) -> float:
