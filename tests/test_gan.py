@@ -74,7 +74,7 @@ def test_reparam_generator_fuses_under_budget_and_old_config_rebuilds() -> None:
 def test_fused_export_matches_torch(tmp_path: Path) -> None:
     import onnx
 
-    from models.export import TOLERANCE, export_onnx, load_checkpoint_model, max_abs_diff
+    from models.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
 
     torch.manual_seed(0)
     model = build({"widths": WIDTHS, "reparam": True})
@@ -94,7 +94,7 @@ def test_fused_export_matches_torch(tmp_path: Path) -> None:
     graph = onnx.load(str(path))
     assert [i.name for i in graph.graph.input] == ["lr"] and [o.name for o in graph.graph.output] == ["sr"]
     assert sum(n.op_type == "Conv" for n in graph.graph.node) == len(WIDTHS) + 1
-    assert max_abs_diff(plain, path) < TOLERANCE  # odd sizes and 640x360 included
+    assert max_diff(plain, path) < TOLERANCE  # odd sizes and 640x360 included
 
 
 def test_discriminator_is_spectrally_normalised_and_returns_features() -> None:

@@ -59,7 +59,7 @@ def test_export_matches_torch(tmp_path: Path) -> None:
     import torch
 
     from models.arch import QuarterResSR, count_params
-    from models.export import TOLERANCE, export_onnx, max_abs_diff
+    from models.export import TOLERANCE, export_onnx, max_diff
 
     torch.manual_seed(0)
     model = QuarterResSR()
@@ -70,7 +70,7 @@ def test_export_matches_torch(tmp_path: Path) -> None:
     assert graph.opset_import[0].version == 17
     assert [i.name for i in graph.graph.input] == ["lr"]
     assert [o.name for o in graph.graph.output] == ["sr"]
-    assert max_abs_diff(model, path) < TOLERANCE  # includes odd sizes and 640x360
+    assert max_diff(model, path) < TOLERANCE  # includes odd sizes and 640x360
 
 
 def test_manifest_shape_and_resolve() -> None:
