@@ -47,7 +47,8 @@ class ReturnVp8Encoder(Vp8Encoder):
     libvpx takes a new bitrate only in a new context, which starts with a keyframe (many bits, then a
     blurred frame while CBR recovers). aiortc reopens on every change over 10%, which a REMB ramping up
     ~8% a second triggers every second or so; here a rise waits until :data:`RAISE_HOLD_S` after the
-    last opening (so it comes in fewer, larger steps), and a fall, which congestion asks for, applies at once.
+    last opening (so it comes in fewer, larger steps; only the first REMB's rise over the start bitrate
+    applies at once), and a fall, which congestion asks for, applies at once.
     """
 
     def __init__(self) -> None:
@@ -57,6 +58,7 @@ class ReturnVp8Encoder(Vp8Encoder):
         self.reopens = 0  # contexts opened after the first one, each starting with a keyframe
         self._target = BASE_DEFAULT
         self._opened_at = -math.inf
+        self._opened_on_request = False  # False: the open context runs on the start bitrate, not a REMB's
 
     @property
     def target_bitrate(self) -> int:
@@ -83,14 +85,16 @@ class ReturnVp8Encoder(Vp8Encoder):
 
     def _next_target(self, frame: av.VideoFrame) -> int:
         """The REMB's request within this resolution's limits (its default before any REMB); a rise
-        keeps the open context's bitrate until :data:`RAISE_HOLD_S` after it was opened."""
+        keeps the open context's bitrate until :data:`RAISE_HOLD_S` after it was opened, except the
+        first REMB's over the start bitrate, which applies at once."""
         self.size = (frame.width, frame.height)
         bounds = limits(frame.width, frame.height)
         wanted = bounds.default if self.requested is None else bounds.clamp(self.requested)
         codec = self.codec
         if codec is None or (codec.width, codec.height) != self.size:
             return wanted
-        if wanted > codec.bit_rate and time.monotonic() - self._opened_at < RAISE_HOLD_S:
+        held = self._opened_on_request and time.monotonic() - self._opened_at < RAISE_HOLD_S
+        if wanted > codec.bit_rate and held:
             return codec.bit_rate
         return wanted
 
@@ -115,6 +119,7 @@ class ReturnVp8Encoder(Vp8Encoder):
         }
         codec.thread_count = number_of_threads(frame.width * frame.height, multiprocessing.cpu_count())
         self._opened_at = time.monotonic()
+        self._opened_on_request = self.requested is not None
         return codec
 
 

@@ -79,6 +79,19 @@ def encoded_kbps(encoder: ReturnVp8Encoder, frames: list[av.VideoFrame]) -> floa
     return float(np.mean(sizes)) * 8 * 30 / 1000
 
 
+def test_the_first_remb_over_the_start_bitrate_applies_at_once_later_rises_wait():
+    frames = panning_frames(4)
+    encoder = ReturnVp8Encoder()
+    encoder.encode(frames[0])  # before any REMB: the 720p start bitrate
+    assert encoder.codec.bit_rate == limits(1280, 720).default
+    encoder.target_bitrate = 4_000_000  # the browser's first REMB, a second later
+    encoder.encode(frames[1])
+    assert encoder.codec.bit_rate == 4_000_000 and encoder.reopens == 1
+    encoder.target_bitrate = 5_000_000  # the next rise waits RAISE_HOLD_S
+    encoder.encode(frames[2])
+    assert encoder.codec.bit_rate == 4_000_000 and encoder.reopens == 1
+
+
 def test_a_720p_stream_gets_more_than_aiortcs_ceiling_and_rises_in_held_steps(monkeypatch):
     frames = panning_frames(24)
     capped = ReturnVp8Encoder()
