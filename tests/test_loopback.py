@@ -33,6 +33,11 @@ async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upsca
         # Both streams show the same pictures as the 720p originals (a wrong frame or a garbled plane scores
         # far lower). Which stream scores higher depends on the return encoder's bitrate, not on this test.
         assert sr["psnr_y"] > 30 and raw["psnr_y"] > 30
+        # Each return stream is encoded within its own resolution's limits (server/return_rate.py).
+        rates = report.server_session["return_bitrate"]
+        assert (rates["sr"]["width"], rates["sr"]["height"]) == (FULL_W, FULL_H), rates
+        assert (rates["raw"]["width"], rates["raw"]["height"]) == (FULL_W // 2, FULL_H // 2), rates
+        assert rates["sr"]["max_kbps"] > 3 * rates["raw"]["max_kbps"] and rates["raw"]["max_kbps"] == 1500
         # The server timed every stage of both streams (the resilient receiver logs the receive side).
         budget = report.budget()
         for name in ("sr", "raw"):
