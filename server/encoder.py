@@ -54,11 +54,15 @@ class ReturnVp8Encoder(Vp8Encoder):
     def __init__(self) -> None:
         super().__init__()
         self.requested: int | None = None  # the last bitrate the client's REMB gave this stream (bps)
-        self.size: tuple[int, int] | None = None  # of the last frame
         self.reopens = 0  # contexts opened after the first one, each starting with a keyframe
         self._target = BASE_DEFAULT
         self._opened_at = -math.inf
         self._opened_on_request = False  # False: the open context runs on the start bitrate, not a REMB's
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The stream's resolution: the open context's (None before the first frame)."""
+        return None if self.codec is None else (self.codec.width, self.codec.height)
 
     @property
     def target_bitrate(self) -> int:
@@ -87,11 +91,10 @@ class ReturnVp8Encoder(Vp8Encoder):
         """The REMB's request within this resolution's limits (its default before any REMB); a rise
         keeps the open context's bitrate until :data:`RAISE_HOLD_S` after it was opened, except the
         first REMB's over the start bitrate, which applies at once."""
-        self.size = (frame.width, frame.height)
         bounds = limits(frame.width, frame.height)
         wanted = bounds.default if self.requested is None else bounds.clamp(self.requested)
         codec = self.codec
-        if codec is None or (codec.width, codec.height) != self.size:
+        if codec is None or self.size != (frame.width, frame.height):
             return wanted
         held = self._opened_on_request and time.monotonic() - self._opened_at < RAISE_HOLD_S
         if wanted > codec.bit_rate and held:

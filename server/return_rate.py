@@ -99,7 +99,8 @@ class ReturnBitrates:
 
     def stats(self) -> dict[str, dict]:
         """Per stream: its resolution, the bitrate it encodes at, the REMB's request, the ceiling, reopenings."""
-        return {name: _encoder(s).stats() for name, s in self._senders.items() if hasattr(_encoder(s), "stats")}
+        encoders = {name: _encoder(s) for name, s in self._senders.items()}
+        return {name: e.stats() for name, e in encoders.items() if hasattr(e, "stats")}
 
 
 def _encoder(sender: Any) -> Any:
@@ -108,5 +109,5 @@ def _encoder(sender: Any) -> Any:
 
 def _maximum(sender: Any) -> int:
     """The sender's ceiling at its current resolution (360p's before its first frame)."""
-    width, height = getattr(_encoder(sender), "size", None) or (640, 360)
-    return limits(width, height).maximum
+    size = getattr(_encoder(sender), "size", None)
+    return limits(*size).maximum if size else BASE_MAX

@@ -11,6 +11,7 @@ from server import encoder as encoder_module
 from server.encoder import ReturnVp8Encoder
 from server.return_rate import ReturnBitrates, limits, share
 
+from .conftest import photo_frame
 from .test_encoder import panning_frames
 
 
@@ -33,11 +34,11 @@ def test_a_shared_estimate_is_split_in_proportion_to_the_streams_ceilings():
 class Sender:
     """What ReturnBitrates touches of an aiortc RTCRtpSender: its SSRC, its RTCP handler, its encoder."""
 
-    def __init__(self, ssrc: int, size: tuple[int, int] | None) -> None:
+    def __init__(self, ssrc: int, size: tuple[int, int]) -> None:
         self._ssrc = ssrc
         self.passed: list = []
         self._RTCRtpSender__encoder = ReturnVp8Encoder()
-        self._RTCRtpSender__encoder.size = size
+        self._RTCRtpSender__encoder.encode(photo_frame(*size))  # a first frame: the stream's resolution
 
     async def _handle_rtcp_packet(self, packet) -> None:
         self.passed.append(packet)
@@ -66,7 +67,7 @@ async def test_a_browsers_remb_naming_both_streams_is_shared_and_aiortcs_per_str
     await raw._handle_rtcp_packet(pli)
     assert raw.passed == [pli] and sr.passed == []  # everything but REMB still reaches aiortc
     assert rates.stats()["raw"]["requested_kbps"] == 800
-    early = Sender(33, None)
+    early = Sender(33, (640, 360))
     early._RTCRtpSender__encoder = None  # no frame encoded yet: aiortc has no encoder to tell either
     rates.add("late", early)
     await early._handle_rtcp_packet(remb(800_000, 33))
