@@ -56,7 +56,7 @@ SHAVE = 2
 LR_SHAVE = SHAVE // SCALE
 MIN_LUMA_STD = 20.0  # a frame flatter than this is a fade or a fill, not content
 VIDEO_CODECS = {"vp8": ("libvpx", "6"), "h264": ("libx264", "ultrafast")}  # name -> (encoder, speed)
-METRICS = ("psnr", "ssim", "ds_psnr", "grad_ratio", "grad_hist_l1")
+METRICS = ("psnr", "ssim", "ds_psnr", "grad_ratio", "grad_hist_l1", "flat_noise")
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
 """Maps LR luma uint8 [h,w] to SR luma float [2h,2w] on the 0..1 scale."""
@@ -92,12 +92,13 @@ def to_display(sr: np.ndarray) -> np.ndarray:
 def image_metrics(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray) -> dict:
     """All clean-benchmark metrics of one displayed SR luma image (see the module docstring)."""
     return {"psnr": imaging.psnr(sr, hr, SHAVE), "ssim": quality.ssim(sr, hr, SHAVE),
-            "ds_psnr": quality.downsample_psnr(sr, lr, LR_SHAVE, SCALE), **quality.gradient_stats(sr, hr, SHAVE)}
+            "ds_psnr": quality.downsample_psnr(sr, lr, LR_SHAVE, SCALE), **quality.gradient_stats(sr, hr, SHAVE),
+            "flat_noise": quality.flat_noise(sr, hr, SHAVE)}
 
 
 def mean_metrics(rows: list[dict]) -> dict:
-    """Per-key mean over images (dB averaged as dB, as SR tables do)."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    """Per-key mean over images (dB averaged as dB, as SR tables do); NaN (no flat area) is skipped."""
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
 def evaluate(samples: list[Sample], upscale: Upscaler, full: bool = False) -> dict:

@@ -17,6 +17,9 @@ a weight, 0 switches it off, so an ablation is a list of commands differing in o
                      ``--down-target input`` compares with the model's input as given
 - ``--grad``         L1 between Sobel gradients of SR and HR (tangent-space constraint)
 - ``--fm``           L1 between discriminator features of SR and HR (latent matching)
+- ``--artifact``     L1 weighted by the LDL artefact map (``models.losses.artifact_map``): high where the
+                     error varies from pixel to pixel (false texture) and the generator errs more than its
+                     EMA; needs ``--ema``. The map is small (~1e-4), hence weights of 100s
 - ``--adv``          adversarial term, ``--gan ragan`` (relativistic average, ESRGAN) or ``vanilla``
 - ``--ema``          decay of the generator EMA used for validation and export (0: none)
 
@@ -58,7 +61,7 @@ from models.train import checkpoint, cosine_lr, load_training_data, save, torch_
 
 log = logging.getLogger(__name__)
 
-REMEDIES = ("pixel", "patch_anchor", "down", "grad", "fm", "adv")
+REMEDIES = ("pixel", "patch_anchor", "down", "grad", "artifact", "fm", "adv")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -85,6 +88,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--down-target", choices=("clean", "input"), default="clean",
                     help="what the downscaled SR must match: the HR downscaled (the LR before a codec) or the input")
     ap.add_argument("--grad", type=float, default=0.5, help="weight of the gradient L1 (0: off)")
+    ap.add_argument("--artifact", type=float, default=0.0,
+                    help="weight of the LDL artefact-map L1 (0: off; needs --ema; try 100-1000)")
     ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
     ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
     ap.add_argument("--gan", choices=sorted(L.ADVERSARIAL), default="ragan", help="adversarial loss")
@@ -104,11 +109,12 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
 def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weights: dict[str, float],
                     disc: nn.Module | None = None, real: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
                     gan: str = "ragan", down_kernel: str = "bicubic",
-                    down_target: str = "clean") -> dict[str, torch.Tensor]:
+                    down_target: str = "clean", ema_sr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of the switched-on remedies, plus ``total`` (their weighted sum).
 
     ``real``: the discriminator's (logits, features) on HR, needed by ``adv`` and ``fm``;
     they are used detached, so only the generator receives gradients from these terms.
+    ``ema_sr``: the EMA generator's output on the same LR, needed by ``artifact``.
     """
     w = {k: v for k, v in weights.items() if v}
     terms: dict[str, torch.Tensor] = {}
@@ -121,6 +127,10 @@ def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weight
         terms["down"] = L.down_consistency(sr, target, down_kernel)
     if "grad" in w:
         terms["grad"] = L.gradient_loss(sr, hr)
+    if "artifact" in w:
+        if ema_sr is None:
+            raise ValueError("the artifact term needs the EMA generator's output (--ema > 0)")
+        terms["artifact"] = L.artifact_loss(sr, hr, ema_sr)
     if "adv" in w or "fm" in w:
         if disc is None or real is None:
             raise ValueError("adv/fm need the discriminator and its output on HR")
@@ -172,8 +182,10 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     rng = np.random.default_rng(args.seed)
     step, best, elapsed = 0, -math.inf, 0.0
     weights = loss_weights(args)
+    if weights["artifact"] and ema is None:
+        raise SystemExit("--artifact needs the generator EMA (--ema > 0)")
     if ckpt is not None:
-        if ckpt["weights"] != weights or ckpt["d_base"] != args.d_base:
+        if {k: ckpt["weights"].get(k, 0.0) for k in weights} != weights or ckpt["d_base"] != args.d_base:
             raise SystemExit(f"loss weights / --d-base differ from the checkpoint's {ckpt['weights']}")
         disc.load_state_dict(ckpt["disc"])
         opt_g.load_state_dict(ckpt["optimizer"])
@@ -223,11 +235,15 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
                     group["lr"] = cosine_lr(step, args.steps, peak, 0.01 * peak)
             lr_b, hr_b = (t.to(device, non_blocking=True) for t in data.sample(args.batch, rng))
             sr = gen(lr_b)
+            ema_sr = None
+            if weights["artifact"]:
+                with torch.no_grad():
+                    ema_sr = ema(lr_b)
             real = disc(hr_b) if needs_disc else None  # with D gradients: reused by the D step
 
             disc.requires_grad_(False)
             terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel,
-                                    args.down_target)
+                                    args.down_target, ema_sr)
             opt_g.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt_g.step()

@@ -59,6 +59,39 @@ def feature_matching(feats_sr: list[torch.Tensor], feats_hr: list[torch.Tensor])
     return sum(F.l1_loss(a, b.detach()) for a, b in zip(feats_sr, feats_hr)) / len(feats_sr)
 
 
+def local_variance(x: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """Variance of ``x`` in each ``size`` x ``size`` window (same size as ``x``; borders use the pixels inside)."""
+    pad = size // 2
+    mean = F.avg_pool2d(x, size, stride=1, padding=pad, count_include_pad=False)
+    mean_sq = F.avg_pool2d(x * x, size, stride=1, padding=pad, count_include_pad=False)
+    return (mean_sq - mean * mean).clamp_min(0.0)
+
+
+def artifact_map(sr: torch.Tensor, hr: torch.Tensor, ema_sr: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """Where the generator's error looks like an artefact, as a per-pixel weight (LDL, Liang et al., CVPR 2022).
+
+    A GAN's false texture (grain in flat areas, ringing) is an error that varies quickly from pixel to
+    pixel, while a fidelity model's error is smooth: so the weight is the local variance of |SR - HR|
+    (7x7), scaled per image by the variance of the whole residual to the power 1/5. Pixels where the
+    current generator errs less than its EMA (a smoothed, more stable version of itself) are real
+    detail the adversary taught it, and get weight 0. Returned detached: a map, not a path for gradients.
+    """
+    with torch.no_grad():
+        residual = (hr - sr).abs()
+        patch = residual.var(dim=(1, 2, 3), keepdim=True) ** 0.2
+        weight = patch * local_variance(residual, size)
+        return weight * (residual >= (hr - ema_sr).abs()).to(weight)
+
+
+def artifact_loss(sr: torch.Tensor, hr: torch.Tensor, ema_sr: torch.Tensor) -> torch.Tensor:
+    """L1 to the HR weighted by :func:`artifact_map`: pulls the generator back only where it invents noise.
+
+    The map's values are small (a variance of errors on the 0..1 scale, ~1e-5..1e-3), so this term's
+    weight in ``models.gan`` is correspondingly large."""
+    weight = artifact_map(sr, hr, ema_sr)
+    return F.l1_loss(weight * sr, weight * hr)
+
+
 def ragan_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Relativistic average discriminator loss (ESRGAN): real more real than the average fake, and vice versa."""
     return 0.5 * (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.ones_like(real))

@@ -14,6 +14,11 @@
   < 1 blurrier, > 1 over-sharpened or noisy) and the L1 distance between their normalised
   histograms (0 = same statistics, 2 = disjoint), so a perceptual model can be shown closer to HR's
   texture statistics than a fidelity model even where its PSNR is lower.
+- ``flat_noise``: the grain a GAN invents where the original is smooth: where the HR's local standard
+  deviation (5x5) is under ``FLAT_STD`` levels, the RMS of the high-pass part of SR - HR (the error
+  minus its 5x5 mean, so a smooth offset does not count), in luma levels. 0 = as smooth as the HR
+  there; bicubic and fidelity models stay low, false texture raises it. NaN for an image with no
+  flat area (averaged over the others).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 C1 = (0.01 * 255) ** 2
 C2 = (0.03 * 255) ** 2
+FLAT_STD = 2.0  # luma levels: a 5x5 window of the HR this even is "flat"
+FLAT_WINDOW = 5
 GRAD_BINS = np.linspace(0.0, 200.0, 51)  # Sobel magnitude / 8 (per-pixel slope on 0..255); last bin open
 
 
@@ -125,3 +132,19 @@ def gradient_stats(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> dict:
     ratio = float(gs.mean() / gh.mean()) if gh.mean() > 0 else float("nan")
     l1 = float(np.abs(gradient_histogram(gs) - gradient_histogram(gh)).sum())
     return {"grad_ratio": ratio, "grad_hist_l1": l1}
+
+
+def _box_mean(a: np.ndarray, size: int = FLAT_WINDOW) -> np.ndarray:
+    return cv2.blur(a, (size, size), borderType=cv2.BORDER_REFLECT)
+
+
+def flat_noise(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
+    """RMS high-pass error of SR where HR is flat (see the module docstring), in luma levels."""
+    x, y = _shave(sr, shave), _shave(hr, shave)
+    hr_std = np.sqrt(np.maximum(_box_mean(y * y) - _box_mean(y) ** 2, 0.0))
+    mask = hr_std < FLAT_STD
+    if not mask.any():
+        return float("nan")
+    d = x - y
+    high = d - _box_mean(d)
+    return float(np.sqrt(np.mean(high[mask] ** 2)))

@@ -70,6 +70,23 @@ def test_gradient_statistics_see_bicubic_blur_and_added_noise(set5):
     assert blur["grad_hist_l1"] > 0.01 and noisy["grad_hist_l1"] > 0.1
 
 
+def test_flat_noise_sees_grain_in_flat_areas_but_not_at_edges_or_offsets(set5):
+    hr = set5[0].hr_y  # baby: a smooth background (flat area) and a detailed face
+    assert quality.flat_noise(hr, hr, 2) == 0.0
+    rng = np.random.default_rng(0)
+    grain = quality.flat_noise(hr + rng.normal(0, 3, hr.shape), hr, 2)
+    assert 2.0 < grain < 3.2  # the high-pass of white noise keeps most of its 3 levels
+    assert quality.flat_noise(hr + 5.0, hr, 2) < 1e-6  # a brightness offset is not grain
+    # Noise where HR is busy (the complement of the flat mask) is not counted.
+    y = np.asarray(hr, np.float64)
+    local_std = np.sqrt(np.maximum(quality._box_mean(y * y) - quality._box_mean(y) ** 2, 0))
+    busy = np.where(local_std >= quality.FLAT_STD, rng.normal(0, 10, hr.shape), 0.0)
+    assert quality.flat_noise(hr + busy, hr, 2) < 0.5 * grain
+    assert quality.flat_noise(set5[0].bicubic_y, hr, 2) < 1.5  # bicubic is smooth where HR is
+    assert math.isnan(quality.flat_noise(np.zeros((8, 8)) + rng.normal(0, 20, (8, 8)),
+                                         rng.normal(0, 20, (8, 8)) * 10))
+
+
 def test_temporal_consistency_ranks_a_stable_upscaler_above_a_flickering_one(clip):
     calls = iter(range(10_000))
 

@@ -215,6 +215,47 @@ def test_each_remedy_flag_switches_its_loss_term(tmp_path: Path, flag: str, term
     assert off_terms["total"].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
 
 
+def test_artifact_map_weights_grain_not_smooth_error_nor_where_the_ema_errs_more() -> None:
+    """LDL's map: high on pixel-to-pixel noise, ~0 on a smooth error, 0 where the EMA errs more."""
+    gen = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0.2, 0.8, 48)
+    hr = (ramp[None, :] * 0.5 + ramp[:, None] * 0.5)[None, None].repeat(2, 1, 1, 1)
+    noise = torch.randn(hr.shape, generator=gen) * 0.03
+    smooth = hr + 0.03  # the same error size, as a flat offset
+    grainy = hr + noise
+    w_grain = L.artifact_map(grainy, hr, hr)  # an EMA that is exact: the generator never errs less
+    w_smooth = L.artifact_map(smooth, hr, hr)
+    assert w_grain.mean() > 100 * w_smooth.mean()
+    assert not w_grain.requires_grad
+    # Where the EMA errs more than the generator, the generator's output is kept (weight 0).
+    assert L.artifact_map(grainy, hr, hr + 2 * noise).count_nonzero() == 0
+    assert w_grain.count_nonzero() > 0.9 * hr.numel()
+    # The loss pulls only the grainy output, with gradients to the generator.
+    sr = grainy.clone().requires_grad_(True)
+    loss = L.artifact_loss(sr, hr, hr)
+    loss.backward()
+    assert loss.item() > 0 and sr.grad.abs().sum() > 0
+    assert L.artifact_loss(hr, hr, hr).item() == 0.0
+
+
+def test_artifact_term_needs_the_ema_output() -> None:
+    from models import gan
+
+    args = gan.make_parser().parse_args(["--out", "x", "--steps", "1", "--artifact", "1000"])
+    weights = gan.loss_weights(args)
+    torch.manual_seed(0)
+    model = build({"widths": WIDTHS, "reparam": True})
+    lr, hr = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 32, 32)
+    disc = PatchDiscriminator(8)
+    sr = model(lr)
+    with pytest.raises(ValueError, match="EMA"):
+        gan.generator_terms(sr, hr, lr, weights, disc, disc(hr))
+    terms = gan.generator_terms(sr, hr, lr, weights, disc, disc(hr), ema_sr=sr.detach() * 0.5)
+    assert terms["artifact"].item() > 0
+    without = gan.generator_terms(sr, hr, lr, {**weights, "artifact": 0.0}, disc, disc(hr))
+    assert terms["total"].item() == pytest.approx(without["total"].item() + 1000 * terms["artifact"].item(), rel=1e-5)
+
+
 def test_ema_lags_the_generator() -> None:
     from models.gan import ema_update
 
