@@ -1,7 +1,7 @@
 """A crop sheet: the same HR crops as the original, bicubic and each model, side by side, for the eye.
 
 ``python -m models.cropsheet --models NAME [NAME...] --images FILE [FILE...] --out models/crops.png
-[--crop 96] [--zoom 3] [--box X,Y ...]``
+[--crop 96] [--zoom 3] [--box X,Y ... | --pick detail|grain]``
 
 PSNR tables hide what an upscaler does to edges and texture; a grid of enlarged crops shows it.
 Each row is one image: HR crop | bicubic | each model, enlarged ``--zoom`` times with nearest
@@ -9,8 +9,10 @@ neighbour (so the pixels themselves are seen), labelled with the crop's PSNR-Y a
 LR is made as in ``models.evaluate`` (even-size HR, PIL antialiased bicubic x2). Models are Y-only:
 their colour tiles take the model's Y and the bicubic upscale's chroma (as the server does), made by
 adding (Y_model - Y_bicubic) * 255/219 to each RGB channel, which leaves BT.601 Cb/Cr unchanged.
-The crop is ``--box`` (HR top-left) or, by default, the window where bicubic loses most (largest
-squared Y error), i.e. where an upscaler has the most to show.
+The crop is ``--box`` (HR top-left) or picked: ``detail`` (the default) is the window where bicubic
+loses most (largest squared Y error), i.e. where an upscaler has the most to show; ``grain`` is the
+window where the *last* model invents the most texture where the HR is smooth (``models.quality``'s
+flat-area high-pass error), i.e. its worst artefacts, which detail crops never show.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from models import imaging
+from models import imaging, quality
 from models.evaluate import SCALE, Upscaler, onnx_upscaler, to_display
 from models.manifest import resolve
 
@@ -74,34 +76,43 @@ def tile(img: Image.Image, label: str, zoom: int, fnt: ImageFont.ImageFont) -> I
     return out
 
 
+PICKS = ("detail", "grain")
+
+
 def sheet_row(path: Path, models: dict[str, Upscaler], crop: int, zoom: int, box: tuple[int, int] | None,
-              fnt: ImageFont.ImageFont) -> tuple[list[Image.Image], dict]:
+              fnt: ImageFont.ImageFont, pick: str = "detail") -> tuple[list[Image.Image], dict]:
     """The tiles of one image and their crop PSNRs."""
     hr = imaging.crop_to_multiple(imaging.load_image(path), SCALE)
     lr = imaging.downscale(hr, SCALE)
     bic = imaging.upscale(lr, SCALE)
     hr_y, bic_y = imaging.luma(hr), imaging.luma(bic)
-    x, y = box if box is not None else hardest_box((bic_y - hr_y) ** 2, crop)
+    lr_y = imaging.luma_u8(lr)
+    outputs = {name: to_display(up(lr_y)) for name, up in models.items()}
+    if box is None:
+        if pick == "grain":
+            err = np.nan_to_num(quality.flat_grain_map(list(outputs.values())[-1], hr_y))
+        else:
+            err = (bic_y - hr_y) ** 2
+        box = hardest_box(err, crop)
+    x, y = box
     win = (x, y, x + crop, y + crop)
     sl = np.s_[y:y + crop, x:x + crop]
     scores = {"bicubic": imaging.psnr(bic_y[sl], hr_y[sl], 0)}
     tiles = [tile(hr.crop(win), f"HR {path.stem} ({x},{y})", zoom, fnt),
              tile(bic.crop(win), f"bicubic {scores['bicubic']:.2f} dB", zoom, fnt)]
-    lr_y = imaging.luma_u8(lr)
-    for name, up in models.items():
-        sr_y = to_display(up(lr_y))
+    for name, sr_y in outputs.items():
         scores[name] = imaging.psnr(sr_y[sl], hr_y[sl], 0)
         tiles.append(tile(with_luma(bic, sr_y).crop(win), f"{name} {scores[name]:.2f} dB", zoom, fnt))
     return tiles, {"image": path.stem, "box": list(win), **{k: round(v, 2) for k, v in scores.items()}}
 
 
 def make_sheet(images: list[Path], models: dict[str, Upscaler], crop: int = 96, zoom: int = 3,
-               boxes: list[tuple[int, int]] | None = None) -> tuple[Image.Image, list[dict]]:
+               boxes: list[tuple[int, int]] | None = None, pick: str = "detail") -> tuple[Image.Image, list[dict]]:
     """The grid (rows: images; columns: HR, bicubic, models) and the per-crop PSNRs."""
     fnt = font()
     rows, scores = [], []
     for i, path in enumerate(images):
-        tiles, s = sheet_row(Path(path), models, crop, zoom, boxes[i] if boxes else None, fnt)
+        tiles, s = sheet_row(Path(path), models, crop, zoom, boxes[i] if boxes else None, fnt, pick)
         rows.append(tiles)
         scores.append(s)
         log.info("%s: %s", path, s)
@@ -131,7 +142,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--crop", type=int, default=96, help="HR crop side in px (default %(default)s)")
     ap.add_argument("--zoom", type=int, default=3, help="nearest-neighbour enlargement (default %(default)s)")
     ap.add_argument("--box", type=parse_box, nargs="*", default=None,
-                    help="HR top-left X,Y per image (default: where bicubic errs most)")
+                    help="HR top-left X,Y per image (default: picked, see --pick)")
+    ap.add_argument("--pick", choices=PICKS, default="detail",
+                    help="crop where bicubic errs most (detail) or where the last model adds most grain to "
+                         "smooth areas (grain)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"--box needs one X,Y per image ({len(args.images)}), got {len(args.box)}")
     models = {(Path(m).stem if m.endswith(".onnx") else m): onnx_upscaler(resolve(m), args.threads)
               for m in args.models}
-    sheet, scores = make_sheet([Path(p) for p in args.images], models, args.crop, args.zoom, args.box)
+    sheet, scores = make_sheet([Path(p) for p in args.images], models, args.crop, args.zoom, args.box, args.pick)
     sheet.save(args.out, optimize=True)
     log.info("wrote %s (%dx%d, %d bytes)", args.out, sheet.width, sheet.height, Path(args.out).stat().st_size)
     return scores

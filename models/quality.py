@@ -138,13 +138,18 @@ def _box_mean(a: np.ndarray, size: int = FLAT_WINDOW) -> np.ndarray:
     return cv2.blur(a, (size, size), borderType=cv2.BORDER_REFLECT)
 
 
-def flat_noise(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
-    """RMS high-pass error of SR where HR is flat (see the module docstring), in luma levels."""
-    x, y = _shave(sr, shave), _shave(hr, shave)
+def flat_grain_map(sr: np.ndarray, hr: np.ndarray) -> np.ndarray:
+    """Per pixel: the squared high-pass error of SR where HR is flat, NaN elsewhere (``flat_noise``'s terms)."""
+    x, y = np.asarray(sr, np.float64), np.asarray(hr, np.float64)
     hr_std = np.sqrt(np.maximum(_box_mean(y * y) - _box_mean(y) ** 2, 0.0))
-    mask = hr_std < FLAT_STD
-    if not mask.any():
-        return float("nan")
     d = x - y
     high = d - _box_mean(d)
-    return float(np.sqrt(np.mean(high[mask] ** 2)))
+    return np.where(hr_std < FLAT_STD, high * high, np.nan)
+
+
+def flat_noise(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
+    """RMS high-pass error of SR where HR is flat (see the module docstring), in luma levels."""
+    grain = _shave(flat_grain_map(sr, hr), shave)
+    if np.isnan(grain).all():
+        return float("nan")
+    return float(np.sqrt(np.nanmean(grain)))

@@ -165,3 +165,25 @@ def test_crop_sheet_grid_labels_and_colour(tmp_path, model):
     out = tmp_path / "s.png"
     cropsheet.main(["--models", "qres_x2_v1", "--images", str(path), "--out", str(out), "--box", "0,0"])
     assert Image.open(out).size == (3 * 96 * 3 + 4 * cropsheet.PAD, 96 * 3 + cropsheet.LABEL_H + 2 * cropsheet.PAD)
+
+
+def test_grain_crop_finds_where_a_model_adds_noise_to_smooth_areas(model):
+    from models import cropsheet, imaging
+
+    path = shared_or_skip("data", "benchmarks", "Set5", "baby.png")
+    hr = imaging.luma(imaging.crop_to_multiple(imaging.load_image(path), 2))
+    rng = np.random.default_rng(0)
+    # A model that is the real one everywhere except for grain in one 40 px square (HR coords 300..340).
+    patch = np.zeros(hr.shape)
+    patch[300:340, 300:340] = rng.normal(0, 6, (40, 40))
+
+    def grainy(lr_y: np.ndarray) -> np.ndarray:
+        return model(lr_y) + patch / 255.0
+
+    _, scores = cropsheet.make_sheet([path], {"m": model, "grainy": grainy}, crop=48, zoom=1, pick="grain")
+    x0, y0, x1, y1 = scores[0]["box"]
+    flat = np.isfinite(quality.flat_grain_map(hr, hr))[300:340, 300:340].mean()
+    assert flat > 0.3, "the test square must lie in the baby's smooth background"
+    assert x0 < 340 and x1 > 300 and y0 < 340 and y1 > 300  # the crop shows the grain
+    _, detail = cropsheet.make_sheet([path], {"m": model, "grainy": grainy}, crop=48, zoom=1)
+    assert detail[0]["box"] != scores[0]["box"]
