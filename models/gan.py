@@ -20,6 +20,8 @@ a weight, 0 switches it off, so an ablation is a list of commands differing in o
 - ``--artifact``     L1 weighted by the LDL artefact map (``models.losses.artifact_map``): high where the
                      error varies from pixel to pixel (false texture) and the generator errs more than its
                      EMA; needs ``--ema``. The map is small (~1e-4), hence weights of 100s
+- ``--flat``         L1 of the high-pass error where the HR is flat (``models.losses.flat_grain``): no
+                     texture where the original has none
 - ``--adv``          adversarial term, ``--gan ragan`` (relativistic average, ESRGAN) or ``vanilla``
 - ``--ema``          decay of the generator EMA used for validation and export (0: none)
 
@@ -61,7 +63,7 @@ from models.train import checkpoint, cosine_lr, load_training_data, save, torch_
 
 log = logging.getLogger(__name__)
 
-REMEDIES = ("pixel", "patch_anchor", "down", "grad", "artifact", "fm", "adv")
+REMEDIES = ("pixel", "patch_anchor", "down", "grad", "artifact", "flat", "fm", "adv")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -90,6 +92,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grad", type=float, default=0.5, help="weight of the gradient L1 (0: off)")
     ap.add_argument("--artifact", type=float, default=0.0,
                     help="weight of the LDL artefact-map L1 (0: off; needs --ema; try 100-1000)")
+    ap.add_argument("--flat", type=float, default=0.0,
+                    help="weight of the flat-area grain L1 (0: off)")
     ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
     ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
     ap.add_argument("--gan", choices=sorted(L.ADVERSARIAL), default="ragan", help="adversarial loss")
@@ -131,6 +135,8 @@ def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weight
         if ema_sr is None:
             raise ValueError("the artifact term needs the EMA generator's output (--ema > 0)")
         terms["artifact"] = L.artifact_loss(sr, hr, ema_sr)
+    if "flat" in w:
+        terms["flat"] = L.flat_grain(sr, hr)
     if "adv" in w or "fm" in w:
         if disc is None or real is None:
             raise ValueError("adv/fm need the discriminator and its output on HR")

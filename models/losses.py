@@ -92,6 +92,26 @@ def artifact_loss(sr: torch.Tensor, hr: torch.Tensor, ema_sr: torch.Tensor) -> t
     return F.l1_loss(weight * sr, weight * hr)
 
 
+FLAT_STD = 2.0 / 255.0  # as models.quality.FLAT_STD, on the 0..1 scale
+FLAT_WINDOW = 5
+
+
+def flat_grain(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Mean |high-pass of SR - HR| where the HR is flat (5x5 std under 2 levels): no texture where there is none.
+
+    The training-time form of ``models.quality.flat_noise`` (L1 instead of RMS). The adversary learns
+    that real photographs have fine texture and pushes the generator to add it everywhere, including
+    skies and walls; this term forbids exactly that and nothing else: a smooth error (an offset, a soft
+    edge) has no high-pass part, and busy areas are outside the mask.
+    """
+    pad = FLAT_WINDOW // 2
+    with torch.no_grad():
+        mask = (local_variance(hr, FLAT_WINDOW) < FLAT_STD**2).to(hr)
+    d = sr - hr
+    high = d - F.avg_pool2d(d, FLAT_WINDOW, stride=1, padding=pad, count_include_pad=False)
+    return (high.abs() * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 def ragan_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Relativistic average discriminator loss (ESRGAN): real more real than the average fake, and vice versa."""
     return 0.5 * (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.ones_like(real))

@@ -238,6 +238,23 @@ def test_artifact_map_weights_grain_not_smooth_error_nor_where_the_ema_errs_more
     assert L.artifact_loss(hr, hr, hr).item() == 0.0
 
 
+def test_flat_grain_loss_penalises_noise_on_smooth_hr_only() -> None:
+    gen = torch.Generator().manual_seed(0)
+    hr = torch.linspace(0.3, 0.5, 40)[None, None, None, :].repeat(1, 1, 40, 1)  # a gentle ramp: flat
+    hr[..., 20:] += torch.rand((1, 1, 40, 20), generator=gen) * 0.3  # the right half is busy
+    noise = torch.randn(hr.shape, generator=gen) * 0.02
+    left, right = torch.zeros_like(hr), torch.zeros_like(hr)
+    left[..., :16], right[..., 24:] = noise[..., :16], noise[..., 24:]
+    assert L.flat_grain(hr, hr).item() == 0.0
+    assert L.flat_grain(hr + 0.05, hr).item() < 1e-6  # an offset has no high-pass part
+    grain_left = L.flat_grain(hr + left, hr).item()
+    assert grain_left > 0.01  # most of the noise's 0.016 mean |value| survives the high-pass
+    assert L.flat_grain(hr + right, hr).item() < 0.05 * grain_left  # noise on busy HR is not grain
+    sr = (hr + left).requires_grad_(True)
+    L.flat_grain(sr, hr).backward()
+    assert sr.grad[..., :16].abs().sum() > 0 and sr.grad[..., 26:].abs().sum() == 0
+
+
 def test_artifact_term_needs_the_ema_output() -> None:
     from models import gan
 
