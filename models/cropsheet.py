@@ -9,6 +9,8 @@ neighbour (so the pixels themselves are seen), labelled with the crop's PSNR-Y a
 LR is made as in ``models.evaluate`` (even-size HR, PIL antialiased bicubic x2). Models are Y-only:
 their colour tiles take the model's Y and the bicubic upscale's chroma (as the server does), made by
 adding (Y_model - Y_bicubic) * 255/219 to each RGB channel, which leaves BT.601 Cb/Cr unchanged.
+With ``--video``, rows of luma frames of a 720p clip sent the way ``models.evaluate``'s codec path sends
+it (downscaled to 360p, encoded at ``--kbps``, decoded): what the demo upscales.
 The crop is ``--box`` (HR top-left) or picked: ``detail`` (the default) is the window where bicubic
 loses most (largest squared Y error), i.e. where an upscaler has the most to show; ``grain`` is the
 window where the *last* model invents the most texture where the HR is smooth (``models.quality``'s
@@ -27,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from models import imaging, quality
-from models.evaluate import SCALE, Upscaler, onnx_upscaler, to_display
+from models.evaluate import SCALE, VIDEO_CODECS, Upscaler, load_clip, onnx_upscaler, to_display
 from models.manifest import resolve
 
 log = logging.getLogger(__name__)
@@ -81,9 +83,15 @@ PICKS = ("detail", "grain")
 
 def sheet_row(path: Path, models: dict[str, Upscaler], crop: int, zoom: int, box: tuple[int, int] | None,
               fnt: ImageFont.ImageFont, pick: str = "detail") -> tuple[list[Image.Image], dict]:
-    """The tiles of one image and their crop PSNRs."""
+    """The tiles of one image (LR made as ``models.evaluate`` makes it) and their crop PSNRs."""
     hr = imaging.crop_to_multiple(imaging.load_image(path), SCALE)
-    lr = imaging.downscale(hr, SCALE)
+    return compare_row(hr, imaging.downscale(hr, SCALE), path.stem, models, crop, zoom, box, fnt, pick)
+
+
+def compare_row(hr: Image.Image, lr: Image.Image, label: str, models: dict[str, Upscaler], crop: int, zoom: int,
+                box: tuple[int, int] | None, fnt: ImageFont.ImageFont,
+                pick: str = "detail") -> tuple[list[Image.Image], dict]:
+    """The tiles of one HR / LR pair (RGB, or L for luma-only video frames) and their crop PSNRs."""
     bic = imaging.upscale(lr, SCALE)
     hr_y, bic_y = imaging.luma(hr), imaging.luma(bic)
     lr_y = imaging.luma_u8(lr)
@@ -98,17 +106,26 @@ def sheet_row(path: Path, models: dict[str, Upscaler], crop: int, zoom: int, box
     win = (x, y, x + crop, y + crop)
     sl = np.s_[y:y + crop, x:x + crop]
     scores = {"bicubic": imaging.psnr(bic_y[sl], hr_y[sl], 0)}
-    tiles = [tile(hr.crop(win), f"HR {path.stem} ({x},{y})", zoom, fnt),
+    tiles = [tile(hr.crop(win), f"HR {label} ({x},{y})", zoom, fnt),
              tile(bic.crop(win), f"bicubic {scores['bicubic']:.2f} dB", zoom, fnt)]
     for name, sr_y in outputs.items():
         scores[name] = imaging.psnr(sr_y[sl], hr_y[sl], 0)
         tiles.append(tile(with_luma(bic, sr_y).crop(win), f"{name} {scores[name]:.2f} dB", zoom, fnt))
-    return tiles, {"image": path.stem, "box": list(win), **{k: round(v, 2) for k, v in scores.items()}}
+    return tiles, {"image": label, "box": list(win), **{k: round(v, 2) for k, v in scores.items()}}
+
+
+def video_frames(path: Path, indices: list[int], codec: str = "vp8", kbps: float = 400.0) -> list[tuple]:
+    """(HR, decoded LR, label) of frames ``indices`` (counted from the first content frame) of a 720p clip
+    sent as ``models.evaluate``'s codec path sends it: area-downscaled, encoded, decoded. Luma only."""
+    clip = load_clip(path, max(indices) + 1, codec, kbps)
+    return [(Image.fromarray(clip.hr_y[i]), Image.fromarray(clip.decoded_y[i]),
+             f"#{clip.start + i} {codec} {kbps:g}k") for i in indices]
 
 
 def make_sheet(images: list[Path], models: dict[str, Upscaler], crop: int = 96, zoom: int = 3,
-               boxes: list[tuple[int, int]] | None = None, pick: str = "detail") -> tuple[Image.Image, list[dict]]:
-    """The grid (rows: images; columns: HR, bicubic, models) and the per-crop PSNRs."""
+               boxes: list[tuple[int, int]] | None = None, pick: str = "detail",
+               frames: list[tuple] = ()) -> tuple[Image.Image, list[dict]]:
+    """The grid (rows: images, then video ``frames``; columns: HR, bicubic, models) and the per-crop PSNRs."""
     fnt = font()
     rows, scores = [], []
     for i, path in enumerate(images):
@@ -116,6 +133,12 @@ def make_sheet(images: list[Path], models: dict[str, Upscaler], crop: int = 96, 
         rows.append(tiles)
         scores.append(s)
         log.info("%s: %s", path, s)
+    for j, (hr, lr, label) in enumerate(frames):
+        box = boxes[len(images) + j] if boxes else None
+        tiles, s = compare_row(hr, lr, label, models, crop, zoom, box, fnt, pick)
+        rows.append(tiles)
+        scores.append(s)
+        log.info("%s: %s", label, s)
     tw, th = rows[0][0].size
     cols = len(rows[0])
     sheet = Image.new("RGB", (cols * tw + (cols + 1) * PAD, len(rows) * th + (len(rows) + 1) * PAD), BG)
@@ -137,7 +160,12 @@ def parse_box(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True, help="manifest names or .onnx paths")
-    ap.add_argument("--images", nargs="+", required=True, help="HR image files, one row each")
+    ap.add_argument("--images", nargs="*", default=[], help="HR image files, one row each")
+    ap.add_argument("--video", default=None, help="a 720p clip: rows of its frames through the codec path")
+    ap.add_argument("--frames", type=int, nargs="*", default=[20],
+                    help="frame numbers of --video after its first content frame, one row each")
+    ap.add_argument("--codec", choices=sorted(VIDEO_CODECS), default="vp8")
+    ap.add_argument("--kbps", type=float, default=400.0)
     ap.add_argument("--out", required=True, help="PNG to write")
     ap.add_argument("--crop", type=int, default=96, help="HR crop side in px (default %(default)s)")
     ap.add_argument("--zoom", type=int, default=3, help="nearest-neighbour enlargement (default %(default)s)")
@@ -149,11 +177,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.box and len(args.box) != len(args.images):
-        raise SystemExit(f"--box needs one X,Y per image ({len(args.images)}), got {len(args.box)}")
+    rows = len(args.images) + (len(args.frames) if args.video else 0)
+    if not rows:
+        raise SystemExit("nothing to show: give --images and/or --video")
+    if args.box and len(args.box) != rows:
+        raise SystemExit(f"--box needs one X,Y per row ({rows}), got {len(args.box)}")
     models = {(Path(m).stem if m.endswith(".onnx") else m): onnx_upscaler(resolve(m), args.threads)
               for m in args.models}
-    sheet, scores = make_sheet([Path(p) for p in args.images], models, args.crop, args.zoom, args.box, args.pick)
+    frames = video_frames(Path(args.video), args.frames, args.codec, args.kbps) if args.video else []
+    sheet, scores = make_sheet([Path(p) for p in args.images], models, args.crop, args.zoom, args.box, args.pick,
+                               frames)
     sheet.save(args.out, optimize=True)
     log.info("wrote %s (%dx%d, %d bytes)", args.out, sheet.width, sheet.height, Path(args.out).stat().st_size)
     return scores

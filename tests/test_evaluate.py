@@ -187,3 +187,25 @@ def test_grain_crop_finds_where_a_model_adds_noise_to_smooth_areas(model):
     assert x0 < 340 and x1 > 300 and y0 < 340 and y1 > 300  # the crop shows the grain
     _, detail = cropsheet.make_sheet([path], {"m": model, "grainy": grainy}, crop=48, zoom=1)
     assert detail[0]["box"] != scores[0]["box"]
+
+
+def test_crop_sheet_rows_of_coded_video_frames(tmp_path, model):
+    from PIL import Image
+
+    from models import cropsheet
+
+    clip = shared_or_skip(*CLIP)
+    frames = cropsheet.video_frames(clip, [3, 6], kbps=400)
+    assert len(frames) == 2 and frames[0][0].size == (1280, 720) and frames[0][1].size == (640, 360)
+    assert frames[0][0].mode == frames[0][1].mode == "L" and "vp8 400k" in frames[0][2]
+    hr, dec = np.asarray(frames[1][0], float), np.asarray(frames[1][1], float)
+    assert hr.std() > 20 and dec.std() > 20  # real content, not a fade
+    sheet, scores = cropsheet.make_sheet([], {"m": model}, crop=48, zoom=1, frames=frames)
+    assert sheet.size[1] == 2 * (48 + cropsheet.LABEL_H) + 3 * cropsheet.PAD
+    assert all(s["bicubic"] < 45 and s["m"] < 45 for s in scores)  # the decoded frame lost detail
+    out = tmp_path / "v.png"
+    cropsheet.main(["--models", "qres_x2_v2", "--video", str(clip), "--frames", "2", "--crop", "32", "--zoom", "1",
+                    "--out", str(out)])
+    assert Image.open(out).size[1] == 32 + cropsheet.LABEL_H + 2 * cropsheet.PAD
+    with pytest.raises(SystemExit, match="nothing to show"):
+        cropsheet.main(["--models", "qres_x2_v2", "--out", str(out)])
