@@ -107,6 +107,13 @@ class _Upscaled:
     done: float
 
 
+def _timed(upscale, frame: av.VideoFrame) -> tuple[av.VideoFrame, float, float]:
+    """``upscale(frame)`` with its start and end on the worker thread's clock (``time.monotonic``)."""
+    started = time.monotonic()
+    out = upscale(frame)
+    return out, started, time.monotonic()
+
+
 class SuperResolutionTrack(SlotTrack):
     """Every frame it sends is upscaled 2x: by the generator when SR is on (bicubic on the frames the
     governor gives up under load), by bicubic when it is off."""
@@ -163,9 +170,7 @@ class SuperResolutionTrack(SlotTrack):
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         item = await self.slot.get()
-        started = time.monotonic()
-        frame = await self.process(item, path)
-        done = time.monotonic()
+        frame, started, done = await self._timed_process(item, path)
         if self.enabled:
             self.governor.observe(path, (done - started) * 1000.0, self.slot.fps.rate(), self._drop_rate())
         return _Upscaled(item, frame, started, done)
@@ -193,18 +198,27 @@ class SuperResolutionTrack(SlotTrack):
 
     async def process(self, item: TimedFrame, path: str = GENERATOR) -> av.VideoFrame:
         """Upscale one frame on ``path``: generator, fast (the faster model) or bicubic."""
+        frame, _, _ = await self._timed_process(item, path)
+        return frame
+
+    async def _timed_process(self, item: TimedFrame, path: str) -> tuple[av.VideoFrame, float, float]:
+        """The upscaled frame and when the worker thread started and finished it.
+
+        Timed in the worker, not around the ``await``: the event loop may get back to this coroutine
+        some milliseconds after the worker is done (it is also handling RTP, RTCP and the encoders'
+        hand-offs), and that delay is waiting, not SR; :mod:`server.budget` counts it under ``wait``."""
         upscaler = {GENERATOR: self.upscaler, FAST: self.fast or self.upscaler, BICUBIC: self._bicubic}[path]
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
         try:
-            frame = await loop.run_in_executor(self._executor, upscaler.upscale, item.frame)
+            frame, started, done = await loop.run_in_executor(self._executor, _timed, upscaler.upscale, item.frame)
         except Exception:
             # One bad frame must not end the call: log it, count it, and send bicubic instead.
             self.errors += 1
             log.exception("upscaling failed (%d so far); sending bicubic for this frame", self.errors)
-            frame = await loop.run_in_executor(self._executor, self._bicubic.upscale, item.frame)
-        self.sr_ms.add((time.monotonic() - started) * 1000.0)
-        return frame
+            frame, started, done = await loop.run_in_executor(self._executor, _timed, self._bicubic.upscale,
+                                                              item.frame)
+        self.sr_ms.add((done - started) * 1000.0)
+        return frame, started, done
 
     def stats(self) -> dict:
         stats = super().stats()

@@ -86,3 +86,32 @@ async def test_the_track_ends_when_the_source_ends(upscaler):
         pass
     else:
         raise AssertionError("recv() after the source ended should raise MediaStreamError")
+
+
+async def test_sr_time_is_the_worker_s_not_the_event_loop_s_delay_in_resuming(upscaler):
+    """A busy event loop delays the coroutine after the upscale ends: that is waiting, not SR."""
+    import time
+
+    class SlowUpscaler:
+        name = "slow"
+
+        def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
+            time.sleep(0.02)  # the stage's own work: 20 ms
+            return upscaler.upscale(frame)
+
+    source = FastSource(total=4, interval_s=0.001)
+    fanout = FrameFanout(source)
+    with ThreadPoolExecutor(1) as executor:
+        sr = SuperResolutionTrack(fanout.subscribe(), SlowUpscaler(), executor)
+
+        async def hog_the_loop() -> None:
+            await asyncio.sleep(0.005)  # the upscale has started in the worker
+            time.sleep(0.2)  # then the loop is busy elsewhere for 200 ms, long after the worker is done
+
+        hog = asyncio.ensure_future(hog_the_loop())
+        await sr.recv()
+        await hog
+        sr.stop()
+        await fanout.stop()
+    sr_ms = sr.sr_ms.summary()
+    assert 18 < sr_ms["p50"] <= sr_ms["max"] < 150  # the upscale itself, not the 200 ms stall
