@@ -446,16 +446,23 @@ class CodecPatchPairs(torch.utils.data.Dataset):
 
     def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch: LR [B,1,p/2,p/2] and HR [B,1,p,p], float32 on the 0..1 scale."""
+        lrs, hrs, _ = self.sample_coded(batch, rng)
+        return lrs, hrs
+
+    def sample_coded(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``sample``'s batch (the same draws) plus a bool [B]: which LR patches went through a codec."""
         p, q = self.patch, self.patch // SCALE
         lrs = np.empty((batch, 1, q, q), np.float32)
         hrs = np.empty((batch, 1, p, p), np.float32)
+        coded = np.empty(batch, bool)
         for b, i in enumerate(rng.choice(len(self.hr), size=batch, p=self.weights)):
             lp, hp = self.crop(int(i), rng)
             lrs[b, 0] = lp
             hrs[b, 0] = hp
+            coded[b] = self.meta[int(i)].get("kbps") is not None
         lrs /= 255.0
         hrs /= 255.0
-        return torch.from_numpy(lrs), torch.from_numpy(hrs)
+        return torch.from_numpy(lrs), torch.from_numpy(hrs), torch.from_numpy(coded)
 
 
 # ----------------------------------------------------------------------------- command line

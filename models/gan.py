@@ -23,6 +23,10 @@ a weight, 0 switches it off, so an ablation is a list of commands differing in o
 - ``--flat``         L1 of the high-pass error where the HR is flat (``models.losses.flat_grain``): no
                      texture where the original has none
 - ``--adv``          adversarial term, ``--gan ragan`` (relativistic average, ESRGAN) or ``vanilla``
+- ``--adv-inputs``   ``all`` (the default) or ``clean``: with a pair cache, the adversarial and feature
+                     matching terms (and the discriminator) see only the outputs of clean LR patches;
+                     on coded ones the generator gets the fidelity terms alone, so it learns to sharpen
+                     real detail without learning to sharpen the codec's blocks
 - ``--ema``          decay of the generator EMA used for validation and export (0: none)
 
 Checkpoints (``last.pt`` every ``--save-every`` steps, ``best.pt`` by Set5 PSNR-Y) hold the
@@ -97,6 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
     ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
     ap.add_argument("--gan", choices=sorted(L.ADVERSARIAL), default="ragan", help="adversarial loss")
+    ap.add_argument("--adv-inputs", choices=("all", "clean"), default="all",
+                    help="which outputs the adversary judges: all, or only those of clean (uncoded) LR patches")
     ap.add_argument("--ema", type=float, default=0.999, help="generator EMA decay (0: no EMA)")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--save-every", type=int, default=500)
@@ -113,12 +119,15 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
 def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weights: dict[str, float],
                     disc: nn.Module | None = None, real: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
                     gan: str = "ragan", down_kernel: str = "bicubic",
-                    down_target: str = "clean", ema_sr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    down_target: str = "clean", ema_sr: torch.Tensor | None = None,
+                    judged: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of the switched-on remedies, plus ``total`` (their weighted sum).
 
     ``real``: the discriminator's (logits, features) on HR, needed by ``adv`` and ``fm``;
     they are used detached, so only the generator receives gradients from these terms.
     ``ema_sr``: the EMA generator's output on the same LR, needed by ``artifact``.
+    ``judged``: bool [B], the samples the adversary sees (``real`` is then on those alone); an empty
+    selection leaves ``adv`` and ``fm`` out of this step.
     """
     w = {k: v for k, v in weights.items() if v}
     terms: dict[str, torch.Tensor] = {}
@@ -137,10 +146,12 @@ def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weight
         terms["artifact"] = L.artifact_loss(sr, hr, ema_sr)
     if "flat" in w:
         terms["flat"] = L.flat_grain(sr, hr)
+    if judged is not None and not bool(judged.any()):
+        w = {k: v for k, v in w.items() if k not in ("adv", "fm")}
     if "adv" in w or "fm" in w:
         if disc is None or real is None:
             raise ValueError("adv/fm need the discriminator and its output on HR")
-        fake_logits, fake_feats = disc(sr)
+        fake_logits, fake_feats = disc(sr if judged is None else sr[judged])
         real_logits, real_feats = real
         if "adv" in w:
             terms["adv"] = L.ADVERSARIAL[gan][1](real_logits.detach(), fake_logits)
@@ -188,6 +199,8 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     rng = np.random.default_rng(args.seed)
     step, best, elapsed = 0, -math.inf, 0.0
     weights = loss_weights(args)
+    if args.adv_inputs == "clean" and not args.pairs:
+        raise SystemExit("--adv-inputs clean needs a codec-aware pair cache (--pairs)")
     if weights["artifact"] and ema is None:
         raise SystemExit("--artifact needs the generator EMA (--ema > 0)")
     if ckpt is not None:
@@ -239,17 +252,25 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
             for opt, peak in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(step, args.steps, peak, 0.01 * peak)
-            lr_b, hr_b = (t.to(device, non_blocking=True) for t in data.sample(args.batch, rng))
+            judged = None
+            if args.adv_inputs == "clean":
+                lr_b, hr_b, coded = data.sample_coded(args.batch, rng)
+                judged = ~coded.to(device)
+            else:
+                lr_b, hr_b = data.sample(args.batch, rng)
+            lr_b, hr_b = lr_b.to(device, non_blocking=True), hr_b.to(device, non_blocking=True)
+            judge = needs_disc and (judged is None or bool(judged.any()))
             sr = gen(lr_b)
             ema_sr = None
             if weights["artifact"]:
                 with torch.no_grad():
                     ema_sr = ema(lr_b)
-            real = disc(hr_b) if needs_disc else None  # with D gradients: reused by the D step
+            # With D gradients: reused by the D step.
+            real = (disc(hr_b if judged is None else hr_b[judged]) if judge else None)
 
             disc.requires_grad_(False)
             terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel,
-                                    args.down_target, ema_sr)
+                                    args.down_target, ema_sr, judged)
             opt_g.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt_g.step()
@@ -258,8 +279,8 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
                 ema_update(ema, gen, args.ema)
 
             record = {k: v.item() for k, v in terms.items()}
-            if weights["adv"]:
-                fake_logits, _ = disc(sr.detach())
+            if weights["adv"] and judge:
+                fake_logits, _ = disc(sr.detach() if judged is None else sr.detach()[judged])
                 loss_d = d_loss_fn(real[0], fake_logits)
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()

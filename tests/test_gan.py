@@ -273,6 +273,48 @@ def test_artifact_term_needs_the_ema_output() -> None:
     assert terms["total"].item() == pytest.approx(without["total"].item() + 1000 * terms["artifact"].item(), rel=1e-5)
 
 
+def test_adversary_can_judge_only_the_outputs_of_clean_inputs() -> None:
+    """``judged``: adv/fm from the selected samples alone; none selected, no adversarial terms this step."""
+    from models import gan
+
+    weights = gan.loss_weights(gan.make_parser().parse_args(["--out", "x", "--steps", "1", "--adv", "0.05"]))
+    torch.manual_seed(0)
+    model = build({"widths": WIDTHS, "reparam": True})
+    disc = PatchDiscriminator(8).eval()  # eval: spectral norm's power iteration holds still between calls
+    lr, hr = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 32, 32)
+    sr = model(lr)
+    judged = torch.tensor([True, False, True, False])
+    picked = gan.generator_terms(sr, hr, lr, weights, disc, disc(hr[judged]), judged=judged)
+    same = gan.generator_terms(sr[judged], hr[judged], lr[judged], weights, disc, disc(hr[judged]))
+    assert picked["adv"].item() == pytest.approx(same["adv"].item(), rel=1e-5)
+    assert picked["fm"].item() == pytest.approx(same["fm"].item(), rel=1e-5)
+    everyone = gan.generator_terms(sr, hr, lr, weights, disc, disc(hr))
+    assert everyone["adv"].item() != pytest.approx(picked["adv"].item(), rel=1e-6, abs=0)
+    none = gan.generator_terms(sr, hr, lr, weights, disc, None, judged=torch.zeros(4, dtype=torch.bool))
+    assert "adv" not in none and "fm" not in none and "pixel" in none
+    # Only the judged samples' outputs get gradients from the adversary.
+    sr_leaf = sr.detach().requires_grad_(True)
+    terms = gan.generator_terms(sr_leaf, hr, lr, {"adv": 1.0}, disc, disc(hr[judged]), judged=judged)
+    terms["total"].backward()
+    grads = sr_leaf.grad.abs().flatten(1).sum(1)
+    assert (grads[judged] > 0).all() and (grads[~judged] == 0).all()
+
+
+def test_codec_pairs_report_which_patches_are_coded(tmp_path: Path) -> None:
+    from models import degrade
+
+    images = shared_or_skip("data", "train", "T91")
+    degrade.build_cache(tmp_path / "pairs", images, None, pairs=6, seed=0, progress=False,
+                        cfg=degrade.DegradeConfig(clean_share=0.5, clip_share=0.0, max_hr=(192, 192)))
+    data = degrade.CodecPatchPairs(tmp_path / "pairs", patch=32)
+    coded_pairs = {i for i, m in enumerate(data.meta) if m.get("kbps") is not None}
+    assert 0 < len(coded_pairs) < len(data.meta)
+    lr, hr, coded = data.sample_coded(12, np.random.default_rng(3))
+    lr2, hr2 = data.sample(12, np.random.default_rng(3))
+    assert torch.equal(lr, lr2) and torch.equal(hr, hr2)  # the same draws with or without the flags
+    assert coded.dtype == torch.bool and coded.shape == (12,) and 0 < int(coded.sum()) < 12
+
+
 def test_ema_lags_the_generator() -> None:
     from models.gan import ema_update
 
