@@ -46,24 +46,33 @@ class QuarterResSR(nn.Module):
     """
 
     def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16), reparam: bool = False,
-                 slope: float = NEGATIVE_SLOPE) -> None:
+                 slope: float = NEGATIVE_SLOPE, lr_tail: int = 0) -> None:
         """``widths``: output channels of the head and body convs; multiples of 16 suit
         onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32).
         ``reparam``: train each 3x3 conv as an ECB block (no identity branch: it trained
         worse here); ``fused()`` gives the plain net for export.
         ``slope``: the LeakyReLU's negative slope; 0 makes it a ReLU, which int8 inference fuses
-        into the conv (one rounding per layer instead of two, see ``models.qat``)."""
+        into the conv (one rounding per layer instead of two, see ``models.qat``).
+        ``lr_tail``: 0 for the quarter-resolution tail (a 3x3 conv to the 16 sub-pixels of each 4x4 block);
+        N > 0 ends at LR resolution instead: a 1x1 conv to 4N channels, pixel shuffle 2 (N features per
+        LR pixel, where the plain tail has one feature per HR pixel), then a 3x3 conv to the 4 sub-pixels
+        of each LR pixel, shuffled to HR, plus the nearest residual."""
         super().__init__()
         self.widths = tuple(widths)
         self.reparam = reparam
         self.slope = float(slope)
+        self.lr_tail = int(lr_tail)
 
         def conv(cin: int, cout: int) -> nn.Module:
             return ECB(cin, cout) if reparam else nn.Conv2d(cin, cout, 3, padding=1)
 
         self.head = conv(4, widths[0])
         self.body = nn.ModuleList(conv(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.tail = conv(widths[-1], 16)
+        if self.lr_tail:
+            self.expand = nn.Conv2d(widths[-1], 4 * self.lr_tail, 1)
+            self.tail = conv(self.lr_tail, 4)
+        else:
+            self.tail = conv(widths[-1], 16)
         self.register_buffer("nearest_index", _nearest_index(), persistent=False)
         self.shift = 0.5  # subtracted from the input; models.qat moves it onto the 1/255 grid
         # Start as plain nearest upsampling: the detail branch begins near zero.
@@ -84,6 +93,10 @@ class QuarterResSR(nn.Module):
         f = self.act(self.head(lr4 - self.shift))
         for conv in self.body:
             f = self.act(conv(f))
+        if self.lr_tail:
+            lr_f = F.pixel_shuffle(self.act(self.expand(f)), 2)  # [N, lr_tail, H, W]
+            sub = self.tail(lr_f) + x.expand(-1, 4, -1, -1)  # each LR pixel's 4 sub-pixels, nearest residual
+            return F.pixel_shuffle(sub, 2)[..., : 2 * h, : 2 * w]
         sub = self.tail(f) + lr4.index_select(1, self.nearest_index)
         return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
 
@@ -127,8 +140,10 @@ def fused(model: QuarterResSR) -> QuarterResSR:
 
     A plain model is returned as a copy, so callers can always export ``fused(model)``.
     """
-    plain = QuarterResSR(model.widths, slope=model.slope).to(next(model.parameters()).device)
+    plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail).to(next(model.parameters()).device)
     plain.shift = model.shift
+    if model.lr_tail:
+        plain.expand.load_state_dict(model.expand.state_dict())
     convs = [model.head, *model.body, model.tail]
     targets = [plain.head, *plain.body, plain.tail]
     for src, dst in zip(convs, targets):

@@ -83,6 +83,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--widths", type=parse_widths, default=(32, 32, 16, 16), help="conv widths, e.g. 32,32,16,16")
     ap.add_argument("--reparam", action="store_true",
                     help="train each 3x3 conv as an ECB block (fused into plain convs for export)")
+    ap.add_argument("--lr-tail", type=int, default=0,
+                    help="end at LR resolution with this many features per LR pixel (models.arch; 0: the "
+                         "quarter-resolution tail)")
     ap.add_argument("--slope", type=float, default=0.1,
                     help="LeakyReLU negative slope; 0 = ReLU, which int8 inference folds into the conv (models/qat.py)")
     ap.add_argument("--slope-anneal", type=int, default=0,
@@ -223,6 +226,8 @@ def model_config(args: argparse.Namespace) -> dict:
         config["reparam"] = True
     if getattr(args, "slope", 0.1) != 0.1:
         config["slope"] = args.slope
+    if getattr(args, "lr_tail", 0):
+        config["lr_tail"] = args.lr_tail
     return config
 
 

@@ -16,6 +16,8 @@ from tests.conftest import shared_or_skip
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
+import torch.nn.functional as F  # noqa: E402
+
 from models import losses as L  # noqa: E402
 from models.arch import build, count_macs, count_params, fused  # noqa: E402
 from models.discriminator import PatchDiscriminator  # noqa: E402
@@ -95,6 +97,32 @@ def test_fused_export_matches_torch(tmp_path: Path) -> None:
     assert [i.name for i in graph.graph.input] == ["lr"] and [o.name for o in graph.graph.output] == ["sr"]
     assert sum(n.op_type == "Conv" for n in graph.graph.node) == len(WIDTHS) + 1
     assert max_diff(plain, path) < TOLERANCE  # odd sizes and 640x360 included
+
+
+def test_lr_tail_ends_at_lr_resolution_fuses_and_exports(tmp_path: Path) -> None:
+    """``lr_tail``: a 1x1 expansion, shuffle to LR resolution, a 3x3 conv there; the nearest residual kept."""
+    from models.export import TOLERANCE, export_onnx, max_diff
+
+    torch.manual_seed(0)
+    config = {"widths": [32, 16, 16, 16], "reparam": True, "lr_tail": 16}
+    model = build(config)
+    plain = fused(model)
+    assert count_params(plain) == 12_116 and not any(isinstance(m, ECB) for m in plain.modules())
+    x = torch.rand(1, 1, 37, 50)  # odd height: padded and cropped like the plain tail
+    with torch.no_grad():
+        up = plain(x)
+        assert up.shape == (1, 1, 74, 100)
+        # At init the tail is near zero, so the output starts as nearest-neighbour upsampling of the input.
+        nearest = F.interpolate(x, scale_factor=2, mode="nearest")
+        assert (up - nearest).abs().mean().item() < 0.05
+    randomise(model, 0.05)
+    plain = fused(model)
+    with torch.no_grad():
+        assert (plain(x) - model(x)).abs().max().item() < 1e-5
+        assert (plain(x) - F.interpolate(x, scale_factor=2, mode="nearest")).abs().mean().item() > 0.05
+    path = tmp_path / "lrt.onnx"
+    export_onnx(plain, path)
+    assert max_diff(plain, path) < TOLERANCE
 
 
 def test_discriminator_is_spectrally_normalised_and_returns_features() -> None:
