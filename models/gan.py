@@ -19,7 +19,7 @@ a weight, 0 switches it off, so an ablation is a list of commands differing in o
 - ``--fm``           L1 between discriminator features of SR and HR (latent matching)
 - ``--artifact``     L1 weighted by the LDL artefact map (``models.losses.artifact_map``): high where the
                      error varies from pixel to pixel (false texture) and the generator errs more than its
-                     EMA; needs ``--ema``. The map is small (~1e-4), hence weights of 100s
+                     EMA; needs ``--ema``. The map is small (~1e-4), hence weights in the thousands
 - ``--flat``         L1 of the high-pass error where the HR is flat (``models.losses.flat_grain``): no
                      texture where the original has none
 - ``--adv``          adversarial term, ``--gan ragan`` (relativistic average, ESRGAN) or ``vanilla``
@@ -95,7 +95,8 @@ def make_parser() -> argparse.ArgumentParser:
                     help="what the downscaled SR must match: the HR downscaled (the LR before a codec) or the input")
     ap.add_argument("--grad", type=float, default=0.5, help="weight of the gradient L1 (0: off)")
     ap.add_argument("--artifact", type=float, default=0.0,
-                    help="weight of the LDL artefact-map L1 (0: off; needs --ema; try 100-1000)")
+                    help="weight of the LDL artefact-map L1 (0: off; needs --ema; the map is ~1e-4, so "
+                         "thousands: the shipped GAN uses 10000)")
     ap.add_argument("--flat", type=float, default=0.0,
                     help="weight of the flat-area grain L1 (0: off)")
     ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
@@ -151,7 +152,7 @@ def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weight
     if "adv" in w or "fm" in w:
         if disc is None or real is None:
             raise ValueError("adv/fm need the discriminator and its output on HR")
-        fake_logits, fake_feats = disc(sr if judged is None else sr[judged])
+        fake_logits, fake_feats = disc(judged_only(sr, judged))
         real_logits, real_feats = real
         if "adv" in w:
             terms["adv"] = L.ADVERSARIAL[gan][1](real_logits.detach(), fake_logits)
@@ -159,6 +160,11 @@ def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weight
             terms["fm"] = L.feature_matching(fake_feats, real_feats)
     terms["total"] = sum(w[k] * terms[k] for k in w)
     return terms
+
+
+def judged_only(batch: torch.Tensor, judged: torch.Tensor | None) -> torch.Tensor:
+    """The samples of ``batch`` the adversary sees: all of them, or those ``judged`` (``--adv-inputs clean``)."""
+    return batch if judged is None else batch[judged]
 
 
 @torch.no_grad()
@@ -266,7 +272,7 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
                 with torch.no_grad():
                     ema_sr = ema(lr_b)
             # With D gradients: reused by the D step.
-            real = (disc(hr_b if judged is None else hr_b[judged]) if judge else None)
+            real = disc(judged_only(hr_b, judged)) if judge else None
 
             disc.requires_grad_(False)
             terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel,
@@ -280,7 +286,7 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
 
             record = {k: v.item() for k, v in terms.items()}
             if weights["adv"] and judge:
-                fake_logits, _ = disc(sr.detach() if judged is None else sr.detach()[judged])
+                fake_logits, _ = disc(judged_only(sr.detach(), judged))
                 loss_d = d_loss_fn(real[0], fake_logits)
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models import quality
+
 _SOBEL_X = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 8.0
 
 
@@ -92,8 +94,8 @@ def artifact_loss(sr: torch.Tensor, hr: torch.Tensor, ema_sr: torch.Tensor) -> t
     return F.l1_loss(weight * sr, weight * hr)
 
 
-FLAT_STD = 2.0 / 255.0  # as models.quality.FLAT_STD, on the 0..1 scale
-FLAT_WINDOW = 5
+FLAT_STD = quality.FLAT_STD / 255.0  # the evaluation's threshold, on the 0..1 scale
+FLAT_WINDOW = quality.FLAT_WINDOW
 
 
 def flat_grain(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:

@@ -138,13 +138,17 @@ def _box_mean(a: np.ndarray, size: int = FLAT_WINDOW) -> np.ndarray:
     return cv2.blur(a, (size, size), borderType=cv2.BORDER_REFLECT)
 
 
+def local_std(y: np.ndarray) -> np.ndarray:
+    """Standard deviation of each ``FLAT_WINDOW`` x ``FLAT_WINDOW`` window (what "flat" is judged by)."""
+    y = np.asarray(y, np.float64)
+    return np.sqrt(np.maximum(_box_mean(y * y) - _box_mean(y) ** 2, 0.0))
+
+
 def flat_grain_map(sr: np.ndarray, hr: np.ndarray) -> np.ndarray:
     """Per pixel: the squared high-pass error of SR where HR is flat, NaN elsewhere (``flat_noise``'s terms)."""
-    x, y = np.asarray(sr, np.float64), np.asarray(hr, np.float64)
-    hr_std = np.sqrt(np.maximum(_box_mean(y * y) - _box_mean(y) ** 2, 0.0))
-    d = x - y
+    d = np.asarray(sr, np.float64) - np.asarray(hr, np.float64)
     high = d - _box_mean(d)
-    return np.where(hr_std < FLAT_STD, high * high, np.nan)
+    return np.where(local_std(hr) < FLAT_STD, high * high, np.nan)
 
 
 def flat_noise(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:

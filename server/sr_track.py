@@ -170,7 +170,7 @@ class SuperResolutionTrack(SlotTrack):
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         item = await self.slot.get()
-        frame, started, done = await self._timed_process(item, path)
+        frame, started, done = await self.process(item, path)
         if self.enabled:
             self.governor.observe(path, (done - started) * 1000.0, self.slot.fps.rate(), self._drop_rate())
         return _Upscaled(item, frame, started, done)
@@ -196,13 +196,9 @@ class SuperResolutionTrack(SlotTrack):
             return 0.0
         return max(0.0, consumer - own - 2.0) / 1000.0  # 2 ms of margin for scheduling jitter
 
-    async def process(self, item: TimedFrame, path: str = GENERATOR) -> av.VideoFrame:
-        """Upscale one frame on ``path``: generator, fast (the faster model) or bicubic."""
-        frame, _, _ = await self._timed_process(item, path)
-        return frame
-
-    async def _timed_process(self, item: TimedFrame, path: str) -> tuple[av.VideoFrame, float, float]:
-        """The upscaled frame and when the worker thread started and finished it.
+    async def process(self, item: TimedFrame, path: str = GENERATOR) -> tuple[av.VideoFrame, float, float]:
+        """One frame upscaled on ``path`` (generator, fast model or bicubic), and when the worker thread
+        started and finished it.
 
         Timed in the worker, not around the ``await``: the event loop may get back to this coroutine
         some milliseconds after the worker is done (it is also handling RTP, RTCP and the encoders'
