@@ -29,6 +29,35 @@ from models.reparam import ECB
 NEGATIVE_SLOPE = 0.1
 
 
+def _lr_tail_gather(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the dense quarter-resolution form of an LR-resolution tail takes each of its values from.
+
+    The tail's 3x3 conv (``n`` features -> 4 sub-pixels) runs on features pixel-shuffled from 4n
+    quarter-resolution channels; the same sums are one 3x3 conv at quarter resolution from those 4n
+    channels to the 16 sub-pixels of each 4x4 block, whose kernel is the tail's weights spread out
+    with zeros (a quarter of it non-zero). Returns (kernel index [16, 4n, 3, 3], bias index [16]) into
+    ``cat(tail.weight.flatten(), tail.bias, [0])``; the last entry (the zero) fills the gaps.
+    """
+    zero = 4 * n * 9 + 4
+    kernel = torch.full((16, 4 * n, 3, 3), zero, dtype=torch.long)
+    bias = torch.empty(16, dtype=torch.long)
+    for o in range(4):  # the tail's output: sub-pixel (sy, sx) of an LR pixel
+        sy, sx = divmod(o, 2)
+        for dy in range(2):  # the LR pixel's place (dy, dx) in its 2x2 block
+            for dx in range(2):
+                k = (2 * dy + sy) * 4 + 2 * dx + sx  # HR pixel of the 4x4 block = output channel
+                bias[k] = 4 * n * 9 + o
+                for c in range(n):
+                    for ry in range(2):  # input: feature c of LR pixel (ry, rx) of block (i+qy, j+qx)
+                        for rx in range(2):
+                            for qy in (-1, 0, 1):
+                                for qx in (-1, 0, 1):
+                                    ky, kx = 2 * qy + ry - dy, 2 * qx + rx - dx  # its LR offset from (dy, dx)
+                                    if -1 <= ky <= 1 and -1 <= kx <= 1:
+                                        kernel[k, 4 * c + 2 * ry + rx, qy + 1, qx + 1] = ((o * n + c) * 3 + ky + 1) * 3 + kx + 1
+    return kernel, bias
+
+
 def _nearest_index() -> torch.Tensor:
     """For each of the 16 output sub-pixel channels, the unshuffled LR channel it repeats.
 
@@ -56,7 +85,11 @@ class QuarterResSR(nn.Module):
         ``lr_tail``: 0 for the quarter-resolution tail (a 3x3 conv to the 16 sub-pixels of each 4x4 block);
         N > 0 ends at LR resolution instead: a 1x1 conv to 4N channels, pixel shuffle 2 (N features per
         LR pixel, where the plain tail has one feature per HR pixel), then a 3x3 conv to the 4 sub-pixels
-        of each LR pixel, shuffled to HR, plus the nearest residual."""
+        of each LR pixel, shuffled to HR, plus the nearest residual. ``dense_tail`` computes that tail as
+        one quarter-resolution conv whose kernel is gathered from the same weights (``fused(...,
+        dense_tail=True)``, what export uses): 4x the multiply-adds of the tail, but onnxruntime runs it
+        at the speed of the other convs, where the LR-resolution conv with 4 outputs and the
+        64-channel pixel shuffle ran several times slower; the learnt parameters are the same."""
         super().__init__()
         self.widths = tuple(widths)
         self.reparam = reparam
@@ -74,6 +107,11 @@ class QuarterResSR(nn.Module):
         else:
             self.tail = conv(widths[-1], 16)
         self.register_buffer("nearest_index", _nearest_index(), persistent=False)
+        self.dense_tail = False
+        if self.lr_tail:
+            kernel, bias = _lr_tail_gather(self.lr_tail)
+            self.register_buffer("tail_kernel_index", kernel, persistent=False)
+            self.register_buffer("tail_bias_index", bias, persistent=False)
         self.shift = 0.5  # subtracted from the input; models.qat moves it onto the 1/255 grid
         # Start as plain nearest upsampling: the detail branch begins near zero.
         with torch.no_grad():
@@ -93,6 +131,12 @@ class QuarterResSR(nn.Module):
         f = self.act(self.head(lr4 - self.shift))
         for conv in self.body:
             f = self.act(conv(f))
+        if self.lr_tail and self.dense_tail:
+            flat = torch.cat([self.tail.weight.flatten(), self.tail.bias, self.tail.bias.new_zeros(1)])
+            sub = F.conv2d(self.act(self.expand(f)), flat[self.tail_kernel_index], flat[self.tail_bias_index],
+                           padding=1)
+            sub = sub + lr4.index_select(1, self.nearest_index)
+            return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
         if self.lr_tail:
             lr_f = F.pixel_shuffle(self.act(self.expand(f)), 2)  # [N, lr_tail, H, W]
             sub = self.tail(lr_f) + x.expand(-1, 4, -1, -1)  # each LR pixel's 4 sub-pixels, nearest residual
@@ -122,6 +166,8 @@ def count_macs(model: nn.Module, height: int = 360, width: int = 640) -> int:
     finally:
         for h in handles:
             h.remove()
+    if getattr(model, "dense_tail", False):  # its tail is a functional conv the hooks do not see
+        macs += 16 * 4 * model.lr_tail * 9 * ((height + 1) // 2) * ((width + 1) // 2)
     return macs
 
 
@@ -135,13 +181,16 @@ def build(config: dict | None = None) -> QuarterResSR:
 
 
 @torch.no_grad()
-def fused(model: QuarterResSR) -> QuarterResSR:
+def fused(model: QuarterResSR, dense_tail: bool = False) -> QuarterResSR:
     """The plain QuarterResSR computing what ``model`` computes: ECB blocks folded into 3x3 convs.
 
     A plain model is returned as a copy, so callers can always export ``fused(model)``.
+    ``dense_tail``: an LR-resolution tail runs in its dense quarter-resolution form (same output, faster
+    in onnxruntime; see ``QuarterResSR``).
     """
     plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail).to(next(model.parameters()).device)
     plain.shift = model.shift
+    plain.dense_tail = bool(dense_tail and model.lr_tail)
     if model.lr_tail:
         plain.expand.load_state_dict(model.expand.state_dict())
     convs = [model.head, *model.body, model.tail]

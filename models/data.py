@@ -10,12 +10,14 @@ artefacts of downscaling a small crop, and sampling costs only array slicing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models import imaging
+from models.teacher import blend
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,10 @@ class PatchPairs:
     patch positions of the whole set, so small T91 images are not over-sampled.
     """
 
-    def __init__(self, root: str | Path, patch: int = 96, limit: int | None = None) -> None:
+    def __init__(self, root: str | Path, patch: int = 96, limit: int | None = None,
+                 teacher: Callable[[np.ndarray], np.ndarray] | None = None, teacher_weight: float = 0.0) -> None:
+        """``teacher``: a whole-image x2 luma model whose output, at ``teacher_weight``, is blended into
+        each HR target once here (``models.teacher``); the rest of training is unchanged."""
         if patch % SCALE:
             raise ValueError(f"patch size {patch} must be a multiple of {SCALE}")
         self.patch = patch
@@ -51,8 +56,12 @@ class PatchPairs:
             if min(hr.size) < patch:
                 log.warning("skipping %s: smaller than the %d px patch", path, patch)
                 continue
-            self.lr.append(imaging.luma_u8(imaging.downscale(hr, SCALE)).astype(np.float32) / 255.0)
-            self.hr.append((imaging.luma(hr) / 255.0).astype(np.float32))
+            lr = imaging.luma_u8(imaging.downscale(hr, SCALE)).astype(np.float32) / 255.0
+            target = (imaging.luma(hr) / 255.0).astype(np.float32)
+            if teacher is not None and teacher_weight > 0:
+                target = blend(target, teacher(lr), teacher_weight)
+            self.lr.append(lr)
+            self.hr.append(target)
         if not self.hr:
             raise ValueError(f"no usable images under {root}")
         areas = np.array([a.size for a in self.lr], dtype=np.float64)

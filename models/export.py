@@ -74,12 +74,13 @@ def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the generator of a training checkpoint as the plain net that is exported.
 
     Takes the EMA weights when the checkpoint has them (stage 2, ``models.gan``) and folds
-    re-parameterised (ECB) convs into plain 3x3 convs; returns (model, checkpoint).
+    re-parameterised (ECB) convs into plain 3x3 convs, and runs an LR-resolution tail in its dense
+    quarter-resolution form (same output, faster in onnxruntime); returns (model, checkpoint).
     """
     ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
     model = build(ckpt["config"])
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])
-    return fused(model).eval(), ckpt
+    return fused(model, dense_tail=True).eval(), ckpt
 
 
 def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MANIFEST_PATH) -> None:

@@ -73,6 +73,11 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default="../shared/data/train", help="folder of HR training images (searched recursively)")
     ap.add_argument("--pairs", default=None,
                     help="train on a codec-aware pair cache made by `python -m models.degrade` instead of --data")
+    ap.add_argument("--teacher", default=None,
+                    help="distil: a published x2 peer file (e.g. ../shared/peers/etds/ETDS_M7C48_x2.pth) whose "
+                         "output on each training LR is blended into the target (models.teacher)")
+    ap.add_argument("--teacher-weight", type=float, default=0.5,
+                    help="share of the teacher's output in the target (0..1; the rest is the real HR)")
     ap.add_argument("--val", default="../shared/data/benchmarks/Set5", help="validation folder ('' to skip)")
     ap.add_argument("--out", required=True, help="run folder for checkpoints")
     ap.add_argument("--steps", type=int, required=True, help="total optimisation steps")
@@ -233,11 +238,25 @@ def model_config(args: argparse.Namespace) -> dict:
 
 def load_training_data(args: argparse.Namespace):
     """Clean bicubic pairs cut from --data, or the degraded (codec-aware) pairs of a --pairs cache."""
+    teacher_path = getattr(args, "teacher", None)  # models.gan's arguments have no teacher
     if args.pairs:
+        if teacher_path:
+            raise SystemExit("--teacher works on --data (clean pairs), not on a --pairs cache")
         from models.degrade import CodecPatchPairs  # imports PyAV; only needed for codec-aware training
 
         return CodecPatchPairs(args.pairs, args.patch, args.limit_images, seed=args.seed)
-    return PatchPairs(args.data, args.patch, args.limit_images)
+    if not teacher_path:
+        return PatchPairs(args.data, args.patch, args.limit_images)
+    if not 0.0 < args.teacher_weight <= 1.0:
+        raise SystemExit(f"--teacher-weight must be in (0, 1], got {args.teacher_weight}")
+    from models.teacher import load_teacher
+
+    name, teacher = load_teacher(teacher_path)
+    t0 = time.perf_counter()
+    data = PatchPairs(args.data, args.patch, args.limit_images, teacher=teacher, teacher_weight=args.teacher_weight)
+    log.info("targets: %.0f%% %s, %.0f%% HR (teacher ran in %.0f s)", 100 * args.teacher_weight, name,
+             100 * (1 - args.teacher_weight), time.perf_counter() - t0)
+    return data
 
 
 def main(argv: list[str] | None = None) -> None:

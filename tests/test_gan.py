@@ -125,6 +125,36 @@ def test_lr_tail_ends_at_lr_resolution_fuses_and_exports(tmp_path: Path) -> None
     assert max_diff(plain, path) < TOLERANCE
 
 
+def test_lr_tail_dense_form_is_the_same_function_with_the_same_parameters(tmp_path: Path) -> None:
+    """Export's dense quarter-resolution tail: same output at even and odd sizes, same learnt weights in the
+    ONNX file (the kernel is gathered from them at load), the tail's 4x multiply-adds counted."""
+    import onnx
+
+    from models.export import TOLERANCE, export_onnx, max_diff
+
+    torch.manual_seed(1)
+    model = build({"widths": [28, 16, 16, 32], "reparam": True, "lr_tail": 16})
+    randomise(model, 0.05)
+    plain, dense = fused(model), fused(model, dense_tail=True)
+    assert dense.dense_tail and not plain.dense_tail
+    for h, w in ((36, 64), (37, 51), (2, 3)):
+        x = torch.rand(1, 1, h, w)
+        with torch.no_grad():
+            assert (dense(x) - plain(x)).abs().max().item() < 1e-5
+    assert count_params(dense) == count_params(plain) == 14_736
+    tail = 16 * 4 * 9 * 360 * 640  # the LR-resolution 3x3 conv, 16 -> 4, on a 640x360 input
+    assert count_macs(dense) - count_macs(plain) == 4 * tail - tail
+    path = tmp_path / "dense.onnx"
+    export_onnx(dense, path)
+    assert max_diff(dense, path) < TOLERANCE
+    graph = onnx.load(str(path)).graph
+    floats = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    # The learnt weights, the gap-filling zero, and a copy of the 4 tail biases spread over the 16 sub-pixels (the
+    # exporter folds that small gather): no dense kernel, which alone would be 16 * 64 * 9 = 9,216 floats.
+    assert floats == 14_736 + 1 + 16
+    assert sum(n.op_type == "Conv" for n in graph.node) == 6  # head, 3 body, expand, dense tail
+
+
 def test_discriminator_is_spectrally_normalised_and_returns_features() -> None:
     from torch.nn.utils import parametrize
 
