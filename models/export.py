@@ -86,7 +86,10 @@ def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
 def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MANIFEST_PATH) -> None:
     """Add or replace ``name`` in the manifest; it becomes default if asked or if none is set."""
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    manifest.setdefault("models", {})[name] = entry
+    previous = manifest.setdefault("models", {}).get(name, {})
+    if "fallback" in previous and "fallback" not in entry:  # registered by models.qat; a re-export keeps it
+        entry = {**entry, "fallback": previous["fallback"]}
+    manifest["models"][name] = entry
     if make_default or manifest.get("default") not in manifest["models"]:
         manifest["default"] = name
     ordered = {"default": manifest["default"], "models": manifest["models"]}

@@ -176,6 +176,24 @@ def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
     assert "(stopped at step 4) python -m models.train --steps 8 --resume" in text
 
 
+def test_a_re_export_keeps_the_models_registered_fallback(tmp_path: Path) -> None:
+    """Re-exporting a model (new weights, new description) must not drop the int8 fallback models.qat
+    registered for it, or the governor would lose its step down."""
+    import json
+
+    from models.export import update_manifest
+
+    path = tmp_path / "manifest.json"
+    update_manifest("m", {"file": "m.onnx", "params": 1}, make_default=True, path=path)
+    manifest = json.loads(path.read_text())
+    manifest["models"]["m"]["fallback"] = "m_int8"
+    path.write_text(json.dumps(manifest))
+    update_manifest("m", {"file": "m.onnx", "params": 2}, make_default=False, path=path)
+    manifest = json.loads(path.read_text())
+    assert manifest["models"]["m"] == {"file": "m.onnx", "params": 2, "fallback": "m_int8"}
+    assert manifest["default"] == "m"
+
+
 def test_slope_anneals_from_leaky_to_the_target_and_is_recorded() -> None:
     torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
     from models import train
