@@ -116,10 +116,21 @@ def test_codec_path_runs_and_gives_sane_figures(clip, model):
     for m in r.values():
         assert 30.0 < m["psnr"] < 50.0 and 0.9 < m["ssim"] < 1.0 and 30.0 < m["tpsnr"] < 60.0
     # What holds for any x2 model on coded input: close to bicubic, sharper, and consistent with its input.
-    # (Beating bicubic's PSNR there is not guaranteed: the shipped model was trained on clean LR.)
     assert abs(r["model"]["psnr"] - r["bicubic"]["psnr"]) < 1.5
     assert r["model"]["grad_ratio"] > r["bicubic"]["grad_ratio"]
     assert r["model"]["ds_psnr"] > r["bicubic"]["ds_psnr"]
+
+
+def test_the_codec_aware_default_beats_the_clean_trained_model_on_coded_video(clip, model):
+    """Why the default is the codec-aware model: on the frames the server actually receives (here the
+    opening's titles, 400 kbps VP8) it is above bicubic where the model trained on clean LR falls below it,
+    and its frame-to-frame change is more faithful."""
+    v2 = evaluate.onnx_upscaler(resolve("qres_x2_v2"), 2)
+    r = evaluate.evaluate_clip(clip, {"bicubic": evaluate.bicubic_luma, "default": model, "v2": v2},
+                               progress_every=0)
+    assert r["default"]["psnr"] > r["bicubic"]["psnr"]  # +0.07 dB when written; v2 -0.09
+    assert r["default"]["psnr"] > r["v2"]["psnr"] + 0.1  # +0.16
+    assert r["default"]["tpsnr"] > r["v2"]["tpsnr"] + 0.05  # +0.14
 
 
 def test_json_has_every_part(capsys):
