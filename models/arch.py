@@ -75,7 +75,7 @@ class QuarterResSR(nn.Module):
     """
 
     def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16), reparam: bool = False,
-                 slope: float = NEGATIVE_SLOPE, lr_tail: int = 0) -> None:
+                 slope: float = NEGATIVE_SLOPE, lr_tail: int = 0, dense_tail: bool = False) -> None:
         """``widths``: output channels of the head and body convs; multiples of 16 suit
         onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32).
         ``reparam``: train each 3x3 conv as an ECB block (no identity branch: it trained
@@ -85,9 +85,9 @@ class QuarterResSR(nn.Module):
         ``lr_tail``: 0 for the quarter-resolution tail (a 3x3 conv to the 16 sub-pixels of each 4x4 block);
         N > 0 ends at LR resolution instead: a 1x1 conv to 4N channels, pixel shuffle 2 (N features per
         LR pixel, where the plain tail has one feature per HR pixel), then a 3x3 conv to the 4 sub-pixels
-        of each LR pixel, shuffled to HR, plus the nearest residual. ``dense_tail`` computes that tail as
-        one quarter-resolution conv whose kernel is gathered from the same weights (``fused(...,
-        dense_tail=True)``, what export uses): 4x the multiply-adds of the tail, but onnxruntime runs it
+        of each LR pixel, shuffled to HR, plus the nearest residual. ``dense_tail`` (with ``lr_tail``)
+        computes that tail as one quarter-resolution conv whose kernel is gathered from the same weights
+        (``fused(..., dense_tail=True)``, what export uses): 4x the multiply-adds of the tail, but onnxruntime runs it
         at the speed of the other convs, where the LR-resolution conv with 4 outputs and the
         64-channel pixel shuffle ran several times slower; the learnt parameters are the same."""
         super().__init__()
@@ -95,6 +95,7 @@ class QuarterResSR(nn.Module):
         self.reparam = reparam
         self.slope = float(slope)
         self.lr_tail = int(lr_tail)
+        self.dense_tail = bool(dense_tail and lr_tail)
 
         def conv(cin: int, cout: int) -> nn.Module:
             return ECB(cin, cout) if reparam else nn.Conv2d(cin, cout, 3, padding=1)
@@ -107,8 +108,7 @@ class QuarterResSR(nn.Module):
         else:
             self.tail = conv(widths[-1], 16)
         self.register_buffer("nearest_index", _nearest_index(), persistent=False)
-        self.dense_tail = False
-        if self.lr_tail:
+        if self.dense_tail:
             kernel, bias = _lr_tail_gather(self.lr_tail)
             self.register_buffer("tail_kernel_index", kernel, persistent=False)
             self.register_buffer("tail_bias_index", bias, persistent=False)
@@ -131,17 +131,17 @@ class QuarterResSR(nn.Module):
         f = self.act(self.head(lr4 - self.shift))
         for conv in self.body:
             f = self.act(conv(f))
-        if self.lr_tail and self.dense_tail:
-            flat = torch.cat([self.tail.weight.flatten(), self.tail.bias, self.tail.bias.new_zeros(1)])
-            sub = F.conv2d(self.act(self.expand(f)), flat[self.tail_kernel_index], flat[self.tail_bias_index],
-                           padding=1)
-            sub = sub + lr4.index_select(1, self.nearest_index)
-            return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
         if self.lr_tail:
-            lr_f = F.pixel_shuffle(self.act(self.expand(f)), 2)  # [N, lr_tail, H, W]
-            sub = self.tail(lr_f) + x.expand(-1, 4, -1, -1)  # each LR pixel's 4 sub-pixels, nearest residual
-            return F.pixel_shuffle(sub, 2)[..., : 2 * h, : 2 * w]
-        sub = self.tail(f) + lr4.index_select(1, self.nearest_index)
+            f = self.act(self.expand(f))
+            if not self.dense_tail:
+                lr_f = F.pixel_shuffle(f, 2)  # [N, lr_tail, H, W]
+                sub = self.tail(lr_f) + x.expand(-1, 4, -1, -1)  # each LR pixel's 4 sub-pixels, nearest residual
+                return F.pixel_shuffle(sub, 2)[..., : 2 * h, : 2 * w]
+            flat = torch.cat([self.tail.weight.flatten(), self.tail.bias, self.tail.bias.new_zeros(1)])
+            sub = F.conv2d(f, flat[self.tail_kernel_index], flat[self.tail_bias_index], padding=1)
+        else:
+            sub = self.tail(f)
+        sub = sub + lr4.index_select(1, self.nearest_index)
         return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
 
 
@@ -188,9 +188,9 @@ def fused(model: QuarterResSR, dense_tail: bool = False) -> QuarterResSR:
     ``dense_tail``: an LR-resolution tail runs in its dense quarter-resolution form (same output, faster
     in onnxruntime; see ``QuarterResSR``).
     """
-    plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail).to(next(model.parameters()).device)
+    plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail,
+                         dense_tail=dense_tail).to(next(model.parameters()).device)
     plain.shift = model.shift
-    plain.dense_tail = bool(dense_tail and model.lr_tail)
     if model.lr_tail:
         plain.expand.load_state_dict(model.expand.state_dict())
     convs = [model.head, *model.body, model.tail]
