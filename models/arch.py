@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.fullres import FullResSR, fused_full_res
 from models.reparam import ECB
 
 NEGATIVE_SLOPE = 0.1
@@ -171,23 +172,29 @@ def count_macs(model: nn.Module, height: int = 360, width: int = 640) -> int:
     return macs
 
 
-def build(config: dict | None = None) -> QuarterResSR:
+def build(config: dict | None = None) -> QuarterResSR | FullResSR:
     """Make the generator from a checkpoint's config dict (so checkpoints rebuild themselves).
 
     ``{"widths": [...]}`` is the plain net (every checkpoint before re-parameterisation);
-    ``{"widths": [...], "reparam": true}`` the ECB training form.
+    ``{"widths": [...], "reparam": true}`` the ECB training form; ``"full_res": true`` the
+    full-resolution generator (``models.fullres``).
     """
-    return QuarterResSR(**(config or {}))
+    config = dict(config or {})
+    if config.pop("full_res", False):
+        return FullResSR(**config)
+    return QuarterResSR(**config)
 
 
 @torch.no_grad()
-def fused(model: QuarterResSR, dense_tail: bool = False) -> QuarterResSR:
+def fused(model: QuarterResSR | FullResSR, dense_tail: bool = False) -> QuarterResSR | FullResSR:
     """The plain QuarterResSR computing what ``model`` computes: ECB blocks folded into 3x3 convs.
 
     A plain model is returned as a copy, so callers can always export ``fused(model)``.
     ``dense_tail``: an LR-resolution tail runs in its dense quarter-resolution form (same output, faster
-    in onnxruntime; see ``QuarterResSR``).
+    in onnxruntime; see ``QuarterResSR``). A full-resolution model has no such tail.
     """
+    if isinstance(model, FullResSR):
+        return fused_full_res(model)
     plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail,
                          dense_tail=dense_tail).to(next(model.parameters()).device)
     plain.shift = model.shift

@@ -51,13 +51,10 @@ class PatchPairs:
         self.patch = patch
         self.lr: list[np.ndarray] = []
         self.hr: list[np.ndarray] = []
-        for path in find_images(root)[:limit]:
-            hr = imaging.crop_to_multiple(imaging.load_image(path), SCALE)
-            if min(hr.size) < patch:
-                log.warning("skipping %s: smaller than the %d px patch", path, patch)
+        for name, lr, target in load_pairs(root, limit):
+            if min(lr.shape) * SCALE < patch:
+                log.warning("skipping %s: smaller than the %d px patch", name, patch)
                 continue
-            lr = imaging.luma_u8(imaging.downscale(hr, SCALE)).astype(np.float32) / 255.0
-            target = (imaging.luma(hr) / 255.0).astype(np.float32)
             if teacher is not None and teacher_weight > 0:
                 target = blend(target, teacher(lr), teacher_weight)
             self.lr.append(lr)
@@ -81,6 +78,37 @@ class PatchPairs:
         return torch.from_numpy(lrs), torch.from_numpy(hrs)
 
 
+def load_pairs(root: str | Path, limit: int | None = None):
+    """(name, LR luma, HR luma target) on 0..1 for each image under ``root``, or from a pack (``.npz``)."""
+    if Path(root).suffix == ".npz":
+        with np.load(root) as pack:
+            names = [str(n) for n in pack["names"]][:limit]
+            for i, name in enumerate(names):
+                yield name, pack[f"lr{i}"].astype(np.float32) / 255.0, pack[f"hr{i}"].astype(np.float32) / 255.0
+        return
+    for path in find_images(root)[:limit]:
+        hr = imaging.crop_to_multiple(imaging.load_image(path), SCALE)
+        lr = imaging.luma_u8(imaging.downscale(hr, SCALE)).astype(np.float32) / 255.0
+        yield path.name, lr, (imaging.luma(hr) / 255.0).astype(np.float32)
+
+
+def pack_pairs(root: str | Path, out: str | Path) -> int:
+    """Write the training pairs of ``root`` as one compressed ``.npz``: LR luma exactly as PatchPairs makes it,
+    HR luma rounded to 8 bits (a quarter of the RGB PNGs' size; the rounding is 1/255 at most, zero-mean).
+
+    Why: a GPU machine reached through the device tool takes 64 MiB of files, and the 291 RGB training
+    images alone are 61 MB. ``python -m models.data --pack ../shared/data/train --out train_y.npz``.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    names = []
+    for i, (name, lr, hr) in enumerate(load_pairs(root)):
+        names.append(name)
+        arrays[f"lr{i}"] = np.rint(lr * 255.0).astype(np.uint8)
+        arrays[f"hr{i}"] = np.clip(np.rint(hr * 255.0), 0, 255).astype(np.uint8)
+    np.savez_compressed(out, names=np.array(names), **arrays)
+    return len(names)
+
+
 def crop_pair(lr: np.ndarray, hr: np.ndarray, patch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One aligned patch pair (LR patch/2, HR patch) at a random place, with a random flip and rotation.
 
@@ -95,3 +123,75 @@ def crop_pair(lr: np.ndarray, hr: np.ndarray, patch: int, rng: np.random.Generat
     if rng.integers(2):
         lp, hp = lp[:, ::-1], hp[:, ::-1]
     return np.rot90(lp, k), np.rot90(hp, k)
+
+
+class DevicePatches:
+    """A PatchPairs' images held on the training device and cropped there, for GPU training.
+
+    Why: at the batch sizes a GPU wants, cutting patches in numpy and copying them over took longer
+    than the step itself. Here every image lives in one flat tensor per resolution and a batch is one
+    gather: random image (by area, as PatchPairs), random place, and a random one of the 8 flips and
+    rotations applied to the index grids, so LR and HR stay aligned by construction.
+    """
+
+    def __init__(self, pairs: PatchPairs, device: torch.device | str, seed: int = 0) -> None:
+        self.patch = pairs.patch
+        self.device = torch.device(device)
+        self.lr = torch.from_numpy(np.concatenate([a.ravel() for a in pairs.lr])).to(self.device)
+        self.hr = torch.from_numpy(np.concatenate([a.ravel() for a in pairs.hr])).to(self.device)
+        shapes = np.array([a.shape for a in pairs.lr], dtype=np.int64)
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        self.lr_h, self.lr_w = as_tensor(shapes[:, 0]), as_tensor(shapes[:, 1])
+        self.lr_off = as_tensor(np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]]))
+        self.hr_off = 4 * self.lr_off  # each HR image is exactly (2h, 2w)
+        self.weights = torch.from_numpy(pairs.weights).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def _grid(self, side: int, flip_y: torch.Tensor, flip_x: torch.Tensor,
+              transpose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample row and column offsets [B, side, side] inside the crop, transformed."""
+        r = torch.arange(side, device=self.device)
+        rows = r.view(1, side, 1).expand(len(flip_y), side, side)
+        cols = r.view(1, 1, side).expand(len(flip_y), side, side)
+        rows = torch.where(flip_y.view(-1, 1, 1), side - 1 - rows, rows)
+        cols = torch.where(flip_x.view(-1, 1, 1), side - 1 - cols, cols)
+        t = transpose.view(-1, 1, 1)
+        return torch.where(t, cols, rows), torch.where(t, rows, cols)
+
+    def sample(self, batch: int, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the device: LR [B,1,p/2,p/2] and HR [B,1,p,p] (``rng`` is unused: the device
+        generator, seeded at construction, draws everything)."""
+        p, q, g = self.patch, self.patch // SCALE, self.generator
+        img = torch.multinomial(self.weights, batch, replacement=True, generator=g)
+        h, w = self.lr_h[img], self.lr_w[img]
+        y = (torch.rand(batch, device=self.device, generator=g) * (h - q + 1)).long()
+        x = (torch.rand(batch, device=self.device, generator=g) * (w - q + 1)).long()
+        flips = torch.rand(batch, 3, device=self.device, generator=g) < 0.5
+        lr_r, lr_c = self._grid(q, flips[:, 0], flips[:, 1], flips[:, 2])
+        hr_r, hr_c = self._grid(p, flips[:, 0], flips[:, 1], flips[:, 2])
+        v = (-1, 1, 1)
+        lr_idx = self.lr_off[img].view(v) + (y.view(v) + lr_r) * w.view(v) + x.view(v) + lr_c
+        hr_idx = self.hr_off[img].view(v) + (2 * y.view(v) + hr_r) * (2 * w).view(v) + 2 * x.view(v) + hr_c
+        return self.lr[lr_idx].unsqueeze(1), self.hr[hr_idx].unsqueeze(1)
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def restore(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state.cpu())
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Pack a folder of training images into one .npz of luma pairs.")
+    ap.add_argument("--pack", required=True, help="folder of HR training images")
+    ap.add_argument("--out", required=True, help="the .npz to write")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    n = pack_pairs(args.pack, args.out)
+    log.info("packed %d images into %s (%.1f MB)", n, args.out, Path(args.out).stat().st_size / 1e6)
+
+
+if __name__ == "__main__":
+    main()

@@ -34,8 +34,9 @@ def peer_family(path: Path) -> tuple[str, str]:
     raise ValueError(f"{path} is not a known x2 peer file (expected one of: {known})")
 
 
-def load_teacher(path: str | Path) -> tuple[str, Teacher]:
-    """The peer at ``path`` as a function on whole luma images, and its name."""
+def load_teacher(path: str | Path, device=None) -> tuple[str, Teacher]:
+    """The peer at ``path`` as a function on whole luma images, and its name; it runs on ``device``
+    (a torch device; the CPU when None)."""
     import torch
 
     path = Path(path)
@@ -43,12 +44,14 @@ def load_teacher(path: str | Path) -> tuple[str, Teacher]:
         raise FileNotFoundError(f"teacher weights not found: {path}")
     short, family = peer_family(path)
     model, _, params = build_peer(family, path)
+    device = device or torch.device("cpu")
+    model = model.to(device)
     log.info("teacher %s: %d params, from %s", short, params, path)
 
     @torch.no_grad()
     def run(lr: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(lr, np.float32))[None, None]
-        return model(x)[0, 0].numpy().astype(np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(lr, np.float32))[None, None].to(device)
+        return model(x)[0, 0].cpu().numpy().astype(np.float32)
 
     return short, run
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.arch import build, count_macs, count_params, fused
-from models.data import PatchPairs
+from models.data import DevicePatches, PatchPairs
 from models.evaluate import evaluate, load_samples
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def make_parser() -> argparse.ArgumentParser:
                     help="share of the teacher's output in the target (0..1; the rest is the real HR)")
     ap.add_argument("--val", default="../shared/data/benchmarks/Set5", help="validation folder ('' to skip)")
     ap.add_argument("--out", required=True, help="run folder for checkpoints")
-    ap.add_argument("--steps", type=int, required=True, help="total optimisation steps")
+    ap.add_argument("--steps", type=int, default=0, help="total optimisation steps (or --minutes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--init", default=None,
@@ -88,6 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--widths", type=parse_widths, default=(32, 32, 16, 16), help="conv widths, e.g. 32,32,16,16")
     ap.add_argument("--reparam", action="store_true",
                     help="train each 3x3 conv as an ECB block (fused into plain convs for export)")
+    ap.add_argument("--full-res", action="store_true",
+                    help="the full-resolution generator (models.fullres; --widths are its head and body widths, "
+                         "e.g. 16,16,16,16,16,16,16): the fidelity model's shape, 4x the multiply-adds per parameter")
     ap.add_argument("--lr-tail", type=int, default=0,
                     help="end at LR resolution with this many features per LR pixel (models.arch; 0: the "
                          "quarter-resolution tail)")
@@ -104,6 +107,12 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-every", type=int, default=2000)
     ap.add_argument("--save-every", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--sampler", choices=("auto", "host", "device"), default="auto",
+                    help="where clean patches are cut: 'host' (numpy, models.data.PatchPairs), 'device' (on the "
+                         "training device, models.data.DevicePatches); 'auto' is 'device' on a GPU")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="a wall-time budget instead of a step count: after a short warm-up the run measures its "
+                         "steps per second and fixes --steps (recorded in the checkpoint) to end in about this time")
     ap.add_argument("--limit-images", type=int, default=None, help="use only the first N images (tests)")
     return ap
 
@@ -137,11 +146,15 @@ def checkpoint(step: int, args: argparse.Namespace, out: Path, state: Callable[[
 
 def train(args: argparse.Namespace, command: str = "") -> dict:
     """Run (or resume) training; returns this session's losses, the best PSNR and the wall time."""
+    if args.steps <= 0 and args.minutes <= 0:
+        raise SystemExit("give --steps N or --minutes M")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    sampler_state = None
 
     config = model_config(args)
     model = build(config).to(device)
@@ -158,6 +171,9 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         rng.bit_generator.state = ckpt["rng"]
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
+        sampler_state = ckpt.get("sampler")
+        if args.minutes and ckpt.get("args", {}).get("steps"):
+            args.steps, args.minutes = ckpt["args"]["steps"], 0.0  # the budget was fixed as a step count
         # A resumed run may change its settings (e.g. --steps): keep every command with the step it took over at.
         history = ckpt.get("history") or [[0, ckpt.get("command", command)]]
         if command and command != history[-1][1]:
@@ -178,15 +194,21 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     log.info("%s %s: %d params at inference (%d while training), %.3f GMAC at 640x360, device %s",
              type(model).__name__, config, count_params(plain), count_params(model),
              count_macs(plain) / 1e9, device)
-    data = load_training_data(args)
+    data = load_training_data(args, device)
+    on_device = args.sampler == "device" or (args.sampler == "auto" and device.type == "cuda")
+    if isinstance(data, PatchPairs) and on_device:
+        data = DevicePatches(data, device, args.seed)
+        if sampler_state is not None:
+            data.restore(sampler_state)
     val = load_samples(args.val) if args.val else []
     loss_fn = LOSSES[args.loss]
 
     def state(best: float) -> dict:
+        extra = {"sampler": data.state()} if isinstance(data, DevicePatches) else {}
         return {"config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                 "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
-                "command": command, "history": history, "args": vars(args)}
+                "command": command, "history": history, "args": vars(args), **extra}
 
     def validate() -> float:
         model.eval()
@@ -195,6 +217,10 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         return psnr
 
     losses: list[float] = []
+    pending: list[torch.Tensor] = []  # this step's losses, read back in groups: a read per step stalls a GPU
+    budget = StepBudget(args.minutes, step) if args.minutes else None
+    if budget:
+        args.steps = budget.provisional
     t0 = time.perf_counter()
     model.train()
     with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="train", unit="step",
@@ -210,9 +236,14 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
             loss.backward()
             opt.step()
             step += 1
-            losses.append(loss.item())
+            pending.append(loss.detach())
+            if budget and budget.fixes(step):
+                args.steps = bar.total = budget.steps(step)
+                log.info("%.1f steps/s: %d steps fit the %.1f-minute budget", budget.rate, args.steps, args.minutes)
             bar.update(1)
-            if step % 20 == 0 or step == args.steps:
+            if step % 20 == 0 or step % args.val_every == 0 or step == args.steps:
+                losses.extend(torch.stack(pending).tolist())
+                pending.clear()
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
             best = checkpoint(step, args, out, state, validate if val else None, best, lambda psnr, top: (
                 f"loss {np.mean(losses[-args.val_every:]):.5f}, {Path(args.val).name} PSNR-Y {psnr:.3f} dB "
@@ -224,9 +255,44 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     return {"losses": losses, "best_psnr": best, "steps": step, "wall_s": wall}
 
 
+class StepBudget:
+    """Turns a wall-time budget into a step count, so the learning-rate schedule can end on time.
+
+    The rate is first measured over steps ``warmup``..``warmup + window`` of this session (the first steps
+    pay for cuDNN's algorithm search and the allocator's growth), then again every ``every`` steps (runs
+    sharing a GPU speed up or slow down as the others start and end); validation and saving are left a margin.
+    """
+
+    def __init__(self, minutes: float, start_step: int, warmup: int = 50, window: int = 250,
+                 margin: float = 0.95, every: int = 2000) -> None:
+        self.seconds = 60.0 * minutes
+        self.start_step, self.warmup, self.window, self.margin, self.every = start_step, warmup, window, margin, every
+        self.last_step = start_step
+        self.t_start = time.perf_counter()
+        self.t_warm = self.t_start
+        self.rate = 0.0
+        self.provisional = start_step + 10**9  # the schedule stays at its peak until the count is fixed
+
+    def fixes(self, step: int) -> bool:
+        """True at the steps where the count is (re)estimated."""
+        done = step - self.start_step
+        if done == self.warmup:
+            self.t_warm, self.last_step = time.perf_counter(), step
+        return done == self.warmup + self.window or (done > self.warmup + self.window and done % self.every == 0)
+
+    def steps(self, step: int) -> int:
+        now = time.perf_counter()
+        self.rate = (step - self.last_step) / max(now - self.t_warm, 1e-9)
+        self.t_warm, self.last_step = now, step
+        left = self.seconds * self.margin - (now - self.t_start)
+        return step + max(int(self.rate * left), 1)
+
+
 def model_config(args: argparse.Namespace) -> dict:
     """The checkpoint's generator config; plain runs keep the old ``{"widths": ...}`` form."""
     config: dict = {"widths": list(args.widths)}
+    if getattr(args, "full_res", False):
+        config["full_res"] = True
     if getattr(args, "reparam", False):
         config["reparam"] = True
     if getattr(args, "slope", 0.1) != 0.1:
@@ -236,7 +302,7 @@ def model_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def load_training_data(args: argparse.Namespace):
+def load_training_data(args: argparse.Namespace, device: torch.device | None = None):
     """Clean bicubic pairs cut from --data, or the degraded (codec-aware) pairs of a --pairs cache."""
     teacher_path = getattr(args, "teacher", None)  # models.gan's arguments have no teacher
     if args.pairs:
@@ -251,7 +317,7 @@ def load_training_data(args: argparse.Namespace):
         raise SystemExit(f"--teacher-weight must be in (0, 1], got {args.teacher_weight}")
     from models.teacher import load_teacher
 
-    name, teacher = load_teacher(teacher_path)
+    name, teacher = load_teacher(teacher_path, device)
     t0 = time.perf_counter()
     data = PatchPairs(args.data, args.patch, args.limit_images, teacher=teacher, teacher_weight=args.teacher_weight)
     log.info("targets: %.0f%% %s, %.0f%% HR (teacher ran in %.0f s)", 100 * args.teacher_weight, name,

@@ -1,0 +1,124 @@
+"""The full-resolution fidelity generator, and the on-device patch sampler that GPU training uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tests.conftest import shared_or_skip
+
+torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
+
+from models.arch import build, count_macs, count_params, fused  # noqa: E402
+from models.data import DevicePatches, PatchPairs  # noqa: E402
+from models.fullres import FullResSR  # noqa: E402
+
+
+def randomise(module: torch.nn.Module, std: float = 0.1) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, std)
+
+
+def test_full_res_m6c16_fits_the_budget_and_fuses_exactly() -> None:
+    model = build({"widths": [16] * 7, "reparam": True, "full_res": True})
+    assert isinstance(model, FullResSR)
+    randomise(model)
+    plain = fused(model)
+    assert count_params(plain) == 14_660 <= 15_000
+    assert count_macs(plain) == 14_544 * 640 * 360  # every weight once per LR pixel (biases are not MACs)
+    x = torch.rand(2, 1, 37, 52)
+    with torch.no_grad():
+        out, ref = plain(x), model(x)
+    assert out.shape == (2, 1, 74, 104)
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+def test_full_res_starts_as_nearest_and_exports_under_the_contract(tmp_path: Path) -> None:
+    from models.export import TOLERANCE, export_onnx, max_diff
+
+    torch.manual_seed(0)
+    model = build({"widths": [16, 16, 16], "full_res": True})
+    x = torch.rand(1, 1, 20, 30)
+    with torch.no_grad():  # the tail starts near zero: the output is close to nearest-neighbour upsampling
+        assert (model(x) - x.repeat_interleave(2, 2).repeat_interleave(2, 3)).abs().max() < 0.1
+    randomise(model)
+    path = tmp_path / "full.onnx"
+    export_onnx(fused(model), path)
+    assert max_diff(fused(model), path) < TOLERANCE
+
+
+def coded_pairs(patch: int) -> SimpleNamespace:
+    """Two images whose LR pixels carry unique codes and whose HR pixels carry 4x their LR pixel's code
+    plus their place in its 2x2 block: any misalignment or mixed-up flip shows in the numbers."""
+    lr, hr = [], []
+    for h, w, base in ((20, 31, 0), (26, 18, 1000)):
+        code = base + np.arange(h * w, dtype=np.float32).reshape(h, w)
+        sub = np.array([[0, 1], [2, 3]], np.float32)
+        lr.append(code)
+        hr.append(4 * np.kron(code, np.ones((2, 2), np.float32)) + np.tile(sub, (h, w)))
+    areas = np.array([a.size for a in lr], np.float64)
+    return SimpleNamespace(patch=patch, lr=lr, hr=hr, weights=areas / areas.sum())
+
+
+def test_device_patches_keep_lr_and_hr_aligned_under_every_flip_and_rotation() -> None:
+    pairs = coded_pairs(patch=12)
+    sampler = DevicePatches(pairs, "cpu", seed=3)
+    lr_b, hr_b = sampler.sample(400)
+    assert lr_b.shape == (400, 1, 6, 6) and hr_b.shape == (400, 1, 12, 12)
+    corners = set()
+    for lp, hp in zip(lr_b[:, 0].numpy(), hr_b[:, 0].numpy()):
+        blocks = hp.reshape(6, 2, 6, 2).transpose(0, 2, 1, 3)  # [6, 6, 2, 2]: the HR block of each LR pixel
+        assert np.array_equal(np.floor(blocks / 4), np.broadcast_to(lp[:, :, None, None], blocks.shape))
+        # The crop is a contiguous window of one image: neighbours differ by 1 along one axis and by
+        # the image width along the other, in some order and direction.
+        steps = {abs(float(lp[0, 1] - lp[0, 0])), abs(float(lp[1, 0] - lp[0, 0]))}
+        assert steps in ({1.0, 31.0}, {1.0, 18.0}), steps
+        corners.add(tuple((blocks[0, 0] % 4).ravel().astype(int)))
+    assert len(corners) == 8  # all 8 flips and rotations occur, each moving the 2x2 sub-pixels with it
+
+
+def test_device_patches_on_real_images_match_the_host_sampler_and_resume() -> None:
+    train = shared_or_skip("data", "train", "BSDS200")
+    pairs = PatchPairs(train, patch=32, limit=3)
+    sampler = DevicePatches(pairs, "cpu", seed=0)
+    state = sampler.state()
+    lr_b, hr_b = sampler.sample(64)
+    # Bicubic LR against the 2x2 mean of its HR: small when aligned, several times larger one pixel off.
+    box = torch.nn.functional.avg_pool2d(hr_b, 2)
+    aligned = (box - lr_b).abs().mean().item()
+    shifted = (box[..., 1:, :] - lr_b[..., :-1, :]).abs().mean().item()
+    assert aligned < 0.02 and shifted > 2 * aligned, (aligned, shifted)
+    host_lr, host_hr = pairs.sample(64, np.random.default_rng(0))
+    assert abs(lr_b.std().item() - host_lr.std().item()) < 0.05  # the same content, not zeros
+    sampler.restore(state)
+    again_lr, _ = sampler.sample(64)
+    assert torch.equal(again_lr, lr_b)
+
+
+def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
+    """A short full-resolution ECB run: the loss falls, and the checkpoint exports and matches onnxruntime."""
+    from models import train
+    from models.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
+
+    data = shared_or_skip("data", "train", "BSDS200")
+    args = train.make_parser().parse_args([
+        "--data", str(data), "--val", "", "--out", str(tmp_path / "run"), "--steps", "120", "--seed", "0",
+        "--full-res", "--reparam", "--widths", "16,16,16", "--batch", "8", "--patch", "32", "--lr", "3e-3",
+        "--limit-images", "4", "--threads", "2", "--sampler", "device", "--save-every", "50"])
+    summary = train.train(args)
+    losses = summary["losses"]
+    assert len(losses) == 120
+    assert np.mean(losses[-20:]) < 0.9 * np.mean(losses[:20]), (losses[:20], losses[-20:])
+    model, ckpt = load_checkpoint_model(tmp_path / "run" / "last.pt")
+    assert ckpt["config"] == {"widths": [16, 16, 16], "reparam": True, "full_res": True}
+    assert isinstance(model, FullResSR) and not model.reparam
+    assert "sampler" in ckpt  # the device sampler's generator state: a resumed run continues its data order
+    args.steps = 130
+    args.resume = True
+    assert train.train(args)["steps"] == 130
+    export_onnx(model, tmp_path / "m.onnx")
+    assert max_diff(model, tmp_path / "m.onnx") < TOLERANCE
