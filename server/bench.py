@@ -1,7 +1,7 @@
 """Side-by-side CPU benchmark of the full upscaling path: bicubic, our models and published peers.
 
 ``python -m server.bench [--json] [--peers DIR [--peers-only NAME...]] [--frames N] [--runs N]
-[--row-seconds S] [--threads 1,2] [--default-only]``
+[--row-seconds S] [--threads 1,2] [--default-only] [--plot PNG]``
 
 Every candidate is timed the way the server runs it (``upscale(av.VideoFrame yuv420p 640x360)``
 -> yuv420p 1280x720: Y through the network, U/V bicubic) on the same decoded frames of real
@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "are timed (0: no cap; default %(default)s)")
     ap.add_argument("--min-frames", type=int, default=MIN_FRAMES,
                     help="timed frames every row gets before --row-seconds applies (default %(default)s)")
+    ap.add_argument("--plot", default=None, metavar="PNG",
+                    help="also draw time against Set5/Set14 PSNR (server.frontier) at the largest thread count")
     args = ap.parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -552,6 +554,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"skipped {s['name']}: {s['reason']}")
     if result["comparison"]:
         print(comparison_table(result["comparison"]))
+    if args.plot:
+        from .frontier import plot
+
+        plot(result, Path(args.plot), threads=max(args.threads))
     if args.json:
         print(json.dumps(result))
     sys.stdout.flush()

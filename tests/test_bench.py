@@ -71,8 +71,11 @@ def test_project_model_macs_scale_with_the_pixel_count():
         assert bench.count_macs(graph, 720, 1280) == 4 * cand.macs
 
 
-def test_json_of_a_tiny_run_has_the_documented_shape(capsys):
-    bench.main(["--json", "--frames", "3", "--runs", "1", "--threads", "1", "--default-only"])
+def test_json_of_a_tiny_run_has_the_documented_shape(capsys, tmp_path):
+    plot = tmp_path / "frontier.png"
+    with_sets = (bench.BENCHMARKS / "Set5").is_dir()
+    bench.main(["--json", "--frames", "3", "--runs", "1", "--threads", "1", "--default-only"]
+               + (["--plot", str(plot)] if with_sets else []))
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     assert {"command", "date", "machine", "frames", "runs", "warmup", "threads", "ceiling", "psnr_protocol",
@@ -90,6 +93,7 @@ def test_json_of_a_tiny_run_has_the_documented_shape(capsys):
     assert model["macs"] > 0 and model["params"] > 0 and model["ceiling_pct"] > 0
     if (bench.BENCHMARKS / "Set5").is_dir():
         assert model["psnr"]["Set5"] > result["rows"][0]["psnr"]["Set5"]  # the model beats bicubic
+        assert plot.stat().st_size > 0  # server.frontier's own tests check what it draws
     assert any(line.startswith("bicubic (OpenCV)") for line in out)  # the readable table came first
 
 
