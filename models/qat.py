@@ -41,6 +41,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.arch import NEGATIVE_SLOPE, QuarterResSR
+from models.fullres import FullResSR
 from models.evaluate import evaluate, load_samples
 from models.export import load_checkpoint_model
 from models.train import LOSSES, checkpoint, cosine_lr, load_training_data, save, torch_upscaler
@@ -52,6 +53,7 @@ WMAX = 127  # symmetric int8 weights use -127..127
 START_PERCENTILE = 99.99
 GRID_SHIFT = 128.0 / 255.0
 MAX_FALLBACK_LOSS_DB = 0.5  # a fallback stands in for bicubic (2-3 dB lower), not for the fp32 model
+Generator = QuarterResSR | FullResSR
 
 
 class FakeQuant(nn.Module):
@@ -91,7 +93,7 @@ class FakeQuant(nn.Module):
 
 
 @torch.no_grad()
-def grid_shift(net: QuarterResSR) -> QuarterResSR:
+def grid_shift(net: Generator) -> Generator:
     """The same net with its input shift moved from 0.5 to 128/255, the head's bias compensating.
 
     ``LR - 0.5`` falls halfway between the levels of any uint8 grid of step 1/255, so rounding it
@@ -121,7 +123,7 @@ def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor | None = None) -> tor
 
 
 class QuantSR(nn.Module):
-    """A plain QuarterResSR run with onnxruntime's QDQ rounding at the same tensors.
+    """A plain generator (QuarterResSR or FullResSR) run with onnxruntime's QDQ rounding at the same tensors.
 
     The tensors: the first conv's input, then for each conv its output and (all but the last)
     its LeakyRelu output; the input and the residual sum are fixed. With ReLU (``slope`` 0)
@@ -129,8 +131,9 @@ class QuantSR(nn.Module):
     ReLU's output, over a range that starts at 0 and so spends all 256 levels on what is kept.
     """
 
-    def __init__(self, net: QuarterResSR) -> None:
+    def __init__(self, net: Generator) -> None:
         super().__init__()
+        self.full_res = bool(getattr(net, "full_res", False))
         if getattr(net, "reparam", False):
             raise ValueError("QAT needs the fused (plain-conv) net: pass models.arch.fused(model)")
         self.net = grid_shift(net)
@@ -156,9 +159,14 @@ class QuantSR(nn.Module):
         q = self.quantize
         h, w = x.shape[-2], x.shape[-1]
         x = self.q_input(x) if q else x
-        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
-        lr4 = F.pixel_unshuffle(x, 2)
-        f = lr4 - self.net.shift
+        if self.full_res:  # features at LR resolution, the input itself is the residual
+            base = x.expand(-1, 4, -1, -1)
+            f = x - self.net.shift
+        else:  # features at quarter resolution, each sub-pixel channel adds the LR channel it lies over
+            x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+            lr4 = F.pixel_unshuffle(x, 2)
+            base = lr4.index_select(1, self.net.nearest_index)
+            f = lr4 - self.net.shift
         f = self.q_shifted(f) if q else f
         convs, scales = self.convs(), self.weight_scales()
         for i, conv in enumerate(convs):
@@ -173,8 +181,10 @@ class QuantSR(nn.Module):
             if hidden and not self.relu:
                 f = F.leaky_relu(f, self.net.slope)
                 f = self.q_act[i](f) if q else f
-        sub = f + lr4.index_select(1, self.net.nearest_index)
+        sub = f + base
         sub = self.q_output(sub) if q else sub
+        if self.full_res:
+            return F.pixel_shuffle(sub, 2)
         return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
 
     def points(self) -> dict[str, FakeQuant]:
@@ -212,7 +222,7 @@ def start_ranges(qmodel: QuantSR, batches: list[torch.Tensor], percentile: float
 
 
 def onnx_points(model: onnx.ModelProto) -> dict[str, str]:
-    """The tensor name of each rounding point in an exported QuarterResSR graph (found by structure)."""
+    """The tensor name of each rounding point in an exported generator graph (found by structure)."""
     nodes = list(model.graph.node)
     convs = [n for n in nodes if n.op_type == "Conv"]
     consumers: dict[str, list] = {}
@@ -343,7 +353,8 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     loss_fn = F.mse_loss if (args.loss or ("mse" if args.target == "teacher" else "l1")) == "mse" else LOSSES["l1"]
 
     def state(best: float) -> dict:
-        return {"qmodel": qmodel.state_dict(), "config": {"widths": list(net.widths), "slope": net.slope}, "optimizer": opt.state_dict(),
+        return {"qmodel": qmodel.state_dict(), "config": {"widths": list(net.widths), "slope": net.slope,
+                                                        "full_res": qmodel.full_res}, "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step, "best_psnr": best,
                 "elapsed_s": elapsed + time.perf_counter() - t0, "command": command, "args": vars(args)}
 
@@ -392,7 +403,9 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
 def load_qmodel(path: str | Path) -> QuantSR:
     """A QuantSR from a QAT checkpoint (``last.pt`` or ``best.pt``)."""
     ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    qmodel = QuantSR(QuarterResSR(tuple(ckpt["config"]["widths"]), slope=ckpt["config"].get("slope", NEGATIVE_SLOPE)))
+    config = ckpt["config"]
+    shape = FullResSR if config.get("full_res") else QuarterResSR
+    qmodel = QuantSR(shape(tuple(config["widths"]), slope=config.get("slope", NEGATIVE_SLOPE)))
     qmodel.load_state_dict(ckpt["qmodel"])
     return qmodel.eval()
 

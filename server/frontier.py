@@ -41,8 +41,9 @@ class Point:
 
     @property
     def label(self) -> str:
-        return self.name if self.precision == "fp32" or self.name.endswith(self.precision) else \
-            f"{self.name} ({self.precision})"
+        """The name without the bench's conversion note ("ETDS-M5C16 (torch->ONNX, Y)" -> "ETDS-M5C16")."""
+        name = self.name.split(" (")[0] if self.kind == "peer" else self.name
+        return name if self.precision == "fp32" or name.endswith(self.precision) else f"{name} ({self.precision})"
 
 
 def points(result: dict, threads: int, bench_set: str) -> list[Point]:
@@ -134,10 +135,27 @@ def _panel(draw, left: int, pts: list[Point], bench_set: str, threads: int) -> N
         x, y = ax.xy(p.ms, p.psnr)
         r = 5 if p.kind == "project" else 4
         draw.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS[p.kind], outline=(0, 0, 0))
-        draw.text((x + 7, y - 1), p.label, fill=COLOURS[p.kind], font=small, anchor="lm")
+    _labels(draw, ax, pts, small, (x_a, y_a, x_b + MARGIN_R, y_b))
     legend = "blue: this project   orange: published peers"
     legend += "".join(f"   ({p.name}: {p.psnr:.2f} dB, {p.ms:.1f} ms, off the plot)" for p in base if p not in pts)
     draw.text(((x_a + x_b) / 2, 32), legend, fill=(60, 60, 60), font=small, anchor="mm")
+
+
+def _labels(draw, ax: _Axes, pts: list[Point], font, box: tuple[float, float, float, float]) -> None:
+    """Name the points without overlapping text: project points first, then each group's front, then
+    the rest; a label goes right of its point, else left, else is left out (the JSON has every row)."""
+    fronts = {id(p) for kind in ("peer", "project") for p in pareto([q for q in pts if q.kind == kind])}
+    order = sorted(pts, key=lambda p: (p.kind != "project", id(p) not in fronts, p.ms))
+    taken: list[tuple[float, float, float, float]] = []
+    for p in order:
+        x, y = ax.xy(p.ms, p.psnr)
+        for anchor, dx in (("lm", 7), ("rm", -7)):
+            bb = draw.textbbox((x + dx, y), p.label, font=font, anchor=anchor)
+            inside = bb[0] >= box[0] and bb[2] <= box[2] and bb[1] >= box[1] and bb[3] <= box[3]
+            if inside and not any(bb[0] < t[2] and t[0] < bb[2] and bb[1] < t[3] and t[1] < bb[3] for t in taken):
+                draw.text((x + dx, y), p.label, fill=COLOURS[p.kind], font=font, anchor=anchor)
+                taken.append(bb)
+                break
 
 
 def plot(result: dict, out: Path, threads: int = 2) -> Path:

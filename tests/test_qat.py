@@ -21,6 +21,7 @@ from models.export import export_onnx, load_checkpoint_model  # noqa: E402
 from models.imaging import psnr  # noqa: E402
 
 CKPT = REPO / "models" / "checkpoints" / "qres_x2_v2_stage1.pt"
+FRES_CKPT = REPO / "models" / "checkpoints" / "fres_x2_m6c16_stage1.pt"  # the full-resolution generator
 
 
 def photo_luma(width: int, height: int, index: int = 0) -> np.ndarray:
@@ -34,9 +35,9 @@ def as_input(y: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.float32) / 255)[None, None]
 
 
-@pytest.fixture(scope="module")
-def qmodel() -> qat.QuantSR:
-    net, _ = load_checkpoint_model(CKPT)
+@pytest.fixture(scope="module", params=[CKPT, FRES_CKPT], ids=["quarter-res", "full-res"])
+def qmodel(request) -> qat.QuantSR:
+    net, _ = load_checkpoint_model(request.param)
     model = qat.QuantSR(net)
     crops = [photo_luma(128, 96, i) for i in range(3)]
     qat.start_ranges(model, [as_input(y) for y in crops])
