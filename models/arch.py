@@ -24,10 +24,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.fullres import FullResSR, fused_full_res
+from typing import TYPE_CHECKING
+
 from models.reparam import ECB
 
+if TYPE_CHECKING:  # models.fullres builds on this module; build() and fused() import it when asked
+    from models.fullres import FullResSR
+
 NEGATIVE_SLOPE = 0.1
+
+
+def activate(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """LeakyReLU with ``slope``; ReLU at 0 (which onnxruntime folds into the conv before it)."""
+    return F.relu(x) if slope == 0 else F.leaky_relu(x, slope)
+
+
+@torch.no_grad()
+def start_as_nearest(tail: nn.Module) -> None:
+    """Zero the tail's bias and shrink its weights, so a new generator starts as nearest-neighbour
+    upsampling (its residual) with the detail branch near zero."""
+    for name, p in tail.named_parameters():
+        if name.endswith("bias"):
+            p.zero_()
+        else:
+            p.mul_(0.1)
 
 
 def _lr_tail_gather(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,16 +134,10 @@ class QuarterResSR(nn.Module):
             self.register_buffer("tail_kernel_index", kernel, persistent=False)
             self.register_buffer("tail_bias_index", bias, persistent=False)
         self.shift = 0.5  # subtracted from the input; models.qat moves it onto the 1/255 grid
-        # Start as plain nearest upsampling: the detail branch begins near zero.
-        with torch.no_grad():
-            for name, p in self.tail.named_parameters():
-                if name.endswith("bias"):
-                    p.zero_()
-                else:
-                    p.mul_(0.1)
+        start_as_nearest(self.tail)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
+        return activate(x, self.slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -181,6 +195,8 @@ def build(config: dict | None = None) -> QuarterResSR | FullResSR:
     """
     config = dict(config or {})
     if config.pop("full_res", False):
+        from models.fullres import FullResSR
+
         return FullResSR(**config)
     return QuarterResSR(**config)
 
@@ -193,7 +209,9 @@ def fused(model: QuarterResSR | FullResSR, dense_tail: bool = False) -> QuarterR
     ``dense_tail``: an LR-resolution tail runs in its dense quarter-resolution form (same output, faster
     in onnxruntime; see ``QuarterResSR``). A full-resolution model has no such tail.
     """
-    if isinstance(model, FullResSR):
+    if getattr(model, "full_res", False):
+        from models.fullres import fused_full_res
+
         return fused_full_res(model)
     plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail,
                          dense_tail=dense_tail).to(next(model.parameters()).device)

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.arch import NEGATIVE_SLOPE, activate, start_as_nearest
 from models.reparam import ECB
-
-NEGATIVE_SLOPE = 0.1
 
 
 class FullResSR(nn.Module):
@@ -45,15 +44,10 @@ class FullResSR(nn.Module):
         self.body = nn.ModuleList(conv(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.tail = conv(widths[-1], 4)
         self.shift = 0.5
-        with torch.no_grad():  # start as nearest-neighbour upsampling: the detail branch begins near zero
-            for name, p in self.tail.named_parameters():
-                if name.endswith("bias"):
-                    p.zero_()
-                else:
-                    p.mul_(0.1)
+        start_as_nearest(self.tail)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
+        return activate(x, self.slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.act(self.head(x - self.shift))
