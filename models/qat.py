@@ -150,7 +150,8 @@ class QuantSR(nn.Module):
         self.record: dict[str, list[torch.Tensor]] | None = None  # start_ranges() collects conv outputs here
 
     def convs(self) -> list[nn.Conv2d]:
-        return [self.net.head, *self.net.body, self.net.tail]
+        mix = getattr(self.net, "mix", None)  # a full-resolution net's 1x1 mixing conv, when it has one
+        return [self.net.head, *self.net.body, self.net.tail, *([mix] if mix is not None else [])]
 
     def weight_scales(self) -> list[torch.Tensor]:
         return [getattr(self, f"w_scale{i}") for i in range(len(self.convs()))]
@@ -171,7 +172,7 @@ class QuantSR(nn.Module):
         convs, scales = self.convs(), self.weight_scales()
         for i, conv in enumerate(convs):
             weight = fake_quant_weight(conv.weight, scales[i]) if q else conv.weight
-            f = F.conv2d(f, weight, conv.bias, padding=1)
+            f = F.conv2d(f, weight, conv.bias, padding=conv.padding)
             hidden = i < len(convs) - 1
             if hidden and self.relu:
                 f = F.relu(f)  # onnxruntime folds a ReLU into the conv's output rounding

@@ -94,6 +94,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr-tail", type=int, default=0,
                     help="end at LR resolution with this many features per LR pixel (models.arch; 0: the "
                          "quarter-resolution tail)")
+    ap.add_argument("--mix", type=int, default=0,
+                    help="with --full-res: the tail's 3x3 conv emits this many features and a 1x1 conv mixes them "
+                         "into the 4 sub-pixels (ETDS's ending; nearly free in onnxruntime, see models.fullres)")
     ap.add_argument("--slope", type=float, default=0.1,
                     help="LeakyReLU negative slope; 0 = ReLU, which int8 inference folds into the conv (models/qat.py)")
     ap.add_argument("--slope-anneal", type=int, default=0,
@@ -148,6 +151,8 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     """Run (or resume) training; returns this session's losses, the best PSNR and the wall time."""
     if args.steps <= 0 and args.minutes <= 0:
         raise SystemExit("give --steps N or --minutes M")
+    if getattr(args, "mix", 0) and not getattr(args, "full_res", False):
+        raise SystemExit("--mix is an option of the full-resolution generator: add --full-res")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -299,6 +304,8 @@ def model_config(args: argparse.Namespace) -> dict:
         config["slope"] = args.slope
     if getattr(args, "lr_tail", 0):
         config["lr_tail"] = args.lr_tail
+    if getattr(args, "mix", 0):
+        config["mix"] = args.mix
     return config
 
 

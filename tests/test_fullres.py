@@ -51,6 +51,68 @@ def test_full_res_starts_as_nearest_and_exports_under_the_contract(tmp_path: Pat
     assert max_diff(fused(model), path) < TOLERANCE
 
 
+def test_mix_tail_fuses_exactly_starts_as_nearest_and_exports(tmp_path: Path) -> None:
+    """``mix=16``: a 3x3 tail to 16 features and a 1x1 conv to the 4 sub-pixels (ETDS's ending)."""
+    from models.export import TOLERANCE, export_onnx, max_diff
+
+    torch.manual_seed(0)
+    model = build({"widths": [16] * 6, "reparam": True, "full_res": True, "mix": 16})
+    x = torch.rand(1, 1, 20, 30)
+    with torch.no_grad():  # the 1x1 mixing conv starts near zero: close to nearest-neighbour upsampling
+        assert (model(x) - x.repeat_interleave(2, 2).repeat_interleave(2, 3)).abs().max() < 0.1
+    randomise(model)
+    plain = fused(model)
+    assert count_params(plain) == 14_148 <= 15_000  # M5C16's 12,340 + a 16-wide tail and its 1x1 mix
+    assert count_macs(plain) == (16 * 9 + 5 * 16 * 16 * 9 + 16 * 16 * 9 + 16 * 4) * 640 * 360
+    with torch.no_grad():
+        assert torch.allclose(plain(x), model(x), atol=1e-5)
+    path = tmp_path / "mix.onnx"
+    export_onnx(plain, path)
+    assert max_diff(plain, path) < TOLERANCE
+    import onnx
+
+    kernels = [list(n.attribute[[a.name for a in n.attribute].index("kernel_shape")].ints)
+               for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert kernels[-1] == [1, 1] and kernels[-2] == [3, 3] and len(kernels) == 8
+
+
+def test_mix_needs_the_full_resolution_generator(tmp_path: Path) -> None:
+    from models import train
+
+    args = train.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1", "--mix", "16"])
+    with pytest.raises(SystemExit, match="--full-res"):
+        train.train(args)
+    with pytest.raises(ValueError, match="mix"):
+        FullResSR((16, 16), mix=-1)
+
+
+def test_mix_net_quantisation_simulation_finds_every_rounding_point(tmp_path: Path) -> None:
+    """QAT (models.qat) takes the 1x1 mixing conv as one more conv: every rounding point it simulates
+    is a tensor of the exported graph, and the int8 graph computes what the simulation computes."""
+    import onnx
+
+    from models import qat
+    from models.evaluate import onnx_upscaler, to_display
+    from models.export import export_onnx
+    from models.imaging import psnr
+    from tests.test_qat import as_input, photo_luma
+
+    torch.manual_seed(0)
+    model = build({"widths": [16] * 4, "reparam": True, "full_res": True, "mix": 16})
+    randomise(model, 0.05)
+    qmodel = qat.QuantSR(fused(model))
+    qat.start_ranges(qmodel, [as_input(photo_luma(128, 96, i)) for i in range(3)])
+    qmodel.eval()
+    export_onnx(qmodel.net, tmp_path / "fp32.onnx")
+    assert set(qat.onnx_points(onnx.load(str(tmp_path / "fp32.onnx")))) == set(qmodel.points())
+    assert len(qmodel.q_conv) == 6  # head, 3 body convs, the 3x3 tail and the 1x1 mix
+    out = qat.export_int8(qmodel, tmp_path / "int8.onnx", [photo_luma(640, 360, 2)])
+    y = photo_luma(320, 180, 1)
+    with torch.no_grad():
+        sim = qmodel(as_input(y))[0, 0].numpy()
+    assert psnr(to_display(onnx_upscaler(out, threads=1)(y)), to_display(sim), 0) > 50
+
+
 def coded_pairs(patch: int) -> SimpleNamespace:
     """Two images whose LR pixels carry unique codes and whose HR pixels carry 4x their LR pixel's code
     plus their place in its 2x2 block: any misalignment or mixed-up flip shows in the numbers."""
