@@ -1,6 +1,7 @@
 """Time one ONNX model the way the server runs it: onnxruntime CPU, 2 intra-op threads.
 
-``python -m models.speed NAME_OR_PATH [--height 360 --width 640 --threads 2 --runs 50 --repeats 1]``
+``python -m models.speed NAME_OR_PATH... [--height 360 --width 640 --threads 2 --runs 50 --repeats 1]
+[--interleave]``
 prints the median milliseconds per frame for a [1,1,height,width] input. On a shared machine
 other processes inflate single measurements; ``--repeats N`` measures N times and also prints
 the lowest of the N medians, the figure least disturbed by them.
@@ -48,6 +49,33 @@ def time_model(path: str | Path, height: int = 360, width: int = 640, threads: i
     return times
 
 
+def time_interleaved(paths: list[str | Path], height: int = 360, width: int = 640, threads: int = 2,
+                     rounds: int = 30, warmup: int = 3) -> list[list[float]]:
+    """Per-round wall times in ms, one run of each model per round, in turn.
+
+    On a shared machine the load drifts within seconds; timing the models one after another lets that
+    drift favour whichever ran in a quiet spell. Taking turns run by run gives every model the same
+    spells, and the ratio of two models' times within each round cancels most of the drift."""
+    sessions = [make_session(p, threads) for p in paths]
+    x = np.random.default_rng(0).random((1, 1, height, width), dtype=np.float32)
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    for _ in range(warmup):
+        for sess, feed in zip(sessions, feeds):
+            sess.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for i, (sess, feed) in enumerate(zip(sessions, feeds)):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def ratio_to(times: list[float], reference: list[float]) -> float:
+    """Median over rounds of this model's time over the reference's in the same round."""
+    return statistics.median(a / b for a, b in zip(times, reference))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="+", help="manifest name or .onnx path")
@@ -56,8 +84,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50, help="timed runs per measurement")
     ap.add_argument("--repeats", type=int, default=1, help="measurements per model")
+    ap.add_argument("--interleave", action="store_true",
+                    help="time the models in turn, one run each per round (--runs rounds), and give each one's "
+                         "median ratio to the last model's time in the same round")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.interleave:
+        times = time_interleaved([resolve(m) for m in args.model], args.height, args.width, args.threads, args.runs)
+        for model, t in zip(args.model, times):
+            log.info("%s: %.2f ms median, %.3fx %s's time (median of %d interleaved rounds, %d threads)",
+                     model, statistics.median(t), ratio_to(t, times[-1]), args.model[-1], args.runs, args.threads)
+        return
     for model in args.model:
         medians = []
         for _ in range(args.repeats):

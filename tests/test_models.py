@@ -211,3 +211,17 @@ def test_slope_anneals_from_leaky_to_the_target_and_is_recorded() -> None:
     assert net.slope == 0.0
     x = torch.rand(1, 1, 8, 8) - 0.5
     assert torch.equal(net.act(x), torch.relu(x))
+
+
+def test_interleaved_timing_takes_turns_and_ratios_are_per_round() -> None:
+    """``models.speed --interleave``: one run of each model per round, and ratios taken within rounds, so
+    a load spike in one round cannot favour one model (behaviour only; no wall-clock figure is asserted)."""
+    from models.speed import ratio_to, time_interleaved
+
+    models = ROOT / "models"
+    times = time_interleaved([models / "qres_x2_v2.onnx", models / "fres_x2_m5c16.onnx"], 36, 64, threads=1,
+                             rounds=4, warmup=1)
+    assert [len(t) for t in times] == [4, 4] and all(v > 0 for t in times for v in t)
+    # a 10x spike in one round moves a whole-run ratio of medians or means, not the median per-round ratio
+    assert ratio_to([2.0, 4.0, 60.0, 8.0], [1.0, 2.0, 30.0, 4.0]) == 2.0
+    assert ratio_to([1.0, 1.0, 1.0], [1.0, 10.0, 1.0]) == 1.0
