@@ -46,7 +46,6 @@ class FullResSR(nn.Module):
         self.widths = tuple(widths)
         self.reparam = reparam
         self.slope = float(slope)
-        self.mix_width = int(mix)
 
         def conv(cin: int, cout: int) -> nn.Module:
             return ECB(cin, cout) if reparam else nn.Conv2d(cin, cout, 3, padding=1)
@@ -57,6 +56,11 @@ class FullResSR(nn.Module):
         self.mix = nn.Conv2d(mix, 4, 1) if mix else None
         self.shift = 0.5
         start_as_nearest(self.mix if mix else self.tail)
+
+    @property
+    def mix_width(self) -> int:
+        """Features the tail hands the 1x1 mixing conv (0: no mixing conv)."""
+        return 0 if self.mix is None else self.mix.in_channels
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         return activate(x, self.slope)

@@ -354,8 +354,7 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     loss_fn = F.mse_loss if (args.loss or ("mse" if args.target == "teacher" else "l1")) == "mse" else LOSSES["l1"]
 
     def state(best: float) -> dict:
-        return {"qmodel": qmodel.state_dict(), "config": {"widths": list(net.widths), "slope": net.slope,
-                                                        "full_res": qmodel.full_res}, "optimizer": opt.state_dict(),
+        return {"qmodel": qmodel.state_dict(), "config": qmodel_config(qmodel), "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step, "best_psnr": best,
                 "elapsed_s": elapsed + time.perf_counter() - t0, "command": command, "args": vars(args)}
 
@@ -401,12 +400,25 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     return {"qmodel": qmodel, "losses": losses, "start_psnr": start, "best_psnr": best, "wall_s": wall}
 
 
+def qmodel_config(qmodel: QuantSR) -> dict:
+    """What a QAT checkpoint records to rebuild its net's shape (``load_qmodel``)."""
+    net = qmodel.net
+    config = {"widths": list(net.widths), "slope": net.slope, "full_res": qmodel.full_res}
+    if getattr(net, "mix_width", 0):
+        config["mix"] = net.mix_width
+    return config
+
+
 def load_qmodel(path: str | Path) -> QuantSR:
     """A QuantSR from a QAT checkpoint (``last.pt`` or ``best.pt``)."""
     ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     config = ckpt["config"]
-    shape = FullResSR if config.get("full_res") else QuarterResSR
-    qmodel = QuantSR(shape(tuple(config["widths"]), slope=config.get("slope", NEGATIVE_SLOPE)))
+    slope = config.get("slope", NEGATIVE_SLOPE)
+    if config.get("full_res"):
+        net = FullResSR(tuple(config["widths"]), slope=slope, mix=config.get("mix", 0))
+    else:
+        net = QuarterResSR(tuple(config["widths"]), slope=slope)
+    qmodel = QuantSR(net)
     qmodel.load_state_dict(ckpt["qmodel"])
     return qmodel.eval()
 

@@ -111,6 +111,10 @@ def test_mix_net_quantisation_simulation_finds_every_rounding_point(tmp_path: Pa
     with torch.no_grad():
         sim = qmodel(as_input(y))[0, 0].numpy()
     assert psnr(to_display(onnx_upscaler(out, threads=1)(y)), to_display(sim), 0) > 50
+    # a QAT checkpoint of a mix net rebuilds the same net, 1x1 conv included
+    torch.save({"qmodel": qmodel.state_dict(), "config": qat.qmodel_config(qmodel)}, tmp_path / "q.pt")
+    with torch.no_grad():
+        assert torch.equal(qat.load_qmodel(tmp_path / "q.pt")(as_input(y))[0, 0], torch.from_numpy(sim))
 
 
 def coded_pairs(patch: int) -> SimpleNamespace:
