@@ -11,8 +11,9 @@ the same bits per pixel) -> decode -> Y planes of the decoded LR and of the HR, 
 BT.601 limited range via ``models.imaging``. A configurable share of pairs stays clean
 (bicubic, no codec), exactly as ``models.data`` makes them, so one model serves both.
 
-Pairs are cached as ``pair_XXXXX.npz`` (``lr``, ``hr``, ``meta`` JSON) under one folder per
-settings, so training epochs never re-encode::
+Pairs are cached as ``pair_XXXXX.npz`` (``lr``, ``hr``, ``meta`` JSON; a clip's pair also keeps the
+frame before, ``lr_prev`` and ``hr_prev``, for a temporal loss) under one folder per settings, so
+training epochs never re-encode::
 
     python -m models.degrade --images ../shared/data/train --videos ../shared/data/video \\
         --out models/cache/codec_v1 --pairs 2000 --seed 0
@@ -55,7 +56,7 @@ DECODERS = {"libvpx": "vp8", "libx264": "h264"}
 KERNELS = ("area", "bicubic")
 REF_PIXELS = 640 * 360  # the stream size the kbps range refers to
 FPS = 30
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: clip pairs keep the previous frame (lr_prev, hr_prev)
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,21 @@ class Plan:
 
 @dataclass
 class Pair:
-    """A cached training pair: uint8 Y planes (HR is exactly twice the LR) and how it was made."""
+    """A cached training pair: uint8 Y planes (HR is exactly twice the LR) and how it was made.
+
+    A clip's pair also holds the frame before the kept one (decoded LR and HR), so a loss can compare
+    frame-to-frame change; stills and clean pairs have none.
+    """
 
     lr: np.ndarray
     hr: np.ndarray
     meta: dict = field(default_factory=dict)
+    lr_prev: np.ndarray | None = None
+    hr_prev: np.ndarray | None = None
+
+    @property
+    def has_prev(self) -> bool:
+        return self.lr_prev is not None and self.hr_prev is not None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -286,7 +297,8 @@ def make_pair(plan: Plan, hr_frames: list[Image.Image], cfg: DegradeConfig) -> P
                 encoder_kbps=None if plan.kbps is None else
                 round(stream_kbps(plan.kbps, ys[-1].shape[1], ys[-1].shape[0]), 1))
     # JSON-normalised (tuples become lists), so a pair in memory equals the same pair read back.
-    return Pair(lr=ys[-1], hr=imaging.luma_u8(hrs[-1]), meta=json.loads(json.dumps(meta)))
+    prev = {"lr_prev": ys[-2], "hr_prev": imaging.luma_u8(hrs[-2])} if len(ys) > 1 else {}
+    return Pair(lr=ys[-1], hr=imaging.luma_u8(hrs[-1]), meta=json.loads(json.dumps(meta)), **prev)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -299,13 +311,15 @@ def pair_path(folder: Path, index: int) -> Path:
 def write_pair(path: Path, pair: Pair) -> None:
     """Write atomically, so an interrupted build never leaves a half pair that a resume trusts."""
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, lr=pair.lr, hr=pair.hr, meta=np.array(json.dumps(pair.meta)))
+    prev = {"lr_prev": pair.lr_prev, "hr_prev": pair.hr_prev} if pair.has_prev else {}
+    np.savez_compressed(tmp, lr=pair.lr, hr=pair.hr, meta=np.array(json.dumps(pair.meta)), **prev)
     tmp.replace(path)
 
 
 def read_pair(path: str | Path) -> Pair:
     with np.load(path, allow_pickle=False) as z:
-        return Pair(lr=z["lr"], hr=z["hr"], meta=json.loads(str(z["meta"])))
+        prev = {k: z[k] for k in ("lr_prev", "hr_prev") if k in z.files}
+        return Pair(lr=z["lr"], hr=z["hr"], meta=json.loads(str(z["meta"])), **prev)
 
 
 def default_cache_dir(cfg: DegradeConfig, seed: int, root: str | Path = "models/cache") -> Path:
@@ -417,11 +431,15 @@ class CodecPatchPairs(torch.utils.data.Dataset):
         self.lr: list[np.ndarray] = []
         self.hr: list[np.ndarray] = []
         self.meta: list[dict] = []
+        self.clips: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # pair index -> (LR, HR) as [H, W, 2]
         for path in list_pairs(root)[:limit]:
             pair = read_pair(path)
             if min(pair.hr.shape) < patch:
                 log.warning("skipping %s: smaller than the %d px patch", path, patch)
                 continue
+            if pair.has_prev:
+                self.clips[len(self.hr)] = (np.stack([pair.lr_prev, pair.lr], axis=-1),
+                                            np.stack([pair.hr_prev, pair.hr], axis=-1))
             self.lr.append(pair.lr)
             self.hr.append(pair.hr)
             self.meta.append(pair.meta)
@@ -429,6 +447,8 @@ class CodecPatchPairs(torch.utils.data.Dataset):
             raise ValueError(f"no usable pairs under {root}")
         areas = np.array([a.size for a in self.lr], dtype=np.float64)
         self.weights = areas / areas.sum()
+        self.clip_ids = np.array(sorted(self.clips), dtype=np.int64)
+        self.clip_weights = areas[self.clip_ids] / areas[self.clip_ids].sum() if len(self.clip_ids) else None
         self.rng = np.random.default_rng(seed)
         log.info("loaded %d pairs (%.1f M HR pixels) from %s", len(self.hr), areas.sum() * 4 / 1e6, root)
 
@@ -463,6 +483,23 @@ class CodecPatchPairs(torch.utils.data.Dataset):
         lrs /= 255.0
         hrs /= 255.0
         return torch.from_numpy(lrs), torch.from_numpy(hrs), torch.from_numpy(coded)
+
+    def sample_temporal(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches of two consecutive frames from clip pairs: LR [B,2,p/2,p/2] and HR [B,2,p,p] on 0..1.
+
+        Channel 0 is the previous frame, 1 the kept one; both frames share the place, flip and rotation,
+        so their difference is the clip's own frame-to-frame change (what ``temporal_psnr`` scores).
+        """
+        if self.clip_weights is None:
+            raise ValueError("no clip pairs (with a previous frame) in this cache: rebuild it with --clip-share > 0")
+        p, q = self.patch, self.patch // SCALE
+        lrs = np.empty((batch, 2, q, q), np.float32)
+        hrs = np.empty((batch, 2, p, p), np.float32)
+        for b, i in enumerate(rng.choice(self.clip_ids, size=batch, p=self.clip_weights)):
+            lp, hp = crop_pair(*self.clips[int(i)], self.patch, rng)
+            lrs[b] = np.moveaxis(lp, -1, 0)
+            hrs[b] = np.moveaxis(hp, -1, 0)
+        return torch.from_numpy(lrs / 255.0), torch.from_numpy(hrs / 255.0)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,7 +1,10 @@
 """Quality of a model against bicubic (and published peers): clean x2 benchmarks and the real codec path.
 
-``python -m models.evaluate --model NAME_OR_PATH --images DIR [DIR...]
+``python -m models.evaluate --model NAME_OR_PATH [--compare NAME_OR_PATH...] --images DIR [DIR...]
 [--video CLIP --codec vp8|h264 --kbps N --frames N] [--peers DIR] [--json]``
+
+``--compare`` scores more models on the very same images and decoded frames (libvpx's real-time mode
+does not encode a clip exactly alike twice, so separate runs differ by a few hundredths of a dB).
 
 Clean x2 benchmarks (``--images``), per image (see ``models.imaging`` for the conventions):
 - HR is cropped to even size (MATLAB ``modcrop``); LR = antialiased bicubic downscale of the HR RGB
@@ -249,6 +252,8 @@ def log_table(title: str, rows: dict[str, dict], keys: tuple[str, ...]) -> None:
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="manifest name or .onnx path (default: manifest default)")
+    ap.add_argument("--compare", nargs="*", default=[],
+                    help="more models (names or .onnx paths) scored on the same images and decoded frames")
     ap.add_argument("--images", nargs="*", default=[], help="benchmark folders")
     ap.add_argument("--video", default=None, help="a 720p clip for the codec path")
     ap.add_argument("--codec", choices=sorted(VIDEO_CODECS), default="vp8")
@@ -268,7 +273,12 @@ def run(args: argparse.Namespace) -> dict:
     path = resolve(args.model)
     model_name = str(args.model or "default")
     upscalers: dict[str, Upscaler] = {model_name: onnx_upscaler(path, args.threads)}
+    compare = {str(name): resolve(name) for name in getattr(args, "compare", [])}
+    if model_name in compare or len(compare) < len(getattr(args, "compare", [])):
+        raise SystemExit("--compare: each model once, and not the --model itself")
+    upscalers.update({name: onnx_upscaler(p, args.threads) for name, p in compare.items()})
     result: dict = {"model": model_name, "file": str(path), "scale": SCALE, "shave": SHAVE,
+                    "compare": {name: str(p) for name, p in compare.items()},
                     "clean": {}, "video": None, "peers": None}
     log.info("model %s (%s); x%d, Y BT.601 limited range, shave %d", model_name, path, SCALE, SHAVE)
     with tempfile.TemporaryDirectory(prefix="srtc-eval-") as tmp:

@@ -42,6 +42,20 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> 
 LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier}
 
 
+def temporal_loss(model: torch.nn.Module, data, batch: int, rng: np.random.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """L1 between the SR's frame-to-frame change and the HR's, on consecutive coded frames.
+
+    Why: a per-frame model that answers the codec's noise differently in each frame flickers where the
+    scene is still; bicubic does not. This is ``models.quality.temporal_psnr``'s error, made a loss.
+    """
+    lr, hr = data.sample_temporal(batch, rng)
+    b, _, h, w = lr.shape
+    sr = model(lr.to(device).reshape(2 * b, 1, h, w)).reshape(b, 2, *hr.shape[-2:])
+    hr = hr.to(device)
+    return torch.mean(torch.abs((sr[:, 1] - sr[:, 0]) - (hr[:, 1] - hr[:, 0])))
+
+
 def cosine_lr(step: int, total: int, peak: float, floor: float) -> float:
     """Cosine decay from ``peak`` at step 0 to ``floor`` at ``total``."""
     t = min(step / max(total, 1), 1.0)
@@ -107,6 +121,10 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--min-lr", type=float, default=1e-5)
     ap.add_argument("--loss", choices=sorted(LOSSES), default="l1")
+    ap.add_argument("--temporal", type=float, default=0.0,
+                    help="weight of a temporal loss (needs --pairs with clips): L1 between the SR's and the HR's "
+                         "change from the previous frame, on a second batch of consecutive-frame patches")
+    ap.add_argument("--temporal-batch", type=int, default=16, help="clip patch pairs per step for --temporal")
     ap.add_argument("--val-every", type=int, default=2000)
     ap.add_argument("--save-every", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -151,6 +169,8 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     """Run (or resume) training; returns this session's losses, the best PSNR and the wall time."""
     if args.steps <= 0 and args.minutes <= 0:
         raise SystemExit("give --steps N or --minutes M")
+    if args.temporal and not args.pairs:
+        raise SystemExit("--temporal needs consecutive coded frames: give --pairs (a cache with clips)")
     if getattr(args, "mix", 0) and not getattr(args, "full_res", False):
         raise SystemExit("--mix is an option of the full-resolution generator: add --full-res")
     out = Path(args.out)
@@ -237,6 +257,8 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
                 model.slope = annealed_slope(step, args.slope_anneal, args.slope)
             lr_b, hr_b = data.sample(args.batch, rng)
             loss = loss_fn(model(lr_b.to(device)), hr_b.to(device))
+            if args.temporal:
+                loss = loss + args.temporal * temporal_loss(model, data, args.temporal_batch, rng, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

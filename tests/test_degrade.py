@@ -80,6 +80,12 @@ def test_cache_round_trip_and_seeded_repeatability(tmp_path) -> None:
         np.testing.assert_array_equal(made.lr, pair.lr)
         np.testing.assert_array_equal(made.hr, pair.hr)
         assert made.meta == pair.meta
+        # A clip's pair keeps its previous frame (for the temporal loss); stills and clean pairs have none.
+        assert pair.has_prev == (pair.meta["mode"] == "clip"), pair.meta["mode"]
+        if pair.has_prev:
+            assert pair.lr_prev.shape == pair.lr.shape and pair.hr_prev.shape == pair.hr.shape
+            assert not np.array_equal(pair.hr_prev, pair.hr)  # panned: the scene moved between frames
+            np.testing.assert_array_equal(made.lr_prev, pair.lr_prev)
     modes = {degrade.read_pair(p).meta["mode"] for p in files}
     assert len(modes) >= 2, modes
     others = [degrade.read_pair(p) for p in degrade.list_pairs(c)]
@@ -97,8 +103,38 @@ def test_write_read_pair_round_trip(tmp_path) -> None:
     back = degrade.read_pair(path)
     np.testing.assert_array_equal(back.lr, pair.lr)
     np.testing.assert_array_equal(back.hr, pair.hr)
-    assert back.meta == pair.meta
+    assert back.meta == pair.meta and not back.has_prev
     assert list(tmp_path.iterdir()) == [path]
+    clip = degrade.Pair(pair.lr, pair.hr, pair.meta, lr_prev=255 - pair.lr, hr_prev=255 - pair.hr)
+    degrade.write_pair(path, clip)
+    back = degrade.read_pair(path)
+    assert back.has_prev
+    np.testing.assert_array_equal(back.lr_prev, clip.lr_prev)
+    np.testing.assert_array_equal(back.hr_prev, clip.hr_prev)
+
+
+def test_temporal_patches_cut_both_frames_alike(tmp_path) -> None:
+    """``sample_temporal``: channel 0 the previous frame, 1 the kept one, aligned and augmented alike."""
+    rng = np.random.default_rng(0)
+    up = np.ones((2, 2), np.uint8)
+    for i, (h, w) in enumerate([(40, 60), (64, 48), (33, 70)]):
+        lr = rng.integers(0, 256, (h, w), np.uint8)
+        prev = {} if i == 0 else {"lr_prev": 255 - lr, "hr_prev": np.kron(255 - lr, up)}
+        degrade.write_pair(degrade.pair_path(tmp_path, i), degrade.Pair(lr, np.kron(lr, up), {}, **prev))
+    data = degrade.CodecPatchPairs(tmp_path, patch=32)
+    assert list(data.clip_ids) == [1, 2]  # the still (pair 0) is never drawn
+    lr, hr = data.sample_temporal(48, np.random.default_rng(1))
+    assert lr.shape == (48, 2, 16, 16) and hr.shape == (48, 2, 32, 32)
+    assert lr.dtype == hr.dtype == torch.float32
+    torch.testing.assert_close(lr, hr[:, :, ::2, ::2], rtol=0, atol=0)  # each frame aligned with its HR
+    torch.testing.assert_close(lr[:, 0], 1.0 - lr[:, 1], rtol=0, atol=1e-6)  # the same place in both frames
+    assert float(lr.std()) > 0.1  # real content, not a constant patch
+    still_only = tmp_path / "stills"
+    still_only.mkdir()
+    degrade.write_pair(degrade.pair_path(still_only, 0),
+                       degrade.Pair(lr=np.full((20, 20), 9, np.uint8), hr=np.full((40, 40), 9, np.uint8)))
+    with pytest.raises(ValueError, match="no clip pairs"):
+        degrade.CodecPatchPairs(still_only, patch=32).sample_temporal(2, rng)
 
 
 def test_dataset_yields_aligned_patches(tmp_path) -> None:
@@ -137,3 +173,30 @@ def test_video_clips_from_shared_videos(tmp_path) -> None:
     data = degrade.CodecPatchPairs(out, patch=96)
     lr_b, hr_b = data.sample(4, np.random.default_rng(0))
     assert lr_b.shape == (4, 1, 48, 48) and hr_b.shape == (4, 1, 96, 96)
+
+
+def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
+    """``models.train.temporal_loss``: 0 for an upscaler that reproduces the change, the change itself for a still one."""
+    from models import train
+
+    rng = np.random.default_rng(2)
+    up = np.ones((2, 2), np.uint8)
+    for i in range(2):
+        lr = rng.integers(0, 200, (40, 48), np.uint8)
+        prev = lr + rng.integers(0, 50, lr.shape).astype(np.uint8)
+        degrade.write_pair(degrade.pair_path(tmp_path, i),
+                           degrade.Pair(lr, np.kron(lr, up), {}, lr_prev=prev, hr_prev=np.kron(prev, up)))
+    data = degrade.CodecPatchPairs(tmp_path, patch=32)
+    nearest = torch.nn.Upsample(scale_factor=2, mode="nearest")
+    assert float(train.temporal_loss(nearest, data, 8, np.random.default_rng(0), torch.device("cpu"))) < 1e-7
+
+    class Frozen(torch.nn.Module):  # the same picture whatever the frame: no change at all
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 1, 2 * x.shape[2], 2 * x.shape[3])
+
+    lr, hr = data.sample_temporal(8, np.random.default_rng(0))
+    expected = float((hr[:, 1] - hr[:, 0]).abs().mean())
+    got = float(train.temporal_loss(Frozen(), data, 8, np.random.default_rng(0), torch.device("cpu")))
+    assert expected > 0.02 and got == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(SystemExit, match="--pairs"):
+        train.train(train.make_parser().parse_args(["--out", str(tmp_path / "run"), "--steps", "1", "--temporal", "1"]))

@@ -136,15 +136,21 @@ def test_the_codec_aware_default_beats_the_clean_trained_model_on_coded_video(cl
 def test_json_has_every_part(capsys):
     set5 = shared_or_skip("data", "benchmarks", "Set5")
     video = shared_or_skip(*CLIP)
-    evaluate.main(["--images", str(set5), "--video", str(video), "--frames", "3", "--json"])
+    evaluate.main(["--images", str(set5), "--video", str(video), "--frames", "3", "--compare", "qres_x2_v2",
+                   "--json"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"model", "file", "scale", "shave", "clean", "video", "peers", "wall_s"} <= set(result)
+    assert {"model", "file", "scale", "shave", "compare", "clean", "video", "peers", "wall_s"} <= set(result)
+    assert result["compare"] == {"qres_x2_v2": str(resolve("qres_x2_v2"))}
     table = result["clean"]["Set5"]["results"]
-    assert set(table) == {"bicubic", "default"}
+    assert set(table) == {"bicubic", "default", "qres_x2_v2"}
     assert set(table["default"]) == set(evaluate.METRICS)
     assert table["default"]["psnr"] > table["bicubic"]["psnr"] + 1.0  # clean LR: the model must win clearly
-    assert result["video"]["frames"] == 3 and set(result["video"]["results"]) == {"bicubic", "default"}
+    assert table["qres_x2_v2"]["psnr"] > table["default"]["psnr"] + 0.3  # v2 is the clean-trained one
+    assert result["video"]["frames"] == 3
+    assert set(result["video"]["results"]) == {"bicubic", "default", "qres_x2_v2"}
     assert "tpsnr" in result["video"]["results"]["default"]
+    with pytest.raises(SystemExit, match="each model once"):
+        evaluate.main(["--images", str(set5), "--compare", "qres_x2_v2", "qres_x2_v2"])
 
 
 def test_missing_peers_are_skipped_with_a_reason(tmp_path):
