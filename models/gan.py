@@ -63,7 +63,7 @@ from models import losses as L
 from models.arch import build, count_macs, count_params, fused
 from models.discriminator import PatchDiscriminator
 from models.evaluate import evaluate, load_samples
-from models.train import checkpoint, cosine_lr, load_training_data, save, torch_upscaler
+from models.train import checkpoint, cosine_lr, load_training_data, save, temporal_loss, torch_upscaler
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ def make_parser() -> argparse.ArgumentParser:
                          "thousands: the shipped GAN uses 10000)")
     ap.add_argument("--flat", type=float, default=0.0,
                     help="weight of the flat-area grain L1 (0: off)")
+    ap.add_argument("--temporal", type=float, default=0.0,
+                    help="weight of the temporal loss (models.train --temporal; needs --pairs with clips; 0: off)")
+    ap.add_argument("--temporal-batch", type=int, default=8, help="clip patch pairs per step for --temporal")
     ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
     ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
     ap.add_argument("--gan", choices=sorted(L.ADVERSARIAL), default="ragan", help="adversarial loss")
@@ -182,6 +185,8 @@ def load_init(path: str | Path, device: torch.device) -> tuple[dict, dict]:
 
 def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     """Run (or resume) stage 2; returns per-step loss records, the best PSNR, steps and wall time."""
+    if args.temporal and not args.pairs:
+        raise SystemExit("--temporal needs consecutive coded frames: give --pairs (a cache with clips)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -210,7 +215,8 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     if weights["artifact"] and ema is None:
         raise SystemExit("--artifact needs the generator EMA (--ema > 0)")
     if ckpt is not None:
-        if {k: ckpt["weights"].get(k, 0.0) for k in weights} != weights or ckpt["d_base"] != args.d_base:
+        if ({k: ckpt["weights"].get(k, 0.0) for k in weights} != weights or ckpt["d_base"] != args.d_base
+                or ckpt.get("temporal", 0.0) != args.temporal):
             raise SystemExit(f"loss weights / --d-base differ from the checkpoint's {ckpt['weights']}")
         disc.load_state_dict(ckpt["disc"])
         opt_g.load_state_dict(ckpt["optimizer"])
@@ -235,7 +241,7 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     def state(best: float) -> dict:
         return {"config": config, "model": gen.state_dict(), "ema": ema.state_dict() if ema else None,
                 "disc": disc.state_dict(), "d_base": args.d_base, "optimizer": opt_g.state_dict(),
-                "optimizer_d": opt_d.state_dict(), "weights": weights, "stage": "gan", "init": args.init,
+                "optimizer_d": opt_d.state_dict(), "weights": weights, "temporal": args.temporal, "stage": "gan", "init": args.init,
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                 "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
                 "command": command, "args": vars(args)}
@@ -277,6 +283,9 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
             disc.requires_grad_(False)
             terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel,
                                     args.down_target, ema_sr, judged)
+            if args.temporal:
+                terms["temporal"] = temporal_loss(gen, data, args.temporal_batch, rng, device)
+                terms["total"] = terms["total"] + args.temporal * terms["temporal"]
             opt_g.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt_g.step()

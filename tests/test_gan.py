@@ -424,3 +424,23 @@ def test_down_consistency_targets_the_lr_before_the_codec():
     to_clean = gan.generator_terms(hr, hr, damaged, weights, down_target="clean")["down"]
     to_input = gan.generator_terms(hr, hr, damaged, weights, down_target="input")["down"]
     assert to_clean.item() < 1e-6 < 0.03 < to_input.item()
+
+
+def test_temporal_term_on_clip_pairs_and_resume_keeps_its_weight(tmp_path: Path) -> None:
+    """``--temporal``: the stage adds the frame-to-frame term (from clip pairs) and a resume must keep its weight."""
+    from models import degrade, gan
+
+    images = shared_or_skip("data", "train", "T91")
+    degrade.build_cache(tmp_path / "pairs", images, None, pairs=6, seed=0, progress=False,
+                        cfg=degrade.DegradeConfig(clean_share=0.0, clip_share=1.0, max_hr=(192, 192)))
+    stage1_checkpoint(tmp_path / "init.pt")
+    args = gan_args(tmp_path, "--pairs", str(tmp_path / "pairs"), "--temporal", "2", "--temporal-batch", "3",
+                    "--steps", "6", "--save-every", "6")
+    records = gan.train_gan(args)["records"]
+    assert len(records) == 6 and all(r["temporal"] > 0 for r in records)
+    assert all(r["total"] > 2 * r["temporal"] for r in records)  # the term is in the total, with its weight
+    args_b = gan_args(tmp_path, "--pairs", str(tmp_path / "pairs"), "--temporal", "1", "--steps", "8", "--resume")
+    with pytest.raises(SystemExit, match="differ"):
+        gan.train_gan(args_b)
+    with pytest.raises(SystemExit, match="--pairs"):
+        gan.train_gan(gan_args(tmp_path / "x", "--temporal", "1"))
