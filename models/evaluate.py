@@ -1,7 +1,7 @@
 """Quality of a model against bicubic (and published peers): clean x2 benchmarks and the real codec path.
 
 ``python -m models.evaluate --model NAME_OR_PATH [--compare NAME_OR_PATH...] --images DIR [DIR...]
-[--video CLIP --codec vp8|h264 --kbps N --frames N] [--peers DIR] [--json]``
+[--video CLIP --codec vp8|h264 --kbps N --frames N] [--pan DIR] [--peers DIR] [--json]``
 
 ``--compare`` scores more models on the very same images and decoded frames (libvpx's real-time mode
 does not encode a clip exactly alike twice, so separate runs differ by a few hundredths of a dB).
@@ -27,6 +27,11 @@ rounded to uint8, as in ``models.degrade``'s pairs): PSNR and SSIM per frame (2 
 gradient statistics; temporal consistency (``models.quality.temporal_psnr``: PSNR of
 (SR_t - SR_t-1) - (HR_t - HR_t-1), pooled over all consecutive pairs; higher = frame-to-frame change
 reproduced more faithfully, less flicker). ``decoded_lr_psnr`` is the codec's own loss on the LR.
+
+Panned clips (``--pan DIR``): each image of DIR (cropped to at most 1280x720) panned 4 / 2 HR px per
+frame into a ``--pan-frames`` clip, then the codec path above, each clip its own stream at the bits per
+pixel ``--kbps`` gives 640x360; figures are means over the clips. Coded video of other content than the
+film clips (one of which trains the video-aware models).
 
 Models and peers run through onnxruntime (or cv2.dnn for .pb peers), as in the server. ``--peers``
 adds the published models built by ``models.peers`` to every table; unrunnable ones are listed with
@@ -59,6 +64,7 @@ SHAVE = 2
 LR_SHAVE = SHAVE // SCALE
 MIN_LUMA_STD = 20.0  # a frame flatter than this is a fade or a fill, not content
 VIDEO_CODECS = {"vp8": ("libvpx", "6"), "h264": ("libx264", "ultrafast")}  # name -> (encoder, speed)
+PAN_PX = (4, 2)  # HR px per frame for --pan clips: 2 / 1 LR px, a slow diagonal camera move
 METRICS = ("psnr", "ssim", "ds_psnr", "grad_ratio", "grad_hist_l1", "flat_noise")
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
@@ -203,6 +209,41 @@ def load_clip(path: str | Path, frames: int, codec: str = "vp8", kbps: float = 4
     return Clip(path.name, start, hr_y, [imaging.luma_u8(lr) for lr in lrs], decoded, types)
 
 
+def load_panned_clips(folder: str | Path, frames: int = 10, codec: str = "vp8", kbps: float = 400.0,
+                      kernel: str = "area", pan: tuple[int, int] = PAN_PX, limit: int | None = None) -> list[Clip]:
+    """Each image of ``folder`` as a short clip, panned ``pan`` HR px per frame, through the codec.
+
+    Why: the only clips at hand are from one film, and one of them trains the video models; panned
+    photographs are coded video of other content, for checking that a gain is not the film's alone.
+    Each clip is encoded as its own stream, at the bits per pixel ``kbps`` gives a 640x360 stream.
+    """
+    from models import degrade
+
+    if codec not in VIDEO_CODECS:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(VIDEO_CODECS)}")
+    if any(v % SCALE for v in pan) or pan == (0, 0):
+        raise ValueError(f"pan {pan}: HR px per frame, multiples of {SCALE}, not both 0")
+    encoder, speed = VIDEO_CODECS[codec]
+    clips = []
+    for path in imaging.list_images(folder)[:limit]:
+        img = imaging.load_image(path)
+        hrs = degrade.pan_frames(img, frames, pan, (1280, 720), np.random.default_rng(0))
+        lrs = [degrade.downscale(hr, kernel) for hr in hrs]
+        rate = degrade.stream_kbps(kbps, lrs[0].width, lrs[0].height)
+        decoded, types = degrade.encode_decode(lrs, encoder, rate, speed)
+        clips.append(Clip(Path(path).name, 0, [imaging.luma_u8(hr) for hr in hrs],
+                          [imaging.luma_u8(lr) for lr in lrs], decoded, types))
+    if not clips:
+        raise FileNotFoundError(f"no images under {folder}")
+    return clips
+
+
+def evaluate_clips(clips: list[Clip], upscalers: dict[str, Upscaler]) -> dict:
+    """``evaluate_clip`` on each clip, then the mean of each figure over clips (dB averaged as dB)."""
+    tables = [evaluate_clip(clip, upscalers, progress_every=0) for clip in clips]
+    return {name: mean_metrics([t[name] for t in tables]) for name in upscalers}
+
+
 def evaluate_clip(clip: Clip, upscalers: dict[str, Upscaler], progress_every: int = 10) -> dict:
     """Per-upscaler means over frames: PSNR, SSIM, gradient statistics, temporal PSNR, ds_psnr vs decoded LR."""
     rows: dict[str, list[dict]] = {name: [] for name in upscalers}
@@ -261,6 +302,10 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--frames", type=int, default=30, help="video frames to use (default %(default)s)")
     ap.add_argument("--start", type=int, default=None, help="first video frame (default: after the fade-in)")
     ap.add_argument("--kernel", choices=("area", "bicubic"), default="area", help="sender's 720p->360p scaler")
+    ap.add_argument("--pan", default=None,
+                    help="folder of images, each panned into a clip and coded like --video (other content)")
+    ap.add_argument("--pan-frames", type=int, default=10, help="frames per panned clip (default %(default)s)")
+    ap.add_argument("--pan-limit", type=int, default=None, help="use only the first N images of --pan")
     ap.add_argument("--peers", default=None, help="folder of published peer models (e.g. ../shared/peers)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
@@ -279,7 +324,7 @@ def run(args: argparse.Namespace) -> dict:
     upscalers.update({name: onnx_upscaler(p, args.threads) for name, p in compare.items()})
     result: dict = {"model": model_name, "file": str(path), "scale": SCALE, "shave": SHAVE,
                     "compare": {name: str(p) for name, p in compare.items()},
-                    "clean": {}, "video": None, "peers": None}
+                    "clean": {}, "video": None, "pan": None, "peers": None}
     log.info("model %s (%s); x%d, Y BT.601 limited range, shave %d", model_name, path, SCALE, SHAVE)
     with tempfile.TemporaryDirectory(prefix="srtc-eval-") as tmp:
         if args.peers:
@@ -316,6 +361,19 @@ def run(args: argparse.Namespace) -> dict:
                                "fps": 30, "results": rounded(table)}
             log_table(f"video {clip.name} ({args.codec} {args.kbps:g} kbps, {len(clip.hr_y)} frames)", table,
                       METRICS[:2] + ("tpsnr",) + METRICS[2:])
+        if getattr(args, "pan", None):
+            clips = load_panned_clips(args.pan, args.pan_frames, args.codec, args.kbps, args.kernel,
+                                      limit=args.pan_limit)
+            log.info("panned clips: %d images of %s, %d frames each, %s at %g kbps", len(clips), args.pan,
+                     args.pan_frames, args.codec, args.kbps)
+            table = evaluate_clips(clips, {"bicubic": bicubic_luma, **upscalers})
+            result["pan"] = {"dir": str(args.pan), "clips": len(clips), "frames": args.pan_frames,
+                             "pan_px": list(PAN_PX), "codec": args.codec, "kbps": args.kbps, "kernel": args.kernel,
+                             "decoded_lr_psnr": round(float(np.mean([clip_summary(c)["decoded_lr_psnr"]
+                                                                     for c in clips])), 4),
+                             "results": rounded(table)}
+            log_table(f"panned {Path(args.pan).name} ({len(clips)} clips, {args.codec} {args.kbps:g} kbps)", table,
+                      METRICS[:2] + ("tpsnr",) + METRICS[2:])
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     log.info("done in %.1f s", result["wall_s"])
     return result
@@ -323,8 +381,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    if not args.images and not args.video:
-        raise SystemExit("nothing to evaluate: give --images and/or --video")
+    if not args.images and not args.video and not args.pan:
+        raise SystemExit("nothing to evaluate: give --images, --video and/or --pan")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     result = run(args)
     if args.json:

@@ -224,3 +224,26 @@ def test_crop_sheet_rows_of_coded_video_frames(tmp_path, model):
     assert Image.open(out).size[1] == 32 + cropsheet.LABEL_H + 2 * cropsheet.PAD
     with pytest.raises(SystemExit, match="nothing to show"):
         cropsheet.main(["--models", "qres_x2_v2", "--out", str(out)])
+
+
+def test_panned_photographs_make_coded_clips_the_default_improves(model):
+    """``--pan``: each image becomes a coded clip (a keyframe, then inter frames of a moving scene)."""
+    set5 = shared_or_skip("data", "benchmarks", "Set5")
+    clips = evaluate.load_panned_clips(set5, frames=4, codec="vp8", kbps=400, limit=3)
+    assert len(clips) == 3
+    for clip in clips:
+        assert clip.frame_types[0] == "I" and set(clip.frame_types[1:]) == {"P"}
+        assert clip.hr_y[0].shape == (2 * clip.decoded_y[0].shape[0], 2 * clip.decoded_y[0].shape[1])
+        assert not np.array_equal(clip.hr_y[0], clip.hr_y[1])  # the camera moved
+        assert 25.0 < imaging_psnr(clip.decoded_y[1], clip.lr_y[1]) < 50.0  # real codec damage
+    r = evaluate.evaluate_clips(clips, {"bicubic": evaluate.bicubic_luma, "default": model})
+    assert r["default"]["psnr"] > r["bicubic"]["psnr"] + 0.2, r
+    assert math.isfinite(r["default"]["tpsnr"])
+    with pytest.raises(ValueError, match="multiples"):
+        evaluate.load_panned_clips(set5, pan=(3, 0))
+
+
+def imaging_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from models import imaging
+
+    return imaging.psnr(a, b, 0)
