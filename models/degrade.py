@@ -123,10 +123,15 @@ class Pair:
 
 
 def find_sources(folder: str | Path | None, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files with ``suffixes`` anywhere under ``folder``, sorted; none when the folder is unset."""
+    """Files with ``suffixes`` anywhere under ``folder``, sorted; none when the folder is unset.
+
+    ``folder`` may also name one such file (one clip of a folder, leaving the others for evaluation).
+    """
     if not folder:
         return []
     folder = Path(folder)
+    if folder.is_file() and folder.suffix.lower() in suffixes:
+        return [folder]
     if not folder.is_dir():
         raise FileNotFoundError(f"source folder not found: {folder}")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes)
@@ -508,7 +513,7 @@ class CodecPatchPairs(torch.utils.data.Dataset):
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default="../shared/data/train", help="folder of HR images ('' for none)")
-    ap.add_argument("--videos", default="../shared/data/video", help="folder of HR videos ('' for none)")
+    ap.add_argument("--videos", default="../shared/data/video", help="folder of HR videos, or one video ('' for none)")
     ap.add_argument("--out", default=None, help="cache folder (default models/cache/<settings hash>_s<seed>)")
     ap.add_argument("--pairs", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)

@@ -47,6 +47,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,9 @@ def image_metrics(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray) -> dict:
 
 def mean_metrics(rows: list[dict]) -> dict:
     """Per-key mean over images (dB averaged as dB, as SR tables do); NaN (no flat area) is skipped."""
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+    with warnings.catch_warnings():  # a metric NaN in every row stays NaN, without a warning per call
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
 def evaluate(samples: list[Sample], upscale: Upscaler, full: bool = False) -> dict:

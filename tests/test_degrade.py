@@ -173,6 +173,10 @@ def test_video_clips_from_shared_videos(tmp_path) -> None:
     data = degrade.CodecPatchPairs(out, patch=96)
     lr_b, hr_b = data.sample(4, np.random.default_rng(0))
     assert lr_b.shape == (4, 1, 48, 48) and hr_b.shape == (4, 1, 96, 96)
+    # One clip of the folder can be named alone (the other stays unseen, for evaluation).
+    one = sorted(p for p in videos.iterdir() if p.suffix in degrade.VIDEO_SUFFIXES)[0]
+    assert degrade.find_sources(one, degrade.VIDEO_SUFFIXES) == [one]
+    assert len(degrade.find_sources(videos, degrade.VIDEO_SUFFIXES)) > 1
 
 
 def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
