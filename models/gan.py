@@ -241,7 +241,8 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     def state(best: float) -> dict:
         return {"config": config, "model": gen.state_dict(), "ema": ema.state_dict() if ema else None,
                 "disc": disc.state_dict(), "d_base": args.d_base, "optimizer": opt_g.state_dict(),
-                "optimizer_d": opt_d.state_dict(), "weights": weights, "temporal": args.temporal, "stage": "gan", "init": args.init,
+                "optimizer_d": opt_d.state_dict(), "weights": weights, "temporal": args.temporal, "stage": "gan",
+                "init": args.init,
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                 "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
                 "command": command, "args": vars(args)}

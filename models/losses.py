@@ -56,6 +56,15 @@ def gradient_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(sx, hx) + F.l1_loss(sy, hy)
 
 
+def temporal_change(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """L1 between the SR's and the HR's change from frame to frame; ``sr``, ``hr``: [B, 2, H, W], previous first.
+
+    Why: a per-frame model that answers the codec's noise differently in each frame flickers where the scene
+    is still; bicubic does not. This is ``models.quality.temporal_psnr``'s error, made a loss.
+    """
+    return torch.mean(torch.abs((sr[:, 1] - sr[:, 0]) - (hr[:, 1] - hr[:, 0])))
+
+
 def feature_matching(feats_sr: list[torch.Tensor], feats_hr: list[torch.Tensor]) -> torch.Tensor:
     """L1 between discriminator features of SR and HR (latent matching); HR features are targets."""
     return sum(F.l1_loss(a, b.detach()) for a, b in zip(feats_sr, feats_hr)) / len(feats_sr)

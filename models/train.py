@@ -30,6 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from models.arch import build, count_macs, count_params, fused
 from models.data import DevicePatches, PatchPairs
 from models.evaluate import evaluate, load_samples
+from models.losses import temporal_change
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,12 @@ LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier}
 
 def temporal_loss(model: torch.nn.Module, data, batch: int, rng: np.random.Generator,
                   device: torch.device) -> torch.Tensor:
-    """L1 between the SR's frame-to-frame change and the HR's, on consecutive coded frames.
-
-    Why: a per-frame model that answers the codec's noise differently in each frame flickers where the
-    scene is still; bicubic does not. This is ``models.quality.temporal_psnr``'s error, made a loss.
-    """
+    """``models.losses.temporal_change`` of ``model`` on a batch of consecutive coded frames (``data``: a
+    ``CodecPatchPairs``, whose clip pairs keep the frame before)."""
     lr, hr = data.sample_temporal(batch, rng)
     b, _, h, w = lr.shape
     sr = model(lr.to(device).reshape(2 * b, 1, h, w)).reshape(b, 2, *hr.shape[-2:])
-    hr = hr.to(device)
-    return torch.mean(torch.abs((sr[:, 1] - sr[:, 0]) - (hr[:, 1] - hr[:, 0])))
+    return temporal_change(sr, hr.to(device))
 
 
 def cosine_lr(step: int, total: int, peak: float, floor: float) -> float:
@@ -169,7 +166,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     """Run (or resume) training; returns this session's losses, the best PSNR and the wall time."""
     if args.steps <= 0 and args.minutes <= 0:
         raise SystemExit("give --steps N or --minutes M")
-    if args.temporal and not args.pairs:
+    if getattr(args, "temporal", 0.0) and not args.pairs:
         raise SystemExit("--temporal needs consecutive coded frames: give --pairs (a cache with clips)")
     if getattr(args, "mix", 0) and not getattr(args, "full_res", False):
         raise SystemExit("--mix is an option of the full-resolution generator: add --full-res")
@@ -257,7 +254,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
                 model.slope = annealed_slope(step, args.slope_anneal, args.slope)
             lr_b, hr_b = data.sample(args.batch, rng)
             loss = loss_fn(model(lr_b.to(device)), hr_b.to(device))
-            if args.temporal:
+            if getattr(args, "temporal", 0.0):
                 loss = loss + args.temporal * temporal_loss(model, data, args.temporal_batch, rng, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
