@@ -184,6 +184,27 @@ def first_content_frame(path: Path, limit: int = 600) -> int:
     return 0
 
 
+def check_codec(codec: str) -> tuple[str, str]:
+    """The (encoder, speed) of a ``VIDEO_CODECS`` name; a clear error for any other."""
+    if codec not in VIDEO_CODECS:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(VIDEO_CODECS)}")
+    return VIDEO_CODECS[codec]
+
+
+def code_clip(name: str, start: int, hr_y: list[np.ndarray], lrs: list[Image.Image], codec: str,
+              kbps: float) -> Clip:
+    """Encode the LR frames as one real-time stream and decode them: the ``Clip`` the receiver would get.
+
+    ``kbps`` is for a 640x360 stream; other frame sizes get the same bits per pixel.
+    """
+    from models import degrade
+
+    encoder, speed = check_codec(codec)
+    rate = degrade.stream_kbps(kbps, lrs[0].width, lrs[0].height)
+    decoded, types = degrade.encode_decode(lrs, encoder, rate, speed)
+    return Clip(name, start, hr_y, [imaging.luma_u8(lr) for lr in lrs], decoded, types)
+
+
 def load_clip(path: str | Path, frames: int, codec: str = "vp8", kbps: float = 400.0, kernel: str = "area",
               start: int | None = None) -> Clip:
     """Run ``frames`` frames of ``path`` through downscale -> encode -> decode (``models.degrade``)."""
@@ -192,8 +213,7 @@ def load_clip(path: str | Path, frames: int, codec: str = "vp8", kbps: float = 4
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
-    if codec not in VIDEO_CODECS:
-        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(VIDEO_CODECS)}")
+    check_codec(codec)
     start = first_content_frame(path) if start is None else start
     hr_y, lrs = [], []
     for i, frame in degrade.iter_video_frames(path):
@@ -207,9 +227,7 @@ def load_clip(path: str | Path, frames: int, codec: str = "vp8", kbps: float = 4
         lrs.append(degrade.downscale(hr, kernel))
     if len(lrs) < 2:
         raise ValueError(f"{path}: only {len(lrs)} frame(s) from frame {start}; need at least 2")
-    encoder, speed = VIDEO_CODECS[codec]
-    decoded, types = degrade.encode_decode(lrs, encoder, kbps, speed)
-    return Clip(path.name, start, hr_y, [imaging.luma_u8(lr) for lr in lrs], decoded, types)
+    return code_clip(path.name, start, hr_y, lrs, codec, kbps)
 
 
 def load_panned_clips(folder: str | Path, frames: int = 10, codec: str = "vp8", kbps: float = 400.0,
@@ -222,20 +240,14 @@ def load_panned_clips(folder: str | Path, frames: int = 10, codec: str = "vp8", 
     """
     from models import degrade
 
-    if codec not in VIDEO_CODECS:
-        raise ValueError(f"unknown codec {codec!r}; expected one of {sorted(VIDEO_CODECS)}")
+    check_codec(codec)
     if any(v % SCALE for v in pan) or pan == (0, 0):
         raise ValueError(f"pan {pan}: HR px per frame, multiples of {SCALE}, not both 0")
-    encoder, speed = VIDEO_CODECS[codec]
     clips = []
     for path in imaging.list_images(folder)[:limit]:
-        img = imaging.load_image(path)
-        hrs = degrade.pan_frames(img, frames, pan, (1280, 720), np.random.default_rng(0))
+        hrs = degrade.pan_frames(imaging.load_image(path), frames, pan, (1280, 720), np.random.default_rng(0))
         lrs = [degrade.downscale(hr, kernel) for hr in hrs]
-        rate = degrade.stream_kbps(kbps, lrs[0].width, lrs[0].height)
-        decoded, types = degrade.encode_decode(lrs, encoder, rate, speed)
-        clips.append(Clip(Path(path).name, 0, [imaging.luma_u8(hr) for hr in hrs],
-                          [imaging.luma_u8(lr) for lr in lrs], decoded, types))
+        clips.append(code_clip(Path(path).name, 0, [imaging.luma_u8(hr) for hr in hrs], lrs, codec, kbps))
     if not clips:
         raise FileNotFoundError(f"no images under {folder}")
     return clips
@@ -321,8 +333,9 @@ def run(args: argparse.Namespace) -> dict:
     path = resolve(args.model)
     model_name = str(args.model or "default")
     upscalers: dict[str, Upscaler] = {model_name: onnx_upscaler(path, args.threads)}
-    compare = {str(name): resolve(name) for name in getattr(args, "compare", [])}
-    if model_name in compare or len(compare) < len(getattr(args, "compare", [])):
+    names = [str(name) for name in getattr(args, "compare", [])]
+    compare = {name: resolve(name) for name in names}
+    if model_name in compare or len(compare) < len(names):
         raise SystemExit("--compare: each model once, and not the --model itself")
     upscalers.update({name: onnx_upscaler(p, args.threads) for name, p in compare.items()})
     result: dict = {"model": model_name, "file": str(path), "scale": SCALE, "shave": SHAVE,

@@ -217,7 +217,8 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     if ckpt is not None:
         if ({k: ckpt["weights"].get(k, 0.0) for k in weights} != weights or ckpt["d_base"] != args.d_base
                 or ckpt.get("temporal", 0.0) != args.temporal):
-            raise SystemExit(f"loss weights / --d-base differ from the checkpoint's {ckpt['weights']}")
+            raise SystemExit(f"loss weights / --temporal / --d-base differ from the checkpoint's {ckpt['weights']}, "
+                             f"temporal {ckpt.get('temporal', 0.0)}, d-base {ckpt['d_base']}")
         disc.load_state_dict(ckpt["disc"])
         opt_g.load_state_dict(ckpt["optimizer"])
         opt_d.load_state_dict(ckpt["optimizer_d"])

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from models import evaluate, quality
+from models import evaluate, imaging, quality
 from models.manifest import resolve
 from tests.conftest import shared_or_skip
 
@@ -239,15 +239,9 @@ def test_panned_photographs_make_coded_clips_the_default_improves(model):
         assert clip.frame_types[0] == "I" and set(clip.frame_types[1:]) == {"P"}
         assert clip.hr_y[0].shape == (2 * clip.decoded_y[0].shape[0], 2 * clip.decoded_y[0].shape[1])
         assert not np.array_equal(clip.hr_y[0], clip.hr_y[1])  # the camera moved
-        assert 25.0 < imaging_psnr(clip.decoded_y[1], clip.lr_y[1]) < 50.0  # real codec damage
+        assert 25.0 < imaging.psnr(clip.decoded_y[1], clip.lr_y[1], 0) < 50.0  # real codec damage
     r = evaluate.evaluate_clips(clips, {"bicubic": evaluate.bicubic_luma, "default": model})
     assert r["default"]["psnr"] > r["bicubic"]["psnr"] + 0.2, r
     assert math.isfinite(r["default"]["tpsnr"])
     with pytest.raises(ValueError, match="multiples"):
         evaluate.load_panned_clips(set5, pan=(3, 0))
-
-
-def imaging_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from models import imaging
-
-    return imaging.psnr(a, b, 0)
