@@ -22,7 +22,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.arch import build, count_macs, count_params, fused
+from models.arch import QuarterResSR, build, count_macs, count_params, fused
+from models.graph import quarter_res_graph
 from models.manifest import MANIFEST_PATH
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,15 @@ TOLERANCE = 1e-4
 
 
 def export_onnx(model: nn.Module, path: str | Path) -> None:
-    """Write ``model`` as ONNX with the contract's names, dynamic H/W and opset."""
+    """Write ``model`` as ONNX with the contract's names, dynamic H/W and opset.
+
+    A quarter-resolution generator is written node by node (``models.graph``: same output, less
+    plumbing per frame); other networks are traced by torch's legacy exporter.
+    """
     model = model.eval().cpu()
+    if isinstance(model, QuarterResSR) and not model.reparam and (model.dense_tail or not model.lr_tail):
+        onnx.save(quarter_res_graph(model), str(path))
+        return
     dummy = torch.rand(1, 1, 64, 96)
     with warnings.catch_warnings():
         # The contract asks for the legacy exporter on purpose; its deprecation notices are noise.

@@ -44,6 +44,7 @@ from models.arch import NEGATIVE_SLOPE, QuarterResSR
 from models.fullres import FullResSR
 from models.evaluate import evaluate, load_samples
 from models.export import load_checkpoint_model
+from models.graph import outer_scope_producers
 from models.train import LOSSES, checkpoint, cosine_lr, load_training_data, save, torch_upscaler
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,15 @@ def onnx_points(model: onnx.ModelProto) -> dict[str, str]:
     return points
 
 
+def residual_tensor(model: onnx.ModelProto) -> str | None:
+    """The tensor the last conv's output is added to: the LR pixels themselves (a gather or copy of the
+    input), which onnxruntime's quantiser would otherwise round on a range calibrated from frames."""
+    nodes = list(model.graph.node)
+    last = [n for n in nodes if n.op_type == "Conv"][-1].output[0]
+    add = next((n for n in nodes if n.op_type == "Add" and last in n.input), None)
+    return None if add is None else next(i for i in add.input if i != last)
+
+
 def quant_overrides(qmodel: QuantSR, model: onnx.ModelProto) -> dict[str, list[dict]]:
     """``TensorQuantOverrides`` giving onnxruntime the trained scale and zero point of every point."""
     names = onnx_points(model)
@@ -253,6 +263,9 @@ def quant_overrides(qmodel: QuantSR, model: onnx.ModelProto) -> dict[str, list[d
     for role, fq in qmodel.points().items():
         scale, zero = fq.qparams()
         out[names[role]] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(zero, np.uint8)}]
+    residual = residual_tensor(model)
+    if residual is not None and residual not in out:  # on the input's 1/255 grid, exactly as simulated
+        out[residual] = out[names["input"]]
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     for conv, scales in zip(convs, qmodel.weight_scales()):  # per channel: one dict per output channel
         out[conv.input[1]] = [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8), "axis": 0}
@@ -277,7 +290,7 @@ def export_int8(qmodel: QuantSR, out: Path, calibration: list[np.ndarray]) -> Pa
         quantize_static(
             str(pre), str(out), LumaReader(calibration, graph.graph.input[0].name),
             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=outer_scope_producers(graph),
             extra_options={"WeightSymmetric": True, "TensorQuantOverrides": quant_overrides(qmodel, graph)},
         )
     onnx.checker.check_model(onnx.load(str(out)))

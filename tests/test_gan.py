@@ -149,9 +149,8 @@ def test_lr_tail_dense_form_is_the_same_function_with_the_same_parameters(tmp_pa
     assert max_diff(dense, path) < TOLERANCE
     graph = onnx.load(str(path)).graph
     floats = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
-    # The learnt weights, the gap-filling zero, and a copy of the 4 tail biases spread over the 16 sub-pixels (the
-    # exporter folds that small gather): no dense kernel, which alone would be 16 * 64 * 9 = 9,216 floats.
-    assert floats == 14_736 + 1 + 16
+    # The learnt weights and the gap-filling zero: no dense kernel, which alone would be 16 * 64 * 9 = 9,216 floats.
+    assert floats == 14_736 + 1
     assert sum(n.op_type == "Conv" for n in graph.node) == 6  # head, 3 body, expand, dense tail
 
 

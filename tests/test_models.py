@@ -73,6 +73,44 @@ def test_export_matches_torch(tmp_path: Path) -> None:
     assert max_diff(model, path) < TOLERANCE  # includes odd sizes and 640x360
 
 
+@needs_torch
+def test_written_graph_is_the_traced_graph_without_its_plumbing(tmp_path: Path) -> None:
+    """models.graph writes what torch's tracer exports, to the bit, on a real-looking frame of even and of odd
+    size; an even frame meets no pad, crop or transpose outside the If branches that only odd frames take."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from models.arch import QuarterResSR
+    from models.graph import quarter_res_graph
+
+    torch.manual_seed(3)
+    model = QuarterResSR(widths=(32, 16, 16, 16)).eval()
+    for conv in (model.head, *model.body, model.tail):  # a trained-looking net: every layer contributes
+        torch.nn.init.normal_(conv.weight, std=0.08)
+    traced = tmp_path / "traced.onnx"
+    torch.onnx.export(model, (torch.rand(1, 1, 64, 96),), str(traced), dynamo=False, opset_version=17,
+                      input_names=["lr"], output_names=["sr"],
+                      dynamic_axes={"lr": {2: "h", 3: "w"}, "sr": {2: "h2", 3: "w2"}})
+    written = quarter_res_graph(model)
+    a = ort.InferenceSession(str(traced), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
+    ramp = np.add.outer(np.arange(90), 2 * np.arange(160)) % 256
+    texture = (ramp + 40 * np.sin(np.arange(160) / 3.0)[None]).clip(0, 255)
+    for h, w in ((90, 160), (89, 159), (90, 159)):
+        x = (texture[:h, :w] / 255.0).astype(np.float32)[None, None]
+        out = b.run(None, {"lr": x})[0]
+        assert out.shape == (1, 1, 2 * h, 2 * w)
+        assert np.array_equal(out, a.run(None, {"lr": x})[0])
+        assert out.std() > 0.05  # real content, not a flat plane
+    top = [n.op_type for n in written.graph.node]
+    assert "SpaceToDepth" in top and not {"Pad", "Transpose"} & set(top)
+    assert top.count("If") == 2 and top.count("Slice") == 2  # the two shape slices; the crop is in a branch
+    slices = [n for n in written.graph.node if n.op_type == "Slice"]
+    assert all(n.input[0] in ("lr_shape", "hr_shape") for n in slices)
+    onnx.checker.check_model(written)
+
+
 def test_manifest_shape_and_resolve() -> None:
     from models.manifest import MANIFEST_PATH, load_manifest, resolve
 

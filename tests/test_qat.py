@@ -82,6 +82,13 @@ def test_int8_onnx_computes_what_the_simulation_computes(tmp_path, qmodel):
     assert psnr(to_display(real), to_display(sim), 0) > 50
     assert psnr(to_display(real), to_display(fp32), 0) < psnr(to_display(real), to_display(sim), 0)
     assert not np.array_equal(to_display(real), to_display(fp32))
+    # The residual (the LR pixels the last conv's output is added to) stays in float or on the input's grid.
+    export_onnx(qmodel.net, tmp_path / "fp32.onnx")
+    residual = qat.residual_tensor(onnx.load(str(tmp_path / "fp32.onnx")))
+    graph = onnx.load(str(out)).graph
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for q in (n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == residual):
+        assert values[q.input[1]] == pytest.approx(1 / 255) and values[q.input[2]] == 0
 
 
 def test_weights_are_rounded_per_channel_to_int8():
