@@ -40,7 +40,7 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> 
     return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
-LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier}
+LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier, "mse": F.mse_loss}  # mse: a PSNR-oriented fine-tune
 
 
 def temporal_loss(model: torch.nn.Module, data, batch: int, rng: np.random.Generator,
