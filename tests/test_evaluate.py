@@ -245,3 +245,26 @@ def test_panned_photographs_make_coded_clips_the_default_improves(model):
     assert math.isfinite(r["default"]["tpsnr"])
     with pytest.raises(ValueError, match="multiples"):
         evaluate.load_panned_clips(set5, pan=(3, 0))
+
+
+def test_codec_noise_bound_sees_independent_errors_but_not_repeated_ones(clip):
+    """models.codec_noise on real frames: a fresh error in every frame of a still scene can be halved by
+    averaging two frames (+3 dB where they agree), the same error repeated cannot; the real codec sits
+    close to the repeated case."""
+    from models import codec_noise
+
+    still = [clip.lr_y[0]] * 4
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(0, 4, still[0].shape) for _ in still]
+    fresh = [np.clip(s + n, 0, 255).astype(np.uint8) for s, n in zip(still, noise)]
+    repeated = [np.clip(s + noise[0], 0, 255).astype(np.uint8) for s in still]
+    hr = clip.hr_y[:4]
+    independent = codec_noise.measure(evaluate.Clip("fresh", 0, hr, still, fresh, ["P"] * 4))
+    same = codec_noise.measure(evaluate.Clip("same", 0, hr, still, repeated, ["P"] * 4))
+    assert independent["static_share"] == 1.0
+    assert abs(independent["error_correlation_static"]) < 0.05
+    assert 2.5 < independent["bound_gain_static_db"] < 3.2
+    assert same["error_correlation_static"] > 0.99 and abs(same["bound_gain_static_db"]) < 0.01
+    real = codec_noise.measure(clip)
+    assert 25 < real["psnr_decoded"] < 45 and 0 < real["static_share"] < 1
+    assert real["error_correlation_aligned"] > 0.5 and real["bound_gain_aligned_db"] < 1.0
