@@ -120,7 +120,9 @@ def test_manifest_shape_and_resolve() -> None:
     keys = {"file", "kind", "precision", "params", "scale", "description", "command"}
     for name, entry in manifest["models"].items():
         assert keys <= set(entry) <= keys | {"fallback", "role"}, name
-        assert entry["scale"] == 2 and entry["params"] <= 20_000
+        assert entry["scale"] == 2
+        # role "peer-class": over the generator budget, kept to answer the speed issue's larger peers
+        assert entry["params"] <= 20_000 or (entry.get("role") == "peer-class" and name != manifest["default"]), name
         if "fallback" in entry:  # the governor's step down: a faster build of the same net
             fallback = manifest["models"][entry["fallback"]]
             assert fallback["role"] == "fallback" and fallback["params"] == entry["params"], name
