@@ -9,7 +9,8 @@ helps where the two frames' codec errors differ. This measures, on a clip throug
 - the decoded frame's PSNR;
 - the error correlation between consecutive decoded frames on the pixels where the source did not change
   (the share of such pixels is reported too), and on all pixels after aligning the previous frame to the
-  current one with dense optical flow (OpenCV Farneback on the decoded frames, as a receiver could);
+  current one with dense optical flow (OpenCV Farneback on the decoded frames, as a receiver could; the
+  source's previous frame is moved by the same flow, so "agrees" means agrees after that alignment);
 - the share of pixels where the source agrees with its previous frame (raw, and aligned);
 - an oracle bound: the PSNR after averaging each pixel with the previous decoded frame (raw, or aligned)
   wherever the *source* says the two agree (within one level). A model cannot pick those pixels better than
@@ -29,23 +30,24 @@ import cv2
 import numpy as np
 
 from models.evaluate import Clip, check_codec, load_clip
+from models.quality import mse_to_psnr
 
 log = logging.getLogger(__name__)
 
 AGREE = 1.0  # source levels within which two frames count as showing the same thing
 
 
-def align(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """``previous`` warped onto ``current`` by Farneback flow computed from ``current`` to ``previous``."""
-    flow = cv2.calcOpticalFlowFarneback(current, previous, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    h, w = current.shape
+def flow(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Farneback flow from ``current`` to ``previous`` (uint8 planes): where each pixel was a frame ago."""
+    return cv2.calcOpticalFlowFarneback(current, previous, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+def warp(previous: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    """``previous`` moved onto the current frame by ``flow(current, previous)``."""
+    h, w = previous.shape
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(previous, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+    return cv2.remap(previous, grid_x + motion[..., 0], grid_y + motion[..., 1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
-
-
-def psnr(mse: float) -> float:
-    return float(10.0 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,15 +65,16 @@ def measure(clip: Clip) -> dict:
         static = np.abs(src - src0) < AGREE
         share.append(float(static.mean()))
         corr_static.append(correlation(err[static], (dec0 - src0)[static]))
-        warped_dec0 = align(clip.decoded_y[t - 1], clip.decoded_y[t]).astype(np.float64)
-        warped_src0 = align(clip.lr_y[t - 1], clip.lr_y[t]).astype(np.float64)
+        motion = flow(clip.decoded_y[t], clip.decoded_y[t - 1])  # what a receiver can see; the source follows it
+        warped_dec0 = warp(clip.decoded_y[t - 1], motion).astype(np.float64)
+        warped_src0 = warp(clip.lr_y[t - 1], motion).astype(np.float64)
         agree = np.abs(warped_src0 - src) < AGREE
         share_aligned.append(float(agree.mean()))
         corr_aligned.append(correlation(err[agree], (warped_dec0 - warped_src0)[agree]))
         mse["decoded"].append(np.mean(err**2))
         mse["fused_static"].append(np.mean((np.where(static, (dec + dec0) / 2, dec) - src) ** 2))
         mse["fused_aligned"].append(np.mean((np.where(agree, (dec + warped_dec0) / 2, dec) - src) ** 2))
-    out = {f"psnr_{k}": round(psnr(float(np.mean(v))), 3) for k, v in mse.items()}
+    out = {f"psnr_{k}": round(mse_to_psnr(float(np.mean(v))), 3) for k, v in mse.items()}
     out.update({
         "static_share": round(float(np.mean(share)), 3),
         "aligned_share": round(float(np.mean(share_aligned)), 3),

@@ -23,12 +23,11 @@ import torch
 from torch import nn
 
 from models.arch import QuarterResSR, build, count_macs, count_params, fused
-from models.graph import quarter_res_graph
+from models.graph import OPSET, quarter_res_graph
 from models.manifest import MANIFEST_PATH
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 TOLERANCE = 1e-4
 
 

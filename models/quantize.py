@@ -216,7 +216,8 @@ def quantize(model_path: Path, out: Path, lumas: list[np.ndarray], variant: Vari
             str(pre), str(out), LumaReader(lumas, model.graph.input[0].name),
             quant_format=QuantFormat.QDQ, per_channel=variant.per_channel,
             activation_type=ACTIVATIONS[variant.activations], weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded_nodes(model, variant.exclude) + outer_scope_producers(model), calibrate_method=METHODS[variant.method],
+            nodes_to_exclude=excluded_nodes(model, variant.exclude) + outer_scope_producers(model),
+            calibrate_method=METHODS[variant.method],
             extra_options=extra, calibration_cache_path=None,
         )
     onnx.checker.check_model(onnx.load(str(out)))
