@@ -36,6 +36,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     parser.add_argument("--fast-model", default=defaults.fast_model,
                         help='the faster model tried before bicubic under load: "auto" (the manifest\'s fallback '
                              'of --model), "none", or a manifest name or path (default %(default)s)')
+    parser.add_argument("--encoder-nice", type=int, default=defaults.encoder_nice,
+                        help="run the return encoders this many nice levels (0..19) below the server, so the SR "
+                             "stage takes shared cores first (Linux; default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--stock-receiver", action="store_true",
                         help="receive with aiortc's stock jitter buffer instead of the loss-resilient one (for comparisons)")
@@ -54,7 +57,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     try:
         config = ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
                               max_sessions=args.max_sessions, resilient_receiver=not args.stock_receiver,
-                              sr_headroom=args.sr_headroom, fast_model=args.fast_model)
+                              sr_headroom=args.sr_headroom, fast_model=args.fast_model,
+                              encoder_nice=args.encoder_nice)
         network = NetworkConfig(loss=args.loss, burst=args.burst, kbps=args.kbps, delay_ms=args.delay_ms,
                                 jitter_ms=args.jitter_ms, queue_ms=args.queue_ms, seed=args.seed,
                                 reorder=args.reorder, impair_rtcp=args.impair_rtcp)

@@ -70,7 +70,8 @@ async def offer(request: web.Request) -> web.Response:
     session = Session(app[UPSCALER], on_closed=lambda s: sessions.pop(s.id, None),
                       connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK],
                       resilient=app[CONFIG].resilient_receiver,
-                      governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom), fast=app[FAST][0])
+                      governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom), fast=app[FAST][0],
+                      encoder_nice=app[CONFIG].encoder_nice)
     sessions[session.id] = session
     try:
         answer = await session.answer(description, sr_enabled)

@@ -37,6 +37,9 @@ class ServerConfig:
     # The faster model the governor steps down to before bicubic: "auto" = the manifest's "fallback" of
     # the chosen model (the int8 build of the default), "none" = no such step, or a manifest name or path.
     fast_model: str = "auto"
+    # Nice levels the return encoders' threads run below the process, so the SR stage gets the cores
+    # first (server/priority.py; Linux only, elsewhere ignored). 0 = the same priority.
+    encoder_nice: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -51,6 +54,8 @@ class ServerConfig:
             raise ConfigError(f"connect_timeout_s must be in 1..600, got {self.connect_timeout_s}")
         if not 0.1 <= self.sr_headroom <= 1.0:
             raise ConfigError(f"sr_headroom must be in 0.1..1.0, got {self.sr_headroom}")
+        if not 0 <= self.encoder_nice <= 19:
+            raise ConfigError(f"encoder_nice must be in 0..19, got {self.encoder_nice}")
         if not self.fast_model.strip():
             raise ConfigError('fast_model must be "auto", "none", a manifest name or a path')
 

@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import statistics
 import sys
+import threading
 import time
 from fractions import Fraction
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ import av
 import numpy as np
 from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor, number_of_threads
 
+from .priority import lower_this_thread
 from .return_rate import BASE_DEFAULT, limits
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,15 @@ class ReturnVp8Encoder(Vp8Encoder):
     ~8% a second triggers every second or so; here a rise waits until :data:`RAISE_HOLD_S` after the
     last opening (so it comes in fewer, larger steps; only the first REMB's rise over the start bitrate
     applies at once), and a fall, which congestion asks for, applies at once.
+
+    ``nice``: the threads that run :meth:`encode` (and the libvpx threads they start) go this many nice
+    levels below the process, so the SR stage takes the cores first (:mod:`server.priority`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         super().__init__()
+        self.nice = nice
+        self._lowered: set[int] = set()  # the threads already put at ``nice``
         self.requested: int | None = None  # the last bitrate the client's REMB gave this stream (bps)
         self.reopens = 0  # contexts opened after the first one, each starting with a keyframe
         self._target = BASE_DEFAULT
@@ -74,6 +81,9 @@ class ReturnVp8Encoder(Vp8Encoder):
         self.requested = int(bps)
 
     def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        if self.nice and threading.get_native_id() not in self._lowered:
+            lower_this_thread(self.nice)  # before a context opens, so libvpx's threads inherit it
+            self._lowered.add(threading.get_native_id())
         self._target = self._next_target(frame)
         if self._needs_context(frame):
             self.reopens += self.codec is not None
@@ -85,7 +95,7 @@ class ReturnVp8Encoder(Vp8Encoder):
         return {"width": width, "height": height, "target_kbps": round(self._target / 1000),
                 "requested_kbps": None if self.requested is None else round(self.requested / 1000),
                 "max_kbps": round(limits(width, height).maximum / 1000) if self.size else None,
-                "reopens": self.reopens}
+                "reopens": self.reopens, "nice": self.nice}
 
     def _next_target(self, frame: av.VideoFrame) -> int:
         """The REMB's request within this resolution's limits (its default before any REMB); a rise
@@ -126,17 +136,18 @@ class ReturnVp8Encoder(Vp8Encoder):
         return codec
 
 
-def install(sender: Any, codec: Any) -> bool:
+def install(sender: Any, codec: Any, nice: int = 0) -> bool:
     """Give ``sender`` a :class:`ReturnVp8Encoder` before aiortc makes its own; False for other codecs."""
     if getattr(codec, "mimeType", "").lower() != "video/vp8":
         return False
     if getattr(sender, "_RTCRtpSender__encoder", None) is None:
-        sender._RTCRtpSender__encoder = ReturnVp8Encoder()
+        sender._RTCRtpSender__encoder = ReturnVp8Encoder(nice)
     return True
 
 
-def use_return_encoder(sender: Any) -> None:
-    """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame)."""
+def use_return_encoder(sender: Any, nice: int = 0) -> None:
+    """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame);
+    ``nice``: its encoding threads' priority below the process's (:mod:`server.priority`)."""
     inner = sender._next_encoded_frame
     installed = False
 
@@ -144,7 +155,7 @@ def use_return_encoder(sender: Any) -> None:
         nonlocal installed
         if not installed:
             installed = True
-            install(sender, codec)
+            install(sender, codec, nice)
         return await inner(codec)
 
     sender._next_encoded_frame = next_encoded_frame

@@ -63,7 +63,8 @@ class Session:
 
     def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
                  network: NetworkControl | None = None, resilient: bool = True,
-                 governor: GovernorPolicy | None = None, fast: OnnxUpscaler | None = None) -> None:
+                 governor: GovernorPolicy | None = None, fast: OnnxUpscaler | None = None,
+                 encoder_nice: int = 0) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.monotonic()
         self.pc = RTCPeerConnection()
@@ -78,6 +79,7 @@ class Session:
         self.resilient = resilient
         self.receiver: ResilientReceiver | None = None
         self.governor_policy = governor or GovernorPolicy()
+        self.encoder_nice = encoder_nice  # the return encoders' threads, below the SR stage (server.priority)
         self.return_rates = ReturnBitrates()  # how the SR and raw streams share the client's REMB
         self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
@@ -110,9 +112,11 @@ class Session:
         self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
                                              LoadGovernor(self.governor_policy, fast=self.fast is not None),
                                              baseline=self.raw_track.slot if self.raw_track else None, fast=self.fast)
-        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink, rates=self.return_rates, name="sr")
+        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink, rates=self.return_rates, name="sr",
+              nice=self.encoder_nice)
         if raw_out is not None:
-            _send(raw_out, self.raw_track, keep_receiving=False, rates=self.return_rates, name="raw")
+            _send(raw_out, self.raw_track, keep_receiving=False, rates=self.return_rates, name="raw",
+                  nice=self.encoder_nice)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._blackhole.start()
         self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
@@ -215,9 +219,9 @@ class Session:
 
 
 def _send(transceiver: RTCRtpTransceiver, track: SlotTrack, keep_receiving: bool, rates: ReturnBitrates,
-          name: str) -> None:
+          name: str, nice: int = 0) -> None:
     transceiver.sender.replaceTrack(track)
-    use_return_encoder(transceiver.sender)  # VP8 without the denoiser, limits by resolution
+    use_return_encoder(transceiver.sender, nice)  # VP8 without the denoiser, limits by resolution
     rates.add(name, transceiver.sender)  # its share of the client's REMB
     time_encoding(transceiver.sender, track.encoded)  # the encode and send stages of the latency budget
     transceiver.direction = "sendrecv" if keep_receiving else "sendonly"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from fractions import Fraction
 
 import av
 import numpy as np
+import pytest
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from server.encoder import OPTIONS, ReturnVp8Encoder, install, measure, use_return_encoder
+from server.priority import lower_this_thread, per_thread_nice, process_nice, thread_nice
 
 from .conftest import load_photo_rgb
 
@@ -77,3 +80,42 @@ async def test_the_sender_hook_installs_on_the_first_frame_and_passes_frames_thr
     assert isinstance(installed, ReturnVp8Encoder)
     await asyncio.gather(*(sender._next_encoded_frame(codec("video/VP8")) for _ in range(3)))
     assert sender._RTCRtpSender__encoder is installed and sender.calls == 4
+
+
+def _in_new_thread(fn):
+    """``fn()``'s result, run in a fresh thread (which starts at the process's nice value)."""
+    result = []
+    worker = threading.Thread(target=lambda: result.append(fn()))
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+@pytest.mark.skipif(not per_thread_nice(), reason="per-thread nice values are Linux only")
+def test_lowering_a_thread_is_relative_to_the_process_and_leaves_the_others():
+    base = process_nice()
+    if base + 4 > 19:
+        pytest.skip(f"the test process already runs at nice {base}")
+    first, again = _in_new_thread(lambda: (lower_this_thread(4), lower_this_thread(4) and thread_nice()))
+    assert first == base + 4 and again == base + 4  # twice is still 4 below the process, not 8
+    assert thread_nice() == base == process_nice()  # the calling thread and the process are untouched
+    assert _in_new_thread(lambda: lower_this_thread(0)) is None
+
+
+@pytest.mark.skipif(not per_thread_nice(), reason="per-thread nice values are Linux only")
+def test_the_return_encoder_lowers_the_threads_that_encode_and_their_children():
+    base = process_nice()
+    if base + 3 > 19:
+        pytest.skip(f"the test process already runs at nice {base}")
+    frames = panning_frames(2)
+    encoder = ReturnVp8Encoder(nice=3)
+
+    def encode_then_spawn():
+        payloads, _ = encoder.encode(frames[0])
+        child = _in_new_thread(thread_nice)  # a thread this one starts, as libvpx starts its workers
+        return len(b"".join(payloads)), thread_nice(), child
+
+    size, own, child = _in_new_thread(encode_then_spawn)
+    assert size > 1000 and own == base + 3 and child == base + 3
+    assert encoder.stats()["nice"] == 3 and thread_nice() == base
+    assert _in_new_thread(lambda: (ReturnVp8Encoder().encode(frames[1]), thread_nice())[1]) == base

@@ -68,3 +68,7 @@ def test_out_of_range_settings_are_refused():
         ServerConfig(port=70000)
     with pytest.raises(ConfigError, match="threads"):
         ServerConfig(threads=0)
+    with pytest.raises(ConfigError, match="encoder_nice"):
+        ServerConfig(encoder_nice=20)
+    with pytest.raises(ConfigError, match="encoder_nice"):
+        ServerConfig(encoder_nice=-1)
