@@ -11,6 +11,7 @@ from aiohttp import web
 from .app import create_app
 from .config import ConfigError, NetworkConfig, ServerConfig
 from .engine import ModelError
+from .priority import per_thread_nice
 from .registry import open_fast_model, open_model
 
 log = logging.getLogger("server")
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s (%s, %s, %s params) from %s", info.name, info.kind, info.precision, info.params, info.path)
     if fast_info is not None:
         log.info("under load, the governor steps down to %s (%s) before bicubic", fast_info.name, fast_info.precision)
+    if config.encoder_nice and not per_thread_nice():
+        log.info("--encoder-nice needs per-thread priorities (Linux); the encoders run at the server's priority")
     if network.active:
         log.info("simulated network on the inbound path: %s", network.to_json())
     app = create_app(config, upscaler, info, network, fast=fast, fast_info=fast_info)

@@ -81,9 +81,10 @@ class ReturnVp8Encoder(Vp8Encoder):
         self.requested = int(bps)
 
     def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        if self.nice and threading.get_native_id() not in self._lowered:
+        thread = threading.get_native_id()
+        if self.nice and thread not in self._lowered:
             lower_this_thread(self.nice)  # before a context opens, so libvpx's threads inherit it
-            self._lowered.add(threading.get_native_id())
+            self._lowered.add(thread)
         self._target = self._next_target(frame)
         if self._needs_context(frame):
             self.reopens += self.codec is not None

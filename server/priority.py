@@ -9,7 +9,7 @@ core as soon as they are runnable, and the encoders fill the time between.
 
 Linux gives every thread its own nice value and a thread inherits its creator's, so lowering the
 thread that runs ``encode`` also lowers the worker threads libvpx starts from it. Only lowering is
-done, which needs no privilege; elsewhere (no per-thread nice) it is a no-op, logged once.
+done, which needs no privilege; elsewhere (no per-thread nice) it is a no-op.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import threading
 log = logging.getLogger(__name__)
 
 MAX_NICE = 19
-_warned = False
 
 
 def per_thread_nice() -> bool:
@@ -45,25 +44,17 @@ def lower_this_thread(steps: int) -> int | None:
 
     Idempotent: the target is relative to the process, not to the thread's present value, so a thread
     that runs many encoders is lowered once. Returns the thread's nice value, or None where threads
-    have no nice value of their own."""
-    global _warned
-    if steps <= 0:
-        return None
-    if not per_thread_nice():
-        if not _warned:
-            _warned = True
-            log.info("per-thread priorities need Linux; the encoders run at the process's priority")
+    have no nice value of their own (the server says so once at start-up)."""
+    if steps <= 0 or not per_thread_nice():
         return None
     tid = threading.get_native_id()
     target = min(MAX_NICE, process_nice() + steps)
     current = thread_nice(tid)
-    if current < target:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, target)
-        except OSError as exc:  # a sandbox without setpriority: run as before, say so once
-            if not _warned:
-                _warned = True
-                log.warning("cannot lower the encoder threads' priority: %s", exc)
-            return current
-        return target
-    return current
+    if current >= target:
+        return current
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, target)
+    except OSError as exc:  # a sandbox without setpriority: this thread runs as before
+        log.warning("cannot lower an encoder thread's priority: %s", exc)
+        return current
+    return target
