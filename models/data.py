@@ -43,12 +43,17 @@ class PatchPairs:
     """
 
     def __init__(self, root: str | Path, patch: int = 96, limit: int | None = None,
-                 teacher: Callable[[np.ndarray], np.ndarray] | None = None, teacher_weight: float = 0.0) -> None:
+                 teacher: Callable[[np.ndarray], np.ndarray] | None = None, teacher_weight: float = 0.0,
+                 full_range: float = 0.0) -> None:
         """``teacher``: a whole-image x2 luma model whose output, at ``teacher_weight``, is blended into
-        each HR target once here (``models.teacher``); the rest of training is unchanged."""
+        each HR target once here (``models.teacher``); the rest of training is unchanged.
+        ``full_range``: the share of patch pairs stretched to full-range luma (``stretch_full_range``)."""
         if patch % SCALE:
             raise ValueError(f"patch size {patch} must be a multiple of {SCALE}")
+        if not 0.0 <= full_range <= 1.0:
+            raise ValueError(f"full_range is a probability, got {full_range}")
         self.patch = patch
+        self.full_range = full_range
         self.lr: list[np.ndarray] = []
         self.hr: list[np.ndarray] = []
         for name, lr, target in load_pairs(root, limit):
@@ -75,7 +80,25 @@ class PatchPairs:
         hrs = np.empty((batch, 1, p, p), np.float32)
         for b, i in enumerate(rng.choice(len(self.hr), size=batch, p=self.weights)):
             lrs[b, 0], hrs[b, 0] = crop_pair(self.lr[i], self.hr[i], p, rng)
+        if self.full_range:  # drawn only when asked, so runs without it repeat exactly as before
+            for b in np.flatnonzero(rng.random(batch) < self.full_range):
+                lrs[b, 0], hrs[b, 0] = stretch_full_range(lrs[b, 0], hrs[b, 0])
         return torch.from_numpy(lrs), torch.from_numpy(hrs)
+
+
+def stretch_full_range(lr, hr):
+    """A limited-range (16..235) luma pair remapped to full range (0..255): the LR rounded to 8 bits and
+    both clipped, as a full-range source (a grey image, yuvj420p video) would give them.
+
+    Why: every RGB training image has limited-range Y, so without this a model never sees luma below
+    16 or above 235, and one warm restart learnt to put out 0-12 where Set14's grey ``bridge`` has 40-49
+    (models/MODEL_CARD.md). The map is affine and the LR is a linear filter of the HR, so the stretched
+    pair is still a downscaling pair, up to the rounding. Works on numpy arrays and torch tensors.
+    """
+    gain, offset = 255.0 / 219.0, 16.0 / 219.0
+    lr = (lr * gain - offset).clip(0.0, 1.0)
+    lr = (lr * 255.0).round() / 255.0
+    return lr, (hr * gain - offset).clip(0.0, 1.0)
 
 
 def load_pairs(root: str | Path, limit: int | None = None):
@@ -136,6 +159,7 @@ class DevicePatches:
 
     def __init__(self, pairs: PatchPairs, device: torch.device | str, seed: int = 0) -> None:
         self.patch = pairs.patch
+        self.full_range = getattr(pairs, "full_range", 0.0)
         self.device = torch.device(device)
         self.lr = torch.from_numpy(np.concatenate([a.ravel() for a in pairs.lr])).to(self.device)
         self.hr = torch.from_numpy(np.concatenate([a.ravel() for a in pairs.hr])).to(self.device)
@@ -172,7 +196,12 @@ class DevicePatches:
         v = (-1, 1, 1)
         lr_idx = self.lr_off[img].view(v) + (y.view(v) + lr_r) * w.view(v) + x.view(v) + lr_c
         hr_idx = self.hr_off[img].view(v) + (2 * y.view(v) + hr_r) * (2 * w).view(v) + 2 * x.view(v) + hr_c
-        return self.lr[lr_idx].unsqueeze(1), self.hr[hr_idx].unsqueeze(1)
+        lr, hr = self.lr[lr_idx].unsqueeze(1), self.hr[hr_idx].unsqueeze(1)
+        if self.full_range:
+            pick = (torch.rand(batch, device=self.device, generator=g) < self.full_range).view(-1, 1, 1, 1)
+            lr_full, hr_full = stretch_full_range(lr, hr)
+            lr, hr = torch.where(pick, lr_full, lr), torch.where(pick, hr_full, hr)
+        return lr, hr
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()

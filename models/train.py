@@ -113,6 +113,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--slope-anneal", type=int, default=0,
                     help="start at slope 0.1 and move linearly to --slope over this many steps (a ReLU net "
                          "trained from scratch at slope 0 loses its units at once)")
+    ap.add_argument("--full-range", type=float, default=0.0,
+                    help="share of clean patch pairs stretched from limited-range (16..235) to full-range luma, "
+                         "so the model also serves grey images and full-range video (models.data.stretch_full_range)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -336,16 +339,22 @@ def load_training_data(args: argparse.Namespace, device: torch.device | None = N
             raise SystemExit("--teacher works on --data (clean pairs), not on a --pairs cache")
         from models.degrade import CodecPatchPairs  # imports PyAV; only needed for codec-aware training
 
+        if getattr(args, "full_range", 0.0):
+            raise SystemExit("--full-range works on --data (clean pairs), not on a --pairs cache")
         return CodecPatchPairs(args.pairs, args.patch, args.limit_images, seed=args.seed)
+    full_range = getattr(args, "full_range", 0.0)  # models.gan's arguments have none
+    if not 0.0 <= full_range <= 1.0:
+        raise SystemExit(f"--full-range is a share of patches, 0..1; got {full_range}")
     if not teacher_path:
-        return PatchPairs(args.data, args.patch, args.limit_images)
+        return PatchPairs(args.data, args.patch, args.limit_images, full_range=full_range)
     if not 0.0 < args.teacher_weight <= 1.0:
         raise SystemExit(f"--teacher-weight must be in (0, 1], got {args.teacher_weight}")
     from models.teacher import load_teacher
 
     name, teacher = load_teacher(teacher_path, device)
     t0 = time.perf_counter()
-    data = PatchPairs(args.data, args.patch, args.limit_images, teacher=teacher, teacher_weight=args.teacher_weight)
+    data = PatchPairs(args.data, args.patch, args.limit_images, teacher=teacher, teacher_weight=args.teacher_weight,
+                      full_range=full_range)
     log.info("targets: %.0f%% %s, %.0f%% HR (teacher ran in %.0f s)", 100 * args.teacher_weight, name,
              100 * (1 - args.teacher_weight), time.perf_counter() - t0)
     return data

@@ -13,7 +13,7 @@ from tests.conftest import shared_or_skip
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
 from models.arch import build, count_macs, count_params, fused  # noqa: E402
-from models.data import DevicePatches, PatchPairs  # noqa: E402
+from models.data import DevicePatches, PatchPairs, stretch_full_range  # noqa: E402
 from models.fullres import FullResSR  # noqa: E402
 
 
@@ -163,6 +163,31 @@ def test_device_patches_on_real_images_match_the_host_sampler_and_resume() -> No
     sampler.restore(state)
     again_lr, _ = sampler.sample(64)
     assert torch.equal(again_lr, lr_b)
+
+
+def test_full_range_patches_are_the_same_pairs_stretched_to_0_255() -> None:
+    """``--full-range``: a drawn patch pair is the limited-range pair mapped 16..235 -> 0..255, the LR
+    back on the 8-bit grid, still a downscaling pair; runs without it draw exactly as before."""
+    train = shared_or_skip("data", "train", "BSDS200")
+    plain = PatchPairs(train, patch=32, limit=3)
+    full = PatchPairs(train, patch=32, limit=3, full_range=1.0)
+    lr_p, hr_p = plain.sample(64, np.random.default_rng(7))
+    lr_f, hr_f = full.sample(64, np.random.default_rng(7))
+    assert lr_p.min() >= 16 / 255 - 1e-6 and lr_p.max() <= 235 / 255 + 1e-6  # RGB images: limited range
+    assert lr_f.min() < 16 / 255 - 1e-6 or lr_f.max() > 235 / 255 + 1e-6, (lr_f.min(), lr_f.max())  # left the range
+    codes = lr_f * 255
+    assert torch.equal(codes, codes.round())
+    want_lr, want_hr = stretch_full_range(lr_p, hr_p)
+    assert torch.allclose(lr_f, want_lr) and torch.allclose(hr_f, want_hr)
+    assert (torch.nn.functional.avg_pool2d(hr_f, 2) - lr_f).abs().mean() < 0.025
+    again, _ = PatchPairs(train, patch=32, limit=3, full_range=0.0).sample(64, np.random.default_rng(7))
+    assert torch.equal(again, lr_p)
+    sampler = DevicePatches(PatchPairs(train, patch=32, limit=3, full_range=0.5), "cpu", seed=1)
+    lr_d, _ = sampler.sample(400)
+    stretched = (lr_d.amin(dim=(1, 2, 3)) < 16 / 255) | (lr_d.amax(dim=(1, 2, 3)) > 235 / 255)
+    assert 0.1 < stretched.float().mean() < 0.6  # about half are drawn; a stretched patch may stay inside
+    with pytest.raises(ValueError, match="probability"):
+        PatchPairs(train, patch=32, limit=1, full_range=1.5)
 
 
 def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
