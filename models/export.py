@@ -112,6 +112,21 @@ def training_command(ckpt: dict) -> str:
     return " ; ".join(parts)
 
 
+def copy_step(ckpt: dict, ckpt_path: str | Path) -> str:
+    """``cp RUN/last.pt CKPT`` when the exported checkpoint was copied out of the run folder that trained it.
+
+    Why: shipped checkpoints live in ``models/checkpoints`` while training writes to ``--out``; a manifest
+    command that trains into one and exports the other does not lead from the data to the file. A
+    checkpoint of the run's final step is its ``last.pt``, any other its ``best.pt``.
+    """
+    args = ckpt.get("args") or {}
+    out = args.get("out")
+    if not out or Path(out).resolve() == Path(ckpt_path).resolve().parent:
+        return ""
+    name = "last.pt" if ckpt.get("step") == args.get("steps") else "best.pt"
+    return f"cp {shlex.quote((Path(out) / name).as_posix())} {shlex.quote(Path(ckpt_path).as_posix())}"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="training checkpoint (.pt)")
@@ -138,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise SystemExit(f"--out must lie inside {MANIFEST_PATH.parent} to be listed") from err
     export_cmd = "python -m models.export " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    train_cmd = training_command(ckpt)
+    train_cmd = " && ".join(c for c in (training_command(ckpt), copy_step(ckpt, args.ckpt)) if c)
     params = count_params(model)
     entry = {
         "file": file.as_posix(),

@@ -132,6 +132,38 @@ def test_manifest_shape_and_resolve() -> None:
         resolve("no_such_model.onnx")
 
 
+def test_every_manifest_command_leads_to_the_checkpoint_it_exports() -> None:
+    """A command that trains into a run folder and exports a committed checkpoint must copy one to the other."""
+    import json
+    import shlex
+
+    manifest = json.loads((ROOT / "models" / "manifest.json").read_text(encoding="utf-8"))
+    for name, entry in manifest["models"].items():
+        written: set[str] = set()
+        for step in entry["command"].split(" && "):
+            words = shlex.split(step)
+            if words[0] == "cp":
+                written.add(words[-1])
+            elif "models.export" in words:
+                ckpt = words[words.index("--ckpt") + 1]
+                made = any(ckpt.startswith(out.rstrip("/") + "/") for out in written)
+                assert ckpt in written or made, f"{name}: exports {ckpt}, which no earlier step writes"
+            elif "--out" in words:
+                written.add(words[words.index("--out") + 1])
+
+
+@needs_torch
+def test_export_records_the_copy_out_of_the_run_folder(tmp_path: Path) -> None:
+    from models.export import copy_step
+
+    final = {"step": 500, "args": {"out": "models/runs/r1", "steps": 500}}
+    assert copy_step(final, "models/checkpoints/m_stage1.pt") == \
+        "cp models/runs/r1/last.pt models/checkpoints/m_stage1.pt"
+    assert copy_step({**final, "step": 300}, "models/checkpoints/m_stage1.pt").startswith("cp models/runs/r1/best.pt ")
+    assert copy_step(final, "models/runs/r1/last.pt") == ""  # exported where it was trained: nothing to copy
+    assert copy_step({"step": 1}, tmp_path / "old.pt") == ""  # checkpoints from before ``args`` was kept
+
+
 @needs_data
 @pytest.mark.shared
 def test_default_model_beats_bicubic() -> None:
