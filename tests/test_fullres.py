@@ -190,6 +190,16 @@ def test_full_range_patches_are_the_same_pairs_stretched_to_0_255() -> None:
         PatchPairs(train, patch=32, limit=1, full_range=1.5)
 
 
+@pytest.mark.parametrize("extra, message", [(["--full-range", "1.5"], "share of patches"),
+                                            (["--full-range", "0.1", "--pairs", "cache"], "clean pairs")])
+def test_train_rejects_a_full_range_share_it_cannot_use(extra: list[str], message: str) -> None:
+    from models import train
+
+    args = train.make_parser().parse_args(["--out", "unused", "--steps", "1", *extra])
+    with pytest.raises(SystemExit, match=message):
+        train.load_training_data(args)
+
+
 def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
     """A short full-resolution ECB run: the loss falls, and the checkpoint exports and matches onnxruntime."""
     from models import train
