@@ -94,8 +94,8 @@ def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MAN
     """Add or replace ``name`` in the manifest; it becomes default if asked or if none is set."""
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     previous = manifest.setdefault("models", {}).get(name, {})
-    if "fallback" in previous and "fallback" not in entry:  # registered by models.qat; a re-export keeps it
-        entry = {**entry, "fallback": previous["fallback"]}
+    # Registered after export (a "fallback" by models.qat, a "role" by hand): a re-export keeps them.
+    entry = {**entry, **{k: previous[k] for k in ("fallback", "role") if k in previous and k not in entry}}
     manifest["models"][name] = entry
     if make_default or manifest.get("default") not in manifest["models"]:
         manifest["default"] = name

@@ -278,7 +278,8 @@ def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
 
 def test_a_re_export_keeps_the_models_registered_fallback(tmp_path: Path) -> None:
     """Re-exporting a model (new weights, new description) must not drop the int8 fallback models.qat
-    registered for it, or the governor would lose its step down."""
+    registered for it, or the governor would lose its step down, nor the role it was given (a peer-class
+    model may not become the default)."""
     import json
 
     from models.export import update_manifest
@@ -287,10 +288,11 @@ def test_a_re_export_keeps_the_models_registered_fallback(tmp_path: Path) -> Non
     update_manifest("m", {"file": "m.onnx", "params": 1}, make_default=True, path=path)
     manifest = json.loads(path.read_text())
     manifest["models"]["m"]["fallback"] = "m_int8"
+    manifest["models"]["m"]["role"] = "peer-class"
     path.write_text(json.dumps(manifest))
     update_manifest("m", {"file": "m.onnx", "params": 2}, make_default=False, path=path)
     manifest = json.loads(path.read_text())
-    assert manifest["models"]["m"] == {"file": "m.onnx", "params": 2, "fallback": "m_int8"}
+    assert manifest["models"]["m"] == {"file": "m.onnx", "params": 2, "fallback": "m_int8", "role": "peer-class"}
     assert manifest["default"] == "m"
 
 
