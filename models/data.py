@@ -81,8 +81,8 @@ class PatchPairs:
         for b, i in enumerate(rng.choice(len(self.hr), size=batch, p=self.weights)):
             lrs[b, 0], hrs[b, 0] = crop_pair(self.lr[i], self.hr[i], p, rng)
         if self.full_range:  # drawn only when asked, so runs without it repeat exactly as before
-            for b in np.flatnonzero(rng.random(batch) < self.full_range):
-                lrs[b, 0], hrs[b, 0] = stretch_full_range(lrs[b, 0], hrs[b, 0])
+            pick = rng.random(batch) < self.full_range
+            lrs[pick], hrs[pick] = stretch_full_range(lrs[pick], hrs[pick])
         return torch.from_numpy(lrs), torch.from_numpy(hrs)
 
 

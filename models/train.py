@@ -334,15 +334,15 @@ def model_config(args: argparse.Namespace) -> dict:
 def load_training_data(args: argparse.Namespace, device: torch.device | None = None):
     """Clean bicubic pairs cut from --data, or the degraded (codec-aware) pairs of a --pairs cache."""
     teacher_path = getattr(args, "teacher", None)  # models.gan's arguments have no teacher
+    full_range = getattr(args, "full_range", 0.0)  # nor a full-range share
     if args.pairs:
         if teacher_path:
             raise SystemExit("--teacher works on --data (clean pairs), not on a --pairs cache")
+        if full_range:
+            raise SystemExit("--full-range works on --data (clean pairs), not on a --pairs cache")
         from models.degrade import CodecPatchPairs  # imports PyAV; only needed for codec-aware training
 
-        if getattr(args, "full_range", 0.0):
-            raise SystemExit("--full-range works on --data (clean pairs), not on a --pairs cache")
         return CodecPatchPairs(args.pairs, args.patch, args.limit_images, seed=args.seed)
-    full_range = getattr(args, "full_range", 0.0)  # models.gan's arguments have none
     if not 0.0 <= full_range <= 1.0:
         raise SystemExit(f"--full-range is a share of patches, 0..1; got {full_range}")
     if not teacher_path:
