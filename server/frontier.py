@@ -143,17 +143,18 @@ def _panel(draw, left: int, pts: list[Point], bench_set: str, threads: int) -> N
 
 def _labels(draw, ax: _Axes, pts: list[Point], font, box: tuple[float, float, float, float]) -> None:
     """Name the points without overlapping text: project points first, then each group's front, then
-    the rest; a label goes right of its point, else left, else is left out (the JSON has every row)."""
+    the rest; a label goes right of its point, else left, else above or below it on the right, else is
+    left out (the JSON has every row)."""
     fronts = {id(p) for kind in ("peer", "project") for p in pareto([q for q in pts if q.kind == kind])}
     order = sorted(pts, key=lambda p: (p.kind != "project", id(p) not in fronts, p.ms))
     taken: list[tuple[float, float, float, float]] = []
     for p in order:
         x, y = ax.xy(p.ms, p.psnr)
-        for anchor, dx in (("lm", 7), ("rm", -7)):
-            bb = draw.textbbox((x + dx, y), p.label, font=font, anchor=anchor)
+        for anchor, dx, dy in (("lm", 7, 0), ("rm", -7, 0), ("lb", 5, -5), ("lt", 5, 5)):
+            bb = draw.textbbox((x + dx, y + dy), p.label, font=font, anchor=anchor)
             inside = bb[0] >= box[0] and bb[2] <= box[2] and bb[1] >= box[1] and bb[3] <= box[3]
             if inside and not any(bb[0] < t[2] and t[0] < bb[2] and bb[1] < t[3] and t[1] < bb[3] for t in taken):
-                draw.text((x + dx, y), p.label, fill=COLOURS[p.kind], font=font, anchor=anchor)
+                draw.text((x + dx, y + dy), p.label, fill=COLOURS[p.kind], font=font, anchor=anchor)
                 taken.append(bb)
                 break
 
