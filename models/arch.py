@@ -201,6 +201,14 @@ def build(config: dict | None = None) -> QuarterResSR | FullResSR:
     return QuarterResSR(**config)
 
 
+def checkpoint_generator(ckpt: dict) -> QuarterResSR | FullResSR:
+    """The generator of a loaded training checkpoint in its training form, with the weights that get
+    exported: the EMA weights when the checkpoint has them (stage 2, ``models.gan``)."""
+    model = build(ckpt["config"])
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    return model
+
+
 @torch.no_grad()
 def fused(model: QuarterResSR | FullResSR, dense_tail: bool = False) -> QuarterResSR | FullResSR:
     """The plain QuarterResSR computing what ``model`` computes: ECB blocks folded into 3x3 convs.

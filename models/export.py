@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.arch import QuarterResSR, build, count_macs, count_params, fused
+from models.arch import QuarterResSR, checkpoint_generator, count_macs, count_params, fused
 from models.graph import OPSET, quarter_res_graph
 from models.manifest import MANIFEST_PATH
 
@@ -85,9 +85,7 @@ def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
     quarter-resolution form (same output, faster in onnxruntime); returns (model, checkpoint).
     """
     ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
-    model = build(ckpt["config"])
-    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
-    return fused(model, dense_tail=True).eval(), ckpt
+    return fused(checkpoint_generator(ckpt), dense_tail=True).eval(), ckpt
 
 
 def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MANIFEST_PATH) -> None:

@@ -8,10 +8,12 @@ et al. 2016), so the fine-tune only has to teach the new layer.
 
 The activation after the new conv is the catch: its input is already LeakyReLU(0.1)'s output, so a
 plain identity scales the negative side twice (0.01 instead of 0.1), and the M3C32 parent fell from
-37.31 to 35.56 dB on Set5. ``offset`` fixes that: the new conv adds a constant ``c`` to every feature,
+37.31 to 35.56 dB on Set5. ``offset`` avoids that: the new conv adds a constant ``c`` to every feature,
 which lifts them all above zero, where the activation is the identity, and the next conv's bias takes
-``c`` off again. Exact inside the image; only the next conv's zero padding at the border differs.
-The new conv starts linear and learns its nonlinearity as its bias moves.
+``c`` off again. Exact inside the image, but the next conv's zero padding at the border differs by ``c``:
+the features reach -4 on Set14, and offsets of 0.5 / 1 / 2 started at 36.63 / 36.52 / 34.72 dB, no
+better. So the default is the plain identity (offset 0), which also lets the new conv use its
+nonlinearity from the first step; the fine-tune recovers the rest (models/MODEL_CARD.md).
 
 In the ECB training form every branch keeps its random initialisation (so each gets gradients from
 the first step) and the plain 3x3 branch absorbs the difference, which makes the sum exactly the
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.arch import build
+from models.arch import build, checkpoint_generator
 from models.reparam import ECB
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,12 @@ def deepen(ckpt: dict, at: int, seed: int = 0, offset: float = 0.0) -> dict:
     if not 0 <= at <= len(widths) - 1:
         raise ValueError(f"--at must be in 0..{len(widths) - 1} (body convs: {len(widths) - 1}), got {at}")
     width = widths[at]  # the new conv maps the features at that point to as many: the neighbours are unchanged
-    parent = build(config)
-    parent.load_state_dict(ckpt["model"])
+    parent = checkpoint_generator(ckpt)  # the weights export would ship (EMA ones when there are any)
     config["widths"] = widths[:at + 1] + [width] + widths[at + 1:]
     torch.manual_seed(seed)
     child = build(config)
-    old_body = list(parent.body)
     child.head.load_state_dict(parent.head.state_dict())
-    for i, conv in enumerate(old_body):
+    for i, conv in enumerate(parent.body):
         child.body[i if i < at else i + 1].load_state_dict(conv.state_dict())
     child.tail.load_state_dict(parent.tail.state_dict())
     if parent.mix is not None:
@@ -126,9 +126,8 @@ def main(argv: list[str] | None = None) -> None:
 
         samples = load_samples(args.val)
         for name, c in (("parent", ckpt), ("grown", grown)):
-            model = build(c["config"])
-            model.load_state_dict(c["model"])
-            psnr = evaluate(samples, torch_upscaler(model.eval(), torch.device("cpu")))["model"]
+            model = checkpoint_generator(c).eval()
+            psnr = evaluate(samples, torch_upscaler(model, torch.device("cpu")))["model"]
             log.info("%s on %s: %.3f dB", name, args.val, psnr)
 
 
