@@ -134,6 +134,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="a wall-time budget instead of a step count: after a short warm-up the run measures its "
                          "steps per second and fixes --steps (recorded in the checkpoint) to end in about this time")
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="end this session after this step, saving last.pt, while the learning-rate schedule still "
+                         "runs to --steps: one schedule split over sessions (continue with --resume)")
     ap.add_argument("--limit-images", type=int, default=None, help="use only the first N images (tests)")
     return ap
 
@@ -153,7 +156,7 @@ def checkpoint(step: int, args: argparse.Namespace, out: Path, state: Callable[[
     improves, log ``report(psnr, best)``. On a save step (``--save-every``, and the last): ``last.pt``,
     the resume point. ``state(best)`` is the checkpoint's content. Returns the best PSNR so far.
     """
-    final = step == args.steps
+    final = step == args.steps or step == getattr(args, "stop_at", 0)
     if validate is not None and (step % args.val_every == 0 or final):
         psnr = validate()
         if psnr > best:
@@ -250,7 +253,7 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
     model.train()
     with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="train", unit="step",
                                        dynamic_ncols=True) as bar:
-        while step < args.steps:
+        while step < args.steps and not (args.stop_at and step >= args.stop_at):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, args.steps, args.lr, args.min_lr)
             if args.slope_anneal:

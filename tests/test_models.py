@@ -264,6 +264,32 @@ def test_init_starts_a_fine_tune_from_another_runs_weights(tmp_path: Path) -> No
                     "--init", str(tmp_path / "a" / "last.pt")]))
 
 
+@needs_torch
+def test_stop_at_splits_one_schedule_and_resume_finishes_it(tmp_path: Path) -> None:
+    """--stop-at N ends the session at step N on the full schedule's learning rate; --resume then ends
+    exactly where an uninterrupted run does (same weights), so a split run is the run its command names."""
+    import torch
+
+    from models import train
+
+    base = ["--data", str(ROOT / "client_web" / "samples"), "--val", "", "--seed", "0", "--batch", "4",
+            "--patch", "48", "--save-every", "5", "--steps", "12", "--lr", "1e-2"]
+    whole = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "whole")]))
+    first = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "split"), "--stop-at", "7"]))
+    assert first["steps"] == 7 and whole["steps"] == 12
+    stopped = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert stopped["step"] == 7  # saved at the stop, although 7 is not a --save-every step
+    # still on the 12-step schedule: the lr of step 6 is the 12-step cosine's, not the end of a 7-step one
+    assert stopped["optimizer"]["param_groups"][0]["lr"] == pytest.approx(train.cosine_lr(6, 12, 1e-2, 1e-5))
+    rest = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "split"), "--resume"]))
+    assert rest["steps"] == 12
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)["model"]
+    for name, value in a.items():
+        assert torch.allclose(b[name], value, atol=1e-6), name
+    assert any(not torch.equal(stopped["model"][name], b[name]) for name in b)  # the resumed steps trained
+
+
 def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
     from models.export import training_command
 
