@@ -115,13 +115,15 @@ def copy_step(ckpt: dict, ckpt_path: str | Path) -> str:
 
     Why: shipped checkpoints live in ``models/checkpoints`` while training writes to ``--out``; a manifest
     command that trains into one and exports the other does not lead from the data to the file. A
-    checkpoint of the run's final step is its ``last.pt``, any other its ``best.pt``.
+    checkpoint of the run's final step (or of its ``--stop-at`` step) is its ``last.pt``, any other its ``best.pt``.
     """
     args = ckpt.get("args") or {}
     out = args.get("out")
     if not out or Path(out).resolve() == Path(ckpt_path).resolve().parent:
         return ""
-    name = "last.pt" if ckpt.get("step") == args.get("steps") else "best.pt"
+    step = ckpt.get("step")
+    final = step is not None and step in (args.get("steps"), args.get("stop_at"))  # --stop-at ends a session there
+    name = "last.pt" if final else "best.pt"
     return f"cp {shlex.quote((Path(out) / name).as_posix())} {shlex.quote(Path(ckpt_path).as_posix())}"
 
 

@@ -160,6 +160,8 @@ def test_export_records_the_copy_out_of_the_run_folder(tmp_path: Path) -> None:
     assert copy_step(final, "models/checkpoints/m_stage1.pt") == \
         "cp models/runs/r1/last.pt models/checkpoints/m_stage1.pt"
     assert copy_step({**final, "step": 300}, "models/checkpoints/m_stage1.pt").startswith("cp models/runs/r1/best.pt ")
+    stopped = {"step": 300, "args": {"out": "models/runs/r1", "steps": 500, "stop_at": 300}}  # --stop-at 300
+    assert copy_step(stopped, "models/checkpoints/m_stage1.pt").startswith("cp models/runs/r1/last.pt ")
     assert copy_step(final, "models/runs/r1/last.pt") == ""  # exported where it was trained: nothing to copy
     assert copy_step({"step": 1}, tmp_path / "old.pt") == ""  # checkpoints from before ``args`` was kept
 
