@@ -23,13 +23,16 @@ class FastSource(MediaStreamTrack):
     def __init__(self, total: int, interval_s: float) -> None:
         super().__init__()
         self.frames = [photo_frame(320, 180, index=i) for i in range(4)]
+        self.planes = [f.to_ndarray() for f in self.frames]
         self.total, self.interval_s, self.sent = total, interval_s, 0
 
     async def recv(self) -> av.VideoFrame:
         if self.sent >= self.total:
             raise MediaStreamError
         await asyncio.sleep(self.interval_s)
-        frame = self.frames[self.sent % 4].reformat()  # a fresh frame object per send
+        # A fresh frame object per send (``reformat()`` with nothing to change returns the same object, so a
+        # later send would rewrite the pts of a frame the stage still holds: a duplicate pts under load).
+        frame = av.VideoFrame.from_ndarray(self.planes[self.sent % 4], format="yuv420p")
         frame.pts, frame.time_base = self.sent, self.frames[0].time_base
         self.sent += 1
         return frame
