@@ -143,14 +143,17 @@ def _panel(draw, left: int, pts: list[Point], bench_set: str, threads: int) -> N
 
 def _labels(draw, ax: _Axes, pts: list[Point], font, box: tuple[float, float, float, float]) -> None:
     """Name the points without overlapping text: project points first, then each group's front, then
-    the rest; a label goes right of its point, else left, else above or below it on the right, else is
-    left out (the JSON has every row)."""
+    the rest; a label goes right of its point, else left, else above or below it on the right, then on the
+    left, then centred, else is left out (the JSON has every row). Points are obstacles too: a name written
+    across another point's dot reads as that point's."""
     fronts = {id(p) for kind in ("peer", "project") for p in pareto([q for q in pts if q.kind == kind])}
     order = sorted(pts, key=lambda p: (p.kind != "project", id(p) not in fronts, p.ms))
-    taken: list[tuple[float, float, float, float]] = []
+    taken: list[tuple[float, float, float, float]] = [
+        (x - 5, y - 5, x + 5, y + 5) for x, y in (ax.xy(p.ms, p.psnr) for p in pts)]
     for p in order:
         x, y = ax.xy(p.ms, p.psnr)
-        for anchor, dx, dy in (("lm", 7, 0), ("rm", -7, 0), ("lb", 5, -5), ("lt", 5, 5)):
+        for anchor, dx, dy in (("lm", 7, 0), ("rm", -7, 0), ("lb", 5, -5), ("lt", 5, 5), ("rb", -5, -5),
+                               ("rt", -5, 5), ("mb", 0, -7), ("mt", 0, 7)):
             bb = draw.textbbox((x + dx, y + dy), p.label, font=font, anchor=anchor)
             inside = bb[0] >= box[0] and bb[2] <= box[2] and bb[1] >= box[1] and bb[3] <= box[3]
             if inside and not any(bb[0] < t[2] and t[0] < bb[2] and bb[1] < t[3] and t[1] < bb[3] for t in taken):

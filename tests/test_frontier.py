@@ -65,3 +65,35 @@ def test_plot_refuses_a_run_without_psnr_and_reads_bench_output(tmp_path):
     out.write_text("no json here\n")
     with pytest.raises(ValueError, match="no JSON"):
         load_result(out)
+
+
+class _Recorder:
+    """A stand-in for ImageDraw that measures text as PIL does and records where each label went."""
+
+    def __init__(self):
+        from PIL import ImageDraw
+
+        self.draw = ImageDraw.Draw(PIL.new("RGB", (PANEL_W, 600)))
+        self.boxes = {}
+
+    def textbbox(self, *args, **kwargs):
+        return self.draw.textbbox(*args, **kwargs)
+
+    def text(self, xy, text, **kwargs):
+        self.boxes[text] = self.draw.textbbox(xy, text, font=kwargs["font"], anchor=kwargs["anchor"])
+
+
+def test_labels_keep_off_other_points_and_crowded_project_points_are_still_named():
+    from server.frontier import _Axes, _font, _labels
+
+    # A crowded corner like session 15's top right: our models in a row, peers close beside them.
+    pts = [Point(f"fres_x2_m{i}c32_mix16", "project", 80.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]
+    pts += [Point(f"PEER-{i}", "peer", 95.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]  # just right of ours
+    ax, rec = _Axes(0, pts), _Recorder()
+    _labels(rec, ax, pts, _font(11), (60, 40, PANEL_W, 500))
+    assert {p.label for p in pts if p.kind == "project"} <= set(rec.boxes)  # every one of ours is named
+    for p in pts:
+        x, y = ax.xy(p.ms, p.psnr)
+        for label, (x0, y0, x1, y1) in rec.boxes.items():
+            if label != p.label:  # a label may touch its own dot's side, never another point's dot
+                assert not (x0 < x + 5 and x - 5 < x1 and y0 < y + 5 and y - 5 < y1), (label, p.label)
