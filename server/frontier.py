@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SETS = ("Set5", "Set14")
 COLOURS = {"project": (31, 119, 180), "peer": (230, 120, 20), "baseline": (44, 160, 44)}
+DOT_RADIUS = {"project": 5, "peer": 4}  # px; project dots drawn larger, on top
 PANEL_W, PANEL_H = 720, 560
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 70, 130, 46, 58
 
@@ -133,7 +134,7 @@ def _panel(draw, left: int, pts: list[Point], bench_set: str, threads: int) -> N
             draw.line([ax.xy(p.ms, p.psnr) for p in front], fill=COLOURS[kind], width=2)
     for p in sorted(pts, key=lambda p: p.kind == "project"):  # project points drawn last, on top
         x, y = ax.xy(p.ms, p.psnr)
-        r = 5 if p.kind == "project" else 4
+        r = DOT_RADIUS.get(p.kind, 4)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS[p.kind], outline=(0, 0, 0))
     _labels(draw, ax, pts, small, (x_a, y_a, x_b + MARGIN_R, y_b))
     legend = "blue: this project   orange: published peers"
@@ -148,8 +149,9 @@ def _labels(draw, ax: _Axes, pts: list[Point], font, box: tuple[float, float, fl
     across another point's dot reads as that point's."""
     fronts = {id(p) for kind in ("peer", "project") for p in pareto([q for q in pts if q.kind == kind])}
     order = sorted(pts, key=lambda p: (p.kind != "project", id(p) not in fronts, p.ms))
+    r = max(DOT_RADIUS.values())
     taken: list[tuple[float, float, float, float]] = [
-        (x - 5, y - 5, x + 5, y + 5) for x, y in (ax.xy(p.ms, p.psnr) for p in pts)]
+        (x - r, y - r, x + r, y + r) for x, y in (ax.xy(p.ms, p.psnr) for p in pts)]
     for p in order:
         x, y = ax.xy(p.ms, p.psnr)
         for anchor, dx, dy in (("lm", 7, 0), ("rm", -7, 0), ("lb", 5, -5), ("lt", 5, 5), ("rb", -5, -5),

@@ -22,8 +22,8 @@ class FastSource(MediaStreamTrack):
 
     def __init__(self, total: int, interval_s: float) -> None:
         super().__init__()
-        self.frames = [photo_frame(320, 180, index=i) for i in range(4)]
-        self.planes = [f.to_ndarray() for f in self.frames]
+        frames = [photo_frame(320, 180, index=i) for i in range(4)]
+        self.planes, self.time_base = [f.to_ndarray() for f in frames], frames[0].time_base
         self.total, self.interval_s, self.sent = total, interval_s, 0
 
     async def recv(self) -> av.VideoFrame:
@@ -33,7 +33,7 @@ class FastSource(MediaStreamTrack):
         # A fresh frame object per send (``reformat()`` with nothing to change returns the same object, so a
         # later send would rewrite the pts of a frame the stage still holds: a duplicate pts under load).
         frame = av.VideoFrame.from_ndarray(self.planes[self.sent % 4], format="yuv420p")
-        frame.pts, frame.time_base = self.sent, self.frames[0].time_base
+        frame.pts, frame.time_base = self.sent, self.time_base
         self.sent += 1
         return frame
 
