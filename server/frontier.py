@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 SETS = ("Set5", "Set14")
 COLOURS = {"project": (31, 119, 180), "peer": (230, 120, 20), "baseline": (44, 160, 44)}
-DOT_RADIUS = {"project": 5, "peer": 4}  # px; project dots drawn larger, on top
+DOT_RADIUS = {"project": 5, "peer": 4, "baseline": 4}  # px; project dots drawn larger, on top
 PANEL_W, PANEL_H = 720, 560
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 70, 130, 46, 58
 
@@ -134,7 +134,7 @@ def _panel(draw, left: int, pts: list[Point], bench_set: str, threads: int) -> N
             draw.line([ax.xy(p.ms, p.psnr) for p in front], fill=COLOURS[kind], width=2)
     for p in sorted(pts, key=lambda p: p.kind == "project"):  # project points drawn last, on top
         x, y = ax.xy(p.ms, p.psnr)
-        r = DOT_RADIUS.get(p.kind, 4)
+        r = DOT_RADIUS[p.kind]
         draw.ellipse([x - r, y - r, x + r, y + r], fill=COLOURS[p.kind], outline=(0, 0, 0))
     _labels(draw, ax, pts, small, (x_a, y_a, x_b + MARGIN_R, y_b))
     legend = "blue: this project   orange: published peers"

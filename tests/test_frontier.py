@@ -84,7 +84,7 @@ class _Recorder:
 
 
 def test_labels_keep_off_other_points_and_crowded_project_points_are_still_named():
-    from server.frontier import _Axes, _font, _labels
+    from server.frontier import DOT_RADIUS, _Axes, _font, _labels
 
     # A crowded corner like session 15's top right: our models in a row, peers close beside them.
     pts = [Point(f"fres_x2_m{i}c32_mix16", "project", 80.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]
@@ -92,8 +92,9 @@ def test_labels_keep_off_other_points_and_crowded_project_points_are_still_named
     ax, rec = _Axes(0, pts), _Recorder()
     _labels(rec, ax, pts, _font(11), (60, 40, PANEL_W, 500))
     assert {p.label for p in pts if p.kind == "project"} <= set(rec.boxes)  # every one of ours is named
+    r = max(DOT_RADIUS.values())
     for p in pts:
         x, y = ax.xy(p.ms, p.psnr)
         for label, (x0, y0, x1, y1) in rec.boxes.items():
             if label != p.label:  # a label may touch its own dot's side, never another point's dot
-                assert not (x0 < x + 5 and x - 5 < x1 and y0 < y + 5 and y - 5 < y1), (label, p.label)
+                assert not (x0 < x + r and x - r < x1 and y0 < y + r and y - r < y1), (label, p.label)
