@@ -53,6 +53,7 @@ ALIGN = 2 * SCALE  # HR multiple so the LR has even sides (4:2:0 chroma)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".ivf", ".y4m", ".m4v")
 CODECS = ("libvpx", "libx264")
 DECODERS = {"libvpx": "vp8", "libx264": "h264"}
+ENCODERS = {decoder: encoder for encoder, decoder in DECODERS.items()}  # "vp8" -> "libvpx", as the CLI names them
 KERNELS = ("area", "bicubic")
 REF_PIXELS = 640 * 360  # the stream size the kbps range refers to
 FPS = 30
@@ -522,6 +523,9 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--video-share", type=float, default=DegradeConfig.video_share)
     ap.add_argument("--min-kbps", type=float, default=DegradeConfig.kbps[0])
     ap.add_argument("--max-kbps", type=float, default=DegradeConfig.kbps[1])
+    ap.add_argument("--codecs", nargs="+", choices=sorted(ENCODERS), default=[DECODERS[c] for c in CODECS],
+                    help="codecs to draw from (default: all); the server's uplink is VP8 unless the browser "
+                         "offers only H.264")
     return ap
 
 
@@ -529,7 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = DegradeConfig(clean_share=args.clean_share, clip_share=args.clip_share,
-                        video_share=args.video_share, kbps=(args.min_kbps, args.max_kbps))
+                        video_share=args.video_share, kbps=(args.min_kbps, args.max_kbps),
+                        codecs=tuple(ENCODERS[c] for c in dict.fromkeys(args.codecs)))
     out = args.out or default_cache_dir(cfg, args.seed)
     build_cache(out, args.images or None, args.videos or None, args.pairs, args.seed, cfg)
 

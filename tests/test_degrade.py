@@ -204,3 +204,20 @@ def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
     assert expected > 0.02 and got == pytest.approx(expected, rel=1e-6)
     with pytest.raises(SystemExit, match="--pairs"):
         train.train(train.make_parser().parse_args(["--out", str(tmp_path / "run"), "--steps", "1", "--temporal", "1"]))
+
+
+def test_codecs_flag_limits_the_coded_pairs_to_one_codec(tmp_path) -> None:
+    """``--codecs h264`` makes every coded pair with libx264 (the uplink a browser may pick); the default
+    draws both (with this seed, the same 6 pairs come out with both codecs), and the default settings keep
+    their cache name."""
+    if not any(SAMPLES.glob("*.jpg")):
+        pytest.skip(f"no photographs in {SAMPLES}")
+    out = tmp_path / "h264"
+    degrade.main(["--images", str(SAMPLES), "--videos", "", "--out", str(out), "--pairs", "6", "--seed", "2",
+                  "--clean-share", "0", "--codecs", "h264"])
+    metas = [degrade.read_pair(p).meta for p in degrade.list_pairs(out)]
+    assert len(metas) == 6 and {m["codec"] for m in metas} == {"libx264"}
+    args = degrade.make_parser().parse_args(["--pairs", "1"])
+    assert tuple(degrade.ENCODERS[c] for c in args.codecs) == degrade.DegradeConfig().codecs
+    with pytest.raises(SystemExit):
+        degrade.make_parser().parse_args(["--pairs", "1", "--codecs", "av1"])
