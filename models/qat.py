@@ -130,15 +130,24 @@ class QuantSR(nn.Module):
     its LeakyRelu output; the input and the residual sum are fixed. With ReLU (``slope`` 0)
     onnxruntime folds the activation into the conv, so there is one rounding per conv, of the
     ReLU's output, over a range that starts at 0 and so spends all 256 levels on what is kept.
+
+    ``float_tail`` keeps the last that many convs in float: their weights, their outputs, the
+    activation that feeds the first of them and the residual sum are not rounded (the export keeps
+    those nodes out of the int8 graph). The end of the net is where a rounding has no later layer
+    to absorb it, and for the 32-feature nets the tail's convs are a small share of the work.
     """
 
-    def __init__(self, net: Generator) -> None:
+    def __init__(self, net: Generator, float_tail: int = 0) -> None:
         super().__init__()
         self.full_res = bool(getattr(net, "full_res", False))
         if getattr(net, "reparam", False):
             raise ValueError("QAT needs the fused (plain-conv) net: pass models.arch.fused(model)")
         self.net = grid_shift(net)
         convs = self.convs()
+        if not 0 <= float_tail < len(convs):
+            raise ValueError(f"float_tail must be 0..{len(convs) - 1} (the net has {len(convs)} convs), "
+                             f"got {float_tail}")
+        self.float_tail = float_tail
         self.q_input = FakeQuant(learn=False)
         self.q_shifted = FakeQuant(learn=False)
         self.q_conv = nn.ModuleList(FakeQuant() for _ in convs)
@@ -157,6 +166,10 @@ class QuantSR(nn.Module):
     def weight_scales(self) -> list[torch.Tensor]:
         return [getattr(self, f"w_scale{i}") for i in range(len(self.convs()))]
 
+    def int8_convs(self) -> int:
+        """How many convs, from the first, run in int8 (the rest are the float tail)."""
+        return len(self.convs()) - self.float_tail
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.quantize
         h, w = x.shape[-2], x.shape[-1]
@@ -170,30 +183,35 @@ class QuantSR(nn.Module):
             base = lr4.index_select(1, self.net.nearest_index)
             f = lr4 - self.net.shift
         f = self.q_shifted(f) if q else f
-        convs, scales = self.convs(), self.weight_scales()
+        convs, scales, n_int8 = self.convs(), self.weight_scales(), self.int8_convs()
         for i, conv in enumerate(convs):
-            weight = fake_quant_weight(conv.weight, scales[i]) if q else conv.weight
+            qi = q and i < n_int8  # this conv runs in int8
+            weight = fake_quant_weight(conv.weight, scales[i]) if qi else conv.weight
             f = F.conv2d(f, weight, conv.bias, padding=conv.padding)
             hidden = i < len(convs) - 1
             if hidden and self.relu:
                 f = F.relu(f)  # onnxruntime folds a ReLU into the conv's output rounding
             if self.record is not None:
                 self.record.setdefault(f"conv{i}", []).append(f.detach().flatten()[:: max(1, f.numel() // 200_000)])
-            f = self.q_conv[i](f) if q else f
+            f = self.q_conv[i](f) if qi else f
             if hidden and not self.relu:
                 f = F.leaky_relu(f, self.net.slope)
-                f = self.q_act[i](f) if q else f
+                f = self.q_act[i](f) if q and i + 1 < n_int8 else f  # rounded only as an int8 conv's input
         sub = f + base
-        sub = self.q_output(sub) if q else sub
+        sub = self.q_output(sub) if q and not self.float_tail else sub
         if self.full_res:
             return F.pixel_shuffle(sub, 2)
         return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
 
     def points(self) -> dict[str, FakeQuant]:
-        """Every rounding point by role: input, shifted, conv{i}, act{i}, output."""
-        out = {"input": self.q_input, "shifted": self.q_shifted, "output": self.q_output}
-        out.update({f"conv{i}": q for i, q in enumerate(self.q_conv)})
-        out.update({f"act{i}": q for i, q in enumerate(self.q_act)})
+        """Every rounding point by role: input, shifted, conv{i}, act{i}, output (those the float tail
+        leaves unrounded are not listed)."""
+        n_int8 = self.int8_convs()
+        out = {"input": self.q_input, "shifted": self.q_shifted}
+        if not self.float_tail:
+            out["output"] = self.q_output
+        out.update({f"conv{i}": q for i, q in enumerate(self.q_conv) if i < n_int8})
+        out.update({f"act{i}": q for i, q in enumerate(self.q_act) if i + 1 < n_int8})
         return out
 
 
@@ -211,7 +229,7 @@ def start_ranges(qmodel: QuantSR, batches: list[torch.Tensor], percentile: float
     for name, values in seen.items():
         v = torch.cat(values)
         lo, hi = float(torch.quantile(v, lo_q)), float(torch.quantile(v, hi_q))
-        qmodel.points()[name].set_range(lo, hi)
+        qmodel.q_conv[int(name[4:])].set_range(lo, hi)
         i = int(name[4:])
         if i < len(qmodel.q_act):  # the LeakyRelu of this conv output
             qmodel.q_act[i].set_range(lo * qmodel.net.slope if lo < 0 else lo, hi)
@@ -264,13 +282,28 @@ def quant_overrides(qmodel: QuantSR, model: onnx.ModelProto) -> dict[str, list[d
         scale, zero = fq.qparams()
         out[names[role]] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(zero, np.uint8)}]
     residual = residual_tensor(model)
-    if residual is not None and residual not in out:  # on the input's 1/255 grid, exactly as simulated
+    if residual is not None and residual not in out and not qmodel.float_tail:  # the input's 1/255 grid, as simulated
         out[residual] = out[names["input"]]
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"][: qmodel.int8_convs()]
     for conv, scales in zip(convs, qmodel.weight_scales()):  # per channel: one dict per output channel
         out[conv.input[1]] = [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8), "axis": 0}
                               for v in scales.tolist()]
     return out
+
+
+def float_nodes(qmodel: QuantSR, model: onnx.ModelProto) -> list[str]:
+    """The nodes the int8 graph keeps in float for ``qmodel.float_tail``: the tail's convs, the
+    activations that feed them, and everything after the last conv with the residual branch."""
+    if not qmodel.float_tail:
+        return []
+    from models.quantize import excluded_nodes
+
+    nodes = list(model.graph.node)
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    float_convs = convs[qmodel.int8_convs():]
+    feeds = {i for conv in convs[qmodel.int8_convs() - 1:] for i in conv.output}
+    acts = [n for n in nodes if n.op_type in ("LeakyRelu", "Relu") and n.input[0] in feeds]
+    return sorted({n.name for n in float_convs + acts} | set(excluded_nodes(model, ("residual",))))
 
 
 def export_int8(qmodel: QuantSR, out: Path, calibration: list[np.ndarray]) -> Path:
@@ -290,7 +323,7 @@ def export_int8(qmodel: QuantSR, out: Path, calibration: list[np.ndarray]) -> Pa
         quantize_static(
             str(pre), str(out), LumaReader(calibration, graph.graph.input[0].name),
             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=outer_scope_producers(graph),
+            weight_type=QuantType.QInt8, nodes_to_exclude=outer_scope_producers(graph) + float_nodes(qmodel, graph),
             extra_options={"WeightSymmetric": True, "TensorQuantOverrides": quant_overrides(qmodel, graph)},
         )
     onnx.checker.check_model(onnx.load(str(out)))
@@ -332,6 +365,10 @@ def make_parser() -> argparse.ArgumentParser:
                     help="if it misses the variant gate but passes the fallback gate (faster, at most "
                          f"{MAX_FALLBACK_LOSS_DB} dB lost), list it as the base model's fallback: the server's "
                          "step down under load before bicubic")
+    ap.add_argument("--float-tail", type=int, default=0,
+                    help="keep the last N convs (and the activation feeding them) in float: the end of the net "
+                         "has no later layer to absorb a rounding, and in the 32-feature full-resolution nets "
+                         "its convs are a small share of the work")
     ap.add_argument("--calib-frames", type=int, default=8, help="decoded frames for tensors without a trained range")
     return ap
 
@@ -346,7 +383,7 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     rng = np.random.default_rng(args.seed)
     net, _ = load_checkpoint_model(args.ckpt)
     teacher = copy.deepcopy(net).eval().requires_grad_(False)
-    qmodel = QuantSR(net.train())
+    qmodel = QuantSR(net.train(), args.float_tail)
     data = load_training_data(args)
     weights = list(qmodel.net.parameters())
     ranges = [p for n, p in qmodel.named_parameters() if n.startswith("q_") and p.requires_grad]
@@ -416,7 +453,8 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
 def qmodel_config(qmodel: QuantSR) -> dict:
     """What a QAT checkpoint records to rebuild its net's shape (``load_qmodel``)."""
     net = qmodel.net
-    config = {"widths": list(net.widths), "slope": net.slope, "full_res": qmodel.full_res}
+    config = {"widths": list(net.widths), "slope": net.slope, "full_res": qmodel.full_res,
+              "float_tail": qmodel.float_tail}
     if getattr(net, "mix_width", 0):
         config["mix"] = net.mix_width
     return config
@@ -431,7 +469,7 @@ def load_qmodel(path: str | Path) -> QuantSR:
         net = FullResSR(tuple(config["widths"]), slope=slope, mix=config.get("mix", 0))
     else:
         net = QuarterResSR(tuple(config["widths"]), slope=slope)
-    qmodel = QuantSR(net)
+    qmodel = QuantSR(net, config.get("float_tail", 0))
     qmodel.load_state_dict(ckpt["qmodel"])
     return qmodel.eval()
 

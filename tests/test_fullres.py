@@ -117,6 +117,45 @@ def test_mix_net_quantisation_simulation_finds_every_rounding_point(tmp_path: Pa
         assert torch.equal(qat.load_qmodel(tmp_path / "q.pt")(as_input(y))[0, 0], torch.from_numpy(sim))
 
 
+
+def test_float_tail_keeps_the_last_convs_in_float_in_simulation_and_export(tmp_path: Path) -> None:
+    """``--float-tail 2`` (models.qat): the tail's 3x3 conv and the 1x1 mix run in float in both the
+    simulation and the int8 graph, which still computes what the simulation computes; the int8 head
+    and body still round (the output differs from fp32), and a bad count is refused."""
+    import onnx
+
+    from models import qat
+    from models.evaluate import onnx_upscaler, to_display
+    from models.imaging import psnr
+    from tests.test_qat import as_input, photo_luma
+
+    torch.manual_seed(0)
+    model = build({"widths": [16] * 4, "reparam": True, "full_res": True, "mix": 16})
+    randomise(model, 0.05)
+    qmodel = qat.QuantSR(fused(model), float_tail=2)
+    qat.start_ranges(qmodel, [as_input(photo_luma(128, 96, i)) for i in range(3)])
+    qmodel.eval()
+    assert qmodel.int8_convs() == 4
+    assert set(qmodel.points()) == {"input", "shifted", "conv0", "conv1", "conv2", "conv3", "act0", "act1", "act2"}
+    out = qat.export_int8(qmodel, tmp_path / "int8.onnx", [photo_luma(640, 360, 2)])
+    graph = onnx.load(str(out)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    fed_by_dq = [getattr(producers.get(c.input[1]), "op_type", None) == "DequantizeLinear" for c in convs]
+    assert fed_by_dq == [True] * 4 + [False] * 2  # int8 weights for the head and body only
+    y = photo_luma(320, 180, 1)
+    with torch.no_grad():
+        sim = qmodel(as_input(y))[0, 0].numpy()
+        qmodel.quantize = False
+        fp32 = qmodel(as_input(y))[0, 0].numpy()
+    real = to_display(onnx_upscaler(out, threads=1)(y))
+    assert psnr(real, to_display(sim), 0) > 50
+    assert not np.array_equal(real, to_display(fp32))
+    torch.save({"qmodel": qmodel.state_dict(), "config": qat.qmodel_config(qmodel)}, tmp_path / "q.pt")
+    assert qat.load_qmodel(tmp_path / "q.pt").float_tail == 2
+    with pytest.raises(ValueError, match="float_tail"):
+        qat.QuantSR(fused(model), float_tail=6)
+
 def coded_pairs(patch: int) -> SimpleNamespace:
     """Two images whose LR pixels carry unique codes and whose HR pixels carry 4x their LR pixel's code
     plus their place in its 2x2 block: any misalignment or mixed-up flip shows in the numbers."""
