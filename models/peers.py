@@ -612,9 +612,12 @@ class DnnLuma:
 
 
 def dnn_runnable(path: Path) -> str | None:
-    """None when cv2.dnn can run the ``.pb``, else why not (headless OpenCV lacks DepthToSpace)."""
+    """None when cv2.dnn can run the ``.pb``, else why not (headless OpenCV lacks DepthToSpace; OpenCV 5.1
+    dropped the TensorFlow importer from cv2.dnn altogether)."""
     import cv2
 
+    if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+        return f"OpenCV {cv2.__version__} has no TensorFlow importer in cv2.dnn"
     try:
         with quiet_opencv():
             DnnLuma(path, 1).upscale_luma(np.full((24, 32), 128, np.uint8))

@@ -112,7 +112,7 @@ def test_rebuilt_pb_matches_cv2_dnn_where_opencv_can_run_it(peer_dir):
         pytest.skip(f"{path} is absent")
     why = P.dnn_runnable(path)
     if why:
-        pytest.skip(f"cv2.dnn cannot run the .pb here (needs opencv-contrib's DepthToSpace): {why}")
+        pytest.skip(f"cv2.dnn cannot run the .pb here: {why}")
     y_full = np.random.default_rng(0).integers(0, 256, (24, 32), dtype=np.uint8)
     dnn = P.DnnLuma(path, 1).upscale_luma(y_full).astype(np.float64)
     model, _, _ = P.build_peer("pb", path)
