@@ -606,9 +606,9 @@
     el.title = `${fast ? `The full generator takes ${fmt(gov.generator_ms_p50, 1)} ms a frame, so ` : ''}`
       + `${model} takes ${fmt(ms, 1)} ms a frame against a ${fmt(gov.budget_ms, 1)} ms budget: `
       + `${Math.round(gov.share * 100)}% of frames go through it${gov.share < 1 ? ', the rest get bicubic' : ''}.`;
-    // Short enough for the tile (about 12 characters); the tooltip above says which model and why.
+    // Short enough for the tile (about 11 characters); the tooltip above says which model and why.
     if (gov.mode === 'fast') return 'on (int8)';
-    return `${Math.round(gov.share * 100)}% ${fast ? 'int8' : 'neural'}`;
+    return `on (${Math.round(gov.share * 100)}%)`;
   }
 
   const BUDGET_STAGES = ['receive', 'decode', 'wait', 'sr', 'encode', 'send'];
