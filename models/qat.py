@@ -183,22 +183,22 @@ class QuantSR(nn.Module):
             base = lr4.index_select(1, self.net.nearest_index)
             f = lr4 - self.net.shift
         f = self.q_shifted(f) if q else f
+        rounded = self.points() if q else {}  # the float tail's tensors are not among them
         convs, scales, n_int8 = self.convs(), self.weight_scales(), self.int8_convs()
         for i, conv in enumerate(convs):
-            qi = q and i < n_int8  # this conv runs in int8
-            weight = fake_quant_weight(conv.weight, scales[i]) if qi else conv.weight
+            weight = fake_quant_weight(conv.weight, scales[i]) if q and i < n_int8 else conv.weight
             f = F.conv2d(f, weight, conv.bias, padding=conv.padding)
             hidden = i < len(convs) - 1
             if hidden and self.relu:
                 f = F.relu(f)  # onnxruntime folds a ReLU into the conv's output rounding
             if self.record is not None:
                 self.record.setdefault(f"conv{i}", []).append(f.detach().flatten()[:: max(1, f.numel() // 200_000)])
-            f = self.q_conv[i](f) if qi else f
+            f = rounded[f"conv{i}"](f) if f"conv{i}" in rounded else f
             if hidden and not self.relu:
                 f = F.leaky_relu(f, self.net.slope)
-                f = self.q_act[i](f) if q and i + 1 < n_int8 else f  # rounded only as an int8 conv's input
+                f = rounded[f"act{i}"](f) if f"act{i}" in rounded else f
         sub = f + base
-        sub = self.q_output(sub) if q and not self.float_tail else sub
+        sub = rounded["output"](sub) if "output" in rounded else sub
         if self.full_res:
             return F.pixel_shuffle(sub, 2)
         return F.pixel_shuffle(sub, 4)[..., : 2 * h, : 2 * w]
@@ -211,7 +211,7 @@ class QuantSR(nn.Module):
         if not self.float_tail:
             out["output"] = self.q_output
         out.update({f"conv{i}": q for i, q in enumerate(self.q_conv) if i < n_int8})
-        out.update({f"act{i}": q for i, q in enumerate(self.q_act) if i + 1 < n_int8})
+        out.update({f"act{i}": q for i, q in enumerate(self.q_act) if i + 1 < n_int8})  # an int8 conv's input
         return out
 
 
@@ -229,8 +229,8 @@ def start_ranges(qmodel: QuantSR, batches: list[torch.Tensor], percentile: float
     for name, values in seen.items():
         v = torch.cat(values)
         lo, hi = float(torch.quantile(v, lo_q)), float(torch.quantile(v, hi_q))
-        qmodel.q_conv[int(name[4:])].set_range(lo, hi)
         i = int(name[4:])
+        qmodel.q_conv[i].set_range(lo, hi)
         if i < len(qmodel.q_act):  # the LeakyRelu of this conv output
             qmodel.q_act[i].set_range(lo * qmodel.net.slope if lo < 0 else lo, hi)
     qmodel.q_shifted.set_range(-GRID_SHIFT, 1.0 - GRID_SHIFT)  # scale 1/255, zero point 128: exact
