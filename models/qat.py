@@ -360,7 +360,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit-images", type=int, default=None, help="use only the first N images (tests)")
     ap.add_argument("--export", default=None, help="write the int8 ONNX here after training")
     ap.add_argument("--images", nargs="*", default=[], help="benchmark folders for the gate (with --export)")
-    ap.add_argument("--register", action="store_true", help="list the int8 model in the manifest if it passes")
+    ap.add_argument("--register", action="store_true",
+                    help="list the int8 model in the manifest, named after the --export file, if it passes")
     ap.add_argument("--register-fallback", action="store_true",
                     help="if it misses the variant gate but passes the fallback gate (faster, at most "
                          f"{MAX_FALLBACK_LOSS_DB} dB lost), list it as the base model's fallback: the server's "
@@ -369,6 +370,11 @@ def make_parser() -> argparse.ArgumentParser:
                     help="keep the last N convs (and the activation feeding them) in float: the end of the net "
                          "has no later layer to absorb a rounding, and in the 32-feature full-resolution nets "
                          "its convs are a small share of the work")
+    ap.add_argument("--temporal", type=float, default=0.0,
+                    help="weight of a temporal term (needs --pairs with clips): the loss between the int8 net's "
+                         "frame-to-frame change and the target's (the fp32 net's with --target teacher), on "
+                         "consecutive coded frames; int8 rounding flickers in flat areas where the fp32 net does not")
+    ap.add_argument("--temporal-batch", type=int, default=16, help="clip patch pairs per step for --temporal")
     ap.add_argument("--calib-frames", type=int, default=8, help="decoded frames for tensors without a trained range")
     return ap
 
@@ -376,6 +382,8 @@ def make_parser() -> argparse.ArgumentParser:
 def qat(args: argparse.Namespace, command: str = "") -> dict:
     """Fine-tune with int8 rounding simulated; returns the QuantSR, the losses, and the simulated
     validation PSNR before the first step (``start_psnr``, NaN on resume) and at its best."""
+    if args.temporal < 0 or (args.temporal and not args.pairs):
+        raise SystemExit("--temporal needs a weight >= 0 and consecutive coded frames: give --pairs (a cache with clips)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -434,6 +442,9 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
                 with torch.no_grad():
                     hr_b = teacher(lr_b)
             loss = loss_fn(qmodel(lr_b), hr_b)
+            if args.temporal:
+                loss = loss + args.temporal * change_loss(qmodel, teacher if args.target == "teacher" else None,
+                                                          data, args.temporal_batch, rng, loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -448,6 +459,20 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     wall = elapsed + time.perf_counter() - t0
     log.info("done: %d steps, %.1f min, best simulated PSNR-Y %.3f dB", step, wall / 60, best)
     return {"qmodel": qmodel, "losses": losses, "start_psnr": start, "best_psnr": best, "wall_s": wall}
+
+
+def change_loss(qmodel: QuantSR, teacher: nn.Module | None, data, batch: int, rng: np.random.Generator,
+                loss_fn) -> torch.Tensor:
+    """``loss_fn`` between the int8 net's change from one coded frame to the next and the target's: the HR's,
+    or the fp32 ``teacher``'s when given (what QAT should keep is the fp32 net's own steadiness)."""
+    lr, hr = data.sample_temporal(batch, rng)
+    b, _, h, w = lr.shape
+    frames = lr.reshape(2 * b, 1, h, w)
+    sr = qmodel(frames).reshape(b, 2, *hr.shape[-2:])
+    if teacher is not None:
+        with torch.no_grad():
+            hr = teacher(frames).reshape(b, 2, *hr.shape[-2:])
+    return loss_fn(sr[:, 1] - sr[:, 0], hr[:, 1] - hr[:, 0])
 
 
 def qmodel_config(qmodel: QuantSR) -> dict:
@@ -502,13 +527,14 @@ def export_and_gate(qmodel: QuantSR, args: argparse.Namespace, command: str) -> 
             log.warning("nor as a fallback: %s", why)
         return False
     if args.register:
-        Q.register(f"{args.base}_int8", out, args.base, Q.Variant("quantisation-aware fine-tuned, trained ranges",
+        Q.register(out.stem, out, args.base, Q.Variant("quantisation-aware fine-tuned, trained ranges",
                                                                      per_channel=True), command)
     return True
 
 
 def register_fallback(base: str, out: Path, res, ref, command: str) -> None:
-    """List ``out`` as ``BASE_int8`` with role "fallback" and point the base's ``"fallback"`` at it.
+    """List ``out`` (under its file's stem, ``BASE_int8`` by convention) with role "fallback" and point the
+    base's ``"fallback"`` at it.
 
     Not an int8 *variant* (it misses the 0.1 dB gate): the server only runs it for the frames the
     governor would otherwise send as bicubic, and the manifest entry says how much it loses.
@@ -523,7 +549,7 @@ def register_fallback(base: str, out: Path, res, ref, command: str) -> None:
     except ValueError as err:
         raise SystemExit(f"--export must lie inside {MANIFEST_PATH.parent} to be registered") from err
     losses = ", ".join(f"{k} {res.psnr[k] - ref.psnr[k]:+.2f} dB" for k in ref.psnr)
-    name = f"{base}_int8"
+    name = out.stem
     update_manifest(name, {
         "file": file.as_posix(), "kind": src.get("kind", "fidelity"), "precision": "int8", "role": "fallback",
         "params": src["params"], "scale": src.get("scale", 2),

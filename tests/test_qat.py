@@ -135,3 +135,46 @@ def test_relu_net_rounds_once_per_conv(tmp_path):
     with torch.no_grad():
         sim = model(as_input(y))[0, 0].numpy()
     assert psnr(to_display(onnx_upscaler(out, threads=1)(y)), to_display(sim), 0) > 50
+
+
+def clip_pairs(folder, count: int = 3):
+    """A pair cache of real photographs as two-frame clips: the previous frame is the scene 2 LR px to the left."""
+    from models import degrade
+
+    for i in range(count):
+        y = photo_luma(100, 60, i)
+        lr, prev = y[:, 4:68], y[:, 2:66]
+        degrade.write_pair(degrade.pair_path(folder, i), degrade.Pair(
+            lr, np.kron(lr, np.ones((2, 2), np.uint8)), {"mode": "clip"},
+            lr_prev=prev, hr_prev=np.kron(prev, np.ones((2, 2), np.uint8))))
+    return degrade.CodecPatchPairs(folder, patch=64)
+
+
+def test_change_loss_is_zero_for_the_fp32_net_against_itself_and_counts_int8_flicker(tmp_path):
+    """``--temporal``: the int8 net's frame-to-frame change against the fp32 net's, on consecutive frames."""
+    import copy
+
+    data = clip_pairs(tmp_path)
+    net, _ = load_checkpoint_model(CKPT)
+    teacher = copy.deepcopy(net).eval()
+    model = qat.QuantSR(net)
+    qat.start_ranges(model, [as_input(photo_luma(128, 96, i)) for i in range(3)])
+
+    def score(target) -> float:
+        with torch.no_grad():
+            return float(qat.change_loss(model, target, data, 8, np.random.default_rng(0), torch.nn.functional.mse_loss))
+
+    model.quantize = False
+    same = score(teacher)
+    assert same < 1e-8  # float32 noise only
+    model.quantize = True
+    rounded = score(teacher)
+    assert rounded > 20 * same  # the rounding does not move with the scene as the fp32 output does
+    assert score(None) > rounded  # the nearest-neighbour HR's change is further from any SR's than fp32's is
+
+
+def test_temporal_qat_needs_clip_pairs(tmp_path):
+    args = qat.make_parser().parse_args(["--ckpt", str(CKPT), "--base", "qres_x2_v2", "--out", str(tmp_path / "r"),
+                                         "--steps", "1", "--temporal", "1"])
+    with pytest.raises(SystemExit, match="--pairs"):
+        qat.qat(args)
