@@ -527,8 +527,8 @@ def export_and_gate(qmodel: QuantSR, args: argparse.Namespace, command: str) -> 
             log.warning("nor as a fallback: %s", why)
         return False
     if args.register:
-        Q.register(out.stem, out, args.base, Q.Variant("quantisation-aware fine-tuned, trained ranges",
-                                                                     per_channel=True), command)
+        Q.register(out.stem, out, args.base,
+                   Q.Variant("quantisation-aware fine-tuned, trained ranges", per_channel=True), command)
     return True
 
 

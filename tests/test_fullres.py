@@ -117,7 +117,6 @@ def test_mix_net_quantisation_simulation_finds_every_rounding_point(tmp_path: Pa
         assert torch.equal(qat.load_qmodel(tmp_path / "q.pt")(as_input(y))[0, 0], torch.from_numpy(sim))
 
 
-
 def test_float_tail_keeps_the_last_convs_in_float_in_simulation_and_export(tmp_path: Path) -> None:
     """``--float-tail 2`` (models.qat): the tail's 3x3 conv and the 1x1 mix run in float in both the
     simulation and the int8 graph, which still computes what the simulation computes; the int8 head
@@ -155,6 +154,7 @@ def test_float_tail_keeps_the_last_convs_in_float_in_simulation_and_export(tmp_p
     assert qat.load_qmodel(tmp_path / "q.pt").float_tail == 2
     with pytest.raises(ValueError, match="float_tail"):
         qat.QuantSR(fused(model), float_tail=6)
+
 
 def coded_pairs(patch: int) -> SimpleNamespace:
     """Two images whose LR pixels carry unique codes and whose HR pixels carry 4x their LR pixel's code
