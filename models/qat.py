@@ -8,7 +8,8 @@ Why: post-training QDQ quantisation of this 12.8k-parameter net loses 0.3-0.9 dB
 runs with every tensor that onnxruntime's QDQ graph rounds rounded the same way in the forward
 pass (straight-through gradients), and is fine-tuned so that it works *through* that rounding:
 
-- weights: int8, symmetric, one scale per output channel = max|w| / 127 (onnxruntime's rule);
+- weights: symmetric, one scale per output channel = max|w| / levels: 8-bit levels (127) for the first
+  conv, exported as uint8 with zero point 128, and 7-bit levels (64) for the others (see ``WMAX``);
 - activations: uint8 affine per tensor, with scale and zero point learnt (LSQ) from a percentile
   start: the first conv's input (LR - 0.5), every conv output, every LeakyRelu output;
 - the LR input and the output are pinned to the 1/255 grid (zero point 0): the input already
@@ -41,16 +42,22 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.arch import NEGATIVE_SLOPE, QuarterResSR
-from models.fullres import FullResSR
 from models.evaluate import evaluate, load_samples
 from models.export import load_checkpoint_model
+from models.fullres import FullResSR
 from models.graph import outer_scope_producers
 from models.train import LOSSES, checkpoint, cosine_lr, load_training_data, save, torch_upscaler
 
 log = logging.getLogger(__name__)
 
 QMIN, QMAX = 0, 255  # uint8 activations
-WMAX = 127  # symmetric int8 weights use -127..127
+# onnxruntime's x86 kernels for uint8 activations and int8 weights (VPMADDUBSW on AVX2, and on AVX-512
+# without VNNI) add two products in int16 with saturation: with 8-bit weights 2 * 255 * 127 overflows and
+# the output is garbage on such CPUs. So int8 weights use only -64..64 (2 * 255 * 64 = 32640 fits), and the
+# first conv, whose input is the pixels themselves and whose 36 weights per channel need their precision,
+# keeps 8-bit levels but is exported with uint8 weights (zero point 128), which every kernel sums in int32.
+WMAX = 64
+HEAD_WMAX = 127
 START_PERCENTILE = 99.99
 GRID_SHIFT = 128.0 / 255.0
 MAX_FALLBACK_LOSS_DB = 0.5  # a fallback stands in for bicubic (2-3 dB lower), not for the fp32 model
@@ -107,20 +114,25 @@ def grid_shift(net: Generator) -> Generator:
     return net
 
 
-def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    """onnxruntime's per-output-channel step for symmetric int8 weights: max|w| / 127."""
-    return (w.detach().abs().amax(dim=(1, 2, 3)) / WMAX).clamp_min(1e-8)
+def weight_scale(w: torch.Tensor, levels: int = WMAX) -> torch.Tensor:
+    """The per-output-channel step of symmetric weights: max|w| / ``levels``."""
+    return (w.detach().abs().amax(dim=(1, 2, 3)) / levels).clamp_min(1e-8)
 
 
-def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-output-channel symmetric int8 rounding of a conv weight, straight-through.
+def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor | None = None, levels: int = WMAX) -> torch.Tensor:
+    """Per-output-channel symmetric rounding of a conv weight to -levels..levels, straight-through.
 
     QAT passes a fixed ``scale``: if the step followed max|w| as the weights move, every weight of
     a channel would change level whenever its largest one moved, and training would not settle.
     """
-    scale = weight_scale(w) if scale is None else scale
+    scale = weight_scale(w, levels) if scale is None else scale
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -WMAX, WMAX)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -levels, levels)
+
+
+def weight_levels(index: int) -> int:
+    """How many levels each side of zero conv ``index``'s weights use (see ``WMAX``)."""
+    return HEAD_WMAX if index == 0 else WMAX
 
 
 class QuantSR(nn.Module):
@@ -155,7 +167,7 @@ class QuantSR(nn.Module):
         self.q_act = nn.ModuleList(FakeQuant() for _ in ([] if self.relu else convs[:-1]))
         self.q_output = FakeQuant(learn=False)
         for i, conv in enumerate(convs):  # fixed weight grids, handed to onnxruntime at export
-            self.register_buffer(f"w_scale{i}", weight_scale(conv.weight))
+            self.register_buffer(f"w_scale{i}", weight_scale(conv.weight, weight_levels(i)))
         self.quantize = True
         self.record: dict[str, list[torch.Tensor]] | None = None  # start_ranges() collects conv outputs here
 
@@ -186,7 +198,7 @@ class QuantSR(nn.Module):
         rounded = self.points() if q else {}  # the float tail's tensors are not among them
         convs, scales, n_int8 = self.convs(), self.weight_scales(), self.int8_convs()
         for i, conv in enumerate(convs):
-            weight = fake_quant_weight(conv.weight, scales[i]) if q and i < n_int8 else conv.weight
+            weight = fake_quant_weight(conv.weight, scales[i], weight_levels(i)) if q and i < n_int8 else conv.weight
             f = F.conv2d(f, weight, conv.bias, padding=conv.padding)
             hidden = i < len(convs) - 1
             if hidden and self.relu:
@@ -306,18 +318,33 @@ def float_nodes(qmodel: QuantSR, model: onnx.ModelProto) -> list[str]:
     return sorted({n.name for n in float_convs + acts} | set(excluded_nodes(model, ("residual",))))
 
 
+@torch.no_grad()
+def clamped_net(qmodel: QuantSR) -> Generator:
+    """A copy of the net with each int8 conv's weights clamped to the range the simulation rounds them to.
+
+    The weight steps are fixed when QAT starts; a weight that grows past ``levels`` steps during training is
+    clamped by the simulation, and must be here too, or onnxruntime would store it beyond that range (and,
+    past 64, on a CPU without VNNI, overflow; see ``WMAX``)."""
+    net = copy.deepcopy(qmodel.net)
+    convs = [net.head, *net.body, net.tail, *([net.mix] if getattr(net, "mix", None) is not None else [])]
+    for i, (conv, scale) in enumerate(zip(convs[: qmodel.int8_convs()], qmodel.weight_scales())):
+        bound = (scale * weight_levels(i))[:, None, None, None]
+        conv.weight.copy_(torch.maximum(torch.minimum(conv.weight, bound), -bound))
+    return net
+
+
 def export_int8(qmodel: QuantSR, out: Path, calibration: list[np.ndarray]) -> Path:
     """Write the QDQ int8 ONNX of ``qmodel`` with its trained ranges (calibration only fills the rest)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from models.export import export_onnx
-    from models.quantize import LumaReader
+    from models.quantize import SAFE_WEIGHT_LEVEL, LumaReader, saturating_convs, widen_first_conv
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
-        export_onnx(copy.deepcopy(qmodel.net), fp32)
+        export_onnx(clamped_net(qmodel), fp32)
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
         graph = onnx.load(str(pre))
         quantize_static(
@@ -326,7 +353,10 @@ def export_int8(qmodel: QuantSR, out: Path, calibration: list[np.ndarray]) -> Pa
             weight_type=QuantType.QInt8, nodes_to_exclude=outer_scope_producers(graph) + float_nodes(qmodel, graph),
             extra_options={"WeightSymmetric": True, "TensorQuantOverrides": quant_overrides(qmodel, graph)},
         )
-    onnx.checker.check_model(onnx.load(str(out)))
+    widen_first_conv(out)
+    risky = saturating_convs(onnx.load(str(out)))
+    if risky:
+        raise ValueError(f"{out}: int8 weights beyond -{SAFE_WEIGHT_LEVEL}..{SAFE_WEIGHT_LEVEL} in {risky}")
     return out
 
 
@@ -354,6 +384,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the weights")
     ap.add_argument("--range-lr", type=float, default=1e-3, help="peak learning rate of scales and zero points")
     ap.add_argument("--min-lr", type=float, default=1e-6)
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="steps of linear learning-rate warm-up (default: 10%% of --steps, at most 500)")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
@@ -384,6 +416,8 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     validation PSNR before the first step (``start_psnr``, NaN on resume) and at its best."""
     if args.temporal < 0 or (args.temporal and not args.pairs):
         raise SystemExit("--temporal needs a weight >= 0 and consecutive coded frames: give --pairs (a cache with clips)")
+    if args.warmup is None:
+        args.warmup = min(500, args.steps // 10)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -436,7 +470,7 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
                                        dynamic_ncols=True) as bar:
         while step < args.steps:
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, args.steps, group["peak"], args.min_lr)
+                group["lr"] = warmup_factor(step, args.warmup) * cosine_lr(step, args.steps, group["peak"], args.min_lr)
             lr_b, hr_b = data.sample(args.batch, rng)
             if args.target == "teacher":
                 with torch.no_grad():
@@ -459,6 +493,18 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     wall = elapsed + time.perf_counter() - t0
     log.info("done: %d steps, %.1f min, best simulated PSNR-Y %.3f dB", step, wall / 60, best)
     return {"qmodel": qmodel, "losses": losses, "start_psnr": start, "best_psnr": best, "wall_s": wall}
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """Linear ramp of the learning rate over the first ``warmup`` steps.
+
+    Adam's first steps move every parameter by about the learning rate, whatever its gradient, because
+    its second-moment estimate rests on a few batches. A converged net pushed that way at full rate
+    loses quality before it regains it: a 150-step run at 3e-4 dipped 1 dB on Set5 at step 25 (on an
+    AVX2 CPU; the same run on AVX-512 rounds a little differently and did not dip) and ended 0.6 dB
+    below its start when the dip fell on its end.
+    """
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
 def change_loss(qmodel: QuantSR, teacher: nn.Module | None, data, batch: int, rng: np.random.Generator,
@@ -552,6 +598,7 @@ def register_fallback(base: str, out: Path, res, ref, command: str) -> None:
     name = out.stem
     update_manifest(name, {
         "file": file.as_posix(), "kind": src.get("kind", "fidelity"), "precision": "int8", "role": "fallback",
+        "reference": base,
         "params": src["params"], "scale": src.get("scale", 2),
         "description": f"int8 QDQ build of {base} after quantisation-aware fine-tuning (models/qat.py): {losses} "
                        f"against fp32, {res.ms[2]:.1f} against {ref.ms[2]:.1f} ms at 2 threads. Misses the 0.1 dB "

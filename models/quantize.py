@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_static)
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
@@ -217,11 +216,59 @@ def quantize(model_path: Path, out: Path, lumas: list[np.ndarray], variant: Vari
             quant_format=QuantFormat.QDQ, per_channel=variant.per_channel,
             activation_type=ACTIVATIONS[variant.activations], weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded_nodes(model, variant.exclude) + outer_scope_producers(model),
-            calibrate_method=METHODS[variant.method],
+            calibrate_method=METHODS[variant.method], reduce_range=True,  # 7-bit weights: see SAFE_WEIGHT_LEVEL
             extra_options=extra, calibration_cache_path=None,
         )
     onnx.checker.check_model(onnx.load(str(out)))
     return out
+
+
+# onnxruntime's x86 kernels for uint8 activations and int8 weights add pairs of products in int16 with
+# saturation on CPUs without VNNI (VPMADDUBSW): |w| <= 64 keeps 2 * 255 * |w| within int16 on every CPU.
+SAFE_WEIGHT_LEVEL = 64
+
+
+def conv_weights(model: onnx.ModelProto) -> list[tuple[str, onnx.TensorProto, onnx.TensorProto | None]]:
+    """(conv name, quantised weight initializer, its zero point) of each int8 conv, in graph order."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = producers.get(conv.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            zero = inits.get(dq.input[2]) if len(dq.input) > 2 else None
+            out.append((conv.name, inits[dq.input[0]], zero))
+    return out
+
+
+def saturating_convs(model: onnx.ModelProto) -> list[str]:
+    """The convs whose int8 weights go beyond ``SAFE_WEIGHT_LEVEL``: wrong on x86 CPUs without VNNI.
+
+    uint8 weights (zero point 128) are safe: onnxruntime sums uint8 x uint8 in int32 on every CPU.
+    """
+    from onnx import numpy_helper
+
+    return [name for name, weight, _ in conv_weights(model) if weight.data_type == onnx.TensorProto.INT8
+            and int(np.abs(numpy_helper.to_array(weight).astype(np.int16)).max()) > SAFE_WEIGHT_LEVEL]
+
+
+def widen_first_conv(path: Path) -> None:
+    """Store the first conv's symmetric int8 weights as uint8 with zero point 128: the same values,
+    run by kernels that sum in int32, so its 8-bit levels cannot overflow on a CPU without VNNI."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    _, weight, zero = conv_weights(model)[0]
+    if weight.data_type != onnx.TensorProto.INT8 or zero is None:
+        raise ValueError(f"{path}: the first conv has no symmetric int8 weights to widen")
+    zeros = numpy_helper.to_array(zero).astype(np.int16)
+    if zeros.any():
+        raise ValueError(f"{path}: the first conv's int8 weights are not symmetric (zero point {zeros.max()})")
+    widened = numpy_helper.to_array(weight).astype(np.int16) + 128
+    weight.CopyFrom(numpy_helper.from_array(widened.astype(np.uint8), weight.name))
+    zero.CopyFrom(numpy_helper.from_array((zeros + 128).astype(np.uint8), zero.name))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def qdq_counts(path: Path) -> dict[str, int]:
@@ -314,6 +361,7 @@ def register(name: str, out: Path, base: str, variant: Variant, command: str,
         "file": file.as_posix(),
         "kind": src.get("kind", "fidelity"),
         "precision": "int8",
+        "reference": base,
         "params": params,
         "scale": src.get("scale", 2),
         "description": f"int8 static QDQ of {base} ({variant.name}; calibrated on decoded 640x360 video "

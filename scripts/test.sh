@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Install everything the tests need into .venv (and Debian's chromium when missing), then run the suite.
+# Install everything the tests need into .venv (and the Debian packages below when missing), then run the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages the suite uses when present: chromium (the browser test) and qemu-user (the int8 tests
+# emulate an AVX2 CPU without VNNI with qemu-x86_64, whatever CPU runs the suite).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq chromium
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
   elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo apt-get install -y -qq chromium
+    sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}"
   else
-    echo "chromium is missing and cannot be installed without root: the browser test will skip" >&2
+    echo "cannot install ${missing[*]} without root: the tests that need them will skip and say why" >&2
   fi
 fi
 

@@ -15,7 +15,7 @@ import time
 from aiohttp import web
 
 from .config import CLIENT_DIR, ConfigError, NetworkConfig, ServerConfig
-from .engine import OnnxUpscaler
+from .engine import Upscaler
 from .governor import GovernorPolicy
 from .impairment import NetworkControl
 from .registry import ModelInfo
@@ -24,15 +24,15 @@ from .session import OfferError, Session, parse_offer
 log = logging.getLogger(__name__)
 
 SESSIONS = web.AppKey("sessions", dict)
-UPSCALER = web.AppKey("upscaler", OnnxUpscaler)
+UPSCALER = web.AppKey("upscaler", Upscaler)  # type: ignore[type-abstract]
 MODEL = web.AppKey("model", ModelInfo)
 CONFIG = web.AppKey("config", ServerConfig)
 NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
-FAST = web.AppKey("fast", object)  # (OnnxUpscaler, ModelInfo) of the governor's faster model, or (None, None)
+FAST = web.AppKey("fast", object)  # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
 
 
-def create_app(config: ServerConfig, upscaler: OnnxUpscaler, model: ModelInfo,
-               network: NetworkConfig | None = None, fast: OnnxUpscaler | None = None,
+def create_app(config: ServerConfig, upscaler: Upscaler, model: ModelInfo,
+               network: NetworkConfig | None = None, fast: Upscaler | None = None,
                fast_info: ModelInfo | None = None) -> web.Application:
     """Build the app around an already loaded model (loading it is where start-up may fail).
 

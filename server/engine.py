@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Protocol
 
 import av
 import cv2
@@ -60,6 +61,16 @@ def as_yuv420p(frame: av.VideoFrame) -> av.VideoFrame:
     if frame.time_base is not None:
         converted.time_base = frame.time_base
     return converted
+
+
+class Upscaler(Protocol):
+    """What the SR track runs on each frame: the generator, a stand-in for it, or bicubic."""
+
+    name: str
+
+    def upscale_luma(self, y: np.ndarray) -> np.ndarray: ...
+
+    def upscale(self, frame: av.VideoFrame) -> av.VideoFrame: ...
 
 
 class BicubicUpscaler:

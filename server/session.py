@@ -19,7 +19,7 @@ from aiortc.contrib.media import MediaBlackhole
 
 from .bandwidth import RembCap, with_bandwidth
 from .budget import ArrivalLog, time_encoding
-from .engine import OnnxUpscaler
+from .engine import Upscaler
 from .encoder import use_return_encoder
 from .return_rate import ReturnBitrates
 from .fanout import FrameFanout
@@ -61,9 +61,9 @@ def parse_offer(body: object) -> tuple[RTCSessionDescription, bool]:
 class Session:
     """A receiving peer: uplink -> fanout -> (SR track, raw track) -> back to the same client."""
 
-    def __init__(self, upscaler: OnnxUpscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
+    def __init__(self, upscaler: Upscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
                  network: NetworkControl | None = None, resilient: bool = True,
-                 governor: GovernorPolicy | None = None, fast: OnnxUpscaler | None = None,
+                 governor: GovernorPolicy | None = None, fast: Upscaler | None = None,
                  encoder_nice: int = 0) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.monotonic()

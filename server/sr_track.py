@@ -24,7 +24,7 @@ import av
 from aiortc import MediaStreamTrack
 
 from .budget import StageTimes
-from .engine import BicubicUpscaler, OnnxUpscaler
+from .engine import BicubicUpscaler, Upscaler
 from .fanout import LatestFrame, TimedFrame
 from .governor import BICUBIC, FAST, GENERATOR, LoadGovernor
 from .metrics import FreezeDetector, RateMeter, RollingSamples
@@ -118,9 +118,9 @@ class SuperResolutionTrack(SlotTrack):
     """Every frame it sends is upscaled 2x: by the generator when SR is on (bicubic on the frames the
     governor gives up under load), by bicubic when it is off."""
 
-    def __init__(self, slot: LatestFrame, upscaler: OnnxUpscaler, executor: Executor, enabled: bool = True,
+    def __init__(self, slot: LatestFrame, upscaler: Upscaler, executor: Executor, enabled: bool = True,
                  governor: LoadGovernor | None = None, baseline: LatestFrame | None = None,
-                 fast: OnnxUpscaler | None = None) -> None:
+                 fast: Upscaler | None = None) -> None:
         """``baseline``: the raw track's slot, whose drops (same input, no SR) are not the SR stage's doing.
         ``fast``: a faster model (the int8 build) the governor steps down to before bicubic."""
         super().__init__(slot)

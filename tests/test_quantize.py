@@ -99,8 +99,13 @@ def test_registered_int8_model_serves_a_real_frame(name):
     assert entry["precision"] == "int8" and entry["scale"] == 2 and entry["command"].startswith(("python -m models.quantize", "python -m models.qat"))
     assert load_manifest()["default"] != name  # quantising never changes the default
     up = OnnxUpscaler(resolve(name), threads=2, name=name)
-    out = up.upscale(photo_frame(640, 360))
+    frame = photo_frame(640, 360)
+    out = up.upscale(frame)
     assert (out.width, out.height) == (1280, 720)
+    # The picture, not just its size: the int8 build's luma follows its fp32 model's on a real photo.
+    reference = OnnxUpscaler(resolve(entry["reference"]), threads=2).upscale(frame)
+    y, y_ref = (f.to_ndarray(format="yuv420p")[:720] for f in (out, reference))
+    assert psnr(y, y_ref) > 38.0, (name, psnr(y, y_ref))
 
 
 def test_register_lists_int8_without_touching_the_default(tmp_path, int8_model):
