@@ -580,14 +580,26 @@
       ? `${fz.freezeCount} (${fmt(fz.totalFreezesDuration, 1)} s)` : '—';
     const rx = mine.receiver || {};
     document.getElementById('st-nack').textContent = isNum(rx.nackCount) ? `${rx.nackCount} / ${fmtCount(rx.pliCount)}` : '—';
-    document.getElementById('st-return').textContent = returnKbps(mine.return_bitrate);
+    const rates = returnKbps(mine);
+    document.getElementById('st-return').textContent = `${rates.sr} / ${rates.raw}`;
+    const modelName = (body.model && body.model.name) || '—';
+    document.getElementById('on-screen').textContent =
+      `SR ${ui.st.sr.textContent} · SR on ${rates.sr} kbps, encoded here · ` +
+      `SR off ${rates.raw} kbps, ${rates.rawMode} · model ${modelName}`;
   }
 
-  // The bitrate each returned stream is encoded at (server/return_rate.py): the SR stream's is higher.
-  function returnKbps(rates) {
-    const kbps = (r) => (r && isNum(r.target_kbps) ? fmtCount(r.target_kbps) : '—');
-    if (!rates || (!rates.sr && !rates.raw)) return '—';
-    return `${kbps(rates.sr)} / ${kbps(rates.raw)}`;
+  // What each returned stream sends: SR on is encoded at the viewer link's rate (server/return_rate.py);
+  // SR off is the sender's own encode, forwarded (server/forward.py), or re-encoded where it cannot be.
+  function returnKbps(session) {
+    const encoded = session.return_bitrate || {};
+    const raw = (session.streams && session.streams.raw) || {};
+    const kbps = (v) => (isNum(v) ? fmtCount(Math.round(v)) : '—');
+    const forwarded = raw.mode === 'forwarded';
+    return {
+      sr: kbps(encoded.sr && encoded.sr.target_kbps),
+      raw: forwarded ? kbps(raw.kbps) : kbps(encoded.raw && encoded.raw.target_kbps),
+      rawMode: forwarded ? 'forwarded as sent' : 're-encoded',
+    };
   }
 
   // SR on, and how much of it the generator does: under load the server sends bicubic on some frames.

@@ -259,10 +259,17 @@ def evaluate_clips(clips: list[Clip], upscalers: dict[str, Upscaler]) -> dict:
     return {name: mean_metrics([t[name] for t in tables]) for name in upscalers}
 
 
-def evaluate_clip(clip: Clip, upscalers: dict[str, Upscaler], progress_every: int = 10) -> dict:
-    """Per-upscaler means over frames: PSNR, SSIM, gradient statistics, temporal PSNR, ds_psnr vs decoded LR."""
+def evaluate_clip(clip: Clip, upscalers: dict[str, Upscaler], progress_every: int = 10, vmaf: bool = False) -> dict:
+    """Per-upscaler means over frames: PSNR, SSIM, gradient statistics, temporal PSNR, ds_psnr vs decoded LR;
+    with ``vmaf``, VMAF and VMAF-NEG too (libvmaf, :mod:`models.vmaf`)."""
     rows: dict[str, list[dict]] = {name: [] for name in upscalers}
     temporal = {name: quality.TemporalError(SHAVE) for name in upscalers}
+    pairs = {}
+    if vmaf:
+        from models.vmaf import VmafPairs
+
+        height, width = clip.hr_y[0].shape
+        pairs = {name: VmafPairs(width, height, limit=len(clip.hr_y)) for name in upscalers}
     for t, (hr, dec) in enumerate(zip(clip.hr_y, clip.decoded_y)):
         hr = hr.astype(np.float64)
         for name, up in upscalers.items():
@@ -271,12 +278,17 @@ def evaluate_clip(clip: Clip, upscalers: dict[str, Upscaler], progress_every: in
                 raise ValueError(f"{name}: output {sr.shape}, expected {hr.shape}")
             rows[name].append(image_metrics(sr, hr, dec))
             temporal[name].add(sr, hr)
+            if name in pairs:
+                pairs[name].add(np.clip(np.rint(hr), 0, 255).astype(np.uint8), sr)
         if progress_every and (t + 1) % progress_every == 0:
             log.info("  video frame %d/%d", t + 1, len(clip.hr_y))
     out = {}
     for name in upscalers:
         out[name] = mean_metrics(rows[name])
         out[name]["tpsnr"] = temporal[name].psnr()
+        if name in pairs:
+            scores = pairs[name].score()
+            out[name]["vmaf"], out[name]["vmaf_neg"] = float(scores["vmaf"]), float(scores["vmaf_neg"])
     return out
 
 
@@ -323,6 +335,8 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pan-limit", type=int, default=None, help="use only the first N images of --pan")
     ap.add_argument("--peers", default=None, help="folder of published peer models (e.g. ../shared/peers)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vmaf", action="store_true",
+                    help="VMAF and VMAF-NEG on the coded-video path too (libvmaf: pip install -e '.[vmaf]')")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
     return ap
 
@@ -372,11 +386,12 @@ def run(args: argparse.Namespace) -> dict:
             summary = clip_summary(clip)
             log.info("  decoded: LR PSNR %.2f dB vs encoder input, frame types %s", summary["decoded_lr_psnr"],
                      summary["frame_types"])
-            table = evaluate_clip(clip, {"bicubic": bicubic_luma, **upscalers})
+            table = evaluate_clip(clip, {"bicubic": bicubic_luma, **upscalers}, vmaf=getattr(args, "vmaf", False))
             result["video"] = {**rounded(summary), "codec": args.codec, "kbps": args.kbps, "kernel": args.kernel,
                                "fps": 30, "results": rounded(table)}
             log_table(f"video {clip.name} ({args.codec} {args.kbps:g} kbps, {len(clip.hr_y)} frames)", table,
-                      METRICS[:2] + ("tpsnr",) + METRICS[2:])
+                      METRICS[:2] + ("tpsnr",) + (("vmaf", "vmaf_neg") if getattr(args, "vmaf", False) else ())
+                      + METRICS[2:])
         if getattr(args, "pan", None):
             clips = load_panned_clips(args.pan, args.pan_frames, args.codec, args.kbps, args.kernel,
                                       limit=args.pan_limit)

@@ -22,5 +22,5 @@ fi
 .venv/bin/pip install -q --upgrade pip
 # torch first, pinned: 2.13.0 is the CPU wheel on local disk; anything else downloads gigabytes.
 .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[train,test]"
+.venv/bin/pip install -q -e ".[train,test,vmaf]"
 exec .venv/bin/python -m pytest "$@"

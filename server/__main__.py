@@ -40,6 +40,10 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     parser.add_argument("--encoder-nice", type=int, default=defaults.encoder_nice,
                         help="run the return encoders this many nice levels (0..19) below the server, so the SR "
                              "stage takes shared cores first (Linux; default %(default)s)")
+    parser.add_argument("--viewer-kbps", type=float, default=defaults.viewer_kbps,
+                        help="the viewer's link for the returned streams, 300..100000: the SR-on encode starts at it "
+                             "and never exceeds it (a forwarded SR-off stream's rate comes off it first); the default "
+                             "suits a viewer on the same machine or LAN (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--stock-receiver", action="store_true",
                         help="receive with aiortc's stock jitter buffer instead of the loss-resilient one (for comparisons)")
@@ -59,7 +63,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
         config = ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
                               max_sessions=args.max_sessions, resilient_receiver=not args.stock_receiver,
                               sr_headroom=args.sr_headroom, fast_model=args.fast_model,
-                              encoder_nice=args.encoder_nice)
+                              encoder_nice=args.encoder_nice, viewer_kbps=args.viewer_kbps)
         network = NetworkConfig(loss=args.loss, burst=args.burst, kbps=args.kbps, delay_ms=args.delay_ms,
                                 jitter_ms=args.jitter_ms, queue_ms=args.queue_ms, seed=args.seed,
                                 reorder=args.reorder, impair_rtcp=args.impair_rtcp)

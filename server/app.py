@@ -71,7 +71,7 @@ async def offer(request: web.Request) -> web.Response:
                       connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK],
                       resilient=app[CONFIG].resilient_receiver,
                       governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom), fast=app[FAST][0],
-                      encoder_nice=app[CONFIG].encoder_nice)
+                      encoder_nice=app[CONFIG].encoder_nice, viewer_kbps=app[CONFIG].viewer_kbps)
     sessions[session.id] = session
     try:
         answer = await session.answer(description, sr_enabled)

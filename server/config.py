@@ -40,6 +40,11 @@ class ServerConfig:
     # Nice levels the return encoders' threads run below the process, so the SR stage gets the cores
     # first (server/priority.py; Linux only, elsewhere ignored). 0 = the same priority.
     encoder_nice: int = 0
+    # The viewer's link for the streams sent back (kbps): the SR-on encode starts at it and never exceeds
+    # it; a REMB below what is being sent lowers it (congestion). A forwarded SR-off stream's own rate comes
+    # off it first. The default suits a viewer on the same machine or LAN, where the 720p encode can be
+    # near transparent; set the viewer's real downlink for remote viewers (docs/VIEWER.md has the table).
+    viewer_kbps: float = 8000.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,6 +61,8 @@ class ServerConfig:
             raise ConfigError(f"sr_headroom must be in 0.1..1.0, got {self.sr_headroom}")
         if not 0 <= self.encoder_nice <= 19:
             raise ConfigError(f"encoder_nice must be in 0..19, got {self.encoder_nice}")
+        if not 300.0 <= self.viewer_kbps <= 100_000.0:
+            raise ConfigError(f"viewer_kbps must be in 300..100000, got {self.viewer_kbps}")
         if not self.fast_model.strip():
             raise ConfigError('fast_model must be "auto", "none", a manifest name or a path')
 

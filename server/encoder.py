@@ -25,8 +25,9 @@ import statistics
 import sys
 import threading
 import time
+from collections import deque
 from fractions import Fraction
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import av
@@ -34,12 +35,14 @@ import numpy as np
 from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor, number_of_threads
 
 from .priority import lower_this_thread
-from .return_rate import BASE_DEFAULT, limits
+from .return_rate import BASE_DEFAULT, RateLimits, limits
 
 log = logging.getLogger(__name__)
 
 OPTIONS = {"noise-sensitivity": "0"}  # on top of aiortc's own settings (cpu-used -6, realtime, CBR)
 RAISE_HOLD_S = 5.0  # a higher bitrate reopens the encoder (a keyframe) at most this often
+SENT_WINDOW_S = 2.0  # the window of the stream's measured send rate
+CONGESTION_SHARE = 0.85  # a REMB under this share of the measured send rate is congestion
 
 
 class ReturnVp8Encoder(Vp8Encoder):
@@ -65,6 +68,9 @@ class ReturnVp8Encoder(Vp8Encoder):
         self._target = BASE_DEFAULT
         self._opened_at = -math.inf
         self._opened_on_request = False  # False: the open context runs on the start bitrate, not a REMB's
+        self.ceiling: Callable[[], int | None] | None = None  # the viewer link's share for this stream (bps)
+        self.congested = False  # a REMB below what is sent: the REMB rules until it is back at the ceiling
+        self._sent: deque[tuple[float, int]] = deque()  # (encoded at, bytes) over the last SENT_WINDOW_S
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -89,21 +95,37 @@ class ReturnVp8Encoder(Vp8Encoder):
         if self._needs_context(frame):
             self.reopens += self.codec is not None
             self.codec = self._open(frame)
-        return super().encode(frame, force_keyframe)
+        payloads, timestamp = super().encode(frame, force_keyframe)
+        now = time.monotonic()
+        self._sent.append((now, sum(len(p) for p in payloads)))
+        while now - self._sent[0][0] > SENT_WINDOW_S:
+            self._sent.popleft()
+        return payloads, timestamp
+
+    def sent_bps(self) -> float:
+        """What this stream sent over the last :data:`SENT_WINDOW_S` (0 before two frames)."""
+        if len(self._sent) < 2:
+            return 0.0
+        span = self._sent[-1][0] - self._sent[0][0]
+        return sum(size for _, size in list(self._sent)[1:]) * 8 / span if span > 0 else 0.0
 
     def stats(self) -> dict:
         width, height = self.size or (0, 0)
         return {"width": width, "height": height, "target_kbps": round(self._target / 1000),
                 "requested_kbps": None if self.requested is None else round(self.requested / 1000),
-                "max_kbps": round(limits(width, height).maximum / 1000) if self.size else None,
+                "max_kbps": round(self.bounds(width, height).maximum / 1000) if self.size else None,
+                "sent_kbps": round(self.sent_bps() / 1000), "congested": self.congested,
                 "reopens": self.reopens, "nice": self.nice}
 
     def _next_target(self, frame: av.VideoFrame) -> int:
         """The REMB's request within this resolution's limits (its default before any REMB); a rise
         keeps the open context's bitrate until :data:`RAISE_HOLD_S` after it was opened, except the
         first REMB's over the start bitrate, which applies at once."""
-        bounds = limits(frame.width, frame.height)
-        wanted = bounds.default if self.requested is None else bounds.clamp(self.requested)
+        bounds = self.bounds(frame.width, frame.height)
+        if self.ceiling is not None and self.ceiling() is not None:
+            wanted = self._viewer_target(bounds)
+        else:
+            wanted = bounds.default if self.requested is None else bounds.clamp(self.requested)
         codec = self.codec
         if codec is None or self.size != (frame.width, frame.height):
             return wanted
@@ -111,6 +133,31 @@ class ReturnVp8Encoder(Vp8Encoder):
         if wanted > codec.bit_rate and held:
             return codec.bit_rate
         return wanted
+
+    def _viewer_target(self, bounds: RateLimits) -> int:
+        """With a viewer link: its rate, unless the REMB reports congestion (a REMB below what this stream
+        sends). A receiver's REMB follows what it receives, so a REMB above that is no limit; below it, the
+        REMB applies at once and rules until it climbs back to the link's rate."""
+        if self.requested is None:
+            return bounds.maximum
+        if self.requested < CONGESTION_SHARE * self.sent_bps():
+            self.congested = True
+        if self.congested:
+            wanted = bounds.clamp(self.requested)
+            self.congested = wanted < bounds.maximum
+            return wanted
+        return bounds.maximum
+
+    def bounds(self, width: int, height: int) -> RateLimits:
+        """This stream's range: the viewer link's share when there is a viewer setting (start and ceiling
+        alike, so the encode is as transparent as the link allows from the first frame, with no ramp of
+        reopenings), else the resolution's limits (:func:`server.return_rate.limits`)."""
+        own = limits(width, height)
+        cap = self.ceiling() if self.ceiling is not None else None
+        if cap is None:
+            return own
+        cap = max(own.minimum, cap)
+        return RateLimits(own.minimum, cap, cap)
 
     def _needs_context(self, frame: av.VideoFrame) -> bool:
         """aiortc's own rule for opening a new context (see ``Vp8Encoder.encode``)."""
@@ -137,18 +184,21 @@ class ReturnVp8Encoder(Vp8Encoder):
         return codec
 
 
-def install(sender: Any, codec: Any, nice: int = 0) -> bool:
+def install(sender: Any, codec: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None) -> bool:
     """Give ``sender`` a :class:`ReturnVp8Encoder` before aiortc makes its own; False for other codecs."""
     if getattr(codec, "mimeType", "").lower() != "video/vp8":
         return False
     if getattr(sender, "_RTCRtpSender__encoder", None) is None:
-        sender._RTCRtpSender__encoder = ReturnVp8Encoder(nice)
+        encoder = ReturnVp8Encoder(nice)
+        encoder.ceiling = ceiling
+        sender._RTCRtpSender__encoder = encoder
     return True
 
 
-def use_return_encoder(sender: Any, nice: int = 0) -> None:
+def use_return_encoder(sender: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None) -> None:
     """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame);
-    ``nice``: its encoding threads' priority below the process's (:mod:`server.priority`)."""
+    ``nice``: its encoding threads' priority below the process's (:mod:`server.priority`); ``ceiling``: the
+    viewer link's share for this stream (:meth:`server.return_rate.ReturnBitrates.ceiling`)."""
     inner = sender._next_encoded_frame
     installed = False
 
@@ -156,7 +206,7 @@ def use_return_encoder(sender: Any, nice: int = 0) -> None:
         nonlocal installed
         if not installed:
             installed = True
-            install(sender, codec, nice)
+            install(sender, codec, nice, ceiling)
         return await inner(codec)
 
     sender._next_encoded_frame = next_encoded_frame

@@ -29,8 +29,9 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from models.vmaf import FrameBank, VmafUnavailable, ffmpeg_with_libvmaf
 from server import framecode
-from server.engine import plane_view
+from server.engine import Upscaler, plane_view
 from server.metrics import FreezeDetector, percentile
 from server.probe_report import (ProbeReport, build_report, clients_summary, cpu_between, finite_mean,
                                  frame_rate, latency_summary, recovery_after, rounded)
@@ -161,6 +162,7 @@ class StreamStats:
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (send time, ms)
     arrival_latencies: list[float] = field(default_factory=list)  # ms, to the last RTP packet
     psnr: list[float] = field(default_factory=list)
+    psnr_of: dict[int, float] = field(default_factory=dict)  # frame number -> its PSNR-Y, for paired figures
     unreadable: int = 0  # no intact frame code
     unknown: int = 0  # a code for a number never sent
     repeats: int = 0  # the same number again (a frame sent back twice)
@@ -168,6 +170,8 @@ class StreamStats:
     last_number: int = -1
     seen: set[int] = field(default_factory=set)
     freezes: FreezeDetector = field(default_factory=FreezeDetector)
+    vmaf_bank: FrameBank | None = None  # the measured frames and their originals, for VMAF at the end (shared)
+    vmaf: dict | None = None  # {"vmaf", "vmaf_neg", "frames"} once scored
 
     def report(self) -> dict:
         return {
@@ -182,6 +186,9 @@ class StreamStats:
             },
             "psnr_y": rounded(finite_mean(self.psnr)),
             "psnr_frames": len(self.psnr),
+            "vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
+            "vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None,
+            "vmaf_frames": self.vmaf.get("frames", 0) if self.vmaf else 0,
             "numbered": len(self.seen),
             "unreadable": self.unreadable,
             "unknown": self.unknown,
@@ -200,9 +207,57 @@ def luma_plane(frame: av.VideoFrame) -> np.ndarray:
     return plane_view(frame, 0)
 
 
+class GeneratorGain:
+    """The generator's own gain on the very frames the viewer got as SR off, and what the return path keeps.
+
+    The forwarded SR-off stream carries the sender's encode, which is what the server decoded and upscaled;
+    so running the same model here on each SR-off frame as received gives the SR-on picture as the generator
+    made it. Against the original that is the generator's own gain over bicubic; against the SR-on frame of
+    the same number as received it is how transparent the server's return encode (and governor) was.
+    """
+
+    KEEP = 64  # generator outputs waiting for their SR-on frame (a skipped SR frame never claims one)
+
+    def __init__(self, upscaler: Upscaler) -> None:
+        self.upscaler = upscaler
+        self.name = upscaler.name
+        self.model_psnr: list[float] = []  # the generator's output on SR-off as received, against the original
+        self.bicubic_psnr: list[float] = []  # bicubic of the same frames (the SR-off figure, on the same frames)
+        self.encode_psnr: list[float] = []  # SR-on as received against the generator's output of that frame
+        self._made: dict[int, np.ndarray] = {}
+        self.psnr_of: dict[int, float] = {}  # frame number -> the generator's output's PSNR-Y
+        self.vmaf_bank: FrameBank | None = None  # where its outputs go for VMAF, when VMAF is on
+        self.vmaf: dict | None = None
+
+    def sr_off(self, number: int, y: np.ndarray, original: np.ndarray, box: tuple[int, int, int, int]) -> None:
+        made = self.upscaler.upscale_luma(y)
+        self.model_psnr.append(psnr_y(made, original, box))
+        self.psnr_of[number] = self.model_psnr[-1]
+        if self.vmaf_bank is not None:
+            keep_for_vmaf(self.vmaf_bank, "generator", number, made, original, box)
+        self.bicubic_psnr.append(psnr_y(to_full_size(y), original, box))
+        if len(self._made) >= self.KEEP:
+            del self._made[next(iter(self._made))]
+        self._made[number] = made
+
+    def sr_on(self, number: int, y: np.ndarray, box: tuple[int, int, int, int]) -> None:
+        made = self._made.pop(number, None)
+        if made is not None and y.shape == made.shape:
+            self.encode_psnr.append(psnr_y(y, made, box))
+
+    def report(self) -> dict:
+        model, bicubic = finite_mean(self.model_psnr), finite_mean(self.bicubic_psnr)
+        return {"model": self.name, "frames": len(self.model_psnr), "model_psnr_y": rounded(model),
+                "bicubic_psnr_y": rounded(bicubic),
+                "gain_db": rounded(model - bicubic) if model is not None and bicubic is not None else None,
+                "return_encode_psnr_y": rounded(finite_mean(self.encode_psnr)), "encode_frames": len(self.encode_psnr),
+                "model_vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
+                "model_vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None}
+
+
 def measure_frame(
     stats: StreamStats, y: np.ndarray, received: float, sent: dict[int, SentFrame], source: Source,
-    arrived: float | None = None,
+    arrived: float | None = None, gain: GeneratorGain | None = None,
 ) -> None:
     """Count one returned frame, its latency, and its PSNR-Y when its original is kept.
 
@@ -236,7 +291,29 @@ def measure_frame(
         stats.arrival_latencies.append((arrived - record.time) * 1000.0)
     original = source.originals.get(record.index)
     if original is not None:
-        stats.psnr.append(psnr_y(to_full_size(y), original, framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)))
+        full = to_full_size(y)
+        box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
+        stats.psnr.append(psnr_y(full, original, box))
+        stats.psnr_of[number] = stats.psnr[-1]
+        if gain is not None:
+            if stats.name == "raw":
+                gain.sr_off(number, y, original, box)
+            else:
+                gain.sr_on(number, y, box)
+        if stats.vmaf_bank is not None:
+            keep_for_vmaf(stats.vmaf_bank, stats.name, number, full, original, box)
+
+
+def keep_for_vmaf(bank: FrameBank, series: str, number: int, y: np.ndarray, original: np.ndarray,
+                  box: tuple[int, int, int, int]) -> None:
+    """Keep a 1280x720 version of frame ``number`` (and its original, once) for VMAF; the frame code's box
+    is copied from the original, so it weighs in no figure."""
+    if not bank.has("original", number):
+        bank.add("original", number, original)
+    x0, y0, x1, y1 = box
+    shown = y.copy()
+    shown[y0:y1, x0:x1] = original[y0:y1, x0:x1]
+    bank.add(series, number, shown)
 
 
 def to_full_size(y: np.ndarray) -> np.ndarray:
@@ -248,7 +325,7 @@ def to_full_size(y: np.ndarray) -> np.ndarray:
 
 async def consume(
     track: MediaStreamTrack, stats: StreamStats, uplink: NumberedTrack, source: Source,
-    watch: ArrivalWatch | None = None,
+    watch: ArrivalWatch | None = None, gain: GeneratorGain | None = None,
 ) -> None:
     """Read a returned track until it ends, measuring every frame as soon as it is out of the decoder."""
     while True:
@@ -258,17 +335,17 @@ async def consume(
             return
         received = time.monotonic()
         arrived = watch.arrival_of(frame.pts) if watch is not None else None
-        measure_frame(stats, luma_plane(frame), received, uplink.sent, source, arrived)
+        measure_frame(stats, luma_plane(frame), received, uplink.sent, source, arrived, gain)
 
 
 # --------------------------------------------------------------------------- signaling and the run
 
 
-async def post_offer(http: aiohttp.ClientSession, url: str, sdp: str) -> dict:
+async def post_offer(http: aiohttp.ClientSession, url: str, sdp: str, sr: bool = True) -> dict:
     """POST the offer; the answer's JSON, or a ProbeError that says what went wrong."""
     endpoint = url.rstrip("/") + "/offer"
     try:
-        async with http.post(endpoint, json={"sdp": sdp, "type": "offer", "sr": True}) as resp:
+        async with http.post(endpoint, json={"sdp": sdp, "type": "offer", "sr": sr}) as resp:
             body = await resp.text()
             if resp.status >= 400:
                 raise ProbeError(f"server answered {resp.status} to POST {endpoint}: {_error_text(body)}")
@@ -398,14 +475,27 @@ async def run_probe(
     grace_s: float = 1.5,
     connect_timeout_s: float = 20.0,
     network_change: tuple[float, dict] | None = None,
+    sr: bool = True,
+    vmaf: bool | None = False,
+    vmaf_frames: int = 300,
+    generator: Upscaler | None = None,
 ) -> ProbeReport:
     """Connect to the server, send numbered frames for ``seconds``, and measure both returned streams.
+
+    ``sr``: False asks for SR off on the SR stream too (bicubic at the server), a control for the SR's effect.
+    ``vmaf``: score both streams in VMAF and VMAF-NEG too (on up to ``vmaf_frames`` of the frames PSNR is
+    measured on): True requires libvmaf (:class:`ProbeError` without it), None uses it when present.
+    ``generator``: the server's model, run here on the SR-off frames as received (:class:`GeneratorGain`).
 
     The peer connection is closed and the session deleted on every exit path.
     """
     src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
     uplink = NumberedTrack(src, fps, seconds)
     streams = {name: StreamStats(name) for name in STREAM_INDEX.values()}
+    gain = GeneratorGain(generator) if generator is not None else None
+    bank = FrameBank(FULL_W, FULL_H, limit=vmaf_frames) if vmaf_available(vmaf) else None
+    for holder in [*streams.values(), *([gain] if gain is not None else [])]:
+        holder.vmaf_bank = bank
     pc = RTCPeerConnection()
     tasks: list[asyncio.Task] = []
     session_id: str | None = None
@@ -426,7 +516,7 @@ async def run_probe(
         watch = ArrivalWatch(receiver)
         # Receive like a browser: each frame released at its last packet, losses NACKed, no stall.
         resilient.append(attach_resilient(receiver, rtt_ms=sender_rtt_ms(pc)))
-        tasks.append(asyncio.ensure_future(consume(track, streams[name], uplink, src, watch)))
+        tasks.append(asyncio.ensure_future(consume(track, streams[name], uplink, src, watch, gain)))
 
     timeout = aiohttp.ClientTimeout(total=15)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -435,7 +525,7 @@ async def run_probe(
             pc.addTransceiver("video", direction="recvonly")
             pc.addTransceiver("video", direction="recvonly")
             await pc.setLocalDescription(await pc.createOffer())
-            answer = await post_offer(http, url, pc.localDescription.sdp)
+            answer = await post_offer(http, url, pc.localDescription.sdp, sr)
             session_id = str(answer["id"]) if answer.get("id") is not None else None
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
@@ -466,21 +556,69 @@ async def run_probe(
             await asyncio.gather(*tasks, return_exceptions=True)
             if session_id is not None:
                 await delete_session(http, url, session_id)
+    if bank is not None:
+        await score_vmaf(bank, streams, gain)
     report = build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
     report.server_cpu = server_cpu
+    report.generator_gain = gain.report() if gain is not None else None
+    report.paired = paired_psnr(streams, gain)
     return report
+
+
+def paired_psnr(streams: dict[str, StreamStats], gain: GeneratorGain | None) -> dict:
+    """Mean PSNR-Y of SR on, SR off (and the generator's own output) on the frames all of them have: under
+    load the SR stream skips frames the SR-off stream has, so only paired means compare like with like."""
+    series = {name: stats.psnr_of for name, stats in streams.items()}
+    if gain is not None:
+        series["generator"] = gain.psnr_of
+    common = set.intersection(*(set(v) for v in series.values())) if series else set()
+    out: dict = {"frames": len(common)}
+    for name, values in series.items():
+        out[name] = rounded(finite_mean([values[n] for n in common])) if common else None
+    return out
+
+
+def vmaf_available(wanted: bool | None) -> bool:
+    """Whether to score VMAF: ``wanted`` True needs libvmaf (else :class:`ProbeError`), None takes it if present."""
+    if wanted is False:
+        return False
+    try:
+        ffmpeg_with_libvmaf()
+    except VmafUnavailable as exc:
+        if wanted:
+            raise ProbeError(str(exc)) from exc
+        log.info("VMAF not measured: %s", exc)
+        return False
+    return True
+
+
+async def score_vmaf(bank: FrameBank, streams: dict[str, StreamStats], gain: GeneratorGain | None = None) -> None:
+    """VMAF and VMAF-NEG of both streams, and of the generator's own outputs, on the frames all of them have
+    (libvmaf in a worker thread)."""
+    holders: dict[str, StreamStats | GeneratorGain] = {**streams, **({"generator": gain} if gain is not None else {})}
+    try:
+        log.info("VMAF of %s on %d common frames", ", ".join(holders), len(bank.common(["original", *holders])))
+        scores = await asyncio.get_running_loop().run_in_executor(None, bank.score, "original", list(holders))
+    except (RuntimeError, OSError, ValueError) as exc:
+        log.warning("VMAF failed: %s", exc)
+        scores = {}
+    finally:
+        bank.close()
+    for name, holder in holders.items():
+        holder.vmaf = scores.get(name)
 
 
 async def run_clients(
     url: str, seconds: float, clients: int, source: str | Path | Source | None = None, fps: float = 30.0,
-    psnr_every: int = 5, network_change: tuple[float, dict] | None = None,
+    psnr_every: int = 5, network_change: tuple[float, dict] | None = None, vmaf: bool | None = False,
+    generator: Upscaler | None = None,
 ) -> list[ProbeReport]:
     """``clients`` probes at once against one server, sharing one pre-rendered source (so the probe's own
     CPU cost stays small), each with its own session; their reports in client order."""
     src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
     return list(await asyncio.gather(*(
         run_probe(url, seconds, source=src, fps=fps, psnr_every=psnr_every,
-                  network_change=network_change if i == 0 else None)
+                  network_change=network_change if i == 0 else None, vmaf=vmaf, generator=generator if i == 0 else None)
         for i in range(clients)
     )))
 
@@ -504,6 +642,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second sent")
     parser.add_argument("--source", default=None, help="video file, image or folder of images (default: Big Buck Bunny)")
     parser.add_argument("--psnr-every", type=int, default=5, help="PSNR on every Nth source frame")
+    parser.add_argument("--vmaf", choices=("auto", "on", "off"), default="auto",
+                        help="also score both streams in VMAF and VMAF-NEG (libvmaf: pip install -e '.[vmaf]'); "
+                             "auto: when libvmaf is present (default %(default)s)")
+    parser.add_argument("--model", default="default",
+                        help="the server's model, run here on the SR-off frames as received to measure its own gain "
+                             "and the return path's transparency: a manifest name or path, 'default', or 'none'")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--clients", type=int, default=1, help="concurrent clients, each with its own session (default 1)")
     parser.add_argument("--network-change", metavar="SECONDS:JSON", default=None,
@@ -523,6 +667,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def open_generator(choice: str) -> Upscaler | None:
+    """The model ``--model`` names (one thread: the probe shares the machine), or None for 'none'."""
+    if choice == "none":
+        return None
+    from models.manifest import resolve
+    from server.engine import ModelError, OnnxUpscaler
+
+    try:
+        path = resolve(None if choice == "default" else choice)
+        return OnnxUpscaler(path, threads=1, name=path.stem)
+    except (FileNotFoundError, KeyError, ModelError) as exc:
+        raise ProbeError(f"--model {choice}: {exc}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -536,7 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reports = asyncio.run(
             run_clients(args.url, args.seconds, args.clients, source=args.source, fps=args.fps,
-                        psnr_every=args.psnr_every, network_change=args.network_change)
+                        psnr_every=args.psnr_every, network_change=args.network_change,
+                        vmaf={"auto": None, "on": True, "off": False}[args.vmaf], generator=open_generator(args.model))
         )
     except (ProbeError, SourceError) as exc:
         log.error("%s", exc)

@@ -93,6 +93,8 @@ class ProbeReport:
     server_session: dict | None = None
     network: dict | None = None  # the cap, the probe's achieved send bitrate, the server's /network counters
     server_cpu: dict | None = None  # the server process's cores in use while the probe sent (see cpu_between)
+    generator_gain: dict | None = None  # the model's own gain on SR off as received (server.probe.GeneratorGain)
+    paired: dict | None = None  # mean PSNR-Y of each stream (and the generator) on the frames all of them have
 
     def targets(self) -> dict[str, bool]:
         """The system's acceptance targets, checked on the SR-on stream."""
@@ -189,9 +191,48 @@ class ProbeReport:
             "",
             f"PSNR-Y (dB) against the 1280x720 original's luma, excluding the top-left {box[2]}x{box[3]} px"
             f" frame-code area, on every {self.psnr_every}th source frame:",
-            f"  SR-on stream as received (1280x720):                 {_fmt(self.streams.get('sr', {}).get('psnr_y'))}",
-            f"  SR-off stream as received, bicubic 2x:               {_fmt(self.streams.get('raw', {}).get('psnr_y'))}",
-            f"  reference: sent 360p before compression, bicubic 2x: {_fmt(ref.get('bicubic_sent'))}",
+            f"  SR-on stream as received (1280x720):                 {_fmt(self.streams.get('sr', {}).get('psnr_y'), 2)}",
+            f"  SR-off stream as received, bicubic 2x:               {_fmt(self.streams.get('raw', {}).get('psnr_y'), 2)}",
+            f"  reference: sent 360p before compression, bicubic 2x: {_fmt(ref.get('bicubic_sent'), 2)}",
+            f"  SR on - SR off:                                      {_fmt(_gap(self.streams, 'psnr_y'), 2)}",
+        ]
+        if any(self.streams.get(n, {}).get("vmaf") is not None for n in ("sr", "raw")):
+            frames = self.streams.get("sr", {}).get("vmaf_frames")
+            lines += [
+                "",
+                f"VMAF / VMAF-NEG (libvmaf, v0.6.1 models) against the same originals, on {frames} of those frames:",
+                *(f"  {label:<40}{_fmt(self.streams.get(n, {}).get('vmaf'))} / "
+                  f"{_fmt(self.streams.get(n, {}).get('vmaf_neg'))}"
+                  for n, label in (("sr", "SR-on stream as received:"), ("raw", "SR-off stream as received, bicubic:"))),
+                f"  {'SR on - SR off:':<40}{_fmt(_gap(self.streams, 'vmaf'), 2)} / {_fmt(_gap(self.streams, 'vmaf_neg'), 2)}",
+            ]
+        gain = self.generator_gain
+        raw = self.streams.get("raw", {})
+        paired = self.paired or {}
+        if paired.get("frames"):
+            lines.append(f"  on the {paired['frames']} frames both streams returned: SR on {_fmt(paired.get('sr'), 2)},"
+                         f" SR off {_fmt(paired.get('raw'), 2)}, SR on - SR off "
+                         f"{_fmt(_minus(paired.get('sr'), paired.get('raw')), 2)}")
+        if gain and gain.get("frames"):
+            own = _minus(paired.get("generator"), paired.get("raw"))
+            kept = _kept(_minus(paired.get("sr"), paired.get("raw")), own)
+            lines += [
+                "",
+                f"The generator ({gain['model']}) run here on {gain['frames']} SR-off frames as received, as the server"
+                " ran it on the same decoded frames:",
+                f"  its own gain over bicubic:                           {_fmt(gain.get('gain_db'), 2)} dB"
+                f" ({_fmt(gain.get('model_psnr_y'), 2)} against {_fmt(gain.get('bicubic_psnr_y'), 2)}); on the paired"
+                f" frames {_fmt(own, 2)} dB",
+                f"  kept at the viewer (SR on - SR off) / its own gain:  {_fmt(kept, 2)}",
+                *([f"  in VMAF / VMAF-NEG: its own gain {_fmt(_minus(gain.get('model_vmaf'), raw.get('vmaf')), 2)} / "
+                   f"{_fmt(_minus(gain.get('model_vmaf_neg'), raw.get('vmaf_neg')), 2)}, kept "
+                   f"{_fmt(_kept(_gap(self.streams, 'vmaf'), _minus(gain.get('model_vmaf'), raw.get('vmaf'))), 2)} / "
+                   f"{_fmt(_kept(_gap(self.streams, 'vmaf_neg'), _minus(gain.get('model_vmaf_neg'), raw.get('vmaf_neg'))), 2)}"]
+                  if gain.get("model_vmaf") is not None else []),
+                f"  the return path's transparency, SR on as received against the generator's output:"
+                f" {_fmt(gain.get('return_encode_psnr_y'))} dB on {gain.get('encode_frames')} frames",
+            ]
+        lines += [
             "",
             "latency growth on the SR stream (last 5 s p50 - first 5 s p50): "
             + _fmt(_diff(self.streams.get("sr", {}).get("latency_ms", {}))) + " ms",
@@ -300,11 +341,26 @@ def _diff(lat: dict) -> float | None:
     return None if first is None or last is None else round(last - first, 2)
 
 
-def _fmt(value: object) -> str:
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def _kept(margin: float | None, gain: float | None) -> float | None:
+    """The share of the generator's own gain that reached the viewer."""
+    return None if margin is None or not gain or gain <= 0 else round(margin / gain, 2)
+
+
+def _gap(streams: dict, key: str) -> float | None:
+    """SR-on's figure minus SR-off's, when both were measured."""
+    on, off = streams.get("sr", {}).get(key), streams.get("raw", {}).get(key)
+    return None if on is None or off is None else round(on - off, 3)
+
+
+def _fmt(value: object, digits: int = 1) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.1f}"
+        return f"{value:.{digits}f}"
     return str(value)
 
 

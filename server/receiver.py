@@ -162,6 +162,7 @@ class ResilientReceiver:
         self._unsupported_logged: set[str] = set()
         self._rtt_error_logged = False
         self._stopped = False
+        self._listeners: list[Callable[[str, AssembledFrame], None]] = []
         setattr(receiver, _P + "nack_generator", _NackShim())
         setattr(receiver, _P + "jitter_buffer", _JitterShim(self))
         self._task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._run())
@@ -180,6 +181,16 @@ class ResilientReceiver:
         out["ssrc"] = self._last_ssrc
         out["attached"] = not self._stopped
         return out
+
+    def on_frame(self, listener: Callable[[str, AssembledFrame], None]) -> None:
+        """Also hand every frame released to the decoder to ``listener(codec name, frame)``, in decode order
+        (:class:`server.forward.ForwardTrack` forwards them as they came)."""
+        self._listeners.append(listener)
+
+    def request_keyframe(self) -> None:
+        """Send the sender a PLI now (on its newest SSRC): a viewer of its forwarded stream needs a keyframe."""
+        if self._last_ssrc is not None and not self._stopped:
+            self._send(self._receiver._send_rtcp_pli(self._last_ssrc), "PLI")
 
     def stop(self) -> None:
         """Stop the timer and give the receiver fresh stock aiortc collaborators back. Idempotent."""
@@ -295,6 +306,11 @@ class ResilientReceiver:
         r = self._receiver
         now = self._clock_ms()
         first = stream.first_seen_ms.pop(frame.timestamp, now)
+        for listener in self._listeners:
+            try:
+                listener(stream.codec.name, frame)
+            except Exception:  # a forwarding bug must not stop reception for the decoder
+                log.exception("frame listener failed")
         if not getattr(r, _P + "decoder_thread"):
             return
         timestamp = getattr(r, _P + "timestamp_mapper").map(frame.timestamp)

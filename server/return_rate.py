@@ -19,6 +19,7 @@ bitrates. A REMB naming one stream (aiortc's receivers, one estimator per stream
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +53,11 @@ def limits(width: int, height: int) -> RateLimits:
     return RateLimits(BASE_MIN, int(BASE_DEFAULT * factor), int(BASE_MAX * factor))
 
 
-def share(estimate: int, mine: int, named: list[int]) -> int:
+def share(estimate: float, mine: int, named: list[int]) -> int:
     """This stream's part of a REMB ``estimate`` that names streams of maximum bitrates ``named``
     (``mine`` among them): in proportion to the maximum, the bigger stream needing more."""
     total = sum(named)
-    return int(estimate * mine / total) if total > 0 else estimate
+    return int(estimate * mine / total) if total > 0 else int(estimate)
 
 
 class ReturnBitrates:
@@ -68,8 +69,12 @@ class ReturnBitrates:
     ``target_bitrate`` request and applies its own resolution limits when it encodes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, viewer_bps: int | None = None) -> None:
+        """``viewer_bps``: the viewer's link for all returned streams together (None: no ceiling but the
+        resolution's, and the encoded streams start at their default and follow the REMB up)."""
+        self.viewer_bps = viewer_bps
         self._senders: dict[str, Any] = {}
+        self._forwarded: dict[str, tuple[Any, Callable[[], float]]] = {}  # streams sent as received, and their rate
 
     def add(self, name: str, sender: Any) -> None:
         """Take over REMB handling for ``sender`` (``name``: how /stats calls its stream)."""
@@ -84,6 +89,22 @@ class ReturnBitrates:
 
         sender._handle_rtcp_packet = handle
 
+    def add_forwarded(self, name: str, sender: Any, bitrate_bps: Callable[[], float]) -> None:
+        """A stream forwarded as the client sent it: its rate is the client's to set, not ours, so what it
+        uses now comes off any REMB that names it before the encoded streams share the rest."""
+        self._forwarded[name] = (sender, bitrate_bps)
+
+    def ceiling(self, name: str) -> int | None:
+        """The encoded stream ``name``'s part of the viewer's link: what the forwarded streams send now comes
+        off it, and the encoded streams share the rest as they share a REMB. None without a viewer setting."""
+        if self.viewer_bps is None:
+            return None
+        available = max(0.0, self.viewer_bps - sum(rate() for _, rate in self._forwarded.values()))
+        sender = self._senders.get(name)
+        if sender is None:
+            return int(available)
+        return share(available, _maximum(sender), [_maximum(s) for s in self._senders.values()])
+
     def _remb(self, sender: Any, packet: RtcpPsfbPacket) -> None:
         try:
             estimate, ssrcs = unpack_remb_fci(packet.fci)
@@ -95,7 +116,8 @@ class ReturnBitrates:
         if not hasattr(encoder, "target_bitrate"):  # no frame encoded yet: aiortc ignores it too; another comes in 1 s
             return
         named = [_maximum(s) for s in self._senders.values() if s._ssrc in ssrcs]
-        encoder.target_bitrate = share(estimate, _maximum(sender), named)
+        forwarded = sum(rate() for s, rate in self._forwarded.values() if s._ssrc in ssrcs)
+        encoder.target_bitrate = share(max(0.0, estimate - forwarded), _maximum(sender), named)
 
     def stats(self) -> dict[str, dict]:
         """Per stream: its resolution, the bitrate it encodes at, the REMB's request, the ceiling, reopenings."""

@@ -16,13 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
+from aiortc.mediastreams import MediaStreamError
 
 from .bandwidth import RembCap, with_bandwidth
 from .budget import ArrivalLog, time_encoding
 from .engine import Upscaler
 from .encoder import use_return_encoder
 from .return_rate import ReturnBitrates
-from .fanout import FrameFanout
+from .fanout import FrameFanout, LatestFrame
+from .forward import ForwardTrack
 from .governor import GovernorPolicy, LoadGovernor
 from .impairment import NetworkControl, SessionPath
 from .jitter import Policy
@@ -64,7 +66,7 @@ class Session:
     def __init__(self, upscaler: Upscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
                  network: NetworkControl | None = None, resilient: bool = True,
                  governor: GovernorPolicy | None = None, fast: Upscaler | None = None,
-                 encoder_nice: int = 0) -> None:
+                 encoder_nice: int = 0, viewer_kbps: float | None = None) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.created = time.monotonic()
         self.pc = RTCPeerConnection()
@@ -72,7 +74,9 @@ class Session:
         self.fast = fast  # the governor's faster model (int8), or None
         self.fanout: FrameFanout | None = None
         self.sr_track: SuperResolutionTrack | None = None
-        self.raw_track: RawTrack | None = None
+        self.raw_track: RawTrack | None = None  # SR off decoded and re-encoded, where it cannot be forwarded
+        self.forward: ForwardTrack | None = None  # SR off as the sender encoded it
+        self._pacer: asyncio.Future[None] | None = None
         self.network = network
         self.netpath: SessionPath | None = None
         self.remb_cap: RembCap | None = None
@@ -80,7 +84,8 @@ class Session:
         self.receiver: ResilientReceiver | None = None
         self.governor_policy = governor or GovernorPolicy()
         self.encoder_nice = encoder_nice  # the return encoders' threads, below the SR stage (server.priority)
-        self.return_rates = ReturnBitrates()  # how the SR and raw streams share the client's REMB
+        # How the returned streams share the viewer's link (``viewer_kbps``) and the client's REMB.
+        self.return_rates = ReturnBitrates(None if viewer_kbps is None else int(viewer_kbps * 1000))
         self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
         self._blackhole = MediaBlackhole()
@@ -108,15 +113,22 @@ class Session:
             self.receiver = attach(uplink.receiver, rtt_ms=sender_rtt_ms(self.pc), policy=UPLINK_POLICY,
                                    arrivals=self.arrivals)
         if raw_out is not None:
-            self.raw_track = RawTrack(self.fanout.subscribe())
+            self.forward = self._forward_track(uplink, raw_out)
+            # Without forwarding (the stock receiver, or codecs that differ), SR off is decoded and re-encoded.
+            self.raw_track = RawTrack(self.fanout.subscribe()) if self.forward is None else None
+        baseline = self.raw_track.slot if self.raw_track else self.fanout.subscribe()
+        if self.raw_track is None:
+            self._pacer = asyncio.ensure_future(_drain(baseline))  # a consumer that never lags: the input's own drops
         self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
                                              LoadGovernor(self.governor_policy, fast=self.fast is not None),
-                                             baseline=self.raw_track.slot if self.raw_track else None, fast=self.fast)
+                                             baseline=baseline, fast=self.fast)
         _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink, rates=self.return_rates, name="sr",
               nice=self.encoder_nice)
-        if raw_out is not None:
+        if self.raw_track is not None and raw_out is not None:
             _send(raw_out, self.raw_track, keep_receiving=False, rates=self.return_rates, name="raw",
                   nice=self.encoder_nice)
+        elif self.forward is not None and raw_out is not None:
+            _forward(raw_out, self.forward, self.return_rates)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._blackhole.start()
         self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
@@ -124,6 +136,19 @@ class Session:
         answer = self.pc.localDescription
         kbps = self.network.config.kbps if self.network is not None else None
         return RTCSessionDescription(sdp=with_bandwidth(answer.sdp, kbps), type=answer.type)
+
+    def _forward_track(self, uplink: RTCRtpTransceiver, raw_out: RTCRtpTransceiver) -> ForwardTrack | None:
+        """A track forwarding the uplink's own frames to ``raw_out``, when its negotiated codec is the uplink's
+        and the resilient receiver (which assembles the frames) is attached; else None."""
+        if self.receiver is None or not raw_out._codecs or not uplink._codecs:
+            return None
+        codec, upcodec = raw_out._codecs[0].name.upper(), uplink._codecs[0].name.upper()
+        if codec != upcodec:
+            log.info("session %s: SR off is re-encoded (uplink %s, return %s)", self.id, upcodec, codec)
+            return None
+        forward = ForwardTrack(codec, self.receiver.request_keyframe)
+        self.receiver.on_frame(lambda name, frame: forward.push(name, frame.data, frame.timestamp, frame.keyframe))
+        return forward
 
     def set_sr(self, enabled: bool) -> None:
         if self.sr_track is not None:
@@ -142,7 +167,7 @@ class Session:
 
     def stats(self) -> dict:
         sr = self.sr_track.stats() if self.sr_track else {}
-        raw = self.raw_track.stats() if self.raw_track else None
+        raw = self.raw_track.stats() if self.raw_track else self.forward.stats() if self.forward else None
         fanout = self.fanout
         return {
             "id": self.id,
@@ -200,9 +225,11 @@ class Session:
     async def _teardown(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        for track in (self.sr_track, self.raw_track):
+        for track in (self.sr_track, self.raw_track, self.forward):
             if track is not None:
                 track.stop()
+        if self._pacer is not None:
+            self._pacer.cancel()
         if self.fanout is not None:
             await self.fanout.stop()
         await self._blackhole.stop()
@@ -218,10 +245,30 @@ class Session:
         self._on_closed(self)
 
 
+async def _drain(slot: LatestFrame) -> None:
+    """Take every frame from ``slot`` as it comes: its skips are then the input's bursts alone, the
+    baseline the SR stage's own drops are measured against."""
+    try:
+        while True:
+            await slot.get()
+    except MediaStreamError:
+        pass  # the uplink ended
+
+
+def _forward(transceiver: RTCRtpTransceiver, track: ForwardTrack, rates: ReturnBitrates) -> None:
+    """Send ``track``'s frames as they are; the viewer's keyframe requests go to the uplink's sender."""
+    sender = transceiver.sender
+    sender.replaceTrack(track)
+    sender._send_keyframe = track.request_keyframe  # aiortc calls it on a PLI or FIR for this stream
+    rates.add_forwarded("raw", sender, track.bitrate_bps)
+    transceiver.direction = "sendonly"
+
+
 def _send(transceiver: RTCRtpTransceiver, track: SlotTrack, keep_receiving: bool, rates: ReturnBitrates,
           name: str, nice: int = 0) -> None:
     transceiver.sender.replaceTrack(track)
-    use_return_encoder(transceiver.sender, nice)  # VP8 without the denoiser, limits by resolution
+    # VP8 without the denoiser, within the viewer link's share (or the resolution's limits without one)
+    use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name))
     rates.add(name, transceiver.sender)  # its share of the client's REMB
     time_encoding(transceiver.sender, track.encoded)  # the encode and send stages of the latency budget
     transceiver.direction = "sendrecv" if keep_receiving else "sendonly"

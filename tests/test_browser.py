@@ -189,7 +189,7 @@ def _wait_for_remb(server_url: str, session_id: str, timeout_s: float = 15.0) ->
     while True:
         mine = [s for s in _get_json(f"{server_url}/stats").get("sessions", []) if s.get("id") == session_id]
         rates = mine[0].get("return_bitrate", {}) if mine else {}
-        if all(rates.get(k, {}).get("requested_kbps") for k in ("sr", "raw")) or time.monotonic() > deadline:
+        if rates.get("sr", {}).get("requested_kbps") or time.monotonic() > deadline:
             return rates
         time.sleep(0.5)
 
@@ -231,12 +231,16 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
     # ...and the server's latency budget, stage by stage, once frames have gone through every stage.
     page.wait_for_function("() => /sr \\d.*encode \\d.*= \\d/.test(document.getElementById('st-budget').textContent)",
                            timeout=MEDIA_TIMEOUT_MS)
-    # Chrome sends one REMB for the transport, naming both returned streams: the server splits it, the
-    # 720p SR stream taking the larger part (server/return_rate.py), and the page shows both bitrates.
+    # SR off is the page's own encode, forwarded; SR on is encoded at the viewer link's rate, which Chrome's
+    # REMB (naming both streams) does not pull down on loopback (server/return_rate.py). The page shows both.
     page.wait_for_function("() => /\\d+ \\/ \\d+/.test(document.getElementById('st-return').textContent)",
                            timeout=MEDIA_TIMEOUT_MS)
     rates = _wait_for_remb(server_url, session_id)
-    assert rates["sr"]["requested_kbps"] > 2 * rates["raw"]["requested_kbps"], rates
+    assert rates["sr"]["requested_kbps"] and not rates["sr"]["congested"], rates
+    assert rates["sr"]["target_kbps"] >= 0.8 * rates["sr"]["max_kbps"], rates
+    forwarded = [s for s in _get_json(f"{server_url}/stats")["sessions"] if s["id"] == session_id][0]["streams"]["raw"]
+    assert forwarded["mode"] == "forwarded" and forwarded["frames_out"] > 0, forwarded
+    assert "forwarded" in page.text_content("#on-screen") and "model" in page.text_content("#on-screen")
 
     # Switch SR off through the page: the page's POST /sessions/{id}/sr must succeed...
     with page.expect_response(lambda r: r.url.endswith(f"/sessions/{session_id}/sr")) as response_info:
@@ -325,3 +329,106 @@ def test_network_card_applies_settings_and_shows_range_errors(page, server_url):
                                      headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(request, timeout=5) as resp:
         assert resp.status == 200
+
+
+CANVAS_HALVES_JS = """
+(split) => {
+  const c = document.getElementById('wipe-canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const at = Math.round(split * c.width);
+  const halves = [[0, at - 8], [at + 8, c.width]].map(([x0, x1]) => {
+    let n = 0, sum = 0, sq = 0;
+    for (let y = 0; y < c.height; y += 6) for (let x = x0; x < x1; x += 6) {
+      const i = 4 * (y * c.width + x), v = (d[i] + d[i + 1] + d[i + 2]) / 3;
+      n += 1; sum += v; sq += v * v;
+    }
+    const mean = sum / n;
+    return {mean, std: Math.sqrt(Math.max(0, sq / n - mean * mean))};
+  });
+  return halves;
+}
+"""
+
+DETAILED_SPOT_JS = """
+() => {
+  const v = document.getElementById('video-sr'), c = document.createElement('canvas');
+  c.width = 320; c.height = 180;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(v, 0, 0, 320, 180);
+  const d = ctx.getImageData(0, 0, 320, 180).data;
+  let best = [0.5, 0.5], bestStd = -1;
+  for (let gy = 1; gy < 6; gy += 1) for (let gx = 1; gx < 10; gx += 1) {
+    const x0 = gx * 32 - 12, y0 = gy * 30 - 12;
+    let n = 0, sum = 0, sq = 0;
+    for (let y = y0; y < y0 + 24; y += 1) for (let x = x0; x < x0 + 24; x += 1) {
+      const g = d[4 * (y * 320 + x) + 1]; n += 1; sum += g; sq += g * g;
+    }
+    const std = Math.sqrt(Math.max(0, sq / n - (sum / n) ** 2));
+    if (std > bestStd) { bestStd = std; best = [(x0 + 12) / 320, (y0 + 12) / 180]; }
+  }
+  return best;
+}
+"""
+
+LOUPES_JS = """
+() => {
+  const get = (id) => { const c = document.getElementById(id);
+                        return c.getContext('2d').getImageData(0, 0, c.width, c.height).data; };
+  const a = get('loupe-raw'), b = get('loupe-sr');
+  let opaque = 0, n = 0, diff = 0, sum = 0, sq = 0;
+  for (let i = 0; i < a.length; i += 16) {
+    n += 1; opaque += (a[i + 3] === 255 && b[i + 3] === 255) ? 1 : 0; diff += Math.abs(a[i + 1] - b[i + 1]);
+    sum += b[i + 1]; sq += b[i + 1] * b[i + 1];
+  }
+  return {opaque: opaque / n, agree: diff / n, std: Math.sqrt(Math.max(0, sq / n - (sum / n) ** 2))};
+}
+"""
+
+
+def test_wipe_and_loupe_show_both_streams_on_the_same_frame(page, server_url):
+    """Wipe: one picture, SR off left of a draggable divider, SR on right; loupe: the same spot of both at 2:1,
+    under the pointer. Each SR-on frame is paired with the SR-off frame it was made from (closest thumbnail)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(server_url + "/")
+    _start_and_wait_playing(page, "media did not flow")
+
+    page.click("[data-view=wipe]")
+    assert page.locator("#wipe-view").is_visible() and not page.locator("section.compare").is_visible()
+    page.wait_for_function("() => window.srtcCompare.drawn > 15", timeout=MEDIA_TIMEOUT_MS)
+    compare = page.evaluate("() => window.srtcCompare")
+    assert compare["lastSad"] is not None and compare["lastSad"] < 8, compare  # a match, not just any frame
+    left, right = page.evaluate(CANVAS_HALVES_JS, 0.5)
+    assert left["std"] > 10 and right["std"] > 10, (left, right)  # real pictures on both sides of the divider
+    box = page.locator("#wipe-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5, steps=5)
+    page.mouse.up()
+    assert abs(page.evaluate("() => window.srtcCompare.split") - 0.3) < 0.02
+    drawn = page.evaluate("() => window.srtcCompare.drawn")
+    page.wait_for_function(f"() => window.srtcCompare.drawn > {drawn + 5}", timeout=MEDIA_TIMEOUT_MS)
+    assert page.get_attribute("#wipe-divider", "aria-valuenow") == "30"
+    left, right = page.evaluate(CANVAS_HALVES_JS, 0.3)
+    assert left["std"] > 10 and right["std"] > 10, (left, right)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "wipe.png"))
+
+    page.click("[data-view=loupe]")
+    assert page.locator("#loupe-view").is_visible() and page.locator("section.compare").is_visible()
+    video = page.locator("#video-sr").bounding_box()
+    fx, fy = page.evaluate(DETAILED_SPOT_JS)  # the most detailed spot of the current picture: a loupe worth seeing
+    page.mouse.move(video["x"] + video["width"] * fx, video["y"] + video["height"] * fy)
+    drawn = page.evaluate("() => window.srtcCompare.drawn")
+    page.wait_for_function(f"() => window.srtcCompare.drawn > {drawn + 10}", timeout=MEDIA_TIMEOUT_MS)
+    center = page.evaluate("() => window.srtcCompare.center")
+    assert abs(center["x"] - fx * 1280) < 20 and abs(center["y"] - fy * 720) < 20, center
+    drawn_loupes = page.evaluate(LOUPES_JS)
+    assert drawn_loupes["opaque"] > 0.99 and drawn_loupes["agree"] < 40, drawn_loupes  # both drawn, the same spot
+    assert drawn_loupes["std"] > 8, drawn_loupes  # detail, where the pointer is
+    assert page.locator("#loupe-spot").is_visible()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "loupe.png"), full_page=True)
+    assert not [m for m in page.messages if m.startswith("pageerror")], page.messages
+    if os.environ.get("SRTC_UPDATE_SCREENSHOT") == "1":
+        for name in ("wipe.png", "loupe.png"):
+            shutil.copyfile(ARTIFACTS / name, ROOT / "docs" / f"screenshot-{name}")

@@ -114,3 +114,54 @@ def test_a_720p_stream_gets_more_than_aiortcs_ceiling_and_rises_in_held_steps(mo
     encoder.encode(frames[22])
     assert encoder.codec is not lowered and encoder.codec.bit_rate == 2_000_000
     assert encoder.stats()["reopens"] == 2 and encoder.stats()["target_kbps"] == 2000
+
+
+def test_with_a_viewer_link_the_stream_starts_at_its_rate_and_a_remb_above_what_is_sent_is_no_limit(monkeypatch):
+    """--viewer-kbps: the SR stream's encode starts at the link's share, not at a ramp; a receiver's REMB follows
+    what it receives, so one above the sent rate is ignored, one below it is congestion and applies at once,
+    and the REMB rules until it is back up at the link's rate."""
+    frames = panning_frames(30)
+    rates = ReturnBitrates(viewer_bps=6_000_000)
+    encoder = ReturnVp8Encoder()
+    encoder.ceiling = lambda: rates.ceiling("sr")
+    encoder.encode(frames[0])
+    assert encoder.codec.bit_rate == 6_000_000 and encoder.stats()["max_kbps"] == 6000  # no forwarded stream yet
+    for frame in frames[1:12]:
+        encoder.encode(frame)
+    sent = encoder.sent_bps()
+    assert 0 < sent
+    encoder.target_bitrate = int(sent * 1.2)  # a REMB above what arrives: not congestion
+    encoder.encode(frames[12])
+    assert encoder.codec.bit_rate == 6_000_000 and not encoder.congested and encoder.reopens == 0
+    assert sent > 2_000_000  # detailed content at a 6 Mbps target
+    encoder.target_bitrate = 1_500_000  # below what is sent: congestion, at once
+    encoder.encode(frames[13])
+    assert encoder.congested and encoder.codec.bit_rate == 1_500_000
+    monkeypatch.setattr(encoder_module, "RAISE_HOLD_S", 0.0)
+    encoder.target_bitrate = 3_000_000  # recovering: the REMB's value, still under the link's
+    encoder.encode(frames[14])
+    assert encoder.congested and encoder.codec.bit_rate == 3_000_000
+    encoder.target_bitrate = 9_000_000  # back above the link's rate: the link rules again
+    encoder.encode(frames[15])
+    assert not encoder.congested and encoder.codec.bit_rate == 6_000_000
+
+
+def test_a_forwarded_streams_rate_comes_off_the_viewer_link_and_off_a_shared_remb():
+    rates = ReturnBitrates(viewer_bps=8_000_000)
+
+    class Sender:
+        def __init__(self, ssrc: int) -> None:
+            self._ssrc = ssrc
+
+            async def inner(packet) -> None:
+                pass
+
+            self._handle_rtcp_packet = inner
+
+    forwarded = Sender(2)
+    rates.add_forwarded("raw", forwarded, lambda: 600_000.0)
+    assert rates.ceiling("sr") == 7_400_000  # the encoded stream is not added yet: all that is left
+    sr = Sender(1)
+    rates.add("sr", sr)
+    assert rates.ceiling("sr") == 7_400_000
+    assert ReturnBitrates().ceiling("sr") is None  # no viewer setting: the resolution's limits rule
