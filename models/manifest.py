@@ -43,5 +43,8 @@ def resolve(name_or_path: str | Path | None = None, manifest_path: str | Path = 
     else:
         path = Path(name_or_path)
     if not path.is_file():
+        if key not in models and path.suffix != ".onnx" and models:  # a name, misspelt or not listed
+            raise FileNotFoundError(f"unknown model {key!r}: not a file, and not a name in {manifest_path.name} "
+                                    f"(one of: {', '.join(sorted(models))})")
         raise FileNotFoundError(f"model file not found: {path} (for model {key!r})")
     return path

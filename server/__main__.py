@@ -25,7 +25,10 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     """The server's settings and the simulated network's (``--loss`` and friends; default: no impairment)."""
     defaults = ServerConfig()
     net = NetworkConfig()
-    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Serve the demo page and the WebRTC receiver that super-resolves every frame it receives "
+                    "(640x360 in, 1280x720 out) and sends both streams back.")
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default %(default)s)")
     parser.add_argument("--model", default=None, help="a model name from models/manifest.json or a path to an .onnx file (default: the manifest's default)")
@@ -88,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if network.active:
         log.info("simulated network on the inbound path: %s", network.to_json())
     app = create_app(config, upscaler, info, network, fast=fast, fast_info=fast_info)
-    web.run_app(app, host=config.host, port=config.port, print=lambda msg: log.info("%s", msg.strip()))
+    try:
+        web.run_app(app, host=config.host, port=config.port, print=lambda msg: log.info("%s", msg.strip()))
+    except OSError as exc:  # the address is taken or not ours: say so, not a traceback
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        return 2
     return 0
 
 

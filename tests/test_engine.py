@@ -74,9 +74,26 @@ def test_a_corrupt_model_names_the_path(tmp_path):
         OnnxUpscaler(corrupt, threads=1)
 
 
-def test_an_unknown_model_name_is_refused():
-    with pytest.raises(ModelError, match="no-such-model"):
+def test_an_unknown_model_name_is_refused_with_the_names_there_are():
+    from models.manifest import load_manifest
+
+    with pytest.raises(ModelError, match="no-such-model") as info:
         open_model("no-such-model", threads=1)
+    assert load_manifest()["default"] in str(info.value)  # a misspelt name shows what to pick from
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(caplog):
+    """``python -m server`` on a taken port: one log line naming the address, exit status 2."""
+    import socket
+
+    from server.__main__ import main
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port), "--fast-model", "none"]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
 
 
 def test_the_fast_model_is_the_manifests_fallback_and_can_be_turned_off(tmp_path):
