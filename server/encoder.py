@@ -32,13 +32,14 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor, number_of_threads
+from aiortc.codecs.vpx import MAX_FRAME_RATE, Vp8Encoder, VpxPayloadDescriptor, number_of_threads
 
 from .priority import lower_this_thread
 from .return_rate import BASE_DEFAULT, RateLimits, limits
 
 log = logging.getLogger(__name__)
 
+VIDEO_CLOCK = Fraction(1, 90000)  # RTP's video clock: aiortc's frames carry it as their time base
 OPTIONS = {"noise-sensitivity": "0"}  # on top of aiortc's own settings (cpu-used -6, realtime, CBR)
 RAISE_HOLD_S = 5.0  # a higher bitrate reopens the encoder (a keyframe) at most this often
 SENT_WINDOW_S = 2.0  # the window of the stream's measured send rate
@@ -71,6 +72,10 @@ class ReturnVp8Encoder(Vp8Encoder):
         self.ceiling: Callable[[], int | None] | None = None  # the viewer link's share for this stream (bps)
         self.congested = False  # a REMB below what is sent: the REMB rules until it is back at the ceiling
         self._sent: deque[tuple[float, int]] = deque()  # (encoded at, bytes) over the last SENT_WINDOW_S
+        self._last_pts: int | None = None
+        self._pts_shift = 0  # added to the source's pts since it last went back (see _monotonic)
+        self.pts_shifts = 0  # times the source's pts went back
+        self.errors = 0  # encodes that failed and were recovered by a fresh context
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -92,15 +97,53 @@ class ReturnVp8Encoder(Vp8Encoder):
             lower_this_thread(self.nice)  # before a context opens, so libvpx's threads inherit it
             self._lowered.add(thread)
         self._target = self._next_target(frame)
+        self._monotonic(frame)
         if self._needs_context(frame):
             self.reopens += self.codec is not None
             self.codec = self._open(frame)
-        payloads, timestamp = super().encode(frame, force_keyframe)
+        try:
+            payloads, timestamp = super().encode(frame, force_keyframe)
+        except (av.error.FFmpegError, ValueError) as exc:
+            payloads, timestamp = self._recover(frame, exc)
         now = time.monotonic()
         self._sent.append((now, sum(len(p) for p in payloads)))
         while now - self._sent[0][0] > SENT_WINDOW_S:
             self._sent.popleft()
         return payloads, timestamp
+
+    def _monotonic(self, frame: av.VideoFrame) -> None:
+        """Keep the stream's pts increasing, shifting the frame's forward if it went back.
+
+        libvpx refuses a frame whose pts is not after the last one (``avcodec_send_frame()`` fails) and the
+        viewer's jitter buffer would too: a source whose timestamps restart must not end the stream. The
+        shift holds for the frames after it, so the spacing between frames is kept. (The frame is changed
+        in place: the SR track's frames are its own; a re-encoded SR-off frame is only read by the SR track
+        for its timing, which the shift does not concern.)"""
+        if frame.pts is None:
+            return
+        pts = frame.pts + self._pts_shift
+        if self._last_pts is not None and pts <= self._last_pts:
+            step = max(1, round(1 / (float(frame.time_base or VIDEO_CLOCK) * MAX_FRAME_RATE)))
+            self._pts_shift += self._last_pts + step - pts
+            pts = self._last_pts + step
+            self.pts_shifts += 1
+        frame.pts = pts
+        self._last_pts = pts
+
+    def _recover(self, frame: av.VideoFrame, exc: Exception) -> tuple[list[bytes], int]:
+        """An encode failed: open a fresh context and try this frame once more as a keyframe; if that fails
+        too, send nothing for it. Either way the stream goes on (aiortc's sender would stop for good)."""
+        self.errors += 1
+        log.warning("return encoder failed (%s: %s); reopening it with a keyframe (%d so far)",
+                    type(exc).__name__, exc, self.errors)
+        self.reopens += 1
+        self.codec = self._open(frame)
+        try:
+            return super().encode(frame, True)
+        except (av.error.FFmpegError, ValueError) as again:
+            log.warning("return encoder failed again (%s): frame skipped", again)
+            self.codec = None
+            return [], 0
 
     def sent_bps(self) -> float:
         """What this stream sent over the last :data:`SENT_WINDOW_S` (0 before two frames)."""
@@ -115,6 +158,7 @@ class ReturnVp8Encoder(Vp8Encoder):
                 "requested_kbps": None if self.requested is None else round(self.requested / 1000),
                 "max_kbps": round(self.bounds(width, height).maximum / 1000) if self.size else None,
                 "sent_kbps": round(self.sent_bps() / 1000), "congested": self.congested,
+                "errors": self.errors, "pts_shifts": self.pts_shifts,
                 "reopens": self.reopens, "nice": self.nice}
 
     def _next_target(self, frame: av.VideoFrame) -> int:

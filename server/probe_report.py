@@ -103,7 +103,8 @@ class ProbeReport:
         first, last = lat.get("first5s_p50"), lat.get("last5s_p50")
         return {
             "sr_1280x720": (sr.get("width"), sr.get("height")) == (FULL_W, FULL_H),
-            "sr_fps_ge_20": (sr.get("fps") or 0) >= 20,
+            "sr_fps_ge_20": min(sr.get("fps") or 0, sr.get("fps_over_run", sr.get("fps")) or 0) >= 20,
+            "sr_alive_to_the_end": (sr.get("trailing_gap_ms") or 0) <= 1000,
             "sr_latency_p95_le_250ms": lat.get("p95") is not None and lat["p95"] <= 250,
             "sr_no_latency_growth_50ms": first is not None and last is not None and last - first <= 50,
         }
@@ -159,7 +160,8 @@ class ProbeReport:
             freezes = s.get("freezes") or {}
             lines.append(
                 f"{'':<19} freezes (WebRTC freezeCount rule): {freezes.get('freezeCount')},"
-                f" {_fmt(freezes.get('totalFreezesDuration'))} s in all; longest gap {_fmt(freezes.get('longestGapMs'))} ms"
+                f" {_fmt(freezes.get('totalFreezesDuration'))} s in all; longest gap {_fmt(freezes.get('longestGapMs'))} ms;"
+                f" silent for the last {_fmt(s.get('trailing_gap_ms'))} ms of the run"
             )
             if s["unreadable"] or s["unknown"] or s["repeats"]:
                 lines.append(
@@ -271,6 +273,14 @@ def build_report(
     used = {rec.index for rec in uplink.sent.values() if rec.index in source.reference_psnr}
     reference = [source.reference_psnr[i] for i in used]
     skipped = server_session.get("skipped") if server_session else None
+    reports = {name: stats.report() for name, stats in streams.items()}
+    for name, stats in streams.items():
+        # A stream that stopped before the sender did must not look alive: the gap from its last frame to the
+        # last frame sent, and its frame rate over the whole run.
+        last_sent, last_seen = uplink.last_time, (stats.times[-1] if stats.times else uplink.first_time)
+        gap = max(0.0, last_sent - last_seen) * 1000.0 if last_sent is not None and last_seen is not None else None
+        reports[name]["trailing_gap_ms"] = rounded(gap)
+        reports[name]["fps_over_run"] = rounded(stats.frames / seconds) if seconds > 0 else None
     return ProbeReport(
         url=url,
         session_id=session_id,
@@ -278,7 +288,7 @@ def build_report(
         seconds=rounded(seconds) or 0.0,
         fps=fps,
         skipped=skipped,
-        streams={name: stats.report() for name, stats in streams.items()},
+        streams=reports,
         psnr_reference={"bicubic_sent": rounded(finite_mean(reference)), "frames": len(reference)},
         source=source.description,
         psnr_every=psnr_every,

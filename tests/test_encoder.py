@@ -119,3 +119,46 @@ def test_the_return_encoder_lowers_the_threads_that_encode_and_their_children():
     assert size > 1000 and own == base + 3 and child == base + 3
     assert encoder.stats()["nice"] == 3 and thread_nice() == base
     assert _in_new_thread(lambda: (ReturnVp8Encoder().encode(frames[1]), thread_nice())[1]) == base
+
+
+def test_a_source_whose_timestamps_go_back_does_not_end_the_stream():
+    """libvpx refuses a pts that is not after the last (``avcodec_send_frame()`` fails) and aiortc's sender would
+    stop for good; the return encoder shifts such frames forward instead, keeping their spacing."""
+    frames = panning_frames(8)
+    encoder = ReturnVp8Encoder()
+    stamps = []
+    for i, frame in enumerate(frames):
+        frame.pts = 3000 * (i + 100) if i < 4 else 3000 * (i - 4)  # the source restarts its clock at frame 4
+        payloads, timestamp = encoder.encode(frame)
+        assert payloads, i
+        stamps.append(timestamp)
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert all(s > 0 for s in steps), stamps  # the viewer sees time go on
+    assert all(abs(s - 3000) <= 1 for s in steps), steps  # and the frames keep their spacing
+    assert encoder.stats()["pts_shifts"] == 1 and encoder.stats()["errors"] == 0
+
+
+def test_an_encoder_failure_reopens_with_a_keyframe_and_the_stream_goes_on(monkeypatch):
+    """Fault injection: libvpx raising mid-stream costs that frame's context, not the stream."""
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+    frames = panning_frames(6)
+    encoder = ReturnVp8Encoder()
+    encoder.encode(frames[0])
+    encoder.encode(frames[1])
+    real = Vp8Encoder.encode
+    calls = {"n": 0}
+
+    def failing_once(self, frame, force_keyframe=False):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise av.error.InvalidDataError(1094995529, "avcodec_send_frame()")
+        return real(self, frame, force_keyframe)
+
+    monkeypatch.setattr(Vp8Encoder, "encode", failing_once)
+    payloads, _ = encoder.encode(frames[2])
+    assert payloads and encoder.stats()["errors"] == 1 and encoder.reopens == 1
+    _, data = VpxPayloadDescriptor.parse(payloads[0])
+    assert data[0] & 1 == 0  # the first frame of the fresh context is a keyframe (VP8: bit 0 clear)
+    for frame in frames[3:]:
+        assert encoder.encode(frame)[0]

@@ -349,3 +349,28 @@ def test_the_cli_reports_a_bad_source_and_exits_2(tmp_path: Path, caplog: pytest
     code = probe.main(["--url", "http://127.0.0.1:9", "--seconds", "1", "--source", str(tmp_path / "none.mp4")])
     assert code == 2
     assert any("source not found" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stream_that_stops_before_the_sender_is_reported_dead(small_source: probe.Source) -> None:
+    """A stream alive at 30 fps for its first half and silent after: its trailing gap and its frame rate over
+    the run say so, and the targets fail, where the frame rate over its own span alone would pass."""
+    from server.probe_report import build_report
+
+    uplink = probe.NumberedTrack(small_source, fps=30.0, duration_s=20.0)
+    uplink.first_time, uplink.last_time, uplink.count = 100.0, 120.0, 600
+    streams = {name: probe.StreamStats(name) for name in ("sr", "raw")}
+    for i in range(600):
+        t = 100.0 + i / 30.0
+        streams["raw"].times.append(t)
+        streams["raw"].frames += 1
+        if t < 110.0:
+            streams["sr"].times.append(t)
+            streams["sr"].frames += 1
+            streams["sr"].width, streams["sr"].height = 1280, 720
+    report = build_report("http://x", "abc", uplink, 30.0, streams, small_source, None)
+    sr, raw = report.streams["sr"], report.streams["raw"]
+    assert sr["fps"] > 25  # alive while it lived
+    assert 9500 < sr["trailing_gap_ms"] < 10500 and sr["fps_over_run"] < 16
+    assert raw["trailing_gap_ms"] < 100
+    targets = report.targets()
+    assert targets["sr_alive_to_the_end"] is False and targets["sr_fps_ge_20"] is False
