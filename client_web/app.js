@@ -101,10 +101,13 @@
     return new Error(message);
   }
 
+  // A session's routes need the secret the answer to its offer carried (only this page may change or end it).
+  const secretHeaders = () => (state.sessionSecret ? { 'X-Session-Secret': state.sessionSecret } : {});
+
   async function postJson(url, body) {
     const resp = await fetch(url, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
+      headers: { 'Content-Type': 'application/json', ...secretHeaders() },
       body: JSON.stringify(body),
     });
     if (!resp.ok) throw await errorFromResponse(resp);
@@ -330,6 +333,7 @@
     state.error = null;
     state.connected = false;
     state.sessionId = null;
+    state.sessionSecret = null;
     ui.start.disabled = true;
     ui.source.disabled = true;
     ui.stop.disabled = false;
@@ -391,6 +395,7 @@
       if (pc !== peer) return;
       if (!answer || !answer.sdp) throw new Error('the receiver sent no answer');
       state.sessionId = answer.id || null;
+      state.sessionSecret = answer.secret || null;
       state.srEnabled = ui.srToggle.checked;
       ui.sessionId.textContent = state.sessionId ? `session ${state.sessionId}` : 'session ?';
       await pc.setRemoteDescription({ type: answer.type || 'answer', sdp: answer.sdp });
@@ -432,7 +437,7 @@
     pc = null;
     if (notifyServer && id) {
       try {
-        await fetch(`/sessions/${encodeURIComponent(id)}`, { method: 'DELETE' });
+        await fetch(`/sessions/${encodeURIComponent(id)}`, { method: 'DELETE', headers: secretHeaders() });
       } catch (err) {
         console.warn('DELETE session failed:', err);
       }
@@ -447,6 +452,7 @@
     for (const v of [ui.videoRaw, ui.videoSr, ui.videoLocal]) v.srcObject = null;
     state.connected = false;
     state.sessionId = null;
+    state.sessionSecret = null;
     lastInbound.clear();
     ui.start.disabled = false;
     ui.source.disabled = false;
@@ -675,7 +681,8 @@
   }
   window.addEventListener('pagehide', () => {
     if (state.sessionId) {
-      fetch(`/sessions/${encodeURIComponent(state.sessionId)}`, { method: 'DELETE', keepalive: true })
+      fetch(`/sessions/${encodeURIComponent(state.sessionId)}`,
+        { method: 'DELETE', keepalive: true, headers: secretHeaders() })
         .catch(() => {});
     }
   });

@@ -7,6 +7,7 @@ with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never dis
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ UPSCALER = web.AppKey("upscaler", Upscaler)  # type: ignore[type-abstract]
 MODEL = web.AppKey("model", ModelInfo)
 CONFIG = web.AppKey("config", ServerConfig)
 NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
+SECRET_HEADER = "X-Session-Secret"  # a session's routes need the secret its offer's answer carried
 FAST = web.AppKey("fast", object)  # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
 
 
@@ -78,12 +80,12 @@ async def offer(request: web.Request) -> web.Response:
     except BaseException:
         await session.close()
         raise
-    return web.json_response({"sdp": answer.sdp, "type": answer.type, "id": session.id})
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "id": session.id, "secret": session.secret})
 
 
 async def set_sr(request: web.Request) -> web.Response:
-    """Switch SR on or off for one session at runtime: ``{"enabled": bool}``."""
-    session = _session(request)
+    """Switch SR on or off for one session at runtime: ``{"enabled": bool}`` (its owner only)."""
+    session = _session(request, owner=True)
     body = await _read_json(request)
     enabled = body.get("enabled") if isinstance(body, dict) else None
     if not isinstance(enabled, bool):
@@ -93,7 +95,7 @@ async def set_sr(request: web.Request) -> web.Response:
 
 
 async def close_session(request: web.Request) -> web.Response:
-    session = _session(request)
+    session = _session(request, owner=True)
     await session.close()
     return web.json_response({"id": session.id, "closed": True})
 
@@ -131,10 +133,14 @@ async def set_network(request: web.Request) -> web.Response:
     return web.json_response(control.stats())
 
 
-def _session(request: web.Request) -> Session:
+def _session(request: web.Request, owner: bool = False) -> Session:
+    """The session the route names; with ``owner``, only for the client that opened it (its secret, 403 else)."""
     session = request.app[SESSIONS].get(request.match_info["id"])
     if session is None:
         raise _error(web.HTTPNotFound, f"no session {request.match_info['id']!r} (closed or never opened)")
+    if owner and not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), session.secret.encode()):
+        raise _error(web.HTTPForbidden, f"session {session.id!r} belongs to the client that opened it: send the "
+                                        f"\"secret\" of its offer's answer in the {SECRET_HEADER} header")
     return session
 
 

@@ -426,10 +426,11 @@ async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConne
     return report
 
 
-async def delete_session(http: aiohttp.ClientSession, url: str, session_id: str) -> None:
-    """DELETE /sessions/{id}; failures are logged, never raised (this runs on the way out)."""
+async def delete_session(http: aiohttp.ClientSession, url: str, session_id: str, secret: str | None = None) -> None:
+    """DELETE /sessions/{id} with the session's secret; failures are logged, never raised (this runs on the way out)."""
+    headers = {"X-Session-Secret": secret} if secret else {}
     try:
-        async with http.delete(f"{url.rstrip('/')}/sessions/{session_id}") as resp:
+        async with http.delete(f"{url.rstrip('/')}/sessions/{session_id}", headers=headers) as resp:
             if resp.status >= 400 and resp.status != 404:
                 log.warning("DELETE /sessions/%s answered %d", session_id, resp.status)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -499,6 +500,7 @@ async def run_probe(
     pc = RTCPeerConnection()
     tasks: list[asyncio.Task] = []
     session_id: str | None = None
+    secret: str | None = None  # the session's, from the answer: DELETE needs it
     server_session: dict | None = None
     network: dict | None = None
     resilient: list = []
@@ -527,6 +529,7 @@ async def run_probe(
             await pc.setLocalDescription(await pc.createOffer())
             answer = await post_offer(http, url, pc.localDescription.sdp, sr)
             session_id = str(answer["id"]) if answer.get("id") is not None else None
+            secret = str(answer["secret"]) if answer.get("secret") is not None else None
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
             except Exception as exc:  # aiortc raises ValueError, InvalidAccessError, ...
@@ -555,7 +558,7 @@ async def run_probe(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if session_id is not None:
-                await delete_session(http, url, session_id)
+                await delete_session(http, url, session_id, secret)
     if bank is not None:
         await score_vmaf(bank, streams, gain)
     report = build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class Session:
                  governor: GovernorPolicy | None = None, fast: Upscaler | None = None,
                  encoder_nice: int = 0, viewer_kbps: float | None = None) -> None:
         self.id = uuid.uuid4().hex[:12]
+        self.secret = secrets.token_urlsafe(18)  # only the client that opened the session can change or end it
         self.created = time.monotonic()
         self.pc = RTCPeerConnection()
         self.upscaler = upscaler

@@ -72,3 +72,30 @@ def test_out_of_range_settings_are_refused():
         ServerConfig(encoder_nice=20)
     with pytest.raises(ConfigError, match="encoder_nice"):
         ServerConfig(encoder_nice=-1)
+
+
+async def test_only_the_client_that_opened_a_session_can_switch_it_or_end_it(client):
+    """Session ids are listed in /stats; the secret in the offer's answer is what proves ownership."""
+    from aiortc import RTCPeerConnection, VideoStreamTrack
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await (await client.post("/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})).json()
+        sid, secret = answer["id"], answer["secret"]
+        assert len(secret) >= 20 and sid in {s["id"] for s in (await (await client.get("/stats")).json())["sessions"]}
+        for headers in ({}, {"X-Session-Secret": "guess"}, {"X-Session-Secret": secret[:-1]}):
+            await expect_error(await client.post(f"/sessions/{sid}/sr", json={"enabled": False}, headers=headers),
+                               403, "belongs to the client that opened it")
+            await expect_error(await client.delete(f"/sessions/{sid}", headers=headers), 403, "X-Session-Secret")
+        stats = (await (await client.get("/stats", params={"id": sid})).json())["sessions"][0]
+        assert stats["sr_enabled"] is True  # untouched by the others
+        mine = {"X-Session-Secret": secret}
+        response = await client.post(f"/sessions/{sid}/sr", json={"enabled": False}, headers=mine)
+        assert response.status == 200 and (await response.json())["sr_enabled"] is False
+        assert (await client.delete(f"/sessions/{sid}", headers=mine)).status == 200
+    finally:
+        await pc.close()
