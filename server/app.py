@@ -151,6 +151,10 @@ async def _read_json(request: web.Request) -> object:
         raise _error(web.HTTPBadRequest, f"body is not valid JSON: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise _error(web.HTTPBadRequest, "body is not UTF-8 text") from exc
+    except RecursionError as exc:  # thousands of nested [ or {: no request needs that
+        raise _error(web.HTTPBadRequest, "body is nested too deeply") from exc
+    except ValueError as exc:  # an integer past Python's 4300-digit limit, among others
+        raise _error(web.HTTPBadRequest, f"body is not usable JSON: {str(exc)[:200]}") from exc
 
 
 def _error(kind: type[web.HTTPException], message: str) -> web.HTTPException:

@@ -99,3 +99,13 @@ async def test_only_the_client_that_opened_a_session_can_switch_it_or_end_it(cli
         assert (await client.delete(f"/sessions/{sid}", headers=mine)).status == 200
     finally:
         await pc.close()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"[" * 12_000, "nested too deeply"),  # within the body limit, far past the JSON parser's depth
+    (b'{"enabled": ' + b"9" * 5000 + b"}", "not usable JSON"),
+])
+async def test_pathological_json_is_a_400_not_a_500(client, body, fragment):
+    for route in ("/offer", "/network"):
+        await expect_error(await client.post(route, data=body, headers={"Content-Type": "application/json"}), 400,
+                           fragment)
