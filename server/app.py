@@ -8,10 +8,12 @@ with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never dis
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
 import time
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -41,7 +43,7 @@ def create_app(config: ServerConfig, upscaler: Upscaler, model: ModelInfo,
     ``network``: the inbound path's impairment at start (default: none); ``POST /network`` changes it.
     ``fast``: the faster model the governor steps down to before bicubic (``fast_info`` describes it).
     """
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors, _same_site])
     app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model
     app[NETWORK] = NetworkControl(network)
     app[FAST] = (fast, fast_info)
@@ -175,6 +177,45 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
         if exc.status >= 400 and exc.content_type != "application/json":
             return web.json_response({"error": exc.reason}, status=exc.status, headers=_allow(exc))
         raise
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@web.middleware
+async def _same_site(request: web.Request, handler) -> web.StreamResponse:
+    """What another site's page must not do through a visitor's browser: change state here.
+
+    - A POST must be JSON: a cross-site form or ``text/plain`` fetch cannot send that without CORS, which
+      this server does not grant (no ``Access-Control-Allow-*`` header anywhere).
+    - A POST or DELETE that names an ``Origin`` must come from this server's own pages.
+    - Served on a loopback address (the default), the ``Host`` must be a loopback name: a DNS-rebound
+      hostname that resolves to 127.0.0.1 is refused.
+    """
+    if _on_loopback(request.app[CONFIG].host) and _hostname(request.host) not in LOOPBACK_NAMES:
+        raise _error(web.HTTPForbidden, f"host {request.host!r} is not served here (the server listens on loopback)")
+    if request.method in ("POST", "DELETE"):
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise _error(web.HTTPForbidden, f"cross-origin {request.method} from {origin!r} refused")
+        if request.method == "POST" and request.content_type != "application/json":
+            raise _error(web.HTTPUnsupportedMediaType, 'send JSON: the Content-Type must be "application/json"')
+    return await handler(request)
+
+
+def _hostname(host: str | None) -> str:
+    """The name or address of a Host header, without its port (and without the brackets of IPv6)."""
+    host = host or ""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _on_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:

@@ -447,7 +447,7 @@ async def test_post_network_rejects_bad_values_with_the_field_and_range(client, 
 
 
 async def test_post_network_malformed_json_is_a_400(client):
-    response = await client.post("/network", data=b"{nope")
+    response = await client.post("/network", data=b"{nope", headers={"Content-Type": "application/json"})
     assert response.status == 400 and "not valid JSON" in (await response.json())["error"]
 
 

@@ -18,6 +18,9 @@ async def client(upscaler, default_model_path):
         yield client
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 async def expect_error(response, status: int, fragment: str) -> None:
     assert response.status == status, await response.text()
     body = await response.json()
@@ -25,7 +28,7 @@ async def expect_error(response, status: int, fragment: str) -> None:
 
 
 async def test_malformed_json_is_a_400(client):
-    await expect_error(await client.post("/offer", data=b"{not json"), 400, "not valid JSON")
+    await expect_error(await client.post("/offer", data=b"{not json", headers=JSON), 400, "not valid JSON")
 
 
 @pytest.mark.parametrize(
@@ -45,7 +48,7 @@ async def test_a_body_that_is_not_an_sdp_offer_is_a_400(client, body, fragment):
 
 
 async def test_an_oversized_body_is_a_413_and_the_server_keeps_serving(client):
-    await expect_error(await client.post("/offer", data=b"x" * 64 * 1024), 413, "too large")
+    await expect_error(await client.post("/offer", data=b"x" * 64 * 1024, headers=JSON), 413, "too large")
     response = await client.get("/stats")
     assert response.status == 200
     assert (await response.json())["sessions"] == []
@@ -109,3 +112,22 @@ async def test_pathological_json_is_a_400_not_a_500(client, body, fragment):
     for route in ("/offer", "/network"):
         await expect_error(await client.post(route, data=body, headers={"Content-Type": "application/json"}), 400,
                            fragment)
+
+
+async def test_another_sites_page_cannot_change_this_server(client):
+    """A cross-site form or text/plain POST, a POST with a foreign Origin, and a DNS-rebound Host are refused,
+    and nothing changes; the same request from this server's own page is served."""
+    offer = '{"sdp": "v=0", "type": "offer"}'
+    await expect_error(await client.post("/network", data='{"loss": 1}', headers={"Content-Type": "text/plain"}),
+                       415, "application/json")
+    await expect_error(await client.post("/offer", data=offer, headers={"Content-Type": "text/plain"}), 415, "JSON")
+    evil = {"Origin": "http://evil.example", **JSON}
+    await expect_error(await client.post("/network", data='{"loss": 1}', headers=evil), 403, "cross-origin")
+    await expect_error(await client.delete("/sessions/anything", headers=evil), 403, "cross-origin")
+    rebound = {"Host": "attacker.example:8080", **JSON}
+    await expect_error(await client.post("/network", data='{"loss": 1}', headers=rebound), 403, "not served here")
+    await expect_error(await client.get("/stats", headers={"Host": "attacker.example"}), 403, "not served here")
+    assert (await (await client.get("/network")).json())["settings"]["loss"] == 0
+    own = {"Origin": str(client.make_url("")).rstrip("/"), **JSON}
+    response = await client.post("/network", data='{"loss": 0.01}', headers=own)
+    assert response.status == 200 and (await response.json())["settings"]["loss"] == 0.01
