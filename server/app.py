@@ -126,7 +126,12 @@ async def get_network(request: web.Request) -> web.Response:
 
 
 async def set_network(request: web.Request) -> web.Response:
-    """Change the network settings at runtime for every live session: a partial JSON object of fields."""
+    """Change the network settings at runtime for every live session: a partial JSON object of fields.
+
+    It changes every client's link, so it is an operator's action: only from the server's own machine."""
+    if not _is_loopback_peer(request.remote):
+        raise _error(web.HTTPForbidden, "the simulated network is the operator's: change it from the server's "
+                                        "own machine (POST /network over loopback, or the command line)")
     control = request.app[NETWORK]
     try:
         control.update(await _read_json(request))
@@ -209,6 +214,13 @@ def _hostname(host: str | None) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_loopback_peer(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
 
 
 def _on_loopback(bind: str) -> bool:

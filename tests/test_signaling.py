@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
@@ -131,3 +132,21 @@ async def test_another_sites_page_cannot_change_this_server(client):
     own = {"Origin": str(client.make_url("")).rstrip("/"), **JSON}
     response = await client.post("/network", data='{"loss": 0.01}', headers=own)
     assert response.status == 200 and (await response.json())["settings"]["loss"] == 0.01
+
+
+async def test_the_simulated_network_is_changed_only_from_the_servers_machine(upscaler, default_model_path):
+    """POST /network changes every client's link: a peer that is not on loopback gets 403 and nothing changes."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from server.app import NETWORK, set_network
+
+    app = create_app(ServerConfig(port=0, host="0.0.0.0"), upscaler, describe(str(default_model_path)))
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: ("192.0.2.7", 40000) if name == "peername" \
+        else default
+    request = make_mocked_request("POST", "/network", headers=JSON, app=app, transport=transport)
+    with pytest.raises(web.HTTPForbidden) as refused:
+        await set_network(request)
+    assert "operator" in refused.value.text and app[NETWORK].config.loss == 0
