@@ -22,7 +22,7 @@ Slow rows are timed on fewer frames: each (row, threads) stops after ``--row-sec
 ``--min-frames`` timed frames, so the whole table stays a few minutes on two cores.
 
 For each peer (at each thread count) the fastest project model that is faster *and* at least as good
-on both Set5 and Set14 is named, or "none" with why (``comparison`` in the JSON): issue #5's question.
+on both Set5 and Set14 is named, or "none" with why (``comparison`` in the JSON).
 """
 
 from __future__ import annotations
@@ -363,7 +363,7 @@ def evaluate_psnr(candidate: Candidate) -> tuple[dict | None, str | None]:
     return candidate.psnr(), candidate.psnr_note
 
 
-# ---------------------------------------------------------------- issue #5: a faster project model per peer
+# ---------------------------------------------------------------- a faster project model per peer
 
 QUALITY_SETS = ("Set5", "Set14")
 
@@ -407,7 +407,7 @@ def comparison_table(comparison: list[dict]) -> str:
     if not comparison:
         return ""
     width = max(len(c["peer"]) for c in comparison)
-    lines = ["faster at equal or better Set5 and Set14 (issue #5), per peer and thread count:"]
+    lines = ["faster at equal or better Set5 and Set14, per peer and thread count:"]
     for c in comparison:
         if c["model"]:
             what = (f"{c['model']} ({c['model_p50_ms']:.1f} ms vs {c['peer_p50_ms']:.1f} ms, "

@@ -4,7 +4,7 @@
 (``BENCH.json``: the last line of ``python -m server.bench --json``; ``server.bench --plot PNG`` draws
 the same picture at the end of a run.)
 
-Why a picture: issue #5 asks, per peer, for a project model that is both faster and at least as good;
+Why a picture: the question, per peer, is whether a project model is both faster and at least as good;
 in a table of 30 rows that is a search, in a scatter it is "is there a blue point up and to the left
 of each orange one". Bicubic, 3 dB below everything, is named in the legend, not plotted. Each panel plots the full path's p50 (log scale, one thread count) against one
 benchmark's PSNR-Y; the line joins each group's Pareto front (the rows nothing else in the group

@@ -13,7 +13,7 @@ from models import evaluate, imaging, quality
 from models.manifest import resolve
 from tests.conftest import shared_or_skip
 
-# The held-out clip: the other one (bbb_opening) trains the video-aware models since session 10.
+# The held-out clip: the other one (bbb_opening) trains the video-aware models.
 CLIP = ("data", "video", "bbb_bunny_720p25_5s.mp4")
 
 

@@ -86,7 +86,7 @@ class _Recorder:
 def test_labels_keep_off_other_points_and_crowded_project_points_are_still_named():
     from server.frontier import DOT_RADIUS, _Axes, _font, _labels
 
-    # A crowded corner like session 15's top right: our models in a row, peers close beside them.
+    # A crowded corner like the plot's top right: our models in a row, peers close beside them.
     pts = [Point(f"fres_x2_m{i}c32_mix16", "project", 80.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]
     pts += [Point(f"PEER-{i}", "peer", 95.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]  # just right of ours
     ax, rec = _Axes(0, pts), _Recorder()

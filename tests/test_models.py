@@ -185,7 +185,7 @@ def test_default_model_beats_bicubic() -> None:
     result = evaluate(samples, onnx_upscaler(resolve(None)))
     for row in result["images"]:
         assert row["model"] > row["bicubic"], row
-    # The default is trained for coded video (session 10: the video-aware GAN) and gives up 1.3 dB of
+    # The default is trained for coded video (the video-aware GAN) and gives up 1.3 dB of
     # clean-image quality for it (model card, "qres_x2_v2_video_gan"); on clean LR it must still be far above
     # bicubic (+1.46 dB on Set5 when written; a net that only blurred or copied would be near or below 0).
     assert result["model"] > result["bicubic"] + 1.2
