@@ -25,7 +25,6 @@ import statistics
 import sys
 import threading
 import time
-from collections import deque
 from fractions import Fraction
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ import av
 import numpy as np
 from aiortc.codecs.vpx import MAX_FRAME_RATE, Vp8Encoder, VpxPayloadDescriptor, number_of_threads
 
+from .metrics import ByteRate
 from .priority import lower_this_thread
 from .return_rate import BASE_DEFAULT, RateLimits, limits
 
@@ -71,7 +71,7 @@ class ReturnVp8Encoder(Vp8Encoder):
         self._opened_on_request = False  # False: the open context runs on the start bitrate, not a REMB's
         self.ceiling: Callable[[], int | None] | None = None  # the viewer link's share for this stream (bps)
         self.congested = False  # a REMB below what is sent: the REMB rules until it is back at the ceiling
-        self._sent: deque[tuple[float, int]] = deque()  # (encoded at, bytes) over the last SENT_WINDOW_S
+        self._sent = ByteRate(SENT_WINDOW_S)  # what the stream sends
         self._last_pts: int | None = None
         self._pts_shift = 0  # added to the source's pts since it last went back (see _monotonic)
         self.pts_shifts = 0  # times the source's pts went back
@@ -105,10 +105,7 @@ class ReturnVp8Encoder(Vp8Encoder):
             payloads, timestamp = super().encode(frame, force_keyframe)
         except (av.error.FFmpegError, ValueError) as exc:
             payloads, timestamp = self._recover(frame, exc)
-        now = time.monotonic()
-        self._sent.append((now, sum(len(p) for p in payloads)))
-        while now - self._sent[0][0] > SENT_WINDOW_S:
-            self._sent.popleft()
+        self._sent.add(sum(len(p) for p in payloads), time.monotonic())
         return payloads, timestamp
 
     def _monotonic(self, frame: av.VideoFrame) -> None:
@@ -147,10 +144,7 @@ class ReturnVp8Encoder(Vp8Encoder):
 
     def sent_bps(self) -> float:
         """What this stream sent over the last :data:`SENT_WINDOW_S` (0 before two frames)."""
-        if len(self._sent) < 2:
-            return 0.0
-        span = self._sent[-1][0] - self._sent[0][0]
-        return sum(size for _, size in list(self._sent)[1:]) * 8 / span if span > 0 else 0.0
+        return self._sent.bps()
 
     def stats(self) -> dict:
         width, height = self.size or (0, 0)

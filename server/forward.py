@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -24,7 +23,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from .metrics import FreezeDetector, RateMeter
+from .metrics import ByteRate, FreezeDetector, RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class ForwardTrack(MediaStreamTrack):
         self.keyframe_requests = 0  # passed upstream
         self.bytes_out = 0
         self.fps = RateMeter()
-        self._sizes: deque[tuple[float, int]] = deque()  # (sent at, bytes) over the last KBPS_WINDOW_S
+        self._rate = ByteRate(KBPS_WINDOW_S)
         self.freezes = FreezeDetector()
 
     def push(self, codec: str, data: bytes, timestamp: int, keyframe: bool) -> None:
@@ -123,9 +122,7 @@ class ForwardTrack(MediaStreamTrack):
         self.bytes_out += packet.size
         self.fps.tick()
         now = self._clock()
-        self._sizes.append((now, packet.size))
-        while self._sizes and now - self._sizes[0][0] > KBPS_WINDOW_S:
-            self._sizes.popleft()
+        self._rate.add(packet.size, now)
         self.freezes.frame(now)
         return packet
 
@@ -142,10 +139,7 @@ class ForwardTrack(MediaStreamTrack):
 
     def bitrate_bps(self) -> float:
         """What the forwarded stream sends, over the last :data:`KBPS_WINDOW_S` (0 before two frames)."""
-        if len(self._sizes) < 2:
-            return 0.0
-        span = self._sizes[-1][0] - self._sizes[0][0]
-        return sum(size for _, size in list(self._sizes)[1:]) * 8 / span if span > 0 else 0.0
+        return self._rate.bps()
 
     def stats(self) -> dict:
         return {

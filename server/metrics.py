@@ -72,6 +72,30 @@ class RateMeter:
             self._times.popleft()
 
 
+class ByteRate:
+    """Bits per second sent over the last ``window_s`` seconds, kept as a running sum (cheap to read per frame)."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self._window_s = window_s
+        self._sizes: deque[tuple[float, int]] = deque()  # (when, bytes)
+        self._bytes = 0  # the sum of the window's sizes after its first
+
+    def add(self, size: int, now: float) -> None:
+        if self._sizes:
+            self._bytes += size
+        self._sizes.append((now, size))
+        while len(self._sizes) > 1 and now - self._sizes[0][0] > self._window_s:
+            self._sizes.popleft()
+            self._bytes -= self._sizes[0][1]  # the new first one's bytes no longer span an interval
+
+    def bps(self) -> float:
+        """0 before two sends: one alone spans no time."""
+        if len(self._sizes) < 2:
+            return 0.0
+        span = self._sizes[-1][0] - self._sizes[0][0]
+        return self._bytes * 8 / span if span > 0 else 0.0
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 

@@ -229,13 +229,15 @@ class GeneratorGain:
         self.vmaf_bank: FrameBank | None = None  # where its outputs go for VMAF, when VMAF is on
         self.vmaf: dict | None = None
 
-    def sr_off(self, number: int, y: np.ndarray, original: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    def sr_off(self, number: int, y: np.ndarray, bicubic_psnr: float, original: np.ndarray,
+               box: tuple[int, int, int, int]) -> None:
+        """SR off frame ``number`` as received (``y``, 640x360), whose bicubic x2 scored ``bicubic_psnr``."""
         made = self.upscaler.upscale_luma(y)
         self.model_psnr.append(psnr_y(made, original, box))
         self.psnr_of[number] = self.model_psnr[-1]
         if self.vmaf_bank is not None:
             keep_for_vmaf(self.vmaf_bank, "generator", number, made, original, box)
-        self.bicubic_psnr.append(psnr_y(to_full_size(y), original, box))
+        self.bicubic_psnr.append(bicubic_psnr)
         if len(self._made) >= self.KEEP:
             del self._made[next(iter(self._made))]
         self._made[number] = made
@@ -297,7 +299,7 @@ def measure_frame(
         stats.psnr_of[number] = stats.psnr[-1]
         if gain is not None:
             if stats.name == "raw":
-                gain.sr_off(number, y, original, box)
+                gain.sr_off(number, y, stats.psnr[-1], original, box)
             else:
                 gain.sr_on(number, y, box)
         if stats.vmaf_bank is not None:

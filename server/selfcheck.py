@@ -15,6 +15,7 @@ A model that fails is refused; the caller says what it uses instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -56,8 +57,11 @@ class CheckResult:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+@functools.cache
 def check_pairs(folder: Path = PHOTOS) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(LR luma, HR luma) of every photograph: HR a 640x360 centre crop, LR its 2x2 area average."""
+    """(LR luma, HR luma) of every photograph: HR a 640x360 centre crop, LR its 2x2 area average.
+
+    Read once per process: start-up checks several models on the same photographs."""
     paths = sorted(folder.glob("*.jpg"))
     if not paths:
         raise CheckImagesMissing(f"no photographs in {folder}: cannot check models on this CPU")

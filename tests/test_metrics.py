@@ -47,3 +47,19 @@ def test_rolling_samples_and_rate_meter():
         now[0] = i * 0.05
         meter.tick()
     assert meter.rate() == 20.0
+
+
+def test_byte_rate_over_its_window():
+    from server.metrics import ByteRate
+
+    rate = ByteRate(window_s=2.0)
+    assert rate.bps() == 0.0
+    rate.add(1000, 10.0)
+    assert rate.bps() == 0.0  # one send spans no time
+    for i in range(1, 31):
+        rate.add(1000, 10.0 + i * 0.1)  # 10 kB/s = 80 kbps
+    assert abs(rate.bps() - 80_000) < 1
+    rate.add(11_000, 13.1)  # a burst: the window is 11.1-13.1 s, the bytes after its first send count
+    assert abs(rate.bps() - (19 * 1000 + 11_000) * 8 / 2.0) < 1
+    rate.add(1000, 20.0)  # after a pause, one send alone spans no time again
+    assert rate.bps() == 0.0
