@@ -1,9 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY server ./server
-COPY models ./models
-COPY client_web ./client_web
+COPY src ./src
 RUN pip install --no-cache-dir .
 EXPOSE 8080
 # aiortc needs a UDP port range reachable from the browser: run with host networking (see docker-compose.yml).

@@ -12,9 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
+from srtc.server.config import CLIENT_DIR
+from srtc.shared import SHARED
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SRTC_SHARED", REPO.parent / "shared"))
-SAMPLES = REPO / "client_web" / "samples"
+SAMPLES = CLIENT_DIR / "samples"
 
 
 def photo_paths() -> list[Path]:
@@ -29,7 +31,7 @@ def load_photo_rgb(width: int, height: int, index: int = 0) -> np.ndarray:
     """A real photograph, cover-cropped and resized (INTER_AREA) to ``width`` x ``height`` RGB."""
     paths = photo_paths()
     if not paths:
-        pytest.skip("no photographs found: client_web/samples/*.jpg is missing")
+        pytest.skip("no photographs found: the page's samples/*.jpg are missing")
     bgr = cv2.imread(str(paths[index % len(paths)]), cv2.IMREAD_COLOR)
     h, w = bgr.shape[:2]
     scale = max(width / w, height / h)
@@ -48,14 +50,14 @@ def photo_frame(width: int = 640, height: int = 360, index: int = 0, pts: int = 
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
     """The manifest's default, or ``SRTC_TEST_MODEL`` (a name or path) to test another model."""
-    from models.manifest import resolve
+    from srtc.zoo import resolve
 
     return resolve(os.environ.get("SRTC_TEST_MODEL"))
 
 
 @pytest.fixture(scope="session")
 def upscaler(default_model_path):
-    from server.engine import OnnxUpscaler
+    from srtc.server.engine import OnnxUpscaler
 
     return OnnxUpscaler(default_model_path, threads=2)
 

@@ -8,7 +8,7 @@ from aiortc import RTCPeerConnection
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
 from aiortc.rtp import pack_remb_fci, unpack_remb_fci
 
-from server.bandwidth import RembCap, with_bandwidth
+from srtc.server.bandwidth import RembCap, with_bandwidth
 
 
 async def real_answer_sdp() -> str:

@@ -1,4 +1,4 @@
-"""server.bench: real frames, the full path of each model, MAC counting, the JSON shape (never timings)."""
+"""srtc.tools.bench: real frames, the full path of each model, MAC counting, the JSON shape (never timings)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from models.manifest import load_manifest
-from server import bench
-from server.engine import plane_view
+from srtc.zoo import load_manifest
+from srtc.tools import bench
+from srtc.server.engine import plane_view
 
 PEERS = bench.SHARED / "peers"
 
@@ -93,7 +93,7 @@ def test_json_of_a_tiny_run_has_the_documented_shape(capsys, tmp_path):
     assert model["macs"] > 0 and model["params"] > 0 and model["ceiling_pct"] > 0
     if (bench.BENCHMARKS / "Set5").is_dir():
         assert model["psnr"]["Set5"] > result["rows"][0]["psnr"]["Set5"]  # the model beats bicubic
-        assert plot.stat().st_size > 0  # server.frontier's own tests check what it draws
+        assert plot.stat().st_size > 0  # srtc.tools.frontier's own tests check what it draws
     assert any(line.startswith("bicubic (OpenCV)") for line in out)  # the readable table came first
 
 

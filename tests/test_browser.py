@@ -232,7 +232,7 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
     page.wait_for_function("() => /sr \\d.*encode \\d.*= \\d/.test(document.getElementById('st-budget').textContent)",
                            timeout=MEDIA_TIMEOUT_MS)
     # SR off is the page's own encode, forwarded; SR on is encoded at the viewer link's rate, which Chrome's
-    # REMB (naming both streams) does not pull down on loopback (server/return_rate.py). The page shows both.
+    # REMB (naming both streams) does not pull down on loopback (srtc/server/return_rate.py). The page shows both.
     page.wait_for_function("() => /\\d+ \\/ \\d+/.test(document.getElementById('st-return').textContent)",
                            timeout=MEDIA_TIMEOUT_MS)
     rates = _wait_for_remb(server_url, session_id)

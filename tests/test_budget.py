@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.budget import STAGES, ArrivalLog, StageTimes, time_encoding
+from srtc.server.budget import STAGES, ArrivalLog, StageTimes, time_encoding
 
 
 def test_stages_are_the_differences_between_the_points_in_time():

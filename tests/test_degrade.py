@@ -1,6 +1,6 @@
-"""Codec-aware training pairs (models.degrade): real VP8/H.264 damage, the cache and the Dataset.
+"""Codec-aware training pairs (srtc.training.degrade): real VP8/H.264 damage, the cache and the Dataset.
 
-Most tests use the page's sample photographs (client_web/samples); the video test needs
+Most tests use the page's sample photographs (srtc/server/web/samples); the video test needs
 ``../shared/data/video`` and skips with the reason when it is absent.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import degrade, imaging
+from srtc.training import degrade, imaging
 from tests.conftest import SAMPLES, shared_or_skip
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
@@ -180,8 +180,8 @@ def test_video_clips_from_shared_videos(tmp_path) -> None:
 
 
 def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
-    """``models.train.temporal_loss``: 0 for an upscaler that reproduces the change, the change itself for a still one."""
-    from models import train
+    """``srtc.training.train.temporal_loss``: 0 for an upscaler that reproduces the change, the change itself for a still one."""
+    from srtc.training import train
 
     rng = np.random.default_rng(2)
     up = np.ones((2, 2), np.uint8)

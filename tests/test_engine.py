@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from server.engine import BicubicUpscaler, ModelError, OnnxUpscaler, bicubic, plane_view
-from server.registry import open_model
+from srtc.server.engine import BicubicUpscaler, ModelError, OnnxUpscaler, bicubic, plane_view
+from srtc.server.registry import open_model
 
 from .conftest import load_photo_rgb, photo_frame
 
@@ -75,7 +75,7 @@ def test_a_corrupt_model_names_the_path(tmp_path):
 
 
 def test_an_unknown_model_name_is_refused_with_the_names_there_are():
-    from models.manifest import load_manifest
+    from srtc.zoo import load_manifest
 
     with pytest.raises(ModelError, match="no-such-model") as info:
         open_model("no-such-model", threads=1)
@@ -86,7 +86,7 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(caplog):
     """``python -m server`` on a taken port: one log line naming the address, exit status 2."""
     import socket
 
-    from server.__main__ import main
+    from srtc.server.__main__ import main
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
@@ -101,8 +101,8 @@ def test_the_fast_model_is_the_manifests_fallback_and_can_be_turned_off(tmp_path
     an auto fallback whose file is gone: serve without the step (logged), never refuse to start."""
     import json
 
-    from models.manifest import MANIFEST_PATH, load_manifest
-    from server.registry import describe, open_fast_model
+    from srtc.zoo import MANIFEST_PATH, load_manifest
+    from srtc.server.registry import describe, open_fast_model
 
     manifest = load_manifest()
     info = describe(None)

@@ -1,4 +1,4 @@
-"""models.evaluate / models.quality: the protocol reproduces published figures, and each metric
+"""srtc.training.evaluate / srtc.training.quality: the protocol reproduces published figures, and each metric
 separates a good upscaler from a broken one on real content (never synthetic flat frames)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from models import evaluate, imaging, quality
-from models.manifest import resolve
+from srtc.training import evaluate, imaging, quality
+from srtc.zoo import resolve
 from tests.conftest import shared_or_skip
 
 # The held-out clip: the other one (bbb_opening) trains the video-aware models.
@@ -158,7 +158,7 @@ def test_json_has_every_part(capsys):
 
 
 def test_missing_peers_are_skipped_with_a_reason(tmp_path):
-    from models.peers import DNN_PEERS, TORCH_PEERS, peer_upscalers
+    from srtc.training.peers import DNN_PEERS, TORCH_PEERS, peer_upscalers
 
     found, skipped = peer_upscalers(tmp_path, tmp_path)
     assert found == []
@@ -169,7 +169,7 @@ def test_missing_peers_are_skipped_with_a_reason(tmp_path):
 def test_crop_sheet_grid_labels_and_colour(tmp_path, model):
     from PIL import Image
 
-    from models import cropsheet, imaging
+    from srtc.training import cropsheet, imaging
 
     path = shared_or_skip("data", "benchmarks", "Set14", "zebra.png")
     sheet, scores = cropsheet.make_sheet([path, path], {"m": model}, crop=48, zoom=2, boxes=None)
@@ -187,7 +187,7 @@ def test_crop_sheet_grid_labels_and_colour(tmp_path, model):
 
 
 def test_grain_crop_finds_where_a_model_adds_noise_to_smooth_areas(model):
-    from models import cropsheet, imaging
+    from srtc.training import cropsheet, imaging
 
     path = shared_or_skip("data", "benchmarks", "Set5", "baby.png")
     hr = imaging.luma(imaging.crop_to_multiple(imaging.load_image(path), 2))
@@ -211,7 +211,7 @@ def test_grain_crop_finds_where_a_model_adds_noise_to_smooth_areas(model):
 def test_crop_sheet_rows_of_coded_video_frames(tmp_path, model):
     from PIL import Image
 
-    from models import cropsheet
+    from srtc.training import cropsheet
 
     clip = shared_or_skip(*CLIP)
     frames = cropsheet.video_frames(clip, [3, 6], kbps=400)
@@ -248,10 +248,10 @@ def test_panned_photographs_make_coded_clips_the_default_improves(model):
 
 
 def test_codec_noise_bound_sees_independent_errors_but_not_repeated_ones(clip):
-    """models.codec_noise on real frames: a fresh error in every frame of a still scene can be halved by
+    """srtc.training.codec_noise on real frames: a fresh error in every frame of a still scene can be halved by
     averaging two frames (+3 dB where they agree), the same error repeated cannot; the real codec sits
     close to the repeated case."""
-    from models import codec_noise
+    from srtc.training import codec_noise
 
     still = [clip.lr_y[0]] * 4
     rng = np.random.default_rng(0)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import pytest
 
-from server import framecode
+from srtc.shared import SHARED
+from srtc.tools import framecode
 
-SET14 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "Set14"
+SET14 = SHARED / "data" / "benchmarks" / "Set14"
 
 
 def _photo_bgr() -> np.ndarray:

@@ -1,11 +1,11 @@
-"""The speed-quality picture (server.frontier): which rows form each group's front, and what is drawn."""
+"""The speed-quality picture (srtc.tools.frontier): which rows form each group's front, and what is drawn."""
 
 import json
 
 import numpy as np
 import pytest
 
-from server.frontier import COLOURS, PANEL_W, Point, load_result, pareto, plot, points
+from srtc.tools.frontier import COLOURS, PANEL_W, Point, load_result, pareto, plot, points
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -84,7 +84,7 @@ class _Recorder:
 
 
 def test_labels_keep_off_other_points_and_crowded_project_points_are_still_named():
-    from server.frontier import DOT_RADIUS, _Axes, _font, _labels
+    from srtc.tools.frontier import DOT_RADIUS, _Axes, _font, _labels
 
     # A crowded corner like the plot's top right: our models in a row, peers close beside them.
     pts = [Point(f"fres_x2_m{i}c32_mix16", "project", 80.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]

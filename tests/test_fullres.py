@@ -12,9 +12,9 @@ from tests.conftest import shared_or_skip
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
-from models.arch import build, count_macs, count_params, fused  # noqa: E402
-from models.data import DevicePatches, PatchPairs, stretch_full_range  # noqa: E402
-from models.fullres import FullResSR  # noqa: E402
+from srtc.training.arch import build, count_macs, count_params, fused  # noqa: E402
+from srtc.training.data import DevicePatches, PatchPairs, stretch_full_range  # noqa: E402
+from srtc.training.fullres import FullResSR  # noqa: E402
 
 
 def randomise(module: torch.nn.Module, std: float = 0.1) -> None:
@@ -38,7 +38,7 @@ def test_full_res_m6c16_fits_the_budget_and_fuses_exactly() -> None:
 
 
 def test_full_res_starts_as_nearest_and_exports_under_the_contract(tmp_path: Path) -> None:
-    from models.export import TOLERANCE, export_onnx, max_diff
+    from srtc.training.export import TOLERANCE, export_onnx, max_diff
 
     torch.manual_seed(0)
     model = build({"widths": [16, 16, 16], "full_res": True})
@@ -53,7 +53,7 @@ def test_full_res_starts_as_nearest_and_exports_under_the_contract(tmp_path: Pat
 
 def test_mix_tail_fuses_exactly_starts_as_nearest_and_exports(tmp_path: Path) -> None:
     """``mix=16``: a 3x3 tail to 16 features and a 1x1 conv to the 4 sub-pixels (ETDS's ending)."""
-    from models.export import TOLERANCE, export_onnx, max_diff
+    from srtc.training.export import TOLERANCE, export_onnx, max_diff
 
     torch.manual_seed(0)
     model = build({"widths": [16] * 6, "reparam": True, "full_res": True, "mix": 16})
@@ -77,7 +77,7 @@ def test_mix_tail_fuses_exactly_starts_as_nearest_and_exports(tmp_path: Path) ->
 
 
 def test_mix_needs_the_full_resolution_generator(tmp_path: Path) -> None:
-    from models import train
+    from srtc.training import train
 
     args = train.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1", "--mix", "16"])
     with pytest.raises(SystemExit, match="--full-res"):
@@ -87,14 +87,14 @@ def test_mix_needs_the_full_resolution_generator(tmp_path: Path) -> None:
 
 
 def test_mix_net_quantisation_simulation_finds_every_rounding_point(tmp_path: Path) -> None:
-    """QAT (models.qat) takes the 1x1 mixing conv as one more conv: every rounding point it simulates
+    """QAT (srtc.training.qat) takes the 1x1 mixing conv as one more conv: every rounding point it simulates
     is a tensor of the exported graph, and the int8 graph computes what the simulation computes."""
     import onnx
 
-    from models import qat
-    from models.evaluate import onnx_upscaler, to_display
-    from models.export import export_onnx
-    from models.imaging import psnr
+    from srtc.training import qat
+    from srtc.training.evaluate import onnx_upscaler, to_display
+    from srtc.training.export import export_onnx
+    from srtc.training.imaging import psnr
     from tests.test_qat import as_input, photo_luma
 
     torch.manual_seed(0)
@@ -118,14 +118,14 @@ def test_mix_net_quantisation_simulation_finds_every_rounding_point(tmp_path: Pa
 
 
 def test_float_tail_keeps_the_last_convs_in_float_in_simulation_and_export(tmp_path: Path) -> None:
-    """``--float-tail 2`` (models.qat): the tail's 3x3 conv and the 1x1 mix run in float in both the
+    """``--float-tail 2`` (srtc.training.qat): the tail's 3x3 conv and the 1x1 mix run in float in both the
     simulation and the int8 graph, which still computes what the simulation computes; the int8 head
     and body still round (the output differs from fp32), and a bad count is refused."""
     import onnx
 
-    from models import qat
-    from models.evaluate import onnx_upscaler, to_display
-    from models.imaging import psnr
+    from srtc.training import qat
+    from srtc.training.evaluate import onnx_upscaler, to_display
+    from srtc.training.imaging import psnr
     from tests.test_qat import as_input, photo_luma
 
     torch.manual_seed(0)
@@ -232,7 +232,7 @@ def test_full_range_patches_are_the_same_pairs_stretched_to_0_255() -> None:
 @pytest.mark.parametrize("extra, message", [(["--full-range", "1.5"], "share of patches"),
                                             (["--full-range", "0.1", "--pairs", "cache"], "clean pairs")])
 def test_train_rejects_a_full_range_share_it_cannot_use(extra: list[str], message: str) -> None:
-    from models import train
+    from srtc.training import train
 
     args = train.make_parser().parse_args(["--out", "unused", "--steps", "1", *extra])
     with pytest.raises(SystemExit, match=message):
@@ -241,8 +241,8 @@ def test_train_rejects_a_full_range_share_it_cannot_use(extra: list[str], messag
 
 def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
     """A short full-resolution ECB run: the loss falls, and the checkpoint exports and matches onnxruntime."""
-    from models import train
-    from models.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
+    from srtc.training import train
+    from srtc.training.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
 
     data = shared_or_skip("data", "train", "BSDS200")
     args = train.make_parser().parse_args([

@@ -18,10 +18,10 @@ torch = pytest.importorskip("torch", reason="torch not installed (pip install -e
 
 import torch.nn.functional as F  # noqa: E402
 
-from models import losses as L  # noqa: E402
-from models.arch import build, count_macs, count_params, fused  # noqa: E402
-from models.discriminator import PatchDiscriminator  # noqa: E402
-from models.reparam import ECB  # noqa: E402
+from srtc.training import losses as L  # noqa: E402
+from srtc.training.arch import build, count_macs, count_params, fused  # noqa: E402
+from srtc.training.discriminator import PatchDiscriminator  # noqa: E402
+from srtc.training.reparam import ECB  # noqa: E402
 
 WIDTHS = [24, 24, 16, 16]
 
@@ -76,7 +76,7 @@ def test_reparam_generator_fuses_under_budget_and_old_config_rebuilds() -> None:
 def test_fused_export_matches_torch(tmp_path: Path) -> None:
     import onnx
 
-    from models.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
+    from srtc.training.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
 
     torch.manual_seed(0)
     model = build({"widths": WIDTHS, "reparam": True})
@@ -101,7 +101,7 @@ def test_fused_export_matches_torch(tmp_path: Path) -> None:
 
 def test_lr_tail_ends_at_lr_resolution_fuses_and_exports(tmp_path: Path) -> None:
     """``lr_tail``: a 1x1 expansion, shuffle to LR resolution, a 3x3 conv there; the nearest residual kept."""
-    from models.export import TOLERANCE, export_onnx, max_diff
+    from srtc.training.export import TOLERANCE, export_onnx, max_diff
 
     torch.manual_seed(0)
     config = {"widths": [32, 16, 16, 16], "reparam": True, "lr_tail": 16}
@@ -130,7 +130,7 @@ def test_lr_tail_dense_form_is_the_same_function_with_the_same_parameters(tmp_pa
     ONNX file (the kernel is gathered from them at load), the tail's 4x multiply-adds counted."""
     import onnx
 
-    from models.export import TOLERANCE, export_onnx, max_diff
+    from srtc.training.export import TOLERANCE, export_onnx, max_diff
 
     torch.manual_seed(1)
     model = build({"widths": [28, 16, 16, 32], "reparam": True, "lr_tail": 16})
@@ -191,7 +191,7 @@ def test_losses_are_zero_on_the_truth_and_ragan_is_relativistic() -> None:
 
 
 def gan_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
-    from models import gan
+    from srtc.training import gan
 
     data = shared_or_skip("data", "train", "BSDS200")
     return gan.make_parser().parse_args([
@@ -209,12 +209,12 @@ def stage1_checkpoint(path: Path) -> None:
 def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from models import gan, train
+    from srtc.training import gan, train
 
     args = gan_args(tmp_path)
     stage1_checkpoint(tmp_path / "init.pt")
     (tmp_path / "cut").mkdir()
-    real_save = train.save  # every stage saves through models.train (its checkpoint() schedule)
+    real_save = train.save  # every stage saves through srtc.training.train (its checkpoint() schedule)
 
     def save_and_keep_step_15(path: Path, **state) -> None:
         real_save(path, **state)
@@ -252,7 +252,7 @@ def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monk
 @pytest.mark.parametrize("flag,term", [("--pixel", "pixel"), ("--patch-anchor", "patch_anchor"),
                                        ("--down", "down"), ("--grad", "grad"), ("--fm", "fm"), ("--adv", "adv")])
 def test_each_remedy_flag_switches_its_loss_term(tmp_path: Path, flag: str, term: str) -> None:
-    from models import gan
+    from srtc.training import gan
 
     base = gan.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1"])
     off = gan.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1", flag, "0"])
@@ -313,7 +313,7 @@ def test_flat_grain_loss_penalises_noise_on_smooth_hr_only() -> None:
 
 
 def test_artifact_term_needs_the_ema_output() -> None:
-    from models import gan
+    from srtc.training import gan
 
     args = gan.make_parser().parse_args(["--out", "x", "--steps", "1", "--artifact", "1000"])
     weights = gan.loss_weights(args)
@@ -332,7 +332,7 @@ def test_artifact_term_needs_the_ema_output() -> None:
 
 def test_adversary_can_judge_only_the_outputs_of_clean_inputs() -> None:
     """``judged``: adv/fm from the selected samples alone; none selected, no adversarial terms this step."""
-    from models import gan
+    from srtc.training import gan
 
     weights = gan.loss_weights(gan.make_parser().parse_args(["--out", "x", "--steps", "1", "--adv", "0.05"]))
     torch.manual_seed(0)
@@ -358,7 +358,7 @@ def test_adversary_can_judge_only_the_outputs_of_clean_inputs() -> None:
 
 
 def test_codec_pairs_report_which_patches_are_coded(tmp_path: Path) -> None:
-    from models import degrade
+    from srtc.training import degrade
 
     images = shared_or_skip("data", "train", "T91")
     degrade.build_cache(tmp_path / "pairs", images, None, pairs=6, seed=0, progress=False,
@@ -373,7 +373,7 @@ def test_codec_pairs_report_which_patches_are_coded(tmp_path: Path) -> None:
 
 
 def test_ema_lags_the_generator() -> None:
-    from models.gan import ema_update
+    from srtc.training.gan import ema_update
 
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     before = a.weight.detach().clone()
@@ -382,9 +382,9 @@ def test_ema_lags_the_generator() -> None:
 
 
 def test_stage1_reparam_run_checkpoints_and_exports_fused(tmp_path: Path) -> None:
-    """``models.train --reparam``: the checkpoint records the ECB form and exports as the plain net."""
-    from models import train
-    from models.export import load_checkpoint_model
+    """``srtc.training.train --reparam``: the checkpoint records the ECB form and exports as the plain net."""
+    from srtc.training import train
+    from srtc.training.export import load_checkpoint_model
 
     data = shared_or_skip("data", "train", "BSDS200")
     args = train.make_parser().parse_args([
@@ -413,7 +413,7 @@ def test_down_consistency_targets_the_lr_before_the_codec():
     import torch
     import torch.nn.functional as F
 
-    from models import gan, losses as L
+    from srtc.training import gan, losses as L
 
     torch.manual_seed(0)
     hr = F.avg_pool2d(torch.rand(1, 1, 64, 64), 1)
@@ -427,7 +427,7 @@ def test_down_consistency_targets_the_lr_before_the_codec():
 
 def test_temporal_term_on_clip_pairs_and_resume_keeps_its_weight(tmp_path: Path) -> None:
     """``--temporal``: the stage adds the frame-to-frame term (from clip pairs) and a resume must keep its weight."""
-    from models import degrade, gan
+    from srtc.training import degrade, gan
 
     images = shared_or_skip("data", "train", "T91")
     degrade.build_cache(tmp_path / "pairs", images, None, pairs=6, seed=0, progress=False,

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import av
 import pytest
 
-from server.fanout import FrameFanout
-from server.governor import GovernorPolicy, LoadGovernor
-from server.sr_track import SuperResolutionTrack
+from srtc.server.fanout import FrameFanout
+from srtc.server.governor import GovernorPolicy, LoadGovernor
+from srtc.server.sr_track import SuperResolutionTrack
 
 from .test_sr_track import FastSource
 
@@ -201,12 +201,12 @@ async def test_an_unslowed_generator_is_not_degraded(upscaler):
 async def test_a_slowed_generator_hands_its_frames_to_the_fast_model(upscaler, tmp_path):
     """The shipped generator slowed to 40 ms a frame, with the real int8 fallback as the fast model: frames
     go through the fast model (counted by the engine itself), not bicubic, and /stats-style figures say so."""
-    from models.manifest import load_manifest, resolve
-    from server.engine import OnnxUpscaler
+    from srtc.zoo import load_manifest, resolve
+    from srtc.server.engine import OnnxUpscaler
 
     name = load_manifest()["models"][load_manifest()["default"]].get("fallback")
     if name is None:
-        pytest.skip("the default model has no fallback in models/manifest.json")
+        pytest.skip("the default model has no fallback in srtc/zoo/manifest.json")
     fast = SlowedUpscaler(OnnxUpscaler(resolve(name), threads=2, name=name), delay_s=0.0)
     slowed = SlowedUpscaler(upscaler, delay_s=0.04)
     source = FastSource(total=10_000, interval_s=1 / 30)

@@ -1,4 +1,4 @@
-"""models.grow: a trained full-resolution generator made one body conv deeper, keeping what it learnt."""
+"""srtc.training.grow: a trained full-resolution generator made one body conv deeper, keeping what it learnt."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from tests.conftest import REPO, load_photo_rgb
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
-from models.arch import build, fused  # noqa: E402
-from models.grow import deepen, main  # noqa: E402
-from models.train import make_parser, model_config  # noqa: E402
+from srtc.training.arch import build, fused  # noqa: E402
+from srtc.training.grow import deepen, main  # noqa: E402
+from srtc.training.train import make_parser, model_config  # noqa: E402
 
-PARENT = REPO / "models" / "checkpoints" / "fres_x2_m3c32_mix16_stage1.pt"
+PARENT = REPO / "checkpoints" / "fres_x2_m3c32_mix16_stage1.pt"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_the_grown_checkpoint_is_what_models_train_init_expects(parent: dict, tm
     grown = torch.load(out, map_location="cpu", weights_only=False)
     args = make_parser().parse_args(["--out", "x", "--full-res", "--reparam", "--widths", "32,32,32,32,32",
                                      "--mix", "16", "--steps", "1"])
-    assert grown["config"] == model_config(args)  # models.train --init compares exactly this
+    assert grown["config"] == model_config(args)  # srtc.training.train --init compares exactly this
 
 
 @pytest.mark.parametrize("at", [-1, 4])

@@ -17,11 +17,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection, VideoStreamTrack
 
-from server.__main__ import parse_command_line
-from server.app import NETWORK, create_app
-from server.config import ConfigError, NetworkConfig, ServerConfig
-from server.impairment import GilbertElliottLoss, Impairment, NetworkControl, attach, classify
-from server.registry import describe
+from srtc.server.__main__ import parse_command_line
+from srtc.server.app import NETWORK, create_app
+from srtc.server.config import ConfigError, NetworkConfig, ServerConfig
+from srtc.server.impairment import GilbertElliottLoss, Impairment, NetworkControl, attach, classify
+from srtc.server.registry import describe
 
 N = 100_000
 

@@ -23,10 +23,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from models.manifest import MANIFEST_PATH, load_manifest
-from models.quantize import SAFE_WEIGHT_LEVEL, conv_weights, saturating_convs
-from server.engine import OnnxUpscaler
-from server.selfcheck import MAX_LOSS_DB, check, check_pairs
+from srtc.zoo import MANIFEST_PATH, load_manifest
+from srtc.training.quantize import SAFE_WEIGHT_LEVEL, conv_weights, saturating_convs
+from srtc.server.engine import OnnxUpscaler
+from srtc.server.selfcheck import MAX_LOSS_DB, check, check_pairs
 
 from .conftest import REPO
 
@@ -112,8 +112,8 @@ def run_emulated(code: str, *args: str, timeout: float = 600) -> subprocess.Comp
 UPSCALE = """
 import sys
 import numpy as np
-from server.engine import OnnxUpscaler
-from server.selfcheck import check_pairs
+from srtc.server.engine import OnnxUpscaler
+from srtc.server.selfcheck import check_pairs
 pairs = check_pairs()
 for i, path in enumerate(sys.argv[2:]):
     up = OnnxUpscaler(path, threads=1)
@@ -136,7 +136,7 @@ def test_every_int8_model_gives_the_same_picture_on_an_avx2_cpu_without_vnni(tmp
 OPEN = """
 import json, sys
 from pathlib import Path
-from server.registry import open_fast_model, open_model
+from srtc.server.registry import open_fast_model, open_model
 manifest = Path(sys.argv[1])
 upscaler, info = open_model(sys.argv[2], 1, manifest)
 fast, fast_info = open_fast_model(sys.argv[2], info, 1, manifest)

@@ -1,6 +1,6 @@
 """The loss-resilient receiver: NACK and re-NACK, give up, PLI, skip until a keyframe, resume.
 
-Unit tests drive :class:`server.jitter.FrameAssembler` with real RTP packets: frames of a real
+Unit tests drive :class:`srtc.server.jitter.FrameAssembler` with real RTP packets: frames of a real
 photograph panned across 640x360, encoded by aiortc's own VP8 (libvpx) and H.264 (libx264)
 encoders and packetized by them, so payload descriptors, keyframe bits and NAL units are real. The
 clock is injected; a simulated 10 ms timer calls ``poll`` between packets as the receiver's task does.
@@ -22,7 +22,7 @@ from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder, vp8_depayload
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket, RtpPacket
 
-from server.jitter import H264, VP8, AssembledFrame, FrameAssembler, Policy
+from srtc.server.jitter import H264, VP8, AssembledFrame, FrameAssembler, Policy
 
 from .conftest import load_photo_rgb
 
@@ -532,7 +532,7 @@ def _lossy(receiver, drop_every: int, black_hole_at: int):
 
 
 async def test_real_peer_connections_recover_losses_with_nack_and_pli():
-    from server.receiver import attach, sender_rtt_ms
+    from srtc.server.receiver import attach, sender_rtt_ms
 
     config = RTCConfiguration(iceServers=[])
     sender, receiver_pc = RTCPeerConnection(config), RTCPeerConnection(config)
@@ -585,7 +585,7 @@ async def test_real_peer_connections_recover_losses_with_nack_and_pli():
 async def test_attach_refuses_audio_a_second_attach_and_other_aiortc_versions(monkeypatch):
     import aiortc
 
-    from server.receiver import attach, sender_rtt_ms
+    from srtc.server.receiver import attach, sender_rtt_ms
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:

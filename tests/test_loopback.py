@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from server.app import SESSIONS, create_app
-from server.config import ServerConfig
-from server.probe import FULL_H, FULL_W, clients_summary, run_clients, run_probe
-from server.registry import describe
+from srtc.server.app import SESSIONS, create_app
+from srtc.server.config import ServerConfig
+from srtc.tools.probe import FULL_H, FULL_W, clients_summary, run_clients, run_probe
+from srtc.server.registry import describe
 
 from .conftest import serving
 
@@ -37,7 +37,7 @@ async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upsca
         forwarded = report.server_session["streams"]["raw"]
         assert forwarded["mode"] == "forwarded" and forwarded["codec"] == "VP8", forwarded
         assert forwarded["frames_out"] >= raw["frames"] and forwarded["keyframes"] >= 1 and forwarded["dropped"] == 0
-        # The SR stream is the one encoded stream, at 720p, within the viewer link (server/return_rate.py).
+        # The SR stream is the one encoded stream, at 720p, within the viewer link (srtc/server/return_rate.py).
         rates = report.server_session["return_bitrate"]
         assert set(rates) == {"sr"} and (rates["sr"]["width"], rates["sr"]["height"]) == (FULL_W, FULL_H), rates
         assert rates["sr"]["max_kbps"] <= ServerConfig().viewer_kbps

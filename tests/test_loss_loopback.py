@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from server.app import NETWORK, create_app
-from server.config import NetworkConfig, ServerConfig
-from server.probe import run_probe
-from server.registry import describe
+from srtc.server.app import NETWORK, create_app
+from srtc.server.config import NetworkConfig, ServerConfig
+from srtc.tools.probe import run_probe
+from srtc.server.registry import describe
 
 from .conftest import serving
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.metrics import FreezeDetector, RateMeter, RollingSamples
+from srtc.server.metrics import FreezeDetector, RateMeter, RollingSamples
 
 
 def timeline(detector: FreezeDetector, times: list[float]) -> list[bool]:
@@ -50,7 +50,7 @@ def test_rolling_samples_and_rate_meter():
 
 
 def test_byte_rate_over_its_window():
-    from server.metrics import ByteRate
+    from srtc.server.metrics import ByteRate
 
     rate = ByteRate(window_s=2.0)
     assert rate.bps() == 0.0

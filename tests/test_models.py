@@ -7,14 +7,18 @@ need images skip when ``../shared/data`` (next to the repository, or $SRTC_SHARE
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from srtc.server.config import CLIENT_DIR
+from srtc.shared import SHARED
+from srtc.zoo import MANIFEST_PATH
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SRTC_SHARED", ROOT.parent / "shared")) / "data"
+DATA = SHARED / "data"
+SAMPLES = CLIENT_DIR / "samples"
 SET5 = DATA / "benchmarks" / "Set5"
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -29,9 +33,9 @@ def test_short_training_lowers_loss(tmp_path: Path) -> None:
     import torch
     import torch.nn.functional as F
 
-    from models import train
-    from models.arch import build
-    from models.data import PatchPairs
+    from srtc.training import train
+    from srtc.training.arch import build
+    from srtc.training.data import PatchPairs
 
     args = train.make_parser().parse_args([
         "--data", str(DATA / "train" / "BSDS200"), "--val", "", "--out", str(tmp_path / "run"),
@@ -58,8 +62,8 @@ def test_export_matches_torch(tmp_path: Path) -> None:
     import onnx
     import torch
 
-    from models.arch import QuarterResSR, count_params
-    from models.export import TOLERANCE, export_onnx, max_diff
+    from srtc.training.arch import QuarterResSR, count_params
+    from srtc.training.export import TOLERANCE, export_onnx, max_diff
 
     torch.manual_seed(0)
     model = QuarterResSR()
@@ -75,14 +79,14 @@ def test_export_matches_torch(tmp_path: Path) -> None:
 
 @needs_torch
 def test_written_graph_is_the_traced_graph_without_its_plumbing(tmp_path: Path) -> None:
-    """models.graph writes what torch's tracer exports, to the bit, on a real-looking frame of even and of odd
+    """srtc.training.graph writes what torch's tracer exports, to the bit, on a real-looking frame of even and of odd
     size; an even frame meets no pad, crop or transpose outside the If branches that only odd frames take."""
     import onnx
     import onnxruntime as ort
     import torch
 
-    from models.arch import QuarterResSR
-    from models.graph import quarter_res_graph
+    from srtc.training.arch import QuarterResSR
+    from srtc.training.graph import quarter_res_graph
 
     torch.manual_seed(3)
     model = QuarterResSR(widths=(32, 16, 16, 16)).eval()
@@ -112,7 +116,7 @@ def test_written_graph_is_the_traced_graph_without_its_plumbing(tmp_path: Path) 
 
 
 def test_manifest_shape_and_resolve() -> None:
-    from models.manifest import MANIFEST_PATH, load_manifest, resolve
+    from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
 
     manifest = load_manifest()
     assert set(manifest) == {"default", "models"}
@@ -139,14 +143,14 @@ def test_every_manifest_command_leads_to_the_checkpoint_it_exports() -> None:
     import json
     import shlex
 
-    manifest = json.loads((ROOT / "models" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
     for name, entry in manifest["models"].items():
         written: set[str] = set()
         for step in entry["command"].split(" && "):
             words = shlex.split(step)
             if words[0] == "cp":
                 written.add(words[-1])
-            elif "models.export" in words:
+            elif "srtc.training.export" in words:
                 ckpt = words[words.index("--ckpt") + 1]
                 made = any(ckpt.startswith(out.rstrip("/") + "/") for out in written)
                 assert ckpt in written or made, f"{name}: exports {ckpt}, which no earlier step writes"
@@ -156,24 +160,24 @@ def test_every_manifest_command_leads_to_the_checkpoint_it_exports() -> None:
 
 @needs_torch
 def test_export_records_the_copy_out_of_the_run_folder(tmp_path: Path) -> None:
-    from models.export import copy_step
+    from srtc.training.export import copy_step
 
-    final = {"step": 500, "args": {"out": "models/runs/r1", "steps": 500}}
-    assert copy_step(final, "models/checkpoints/m_stage1.pt") == \
-        "cp models/runs/r1/last.pt models/checkpoints/m_stage1.pt"
-    assert copy_step({**final, "step": 300}, "models/checkpoints/m_stage1.pt").startswith("cp models/runs/r1/best.pt ")
-    stopped = {"step": 300, "args": {"out": "models/runs/r1", "steps": 500, "stop_at": 300}}  # --stop-at 300
-    assert copy_step(stopped, "models/checkpoints/m_stage1.pt").startswith("cp models/runs/r1/last.pt ")
-    assert copy_step(final, "models/runs/r1/last.pt") == ""  # exported where it was trained: nothing to copy
+    final = {"step": 500, "args": {"out": "runs/r1", "steps": 500}}
+    assert copy_step(final, "checkpoints/m_stage1.pt") == \
+        "cp runs/r1/last.pt checkpoints/m_stage1.pt"
+    assert copy_step({**final, "step": 300}, "checkpoints/m_stage1.pt").startswith("cp runs/r1/best.pt ")
+    stopped = {"step": 300, "args": {"out": "runs/r1", "steps": 500, "stop_at": 300}}  # --stop-at 300
+    assert copy_step(stopped, "checkpoints/m_stage1.pt").startswith("cp runs/r1/last.pt ")
+    assert copy_step(final, "runs/r1/last.pt") == ""  # exported where it was trained: nothing to copy
     assert copy_step({"step": 1}, tmp_path / "old.pt") == ""  # checkpoints from before ``args`` was kept
 
 
 @needs_data
 @pytest.mark.shared
 def test_default_model_beats_bicubic() -> None:
-    from models.evaluate import evaluate, load_samples, onnx_upscaler
-    from models.manifest import resolve
-    from models.speed import make_session
+    from srtc.training.evaluate import evaluate, load_samples, onnx_upscaler
+    from srtc.zoo import resolve
+    from srtc.training.speed import make_session
 
     sess = make_session(resolve(None))
     samples = load_samples(SET5)
@@ -194,7 +198,7 @@ def test_default_model_beats_bicubic() -> None:
 def shipped_models() -> list[str]:
     import json
 
-    return sorted(json.loads((ROOT / "models" / "manifest.json").read_text())["models"])
+    return sorted(json.loads(MANIFEST_PATH.read_text())["models"])
 
 
 @needs_torch
@@ -209,14 +213,14 @@ def test_every_shipped_model_handles_full_range_grey_input(name: str) -> None:
     less). One case per model, so one failure never hides another."""
     import json
 
-    from models.evaluate import SHAVE, image_metrics, load_samples, onnx_upscaler, to_display
-    from models.imaging import psnr
+    from srtc.training.evaluate import SHAVE, image_metrics, load_samples, onnx_upscaler, to_display
+    from srtc.training.imaging import psnr
 
     (bridge,) = [s for s in load_samples(DATA / "benchmarks" / "Set14") if s.name == "bridge"]
     assert bridge.lr_y.min() < 16 and bridge.lr_y.max() > 235
     bicubic = psnr(bridge.bicubic_y, bridge.hr_y, SHAVE)
-    info = json.loads((ROOT / "models" / "manifest.json").read_text())["models"][name]
-    upscale = onnx_upscaler(ROOT / "models" / info["file"], threads=1)
+    info = json.loads(MANIFEST_PATH.read_text())["models"][name]
+    upscale = onnx_upscaler(MANIFEST_PATH.parent / info["file"], threads=1)
     metrics = image_metrics(to_display(upscale(bridge.lr_y)), bridge.hr_y, bridge.lr_y)
     assert metrics["psnr"] > bicubic + 0.3, (name, metrics["psnr"], bicubic)
     assert metrics["flat_noise"] < 4.0, (name, metrics["flat_noise"])
@@ -225,7 +229,7 @@ def test_every_shipped_model_handles_full_range_grey_input(name: str) -> None:
 @needs_data
 @pytest.mark.shared
 def test_bicubic_reproduces_set5_reference() -> None:
-    from models.evaluate import evaluate, load_samples
+    from srtc.training.evaluate import evaluate, load_samples
 
     samples = load_samples(SET5)
     bicubic = evaluate(samples, lambda lr: np.zeros((2 * lr.shape[0], 2 * lr.shape[1])))["bicubic"]
@@ -235,11 +239,11 @@ def test_bicubic_reproduces_set5_reference() -> None:
 
 @needs_torch
 def test_short_training_on_a_codec_aware_cache_lowers_loss(tmp_path: Path) -> None:
-    """--pairs: the loop trains on degraded pairs from models.degrade's cache just as on clean images."""
-    from models import train
-    from models.degrade import build_cache
+    """--pairs: the loop trains on degraded pairs from srtc.training.degrade's cache just as on clean images."""
+    from srtc.training import train
+    from srtc.training.degrade import build_cache
 
-    samples = Path(__file__).resolve().parent.parent / "client_web" / "samples"
+    samples = SAMPLES
     cache = build_cache(tmp_path / "cache", samples, None, pairs=6, seed=0, progress=False)
     args = train.make_parser().parse_args([
         "--pairs", str(cache), "--val", "", "--out", str(tmp_path / "run"), "--steps", "120", "--seed", "0",
@@ -255,9 +259,9 @@ def test_init_starts_a_fine_tune_from_another_runs_weights(tmp_path: Path) -> No
     """--init: same weights as the source checkpoint at step 0, fresh step count; a config mismatch is refused."""
     import torch
 
-    from models import train
+    from srtc.training import train
 
-    base = ["--data", str(Path(__file__).resolve().parent.parent / "client_web" / "samples"), "--val", "",
+    base = ["--data", str(SAMPLES), "--val", "",
             "--seed", "0", "--batch", "4", "--patch", "48", "--save-every", "5"]
     train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "a"), "--steps", "10"]))
     source = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
@@ -280,9 +284,9 @@ def test_stop_at_splits_one_schedule_and_resume_finishes_it(tmp_path: Path) -> N
     exactly where an uninterrupted run does (same weights), so a split run is the run its command names."""
     import torch
 
-    from models import train
+    from srtc.training import train
 
-    base = ["--data", str(ROOT / "client_web" / "samples"), "--val", "", "--seed", "0", "--batch", "4",
+    base = ["--data", str(SAMPLES), "--val", "", "--seed", "0", "--batch", "4",
             "--patch", "48", "--save-every", "5", "--steps", "12", "--lr", "1e-2"]
     whole = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "whole")]))
     first = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "split"), "--stop-at", "7"]))
@@ -301,24 +305,24 @@ def test_stop_at_splits_one_schedule_and_resume_finishes_it(tmp_path: Path) -> N
 
 
 def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
-    from models.export import training_command
+    from srtc.training.export import training_command
 
-    plain = {"command": "python -m models.train --steps 10"}
-    assert training_command(plain) == "python -m models.train --steps 10"
-    resumed = {"command": "python -m models.train --steps 10",
-               "history": [[0, "python -m models.train --steps 10"], [4, "python -m models.train --steps 8"]]}
+    plain = {"command": "python -m srtc.training.train --steps 10"}
+    assert training_command(plain) == "python -m srtc.training.train --steps 10"
+    resumed = {"command": "python -m srtc.training.train --steps 10",
+               "history": [[0, "python -m srtc.training.train --steps 10"], [4, "python -m srtc.training.train --steps 8"]]}
     text = training_command(resumed)
-    assert text.startswith("python -m models.train --steps 10 ;")
-    assert "(stopped at step 4) python -m models.train --steps 8 --resume" in text
+    assert text.startswith("python -m srtc.training.train --steps 10 ;")
+    assert "(stopped at step 4) python -m srtc.training.train --steps 8 --resume" in text
 
 
 def test_a_re_export_keeps_the_models_registered_fallback(tmp_path: Path) -> None:
-    """Re-exporting a model (new weights, new description) must not drop the int8 fallback models.qat
+    """Re-exporting a model (new weights, new description) must not drop the int8 fallback srtc.training.qat
     registered for it, or the governor would lose its step down, nor the role it was given (a peer-class
     model may not become the default)."""
     import json
 
-    from models.export import update_manifest
+    from srtc.training.export import update_manifest
 
     path = tmp_path / "manifest.json"
     update_manifest("m", {"file": "m.onnx", "params": 1}, make_default=True, path=path)
@@ -334,8 +338,8 @@ def test_a_re_export_keeps_the_models_registered_fallback(tmp_path: Path) -> Non
 
 def test_slope_anneals_from_leaky_to_the_target_and_is_recorded() -> None:
     torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
-    from models import train
-    from models.arch import build, fused
+    from srtc.training import train
+    from srtc.training.arch import build, fused
 
     assert train.annealed_slope(0, 100, 0.0) == pytest.approx(0.1)
     assert train.annealed_slope(50, 100, 0.0) == pytest.approx(0.05)
@@ -350,11 +354,11 @@ def test_slope_anneals_from_leaky_to_the_target_and_is_recorded() -> None:
 
 
 def test_interleaved_timing_takes_turns_and_ratios_are_per_round() -> None:
-    """``models.speed --interleave``: one run of each model per round, and ratios taken within rounds, so
+    """``srtc.training.speed --interleave``: one run of each model per round, and ratios taken within rounds, so
     a load spike in one round cannot favour one model (behaviour only; no wall-clock figure is asserted)."""
-    from models.speed import ratio_to, time_interleaved
+    from srtc.training.speed import ratio_to, time_interleaved
 
-    models = ROOT / "models"
+    models = MANIFEST_PATH.parent
     times = time_interleaved([models / "qres_x2_v2.onnx", models / "fres_x2_m5c16.onnx"], 36, 64, threads=1,
                              rounds=4, warmup=1)
     assert [len(t) for t in times] == [4, 4] and all(v > 0 for t in times for v in t)

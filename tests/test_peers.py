@@ -1,4 +1,4 @@
-"""models.peers: every x2 peer file is rebuilt (or skipped with a reason), folds are exact, the .pb rebuild is sane.
+"""srtc.training.peers: every x2 peer file is rebuilt (or skipped with a reason), folds are exact, the .pb rebuild is sane.
 
 Needs ../shared/peers (skipped with the reason otherwise); each test runs in about a second.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import peers as P
+from srtc.training import peers as P
 
 from .conftest import shared_or_skip
 
@@ -87,7 +87,7 @@ def test_graphdef_reader_finds_the_fsrcnn_structure(peer_dir):
 
 
 def test_rebuilt_pb_fsrcnn_beats_bicubic_on_set5_images(peer_dir):
-    from models import evaluate
+    from srtc.training import evaluate
 
     path = peer_dir / "opencv_fsrcnn" / "FSRCNN_x2.pb"
     if not path.is_file():

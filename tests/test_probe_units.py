@@ -14,11 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server import framecode, probe, probe_source
+from srtc.server.config import CLIENT_DIR
+from srtc.shared import SHARED
+from srtc.tools import framecode, probe, probe_source
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO / "client_web" / "samples"
-SET14 = REPO.parent / "shared" / "data" / "benchmarks" / "Set14"
+SAMPLES = CLIENT_DIR / "samples"
+SET14 = SHARED / "data" / "benchmarks" / "Set14"
 
 
 def _photo_folder(tmp_path: Path) -> Path:
@@ -26,7 +27,7 @@ def _photo_folder(tmp_path: Path) -> Path:
     for folder in (SAMPLES, SET14):
         if folder.is_dir() and probe_source.image_files(folder):
             return folder
-    pytest.skip("no photographs: neither client_web/samples nor ../shared Set14 is present")
+    pytest.skip("no photographs: neither the page's samples nor ../shared Set14 is present")
 
 
 def _photo_720p() -> np.ndarray:
@@ -354,7 +355,7 @@ def test_the_cli_reports_a_bad_source_and_exits_2(tmp_path: Path, caplog: pytest
 def test_a_stream_that_stops_before_the_sender_is_reported_dead(small_source: probe.Source) -> None:
     """A stream alive at 30 fps for its first half and silent after: its trailing gap and its frame rate over
     the run say so, and the targets fail, where the frame rate over its own span alone would pass."""
-    from server.probe_report import build_report
+    from srtc.tools.probe_report import build_report
 
     uplink = probe.NumberedTrack(small_source, fps=30.0, duration_s=20.0)
     uplink.first_time, uplink.last_time, uplink.count = 100.0, 120.0, 600

@@ -16,12 +16,12 @@ from tests.conftest import REPO, load_photo_rgb, shared_or_skip
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
-from models import qat  # noqa: E402
-from models.export import export_onnx, load_checkpoint_model  # noqa: E402
-from models.imaging import psnr  # noqa: E402
+from srtc.training import qat  # noqa: E402
+from srtc.training.export import export_onnx, load_checkpoint_model  # noqa: E402
+from srtc.training.imaging import psnr  # noqa: E402
 
-CKPT = REPO / "models" / "checkpoints" / "qres_x2_v2_stage1.pt"
-FRES_CKPT = REPO / "models" / "checkpoints" / "fres_x2_m6c16_stage1.pt"  # the full-resolution generator
+CKPT = REPO / "checkpoints" / "qres_x2_v2_stage1.pt"
+FRES_CKPT = REPO / "checkpoints" / "fres_x2_m6c16_stage1.pt"  # the full-resolution generator
 
 
 def photo_luma(width: int, height: int, index: int = 0) -> np.ndarray:
@@ -67,8 +67,8 @@ def test_ranges_start_from_real_activations(qmodel):
 def test_int8_onnx_computes_what_the_simulation_computes(tmp_path, qmodel):
     """The exported QDQ graph uses the trained scales: output equals the torch simulation, and both
     differ from fp32 (so something really is rounded)."""
-    from models.evaluate import onnx_upscaler, to_display
-    from models.quantize import qdq_counts
+    from srtc.training.evaluate import onnx_upscaler, to_display
+    from srtc.training.quantize import qdq_counts
 
     out = qat.export_int8(qmodel, tmp_path / "int8.onnx", [photo_luma(640, 360, 2)])
     assert qdq_counts(out)["QuantizeLinear"] > 5
@@ -121,7 +121,7 @@ def sys_args(args: argparse.Namespace) -> list[str]:
 
 def test_relu_net_rounds_once_per_conv(tmp_path):
     """With ReLU (slope 0) onnxruntime folds the activation into the conv: the simulation follows."""
-    from models.evaluate import onnx_upscaler, to_display
+    from srtc.training.evaluate import onnx_upscaler, to_display
 
     net, _ = load_checkpoint_model(CKPT)
     net.slope = 0.0
@@ -139,7 +139,7 @@ def test_relu_net_rounds_once_per_conv(tmp_path):
 
 def clip_pairs(folder, count: int = 3):
     """A pair cache of real photographs as two-frame clips: the previous frame is the scene 2 LR px to the left."""
-    from models import degrade
+    from srtc.training import degrade
 
     for i in range(count):
         y = photo_luma(100, 60, i)

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from models import quantize as q
-from models.manifest import MANIFEST_PATH, load_manifest, resolve
+from srtc.training import quantize as q
+from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
 
 from .conftest import photo_frame, shared_or_skip
 
@@ -58,7 +58,7 @@ def test_residual_tail_stays_float(int8_model):
 
 
 def test_int8_output_close_to_fp32_but_not_identical(int8_model):
-    from server.engine import OnnxUpscaler, plane_view
+    from srtc.server.engine import OnnxUpscaler, plane_view
 
     y = plane_view(photo_frame(320, 180, index=1), 0).copy()  # the luma the server gets
     assert y.std() > 20
@@ -91,12 +91,12 @@ def registered_int8() -> list[str]:
 
 
 @pytest.mark.parametrize("name", registered_int8() or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no int8 model in models/manifest.json: no variant met the gate (see MODEL_CARD.md, int8)"))])
+    reason="no int8 model in srtc/zoo/manifest.json: no variant met the gate (see MODEL_CARD.md, int8)"))])
 def test_registered_int8_model_serves_a_real_frame(name):
-    from server.engine import OnnxUpscaler
+    from srtc.server.engine import OnnxUpscaler
 
     entry = load_manifest()["models"][name]
-    assert entry["precision"] == "int8" and entry["scale"] == 2 and entry["command"].startswith(("python -m models.quantize", "python -m models.qat"))
+    assert entry["precision"] == "int8" and entry["scale"] == 2 and entry["command"].startswith(("python -m srtc.training.quantize", "python -m srtc.training.qat"))
     assert load_manifest()["default"] != name  # quantising never changes the default
     up = OnnxUpscaler(resolve(name), threads=2, name=name)
     frame = photo_frame(640, 360)
@@ -114,13 +114,13 @@ def test_register_lists_int8_without_touching_the_default(tmp_path, int8_model):
     out = tmp_path / "m_int8.onnx"
     out.write_bytes(int8_model.read_bytes())
     default = load_manifest(manifest)["default"]
-    q.register(f"{default}_int8", out, default, q.Variant("test", per_channel=True), "python -m models.quantize ...",
+    q.register(f"{default}_int8", out, default, q.Variant("test", per_channel=True), "python -m srtc.training.quantize ...",
                manifest_path=manifest)
     after = load_manifest(manifest)
     entry = after["models"][f"{default}_int8"]
     assert after["default"] == default and after["models"][default] == load_manifest()["models"][default]
     assert entry["precision"] == "int8" and entry["file"] == "m_int8.onnx" and entry["scale"] == 2
     assert entry["params"] == after["models"][default]["params"]
-    from server.engine import OnnxUpscaler
+    from srtc.server.engine import OnnxUpscaler
 
     assert OnnxUpscaler(resolve(f"{default}_int8", manifest), threads=1).upscale(photo_frame(320, 180)).width == 640

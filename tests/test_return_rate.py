@@ -7,9 +7,9 @@ import numpy as np
 from aiortc.codecs.vpx import MAX_BITRATE, MIN_BITRATE
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
-from server import encoder as encoder_module
-from server.encoder import ReturnVp8Encoder
-from server.return_rate import ReturnBitrates, limits, share
+from srtc.server import encoder as encoder_module
+from srtc.server.encoder import ReturnVp8Encoder
+from srtc.server.return_rate import ReturnBitrates, limits, share
 
 from .conftest import photo_frame
 from .test_encoder import panning_frames

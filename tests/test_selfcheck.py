@@ -13,12 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from onnx import numpy_helper
 
-from models.manifest import MANIFEST_PATH, load_manifest
-from server.app import create_app
-from server.config import ServerConfig
-from server.engine import BicubicUpscaler, OnnxUpscaler
-from server.registry import open_fast_model, open_model
-from server.selfcheck import check, check_pairs, psnr_y
+from srtc.zoo import MANIFEST_PATH, load_manifest
+from srtc.server.app import create_app
+from srtc.server.config import ServerConfig
+from srtc.server.engine import BicubicUpscaler, OnnxUpscaler
+from srtc.server.registry import open_fast_model, open_model
+from srtc.server.selfcheck import check, check_pairs, psnr_y
 
 DEFAULT = load_manifest()["default"]
 
@@ -63,7 +63,7 @@ def test_the_default_passes_on_this_cpu_and_a_blur_does_not():
 
 def test_a_model_worse_than_bicubic_is_refused_and_bicubic_served(tmp_path, caplog):
     broken = broken_copy(MANIFEST_PATH.parent / load_manifest()["models"][DEFAULT]["file"], tmp_path / "broken.onnx")
-    with caplog.at_level(logging.WARNING, logger="server.registry"):
+    with caplog.at_level(logging.WARNING, logger="srtc.server.registry"):
         up, info = open_model(str(broken), threads=1)
     assert isinstance(up, BicubicUpscaler) and info.name == "bicubic"
     assert [r.model for r in info.refused] == ["broken"] and not info.refused[0].passed

@@ -6,9 +6,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.app import create_app
-from server.config import ConfigError, ServerConfig
-from server.registry import describe
+from srtc.server.app import create_app
+from srtc.server.config import ConfigError, ServerConfig
+from srtc.server.registry import describe
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ async def test_the_simulated_network_is_changed_only_from_the_servers_machine(up
 
     from aiohttp.test_utils import make_mocked_request
 
-    from server.app import NETWORK, set_network
+    from srtc.server.app import NETWORK, set_network
 
     app = create_app(ServerConfig(port=0, host="0.0.0.0"), upscaler, describe(str(default_model_path)))
     transport = mock.Mock()

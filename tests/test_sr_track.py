@@ -9,8 +9,8 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from server.fanout import FrameFanout
-from server.sr_track import RawTrack, SuperResolutionTrack
+from srtc.server.fanout import FrameFanout
+from srtc.server.sr_track import RawTrack, SuperResolutionTrack
 
 from .conftest import photo_frame
 

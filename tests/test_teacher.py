@@ -1,4 +1,4 @@
-"""Distillation targets (models.teacher): a published peer's output blended into the training target."""
+"""Distillation targets (srtc.training.teacher): a published peer's output blended into the training target."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tests.conftest import shared_or_skip
 
 pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
-from models.data import PatchPairs  # noqa: E402
-from models.teacher import blend, load_teacher, peer_family  # noqa: E402
-from models.train import load_training_data, make_parser  # noqa: E402
+from srtc.training.data import PatchPairs  # noqa: E402
+from srtc.training.teacher import blend, load_teacher, peer_family  # noqa: E402
+from srtc.training.train import load_training_data, make_parser  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,10 +7,10 @@ import asyncio
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from server.app import SESSIONS, create_app
-from server.config import ServerConfig
-from server.probe import NumberedTrack, load_source, post_offer, run_probe, wait_connected
-from server.registry import describe
+from srtc.server.app import SESSIONS, create_app
+from srtc.server.config import ServerConfig
+from srtc.tools.probe import NumberedTrack, load_source, post_offer, run_probe, wait_connected
+from srtc.server.registry import describe
 
 from .conftest import serving
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.vmaf import VmafPairs, VmafUnavailable, ffmpeg_with_libvmaf, vmaf
+from srtc.training.vmaf import VmafPairs, VmafUnavailable, ffmpeg_with_libvmaf, vmaf
 
 from .conftest import load_photo_rgb
 

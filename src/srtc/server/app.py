@@ -1,0 +1,240 @@
+"""The aiohttp application: the page, signaling (``POST /offer``), SR control, ``GET /stats`` and the
+simulated network (``GET``/``POST /network``).
+
+The app's registry of sessions is the only shared mutable state. Every handler answers a bad request
+with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never disturbs other sessions.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .config import CLIENT_DIR, ConfigError, NetworkConfig, ServerConfig
+from .engine import Upscaler
+from .governor import GovernorPolicy
+from .impairment import NetworkControl
+from .registry import ModelInfo
+from .session import OfferError, Session, parse_offer
+
+log = logging.getLogger(__name__)
+
+SESSIONS = web.AppKey("sessions", dict)
+UPSCALER = web.AppKey("upscaler", Upscaler)  # type: ignore[type-abstract]
+MODEL = web.AppKey("model", ModelInfo)
+CONFIG = web.AppKey("config", ServerConfig)
+NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
+SECRET_HEADER = "X-Session-Secret"  # a session's routes need the secret its offer's answer carried
+FAST = web.AppKey("fast", object)  # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
+
+
+def create_app(config: ServerConfig, upscaler: Upscaler, model: ModelInfo,
+               network: NetworkConfig | None = None, fast: Upscaler | None = None,
+               fast_info: ModelInfo | None = None) -> web.Application:
+    """Build the app around an already loaded model (loading it is where start-up may fail).
+
+    ``network``: the inbound path's impairment at start (default: none); ``POST /network`` changes it.
+    ``fast``: the faster model the governor steps down to before bicubic (``fast_info`` describes it).
+    """
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors, _same_site])
+    app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model
+    app[NETWORK] = NetworkControl(network)
+    app[FAST] = (fast, fast_info)
+    app[SESSIONS] = {}
+    app.router.add_get("/", index)
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/sessions/{id}/sr", set_sr)
+    app.router.add_delete("/sessions/{id}", close_session)
+    app.router.add_get("/network", get_network)
+    app.router.add_post("/network", set_network)
+    app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
+    app.on_shutdown.append(_close_all)
+    return app
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(CLIENT_DIR / "index.html")
+
+
+async def offer(request: web.Request) -> web.Response:
+    """Signaling: an SDP offer in, an answer out; the new session is registered under its id."""
+    app = request.app
+    sessions: dict[str, Session] = app[SESSIONS]
+    description, sr_enabled = parse_offer(await _read_json(request))
+    if len(sessions) >= app[CONFIG].max_sessions:
+        raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
+    session = Session(app[UPSCALER], on_closed=lambda s: sessions.pop(s.id, None),
+                      connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK],
+                      resilient=app[CONFIG].resilient_receiver,
+                      governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom), fast=app[FAST][0],
+                      encoder_nice=app[CONFIG].encoder_nice, viewer_kbps=app[CONFIG].viewer_kbps)
+    sessions[session.id] = session
+    try:
+        answer = await session.answer(description, sr_enabled)
+    except BaseException:
+        await session.close()
+        raise
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "id": session.id, "secret": session.secret})
+
+
+async def set_sr(request: web.Request) -> web.Response:
+    """Switch SR on or off for one session at runtime: ``{"enabled": bool}`` (its owner only)."""
+    session = _session(request, owner=True)
+    body = await _read_json(request)
+    enabled = body.get("enabled") if isinstance(body, dict) else None
+    if not isinstance(enabled, bool):
+        raise _error(web.HTTPBadRequest, 'expected {"enabled": true|false}')
+    session.set_sr(enabled)
+    return web.json_response({"id": session.id, "sr_enabled": session.sr_enabled})
+
+
+async def close_session(request: web.Request) -> web.Response:
+    session = _session(request, owner=True)
+    await session.close()
+    return web.json_response({"id": session.id, "closed": True})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Live figures for the page and the probe: the model, and every session (or ``?id=`` one)."""
+    sessions: dict[str, Session] = request.app[SESSIONS]
+    wanted = request.query.get("id")
+    chosen = [s for s in sessions.values() if wanted in (None, s.id)]
+    fast_info = request.app[FAST][1]
+    model = {**request.app[MODEL].to_json(), "fast": fast_info.to_json() if fast_info else None}
+    return web.json_response({"model": model, "process": process_stats(len(sessions)),
+                              "sessions": [s.stats() for s in chosen]})
+
+
+def process_stats(sessions: int) -> dict:
+    """This server's CPU time so far (user + system, all threads): two readings give its cores in use."""
+    times = os.times()
+    return {"cpu_s": round(times.user + times.system, 3), "monotonic_s": round(time.monotonic(), 3),
+            "cores": os.cpu_count(), "sessions": sessions}
+
+
+async def get_network(request: web.Request) -> web.Response:
+    """The simulated network's settings and its counters over all sessions (see srtc/server/impairment.py)."""
+    return web.json_response(request.app[NETWORK].stats())
+
+
+async def set_network(request: web.Request) -> web.Response:
+    """Change the network settings at runtime for every live session: a partial JSON object of fields.
+
+    It changes every client's link, so it is an operator's action: only from the server's own machine."""
+    if not _is_loopback_peer(request.remote):
+        raise _error(web.HTTPForbidden, "the simulated network is the operator's: change it from the server's "
+                                        "own machine (POST /network over loopback, or the command line)")
+    control = request.app[NETWORK]
+    try:
+        control.update(await _read_json(request))
+    except ConfigError as exc:
+        raise _error(web.HTTPBadRequest, str(exc)) from exc
+    return web.json_response(control.stats())
+
+
+def _session(request: web.Request, owner: bool = False) -> Session:
+    """The session the route names; with ``owner``, only for the client that opened it (its secret, 403 else)."""
+    session = request.app[SESSIONS].get(request.match_info["id"])
+    if session is None:
+        raise _error(web.HTTPNotFound, f"no session {request.match_info['id']!r} (closed or never opened)")
+    if owner and not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), session.secret.encode()):
+        raise _error(web.HTTPForbidden, f"session {session.id!r} belongs to the client that opened it: send the "
+                                        f"\"secret\" of its offer's answer in the {SECRET_HEADER} header")
+    return session
+
+
+async def _read_json(request: web.Request) -> object:
+    try:
+        return await request.json()
+    except json.JSONDecodeError as exc:
+        raise _error(web.HTTPBadRequest, f"body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise _error(web.HTTPBadRequest, "body is not UTF-8 text") from exc
+    except RecursionError as exc:  # thousands of nested [ or {: no request needs that
+        raise _error(web.HTTPBadRequest, "body is nested too deeply") from exc
+    except ValueError as exc:  # an integer past Python's 4300-digit limit, among others
+        raise _error(web.HTTPBadRequest, f"body is not usable JSON: {str(exc)[:200]}") from exc
+
+
+def _error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    return kind(text=json.dumps({"error": message}), content_type="application/json")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Turn validation errors and aiohttp's own 4xx (413 too large, 404, 405) into JSON with a message."""
+    try:
+        return await handler(request)
+    except OfferError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app[CONFIG].max_body_bytes
+        return web.json_response({"error": f"request body too large (limit {limit} bytes)"}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return web.json_response({"error": exc.reason}, status=exc.status, headers=_allow(exc))
+        raise
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@web.middleware
+async def _same_site(request: web.Request, handler) -> web.StreamResponse:
+    """What another site's page must not do through a visitor's browser: change state here.
+
+    - A POST must be JSON: a cross-site form or ``text/plain`` fetch cannot send that without CORS, which
+      this server does not grant (no ``Access-Control-Allow-*`` header anywhere).
+    - A POST or DELETE that names an ``Origin`` must come from this server's own pages.
+    - Served on a loopback address (the default), the ``Host`` must be a loopback name: a DNS-rebound
+      hostname that resolves to 127.0.0.1 is refused.
+    """
+    if _on_loopback(request.app[CONFIG].host) and _hostname(request.host) not in LOOPBACK_NAMES:
+        raise _error(web.HTTPForbidden, f"host {request.host!r} is not served here (the server listens on loopback)")
+    if request.method in ("POST", "DELETE"):
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise _error(web.HTTPForbidden, f"cross-origin {request.method} from {origin!r} refused")
+        if request.method == "POST" and request.content_type != "application/json":
+            raise _error(web.HTTPUnsupportedMediaType, 'send JSON: the Content-Type must be "application/json"')
+    return await handler(request)
+
+
+def _hostname(host: str | None) -> str:
+    """The name or address of a Host header, without its port (and without the brackets of IPv6)."""
+    host = host or ""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_loopback_peer(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def _on_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+async def _close_all(app: web.Application) -> None:
+    for session in list(app[SESSIONS].values()):
+        await session.close()

@@ -1,0 +1,160 @@
+"""Typed, validated settings: everything the command line can change, checked once at the edge."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CLIENT_DIR = Path(__file__).resolve().parent / "web"  # the page, shipped as package data
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names the setting and the allowed range."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one server process."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model: str | None = None  # a manifest name or a path; None means the manifest's default
+    # onnxruntime intra-op threads per inference: all cores, up to 4. Its threads do not spin-wait
+    # (srtc/server/engine.py), so they leave the cores to the decoder and the encoder between convs. On 2 cores,
+    # 20 s probes side by side: 2 threads gave SR latency p50/p95 27/38 ms against 33/43 ms with 1, all
+    # 600 frames both ways, at the same server CPU (0.89 against 0.88 cores). (With spinning threads, 1
+    # thread had been the better choice: 94% of frames returned against 85%.)
+    threads: int = max(1, min(4, os.cpu_count() or 2))
+    max_sessions: int = 8
+    max_body_bytes: int = 64 * 1024  # an SDP offer is a few kB; anything larger is refused with 413
+    connect_timeout_s: float = 30.0  # a peer that never connects is closed after this long
+    resilient_receiver: bool = True  # False: aiortc's stock jitter buffer and NACK (for comparisons)
+    # Share of the frame interval the generator may take per frame before the SR stage sends bicubic on
+    # some frames (srtc/server/governor.py). 1.0 = the whole interval.
+    sr_headroom: float = 0.85
+    # The faster model the governor steps down to before bicubic: "auto" = the manifest's "fallback" of
+    # the chosen model (the int8 build of the default), "none" = no such step, or a manifest name or path.
+    fast_model: str = "auto"
+    # Nice levels the return encoders' threads run below the process, so the SR stage gets the cores
+    # first (srtc/server/priority.py; Linux only, elsewhere ignored). 0 = the same priority.
+    encoder_nice: int = 0
+    # The viewer's link for the streams sent back (kbps): the SR-on encode starts at it and never exceeds
+    # it; a REMB below what is being sent lowers it (congestion). A forwarded SR-off stream's own rate comes
+    # off it first. The default suits a viewer on the same machine or LAN, where the 720p encode can be
+    # near transparent; set the viewer's real downlink for remote viewers (docs/VIEWER.md has the table).
+    viewer_kbps: float = 8000.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if not 1 <= self.threads <= 64:
+            raise ConfigError(f"threads must be in 1..64, got {self.threads}")
+        if not 1 <= self.max_sessions <= 256:
+            raise ConfigError(f"max_sessions must be in 1..256, got {self.max_sessions}")
+        if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
+            raise ConfigError(f"max_body_bytes must be in 1024..16777216, got {self.max_body_bytes}")
+        if not 1.0 <= self.connect_timeout_s <= 600.0:
+            raise ConfigError(f"connect_timeout_s must be in 1..600, got {self.connect_timeout_s}")
+        if not 0.1 <= self.sr_headroom <= 1.0:
+            raise ConfigError(f"sr_headroom must be in 0.1..1.0, got {self.sr_headroom}")
+        if not 0 <= self.encoder_nice <= 19:
+            raise ConfigError(f"encoder_nice must be in 0..19, got {self.encoder_nice}")
+        if not 300.0 <= self.viewer_kbps <= 100_000.0:
+            raise ConfigError(f"viewer_kbps must be in 300..100000, got {self.viewer_kbps}")
+        if not self.fast_model.strip():
+            raise ConfigError('fast_model must be "auto", "none", a manifest name or a path')
+
+
+# --------------------------------------------------------------------------------------------------
+# The simulated network on the server's inbound media path (see srtc/server/impairment.py).
+
+_NETWORK_RANGES: dict[str, tuple[float, float]] = {
+    "loss": (0.0, 1.0),
+    "burst": (1.0, 100.0),
+    "kbps": (10.0, 100000.0),  # or 0 = unlimited
+    "delay_ms": (0.0, 5000.0),
+    "jitter_ms": (0.0, 1000.0),
+    "queue_ms": (1.0, 10000.0),
+}
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """How the client-to-server path is impaired; the defaults impair nothing.
+
+    ``loss``: long-run fraction of packets lost (0..1). ``burst``: mean length of a loss burst in packets
+    (1 = independent losses, more = Gilbert-Elliott bursts). ``kbps``: link capacity (0 = unlimited).
+    ``queue_ms``: the drop-tail queue in front of the link, in milliseconds of queued data at that
+    capacity. ``delay_ms`` and ``jitter_ms``: one-way base delay and the standard deviation of its
+    normal jitter. ``seed``: the random seed (the same seed repeats the same pattern). ``reorder``: let
+    jitter reorder packets (off: a packet is never delivered before the one in front of it).
+    ``impair_rtcp``: RTCP shares the impaired path with RTP (default on: on a real uplink the client's
+    RTCP crosses the same bottleneck as its media; off isolates the media from its feedback).
+    """
+
+    loss: float = 0.0
+    burst: float = 1.0
+    kbps: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    queue_ms: float = 1000.0
+    seed: int = 0
+    reorder: bool = False
+    impair_rtcp: bool = True
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in _NETWORK_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ConfigError(f"{name} must be a number in {_number_text(low)}..{_number_text(high)}, got {value!r}")
+            if name == "kbps" and value == 0:
+                continue
+            if not low <= value <= high:
+                extra = " (or 0 = unlimited)" if name == "kbps" else ""
+                raise ConfigError(f"{name} must be in {_number_text(low)}..{_number_text(high)}{extra}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("reorder", "impair_rtcp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        # Gilbert model: P(good->bad) = loss / (burst * (1 - loss)) must be a probability.
+        if self.burst > 1 and 0 < self.loss < 1 and self.loss / (self.burst * (1 - self.loss)) > 1:
+            need = self.loss / (1 - self.loss)
+            raise ConfigError(
+                f"burst must be >= loss/(1-loss) = {need:.3g} for loss={self.loss:g} "
+                f"(or 1 for independent losses), got {self.burst:g}"
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether this impairs anything at all (the defaults do not)."""
+        return self.loss > 0 or self.kbps > 0 or self.delay_ms > 0 or self.jitter_ms > 0
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def replace(self, **changes) -> "NetworkConfig":
+        """A copy with ``changes`` applied and validated; an unknown field is a :class:`ConfigError`."""
+        return NetworkConfig.from_json(changes, base=self)
+
+    @classmethod
+    def from_json(cls, body: object, base: "NetworkConfig | None" = None) -> "NetworkConfig":
+        """``base`` (default: the defaults) with the fields of a JSON object applied and validated.
+
+        A partial object changes only what it names; ``"kbps": null`` means unlimited.
+        """
+        if not isinstance(body, dict):
+            raise ConfigError('expected a JSON object of network settings, e.g. {"loss": 0.05, "burst": 2}')
+        fields = list(cls.__dataclass_fields__)
+        unknown = sorted(str(key) for key in body if key not in cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown network setting(s) {', '.join(map(repr, unknown))}; known: {', '.join(fields)}")
+        values = (base or cls()).to_json()
+        for key, value in body.items():
+            values[key] = 0 if key == "kbps" and value is None else value
+        return cls(**values)

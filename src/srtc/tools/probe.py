@@ -1,0 +1,729 @@
+"""Headless probe: send numbered 640x360 frames to the server and measure both streams it returns.
+
+    python -m server.probe --url http://127.0.0.1:8080 --seconds 20 [--json] [--source PATH] [--fps 30]
+
+Each sent frame carries its number in its pixels (:mod:`srtc.tools.framecode`), because nothing else
+survives the server's decode / upscale / re-encode. That number gives, per returned frame, the
+latency (receipt time minus the time the frame was handed to the encoder) and the 1280x720
+original to compare against for PSNR-Y. The source is real photographic content (Big Buck Bunny
+by default), pre-rendered once so the probe costs little CPU while it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import aiohttp
+import av
+import cv2
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from srtc.training.vmaf import FrameBank, VmafUnavailable, ffmpeg_with_libvmaf
+from . import framecode
+from srtc.server.engine import Upscaler, plane_view
+from srtc.server.metrics import FreezeDetector, percentile
+from .probe_report import (ProbeReport, build_report, clients_summary, cpu_between, finite_mean,
+                                 frame_rate, latency_summary, recovery_after, rounded)
+from .probe_source import CODE_MARGIN, FULL_H, FULL_W, SENT_H, Source, SourceError, load_source, psnr_y
+from srtc.server.receiver import attach as attach_resilient
+from srtc.server.receiver import sender_rtt_ms
+
+log = logging.getLogger("server.probe")
+
+CLOCK_RATE = 90_000  # RTP video clock: pts unit
+STREAM_INDEX = {1: "sr", 2: "raw"}  # transceiver index -> stream name (0 is the uplink)
+
+
+class ProbeError(RuntimeError):
+    """The probe could not run: server unreachable, refused the offer, or never connected."""
+
+
+# --------------------------------------------------------------------------- sending
+
+
+@dataclass
+class SentFrame:
+    """What the receive side needs to know about a sent frame."""
+
+    time: float  # time.monotonic() when the frame was handed to the encoder
+    index: int  # source frame index (picks the PSNR original)
+
+
+class NumberedTrack(VideoStreamTrack):
+    """The uplink: source frames at ``fps``, each with its number drawn in, pts on the 90 kHz clock."""
+
+    kind = "video"
+
+    def __init__(self, source: Source, fps: float, duration_s: float) -> None:
+        super().__init__()
+        self.source = source
+        self.period = 1.0 / fps
+        self.duration_s = duration_s
+        self.sent: dict[int, SentFrame] = {}  # wrapped frame number -> send record
+        self.count = 0
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+        self.done = asyncio.Event()
+        self._next: float | None = None
+
+    async def recv(self) -> av.VideoFrame:  # type: ignore[override]
+        now = time.monotonic()
+        if self._next is None:
+            self._next = now
+        if self.first_time is not None and self._next - self.first_time > self.duration_s - self.period / 2:
+            self.done.set()
+            await asyncio.Event().wait()  # sending is over; aiortc cancels this on close
+        wait = self._next - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        elif wait < -2 * self.period:
+            self._next = now  # the encoder fell behind: drop the backlog rather than burst
+        self._next += self.period
+        return self._make_frame()
+
+    def _make_frame(self) -> av.VideoFrame:
+        now = time.monotonic()
+        if self.first_time is None:
+            self.first_time = now
+        elapsed = now - self.first_time
+        index = self.source.index_for(elapsed)
+        yuv = self.source.sent[index].copy()
+        number = self.count % framecode.MODULUS
+        framecode.embed(yuv[:SENT_H], number)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = int(round(elapsed * CLOCK_RATE))
+        frame.time_base = Fraction(1, CLOCK_RATE)
+        self.count += 1
+        sent_at = time.monotonic()
+        self.sent[number] = SentFrame(sent_at, index)
+        self.last_time = sent_at
+        return frame
+
+
+# --------------------------------------------------------------------------- receiving
+
+
+class ArrivalWatch:
+    """When each returned frame's last RTP packet reached the probe, looked up by the decoded frame's pts.
+
+    Why: it splits the returned frame's latency into the network part and the decode part. This reads
+    aiortc internals (the receiver's timestamp mapper); when they change, it quietly gives None.
+    """
+
+    MAX_PENDING = 1000
+
+    def __init__(self, receiver: object) -> None:
+        self.receiver = receiver
+        self.times: dict[int, float] = {}  # RTP timestamp -> time.monotonic() of its marker packet
+        original = getattr(receiver, "_handle_rtp_packet", None)
+        if original is None:
+            return
+
+        async def handle(packet, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if getattr(packet, "marker", 0) and packet.timestamp not in self.times:
+                self.times[packet.timestamp] = time.monotonic()
+                if len(self.times) > self.MAX_PENDING:
+                    for stale in list(self.times)[: self.MAX_PENDING // 2]:
+                        del self.times[stale]
+            await original(packet, *args, **kwargs)
+
+        receiver._handle_rtp_packet = handle  # type: ignore[attr-defined]
+
+    def arrival_of(self, pts: int | None) -> float | None:
+        """Arrival time of the frame whose decoded pts is ``pts`` (aiortc: RTP timestamp - first one)."""
+        mapper = getattr(self.receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+        origin = getattr(mapper, "_origin", None)
+        if origin is None or pts is None:
+            return None
+        return self.times.pop((origin + pts) % (1 << 32), None)
+
+
+@dataclass
+class StreamStats:
+    """Everything measured on one returned stream."""
+
+    name: str
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (send time, ms)
+    arrival_latencies: list[float] = field(default_factory=list)  # ms, to the last RTP packet
+    psnr: list[float] = field(default_factory=list)
+    psnr_of: dict[int, float] = field(default_factory=dict)  # frame number -> its PSNR-Y, for paired figures
+    unreadable: int = 0  # no intact frame code
+    unknown: int = 0  # a code for a number never sent
+    repeats: int = 0  # the same number again (a frame sent back twice)
+    out_of_order: int = 0  # a number lower than one already received (frames must come back in order)
+    last_number: int = -1
+    seen: set[int] = field(default_factory=set)
+    freezes: FreezeDetector = field(default_factory=FreezeDetector)
+    vmaf_bank: FrameBank | None = None  # the measured frames and their originals, for VMAF at the end (shared)
+    vmaf: dict | None = None  # {"vmaf", "vmaf_neg", "frames"} once scored
+
+    def report(self) -> dict:
+        return {
+            "frames": self.frames,
+            "width": self.width,
+            "height": self.height,
+            "fps": rounded(frame_rate(self.times)),
+            "latency_ms": latency_summary(self.latencies),
+            "arrival_latency_ms": {
+                "p50": rounded(percentile(self.arrival_latencies, 50)),
+                "p95": rounded(percentile(self.arrival_latencies, 95)),
+            },
+            "psnr_y": rounded(finite_mean(self.psnr)),
+            "psnr_frames": len(self.psnr),
+            "vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
+            "vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None,
+            "vmaf_frames": self.vmaf.get("frames", 0) if self.vmaf else 0,
+            "numbered": len(self.seen),
+            "unreadable": self.unreadable,
+            "unknown": self.unknown,
+            "repeats": self.repeats,
+            "out_of_order": self.out_of_order,
+            "last_number": self.last_number,
+            "sizes": dict(self.sizes),
+            "freezes": self.freezes.stats(),
+        }
+
+
+def luma_plane(frame: av.VideoFrame) -> np.ndarray:
+    """The Y plane of a decoded frame as a ``(height, width)`` view (converted if not yuv420p)."""
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        frame = frame.reformat(format="yuv420p")
+    return plane_view(frame, 0)
+
+
+class GeneratorGain:
+    """The generator's own gain on the very frames the viewer got as SR off, and what the return path keeps.
+
+    The forwarded SR-off stream carries the sender's encode, which is what the server decoded and upscaled;
+    so running the same model here on each SR-off frame as received gives the SR-on picture as the generator
+    made it. Against the original that is the generator's own gain over bicubic; against the SR-on frame of
+    the same number as received it is how transparent the server's return encode (and governor) was.
+    """
+
+    KEEP = 64  # generator outputs waiting for their SR-on frame (a skipped SR frame never claims one)
+
+    def __init__(self, upscaler: Upscaler) -> None:
+        self.upscaler = upscaler
+        self.name = upscaler.name
+        self.model_psnr: list[float] = []  # the generator's output on SR-off as received, against the original
+        self.bicubic_psnr: list[float] = []  # bicubic of the same frames (the SR-off figure, on the same frames)
+        self.encode_psnr: list[float] = []  # SR-on as received against the generator's output of that frame
+        self._made: dict[int, np.ndarray] = {}
+        self.psnr_of: dict[int, float] = {}  # frame number -> the generator's output's PSNR-Y
+        self.vmaf_bank: FrameBank | None = None  # where its outputs go for VMAF, when VMAF is on
+        self.vmaf: dict | None = None
+
+    def sr_off(self, number: int, y: np.ndarray, bicubic_psnr: float, original: np.ndarray,
+               box: tuple[int, int, int, int]) -> None:
+        """SR off frame ``number`` as received (``y``, 640x360), whose bicubic x2 scored ``bicubic_psnr``."""
+        made = self.upscaler.upscale_luma(y)
+        self.model_psnr.append(psnr_y(made, original, box))
+        self.psnr_of[number] = self.model_psnr[-1]
+        if self.vmaf_bank is not None:
+            keep_for_vmaf(self.vmaf_bank, "generator", number, made, original, box)
+        self.bicubic_psnr.append(bicubic_psnr)
+        if len(self._made) >= self.KEEP:
+            del self._made[next(iter(self._made))]
+        self._made[number] = made
+
+    def sr_on(self, number: int, y: np.ndarray, box: tuple[int, int, int, int]) -> None:
+        made = self._made.pop(number, None)
+        if made is not None and y.shape == made.shape:
+            self.encode_psnr.append(psnr_y(y, made, box))
+
+    def report(self) -> dict:
+        model, bicubic = finite_mean(self.model_psnr), finite_mean(self.bicubic_psnr)
+        return {"model": self.name, "frames": len(self.model_psnr), "model_psnr_y": rounded(model),
+                "bicubic_psnr_y": rounded(bicubic),
+                "gain_db": rounded(model - bicubic) if model is not None and bicubic is not None else None,
+                "return_encode_psnr_y": rounded(finite_mean(self.encode_psnr)), "encode_frames": len(self.encode_psnr),
+                "model_vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
+                "model_vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None}
+
+
+def measure_frame(
+    stats: StreamStats, y: np.ndarray, received: float, sent: dict[int, SentFrame], source: Source,
+    arrived: float | None = None, gain: GeneratorGain | None = None,
+) -> None:
+    """Count one returned frame, its latency, and its PSNR-Y when its original is kept.
+
+    ``received`` is when the decoded frame came out of the track; ``arrived`` (optional) when its
+    last RTP packet reached the probe.
+    """
+    height, width = y.shape
+    stats.frames += 1
+    stats.width, stats.height = width, height
+    key = f"{width}x{height}"
+    stats.sizes[key] = stats.sizes.get(key, 0) + 1
+    stats.times.append(received)
+    stats.freezes.frame(received)
+    number = framecode.read(y)
+    if number is None:
+        stats.unreadable += 1
+        return
+    record = sent.get(number)
+    if record is None:
+        stats.unknown += 1
+        return
+    if number in stats.seen:
+        stats.repeats += 1
+        return
+    stats.seen.add(number)
+    if number < stats.last_number:
+        stats.out_of_order += 1
+    stats.last_number = max(stats.last_number, number)
+    stats.latencies.append((record.time, (received - record.time) * 1000.0))
+    if arrived is not None:
+        stats.arrival_latencies.append((arrived - record.time) * 1000.0)
+    original = source.originals.get(record.index)
+    if original is not None:
+        full = to_full_size(y)
+        box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
+        stats.psnr.append(psnr_y(full, original, box))
+        stats.psnr_of[number] = stats.psnr[-1]
+        if gain is not None:
+            if stats.name == "raw":
+                gain.sr_off(number, y, stats.psnr[-1], original, box)
+            else:
+                gain.sr_on(number, y, box)
+        if stats.vmaf_bank is not None:
+            keep_for_vmaf(stats.vmaf_bank, stats.name, number, full, original, box)
+
+
+def keep_for_vmaf(bank: FrameBank, series: str, number: int, y: np.ndarray, original: np.ndarray,
+                  box: tuple[int, int, int, int]) -> None:
+    """Keep a 1280x720 version of frame ``number`` (and its original, once) for VMAF; the frame code's box
+    is copied from the original, so it weighs in no figure."""
+    if not bank.has("original", number):
+        bank.add("original", number, original)
+    x0, y0, x1, y1 = box
+    shown = y.copy()
+    shown[y0:y1, x0:x1] = original[y0:y1, x0:x1]
+    bank.add(series, number, shown)
+
+
+def to_full_size(y: np.ndarray) -> np.ndarray:
+    """A returned luma plane at 1280x720: as is when it already is, else bicubic (SR-off is 2x)."""
+    if y.shape == (FULL_H, FULL_W):
+        return y
+    return cv2.resize(y, (FULL_W, FULL_H), interpolation=cv2.INTER_CUBIC)
+
+
+async def consume(
+    track: MediaStreamTrack, stats: StreamStats, uplink: NumberedTrack, source: Source,
+    watch: ArrivalWatch | None = None, gain: GeneratorGain | None = None,
+) -> None:
+    """Read a returned track until it ends, measuring every frame as soon as it is out of the decoder."""
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        received = time.monotonic()
+        arrived = watch.arrival_of(frame.pts) if watch is not None else None
+        measure_frame(stats, luma_plane(frame), received, uplink.sent, source, arrived, gain)
+
+
+# --------------------------------------------------------------------------- signaling and the run
+
+
+async def post_offer(http: aiohttp.ClientSession, url: str, sdp: str, sr: bool = True) -> dict:
+    """POST the offer; the answer's JSON, or a ProbeError that says what went wrong."""
+    endpoint = url.rstrip("/") + "/offer"
+    try:
+        async with http.post(endpoint, json={"sdp": sdp, "type": "offer", "sr": sr}) as resp:
+            body = await resp.text()
+            if resp.status >= 400:
+                raise ProbeError(f"server answered {resp.status} to POST {endpoint}: {_error_text(body)}")
+    except aiohttp.ClientConnectionError as exc:
+        raise ProbeError(f"cannot reach the server at {url}: {exc}") from exc
+    except asyncio.TimeoutError as exc:
+        raise ProbeError(f"no answer from {endpoint} in time") from exc
+    try:
+        answer = json.loads(body)
+        if answer.get("type") != "answer" or not answer.get("sdp"):
+            raise ValueError("expected {'sdp', 'type': 'answer', 'id'}")
+    except (ValueError, AttributeError) as exc:
+        raise ProbeError(f"POST {endpoint} gave no usable answer ({exc}): {body[:200]!r}") from exc
+    return answer
+
+
+async def fetch_process(http: aiohttp.ClientSession, url: str) -> dict | None:
+    """The server's ``process`` block of GET /stats (its CPU time), or None when it cannot be had."""
+    try:
+        async with http.get(url.rstrip("/") + "/stats") as resp:
+            body = await resp.json(content_type=None) if resp.status < 400 else {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        log.warning("GET /stats failed: %s", exc)
+        return None
+    process = body.get("process") if isinstance(body, dict) else None
+    return process if isinstance(process, dict) and "cpu_s" in process else None
+
+
+async def fetch_session_stats(http: aiohttp.ClientSession, url: str, session_id: str | None) -> dict | None:
+    """This session's entry in GET /stats, or None (logged) when it cannot be had."""
+    try:
+        async with http.get(url.rstrip("/") + "/stats") as resp:
+            if resp.status >= 400:
+                log.warning("GET /stats answered %d", resp.status)
+                return None
+            stats = await resp.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        log.warning("GET /stats failed: %s", exc)
+        return None
+    sessions = stats.get("sessions", []) if isinstance(stats, dict) else []
+    for entry in sessions:
+        if isinstance(entry, dict) and str(entry.get("id")) == str(session_id):
+            return entry
+    log.warning("session %s not in GET /stats (%d sessions listed)", session_id, len(sessions))
+    return None
+
+
+async def change_network(http: aiohttp.ClientSession, url: str, after_s: float, settings: dict) -> float | None:
+    """POST /network ``settings`` after ``after_s`` seconds of sending; the monotonic time it took effect."""
+    await asyncio.sleep(after_s)
+    async with http.post(url.rstrip("/") + "/network", json=settings) as resp:
+        body = await resp.text()
+        if resp.status >= 400:
+            log.error("POST /network %s answered %d: %s", settings, resp.status, _error_text(body))
+            return None
+    log.info("network changed to %s", settings)
+    return time.monotonic()
+
+
+async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, uplink: NumberedTrack) -> dict:
+    """The cap the server announced, the bitrate the probe's encoder achieved, the server's link counters."""
+    report: dict = {"cap_kbps": None, "sent_kbps": None, "packets_sent": None, "server": None}
+    try:
+        async with http.get(url.rstrip("/") + "/network") as resp:
+            if resp.status < 400:
+                report["server"] = await resp.json(content_type=None)
+                settings = report["server"].get("settings", report["server"]) if isinstance(report["server"], dict) else {}
+                report["cap_kbps"] = settings.get("kbps") or None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        log.warning("GET /network failed: %s", exc)
+    sender = pc.getTransceivers()[0].sender
+    for stat in (await sender.getStats()).values():
+        if stat.type == "outbound-rtp":
+            span = (uplink.last_time or 0.0) - (uplink.first_time or 0.0)
+            report["packets_sent"] = stat.packetsSent
+            if span > 0:
+                report["sent_kbps"] = rounded(stat.bytesSent * 8 / span / 1000.0, 1)
+    return report
+
+
+async def delete_session(http: aiohttp.ClientSession, url: str, session_id: str, secret: str | None = None) -> None:
+    """DELETE /sessions/{id} with the session's secret; failures are logged, never raised (this runs on the way out)."""
+    headers = {"X-Session-Secret": secret} if secret else {}
+    try:
+        async with http.delete(f"{url.rstrip('/')}/sessions/{session_id}", headers=headers) as resp:
+            if resp.status >= 400 and resp.status != 404:
+                log.warning("DELETE /sessions/%s answered %d", session_id, resp.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("DELETE /sessions/%s failed: %s", session_id, exc)
+
+
+async def wait_connected(pc: RTCPeerConnection, timeout_s: float) -> None:
+    """Wait for ICE+DTLS, or raise ProbeError when it fails or takes longer than ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while pc.connectionState != "connected":
+        if pc.connectionState in ("failed", "closed"):
+            raise ProbeError(f"peer connection {pc.connectionState} before it connected")
+        if time.monotonic() > deadline:
+            raise ProbeError(f"peer connection not connected after {timeout_s:g} s (state {pc.connectionState})")
+        await asyncio.sleep(0.05)
+
+
+async def wait_sent(pc: RTCPeerConnection, uplink: NumberedTrack, timeout_s: float) -> None:
+    """Wait until the uplink has sent its frames; a lost connection or a stall is a ProbeError."""
+    deadline = time.monotonic() + timeout_s
+    while not uplink.done.is_set():
+        if pc.connectionState in ("failed", "closed"):
+            raise ProbeError(f"peer connection {pc.connectionState} after {uplink.count} frames were sent")
+        if time.monotonic() > deadline:
+            raise ProbeError(f"sending did not finish: {uplink.count} frames sent in {timeout_s:g} s")
+        await asyncio.sleep(0.1)
+
+
+async def log_progress(uplink: NumberedTrack, streams: dict[str, StreamStats]) -> None:
+    """Once a second: frames sent and received, so a stalled run is visible while it runs."""
+    while True:
+        await asyncio.sleep(1.0)
+        received = ", ".join(f"{name} {s.frames}" for name, s in streams.items())
+        log.info("sent %d, received %s", uplink.count, received)
+
+
+async def run_probe(
+    url: str,
+    seconds: float,
+    source: str | Path | Source | None = None,
+    fps: float = 30.0,
+    psnr_every: int = 5,
+    grace_s: float = 1.5,
+    connect_timeout_s: float = 20.0,
+    network_change: tuple[float, dict] | None = None,
+    sr: bool = True,
+    vmaf: bool | None = False,
+    vmaf_frames: int = 300,
+    generator: Upscaler | None = None,
+) -> ProbeReport:
+    """Connect to the server, send numbered frames for ``seconds``, and measure both returned streams.
+
+    ``sr``: False asks for SR off on the SR stream too (bicubic at the server), a control for the SR's effect.
+    ``vmaf``: score both streams in VMAF and VMAF-NEG too (on up to ``vmaf_frames`` of the frames PSNR is
+    measured on): True requires libvmaf (:class:`ProbeError` without it), None uses it when present.
+    ``generator``: the server's model, run here on the SR-off frames as received (:class:`GeneratorGain`).
+
+    The peer connection is closed and the session deleted on every exit path.
+    """
+    src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
+    uplink = NumberedTrack(src, fps, seconds)
+    streams = {name: StreamStats(name) for name in STREAM_INDEX.values()}
+    gain = GeneratorGain(generator) if generator is not None else None
+    bank = FrameBank(FULL_W, FULL_H, limit=vmaf_frames) if vmaf_available(vmaf) else None
+    for holder in [*streams.values(), *([gain] if gain is not None else [])]:
+        holder.vmaf_bank = bank
+    pc = RTCPeerConnection()
+    tasks: list[asyncio.Task] = []
+    session_id: str | None = None
+    secret: str | None = None  # the session's, from the answer: DELETE needs it
+    server_session: dict | None = None
+    network: dict | None = None
+    resilient: list = []
+    server_cpu: dict | None = None
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        transceivers = pc.getTransceivers()
+        index = next((i for i, t in enumerate(transceivers) if t.receiver.track is track), None)
+        name = STREAM_INDEX.get(index) if index is not None else None
+        if name is None:
+            log.warning("unexpected %s track on transceiver %s, ignored", track.kind, index)
+            return
+        receiver = transceivers[index].receiver
+        watch = ArrivalWatch(receiver)
+        # Receive like a browser: each frame released at its last packet, losses NACKed, no stall.
+        resilient.append(attach_resilient(receiver, rtt_ms=sender_rtt_ms(pc)))
+        tasks.append(asyncio.ensure_future(consume(track, streams[name], uplink, src, watch, gain)))
+
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        try:
+            pc.addTransceiver(uplink, direction="sendonly")
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await post_offer(http, url, pc.localDescription.sdp, sr)
+            session_id = str(answer["id"]) if answer.get("id") is not None else None
+            secret = str(answer["secret"]) if answer.get("secret") is not None else None
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            except Exception as exc:  # aiortc raises ValueError, InvalidAccessError, ...
+                raise ProbeError(f"the server's answer cannot be applied: {exc or type(exc).__name__}") from exc
+            await wait_connected(pc, connect_timeout_s)
+            log.info("connected (session %s), sending for %g s", session_id, seconds)
+            cpu_before = await fetch_process(http, url)
+            tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
+            if network_change is not None:
+                change = asyncio.ensure_future(change_network(http, url, *network_change))
+                tasks.append(change)
+            await wait_sent(pc, uplink, seconds + connect_timeout_s)
+            server_cpu = cpu_between(cpu_before, await fetch_process(http, url))
+            await asyncio.sleep(grace_s)  # let frames still in flight arrive
+            server_session = await fetch_session_stats(http, url, session_id)
+            network = await network_report(http, url, pc, uplink)
+            if network_change is not None and change.done() and not change.cancelled() and change.result():
+                changed_at = change.result()
+                network["change"] = {"after_s": network_change[0], "settings": network_change[1],
+                                     "streams": {n: recovery_after(st.times, changed_at, fps) for n, st in streams.items()}}
+        finally:
+            for receiver in resilient:
+                receiver.stop()
+            await pc.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if session_id is not None:
+                await delete_session(http, url, session_id, secret)
+    if bank is not None:
+        await score_vmaf(bank, streams, gain)
+    report = build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
+    report.server_cpu = server_cpu
+    report.generator_gain = gain.report() if gain is not None else None
+    report.paired = paired_psnr(streams, gain)
+    return report
+
+
+def paired_psnr(streams: dict[str, StreamStats], gain: GeneratorGain | None) -> dict:
+    """Mean PSNR-Y of SR on, SR off (and the generator's own output) on the frames all of them have: under
+    load the SR stream skips frames the SR-off stream has, so only paired means compare like with like."""
+    series = {name: stats.psnr_of for name, stats in streams.items()}
+    if gain is not None:
+        series["generator"] = gain.psnr_of
+    common = set.intersection(*(set(v) for v in series.values())) if series else set()
+    out: dict = {"frames": len(common)}
+    for name, values in series.items():
+        out[name] = rounded(finite_mean([values[n] for n in common])) if common else None
+    return out
+
+
+def vmaf_available(wanted: bool | None) -> bool:
+    """Whether to score VMAF: ``wanted`` True needs libvmaf (else :class:`ProbeError`), None takes it if present."""
+    if wanted is False:
+        return False
+    try:
+        ffmpeg_with_libvmaf()
+    except VmafUnavailable as exc:
+        if wanted:
+            raise ProbeError(str(exc)) from exc
+        log.info("VMAF not measured: %s", exc)
+        return False
+    return True
+
+
+async def score_vmaf(bank: FrameBank, streams: dict[str, StreamStats], gain: GeneratorGain | None = None) -> None:
+    """VMAF and VMAF-NEG of both streams, and of the generator's own outputs, on the frames all of them have
+    (libvmaf in a worker thread)."""
+    holders: dict[str, StreamStats | GeneratorGain] = {**streams, **({"generator": gain} if gain is not None else {})}
+    try:
+        log.info("VMAF of %s on %d common frames", ", ".join(holders), len(bank.common(["original", *holders])))
+        scores = await asyncio.get_running_loop().run_in_executor(None, bank.score, "original", list(holders))
+    except (RuntimeError, OSError, ValueError) as exc:
+        log.warning("VMAF failed: %s", exc)
+        scores = {}
+    finally:
+        bank.close()
+    for name, holder in holders.items():
+        holder.vmaf = scores.get(name)
+
+
+async def run_clients(
+    url: str, seconds: float, clients: int, source: str | Path | Source | None = None, fps: float = 30.0,
+    psnr_every: int = 5, network_change: tuple[float, dict] | None = None, vmaf: bool | None = False,
+    generator: Upscaler | None = None,
+) -> list[ProbeReport]:
+    """``clients`` probes at once against one server, sharing one pre-rendered source (so the probe's own
+    CPU cost stays small), each with its own session; their reports in client order."""
+    src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
+    return list(await asyncio.gather(*(
+        run_probe(url, seconds, source=src, fps=fps, psnr_every=psnr_every,
+                  network_change=network_change if i == 0 else None, vmaf=vmaf, generator=generator if i == 0 else None)
+        for i in range(clients)
+    )))
+
+
+# --------------------------------------------------------------------------- helpers and CLI
+
+
+def _error_text(body: str) -> str:
+    """The ``error`` of a JSON error body (the server's contract), else the body's start."""
+    try:
+        message = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else body[:500].strip()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server.probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to send")
+    parser.add_argument("--fps", type=float, default=30.0, help="frames per second sent")
+    parser.add_argument("--source", default=None, help="video file, image or folder of images (default: Big Buck Bunny)")
+    parser.add_argument("--psnr-every", type=int, default=5, help="PSNR on every Nth source frame")
+    parser.add_argument("--vmaf", choices=("auto", "on", "off"), default="auto",
+                        help="also score both streams in VMAF and VMAF-NEG (libvmaf: pip install -e '.[vmaf]'); "
+                             "auto: when libvmaf is present (default %(default)s)")
+    parser.add_argument("--model", default="default",
+                        help="the server's model, run here on the SR-off frames as received to measure its own gain "
+                             "and the return path's transparency: a manifest name or path, 'default', or 'none'")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--clients", type=int, default=1, help="concurrent clients, each with its own session (default 1)")
+    parser.add_argument("--network-change", metavar="SECONDS:JSON", default=None,
+                        help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1 or not 1 <= args.clients <= 64:
+        parser.error("need --seconds > 0, --fps in 1..120, --psnr-every >= 1 and --clients in 1..64")
+    if args.network_change is not None:
+        when, _, body = args.network_change.partition(":")
+        try:
+            args.network_change = (float(when), json.loads(body))
+        except ValueError:
+            parser.error("--network-change takes SECONDS:JSON, for example '20:{\"loss\": 0}'")
+        if not isinstance(args.network_change[1], dict):
+            parser.error("--network-change: the JSON must be an object")
+    return args
+
+
+def open_generator(choice: str) -> Upscaler | None:
+    """The model ``--model`` names (one thread: the probe shares the machine), or None for 'none'."""
+    if choice == "none":
+        return None
+    from srtc.zoo import resolve
+    from srtc.server.engine import ModelError, OnnxUpscaler
+
+    try:
+        path = resolve(None if choice == "default" else choice)
+        return OnnxUpscaler(path, threads=1, name=path.stem)
+    except (FileNotFoundError, KeyError, ModelError) as exc:
+        raise ProbeError(f"--model {choice}: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        for noisy in ("aioice", "aiortc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        reports = asyncio.run(
+            run_clients(args.url, args.seconds, args.clients, source=args.source, fps=args.fps,
+                        psnr_every=args.psnr_every, network_change=args.network_change,
+                        vmaf={"auto": None, "on": True, "off": False}[args.vmaf], generator=open_generator(args.model))
+        )
+    except (ProbeError, SourceError) as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if args.clients > 1:
+        for i, report in enumerate(reports):
+            print(f"--- client {i}\n{report.to_text()}\n", file=sys.stderr if args.json else sys.stdout, flush=True)
+        summary = clients_summary(reports)
+        if args.json:
+            print(json.dumps({**summary, "reports": [r.to_dict() for r in reports]}), flush=True)
+        else:
+            print(json.dumps({"median": summary["median"], "server_cpu": summary["server_cpu"]}), flush=True)
+        return 0
+    report = reports[0]
+    if args.json:
+        print(report.to_text(), file=sys.stderr, flush=True)  # stdout stays one JSON object
+        print(report.to_json(), flush=True)
+    else:
+        print(report.to_text(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""The probe's findings: per-stream summaries, the acceptance targets, the text and JSON reports.
+
+Pure functions of what the probe measured (and the server's ``/stats`` it fetched), so they can be
+tested without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import framecode
+from srtc.server.budget import STAGES
+from srtc.server.metrics import percentile
+from .probe_source import CODE_MARGIN, FULL_H, FULL_W, SENT_H, SENT_W, Source
+
+if TYPE_CHECKING:  # only for annotations: the probe module imports this one
+    from .probe import NumberedTrack, StreamStats
+
+GROWTH_WINDOW_S = 5.0
+
+
+def frame_rate(times: Sequence[float]) -> float:
+    """Frames per second over the span from first to last receipt (0 with fewer than two frames)."""
+    if len(times) < 2:
+        return 0.0
+    span = max(times) - min(times)
+    return (len(times) - 1) / span if span > 0 else 0.0
+
+
+def recovery_after(times: Sequence[float], change_at: float, fps: float) -> dict[str, float | int | None]:
+    """How the stream behaved after a network change at ``change_at`` (monotonic seconds).
+
+    ``recovery_ms``: from the change to the first received frame after which no gap between frames
+    exceeds the freeze threshold at the sent rate (max(3 / fps, 1 / fps + 0.15) s); None if it never
+    settles. Also the frame rate over the time after the change plus one second.
+    """
+    threshold = max(3.0 / fps, 1.0 / fps + 0.150)
+    after = [t for t in times if t >= change_at]
+    long_gaps = [b for a, b in zip(after, after[1:]) if b - a >= threshold]
+    settled_at = long_gaps[-1] if long_gaps else (after[0] if after else None)
+    late = [t for t in after if t >= change_at + 1.0]
+    return {
+        "recovery_ms": rounded((settled_at - change_at) * 1000.0) if settled_at is not None else None,
+        "frames_after": len(after),
+        "fps_from_1s_after": rounded(frame_rate(late)),
+    }
+
+
+def latency_summary(
+    samples: Sequence[tuple[float, float]], window_s: float = GROWTH_WINDOW_S
+) -> dict[str, float | None]:
+    """p50/p95/max of latencies, and the medians of the first and last ``window_s`` of sending.
+
+    ``samples`` are ``(send_time, latency_ms)``; the windows are by send time, so frames still in
+    flight at the end do not count as growth.
+    """
+    lat = [ms for _, ms in samples]
+    out: dict[str, float | None] = {
+        "p50": rounded(percentile(lat, 50)),
+        "p95": rounded(percentile(lat, 95)),
+        "max": rounded(max(lat) if lat else None),
+        "first5s_p50": None,
+        "last5s_p50": None,
+    }
+    if samples:
+        first = min(t for t, _ in samples)
+        last = max(t for t, _ in samples)
+        out["first5s_p50"] = rounded(percentile([ms for t, ms in samples if t < first + window_s], 50))
+        out["last5s_p50"] = rounded(percentile([ms for t, ms in samples if t > last - window_s], 50))
+    return out
+
+
+@dataclass
+class ProbeReport:
+    """The probe's findings; ``to_json`` is the machine-readable form, ``to_text`` the human one."""
+
+    url: str
+    session_id: str | None
+    sent: int
+    seconds: float
+    fps: float
+    skipped: int | None
+    streams: dict[str, dict]
+    psnr_reference: dict[str, float | int | None]
+    source: str
+    psnr_every: int = 5
+    server_session: dict | None = None
+    network: dict | None = None  # the cap, the probe's achieved send bitrate, the server's /network counters
+    server_cpu: dict | None = None  # the server process's cores in use while the probe sent (see cpu_between)
+    generator_gain: dict | None = None  # the model's own gain on SR off as received (server.probe.GeneratorGain)
+    paired: dict | None = None  # mean PSNR-Y of each stream (and the generator) on the frames all of them have
+
+    def targets(self) -> dict[str, bool]:
+        """The system's acceptance targets, checked on the SR-on stream."""
+        sr = self.streams.get("sr", {})
+        lat = sr.get("latency_ms", {})
+        first, last = lat.get("first5s_p50"), lat.get("last5s_p50")
+        return {
+            "sr_1280x720": (sr.get("width"), sr.get("height")) == (FULL_W, FULL_H),
+            "sr_fps_ge_20": min(sr.get("fps") or 0, sr.get("fps_over_run", sr.get("fps")) or 0) >= 20,
+            "sr_alive_to_the_end": (sr.get("trailing_gap_ms") or 0) <= 1000,
+            "sr_latency_p95_le_250ms": lat.get("p95") is not None and lat["p95"] <= 250,
+            "sr_no_latency_growth_50ms": first is not None and last is not None and last - first <= 50,
+        }
+
+    def budget(self) -> dict[str, dict]:
+        """The server's per-stage latency (p50/p95 ms) of each returned stream, from its /stats."""
+        streams = (self.server_session or {}).get("streams") or {}
+        return {name: s["budget_ms"] for name, s in streams.items() if s and s.get("budget_ms")}
+
+    def governor(self) -> dict | None:
+        """What the server's SR stage did under load: generator or bicubic, and on how many frames."""
+        return (self.server_session or {}).get("governor")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["freezes"] = {name: s.get("freezes") for name, s in self.streams.items()}
+        out["latency_ms"] = {name: s.get("latency_ms") for name, s in self.streams.items()}
+        out["budget_ms"] = self.budget()
+        out["governor"] = self.governor()
+        out["targets"] = self.targets()
+        return _finite(out)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def to_text(self) -> str:
+        lines = [
+            f"probe of {self.url} (session {self.session_id}), source: {self.source}",
+            f"sent {self.sent} frames of {SENT_W}x{SENT_H} in {self.seconds:.1f} s at {self.fps:g} fps"
+            f" (frame number drawn in the top-left {framecode.COLS * framecode.BLOCK}x{framecode.ROWS * framecode.BLOCK} px)",
+            f"frames the server's SR stage skipped (/stats): {_fmt(self.skipped)}",
+            "",
+            "stream              frames  size       fps    latency p50 / p95 / max ms   first 5 s / last 5 s p50 ms",
+        ]
+        labels = {"sr": "sr  (SR on, 720p)", "raw": "raw (SR off)"}
+        for name in ("sr", "raw"):
+            s = self.streams.get(name)
+            if s is None:
+                lines.append(f"{labels[name]:<19} not received")
+                continue
+            lat = s["latency_ms"]
+            lines.append(
+                f"{labels[name]:<19} {s['frames']:>6}  {s['width']}x{s['height']:<5} {_fmt(s['fps']):>6}"
+                f"   {_fmt(lat['p50']):>7} / {_fmt(lat['p95']):>7} / {_fmt(lat['max']):>7}"
+                f"       {_fmt(lat['first5s_p50']):>7} / {_fmt(lat['last5s_p50'])}"
+            )
+            arrival = s["arrival_latency_ms"]
+            if arrival["p50"] is not None:
+                lines.append(
+                    f"{'':<19} to the frame's last RTP packet (before decode):"
+                    f" p50 {_fmt(arrival['p50'])} / p95 {_fmt(arrival['p95'])} ms"
+                )
+            freezes = s.get("freezes") or {}
+            lines.append(
+                f"{'':<19} freezes (WebRTC freezeCount rule): {freezes.get('freezeCount')},"
+                f" {_fmt(freezes.get('totalFreezesDuration'))} s in all; longest gap {_fmt(freezes.get('longestGapMs'))} ms;"
+                f" silent for the last {_fmt(s.get('trailing_gap_ms'))} ms of the run"
+            )
+            if s["unreadable"] or s["unknown"] or s["repeats"]:
+                lines.append(
+                    f"{'':<19} ({s['unreadable']} without a readable number, {s['unknown']} unknown, "
+                    f"{s['repeats']} repeats)"
+                )
+        lines += self._budget_lines()
+        cpu = self.server_cpu
+        if cpu:
+            lines.append(f"server CPU while sending: {cpu['cores_used']:.2f} of {cpu['machine_cores']} cores for"
+                         f" {cpu['sessions']} session(s): {cpu['cores_per_session']} cores per session,"
+                         f" {_fmt(cpu['sessions_per_core'])} sessions per core")
+        net = self.network or {}
+        if net:
+            server = net.get("server") or {}
+            lines += ["", f"network: cap {_fmt(net.get('cap_kbps'))} kbps, probe sent {_fmt(net.get('sent_kbps'))} kbps"
+                      f" ({_fmt(net.get('packets_sent'))} RTP packets)"]
+            if server:
+                lines.append(f"  server's impairment: {json.dumps(server, sort_keys=True)}")
+            change = net.get("change")
+            if change:
+                lines.append(f"  network changed to {change['settings']} after {change['after_s']:g} s:")
+                for name, rec in change["streams"].items():
+                    lines.append(f"    {name}: back to a freeze-free stream {_fmt(rec['recovery_ms'])} ms after the change;"
+                                 f" {_fmt(rec['fps_from_1s_after'])} fps from 1 s after it")
+        box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
+        ref = self.psnr_reference
+        lines += [
+            "",
+            f"PSNR-Y (dB) against the 1280x720 original's luma, excluding the top-left {box[2]}x{box[3]} px"
+            f" frame-code area, on every {self.psnr_every}th source frame:",
+            f"  SR-on stream as received (1280x720):                 {_fmt(self.streams.get('sr', {}).get('psnr_y'), 2)}",
+            f"  SR-off stream as received, bicubic 2x:               {_fmt(self.streams.get('raw', {}).get('psnr_y'), 2)}",
+            f"  reference: sent 360p before compression, bicubic 2x: {_fmt(ref.get('bicubic_sent'), 2)}",
+            f"  SR on - SR off:                                      {_fmt(_gap(self.streams, 'psnr_y'), 2)}",
+        ]
+        if any(self.streams.get(n, {}).get("vmaf") is not None for n in ("sr", "raw")):
+            frames = self.streams.get("sr", {}).get("vmaf_frames")
+            lines += [
+                "",
+                f"VMAF / VMAF-NEG (libvmaf, v0.6.1 models) against the same originals, on {frames} of those frames:",
+                *(f"  {label:<40}{_fmt(self.streams.get(n, {}).get('vmaf'))} / "
+                  f"{_fmt(self.streams.get(n, {}).get('vmaf_neg'))}"
+                  for n, label in (("sr", "SR-on stream as received:"), ("raw", "SR-off stream as received, bicubic:"))),
+                f"  {'SR on - SR off:':<40}{_fmt(_gap(self.streams, 'vmaf'), 2)} / {_fmt(_gap(self.streams, 'vmaf_neg'), 2)}",
+            ]
+        gain = self.generator_gain
+        raw = self.streams.get("raw", {})
+        paired = self.paired or {}
+        if paired.get("frames"):
+            lines.append(f"  on the {paired['frames']} frames both streams returned: SR on {_fmt(paired.get('sr'), 2)},"
+                         f" SR off {_fmt(paired.get('raw'), 2)}, SR on - SR off "
+                         f"{_fmt(_minus(paired.get('sr'), paired.get('raw')), 2)}")
+        if gain and gain.get("frames"):
+            own = _minus(paired.get("generator"), paired.get("raw"))
+            kept = _kept(_minus(paired.get("sr"), paired.get("raw")), own)
+            lines += [
+                "",
+                f"The generator ({gain['model']}) run here on {gain['frames']} SR-off frames as received, as the server"
+                " ran it on the same decoded frames:",
+                f"  its own gain over bicubic:                           {_fmt(gain.get('gain_db'), 2)} dB"
+                f" ({_fmt(gain.get('model_psnr_y'), 2)} against {_fmt(gain.get('bicubic_psnr_y'), 2)}); on the paired"
+                f" frames {_fmt(own, 2)} dB",
+                f"  kept at the viewer (SR on - SR off) / its own gain:  {_fmt(kept, 2)}",
+                *([f"  in VMAF / VMAF-NEG: its own gain {_fmt(_minus(gain.get('model_vmaf'), raw.get('vmaf')), 2)} / "
+                   f"{_fmt(_minus(gain.get('model_vmaf_neg'), raw.get('vmaf_neg')), 2)}, kept "
+                   f"{_fmt(_kept(_gap(self.streams, 'vmaf'), _minus(gain.get('model_vmaf'), raw.get('vmaf'))), 2)} / "
+                   f"{_fmt(_kept(_gap(self.streams, 'vmaf_neg'), _minus(gain.get('model_vmaf_neg'), raw.get('vmaf_neg'))), 2)}"]
+                  if gain.get("model_vmaf") is not None else []),
+                f"  the return path's transparency, SR on as received against the generator's output:"
+                f" {_fmt(gain.get('return_encode_psnr_y'))} dB on {gain.get('encode_frames')} frames",
+            ]
+        lines += [
+            "",
+            "latency growth on the SR stream (last 5 s p50 - first 5 s p50): "
+            + _fmt(_diff(self.streams.get("sr", {}).get("latency_ms", {}))) + " ms",
+            "targets: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in self.targets().items()),
+        ]
+        return "\n".join(lines)
+
+
+    def _budget_lines(self) -> list[str]:
+        budget = self.budget()
+        if not budget:
+            return []
+        lines = ["", "server latency budget, ms p50 / p95 (receive = first packet to decoder; total = first packet to sent):",
+                 f"{'stream':<8}" + "".join(f"{stage:>15}" for stage in STAGES)]
+        for name, stages in budget.items():
+            cells = (f"{_fmt(stages[st]['p50'])} / {_fmt(stages[st]['p95'])}" for st in STAGES if st in stages)
+            lines.append(f"{name:<8}" + "".join(f"{cell:>15}" for cell in cells))
+        gov = self.governor()
+        if gov:
+            fast = f" ({gov['fast_frames']} of them the fast model, p50 {_fmt(gov['fast_ms_p50'])} ms)" \
+                if gov.get("fast_frames") else ""
+            lines.append(f"SR stage under load: {gov['mode']}, a model on {_fmt(gov['share'])} of frames now;"
+                         f" {gov['generator_frames']} model{fast} / {gov['bicubic_frames']} bicubic frames;"
+                         f" generator p50 {_fmt(gov['generator_ms_p50'])} ms against a {_fmt(gov['budget_ms'])} ms budget")
+        return lines
+
+
+def build_report(
+    url: str, session_id: str | None, uplink: NumberedTrack, fps: float, streams: dict[str, StreamStats],
+    source: Source, server_session: dict | None, psnr_every: int = 5, network: dict | None = None,
+) -> ProbeReport:
+    """Summarise the raw measurements."""
+    seconds = 0.0
+    if uplink.first_time is not None and uplink.last_time is not None:
+        seconds = uplink.last_time - uplink.first_time + 1.0 / fps
+    used = {rec.index for rec in uplink.sent.values() if rec.index in source.reference_psnr}
+    reference = [source.reference_psnr[i] for i in used]
+    skipped = server_session.get("skipped") if server_session else None
+    reports = {name: stats.report() for name, stats in streams.items()}
+    for name, stats in streams.items():
+        # A stream that stopped before the sender did must not look alive: the gap from its last frame to the
+        # last frame sent, and its frame rate over the whole run.
+        last_sent, last_seen = uplink.last_time, (stats.times[-1] if stats.times else uplink.first_time)
+        gap = max(0.0, last_sent - last_seen) * 1000.0 if last_sent is not None and last_seen is not None else None
+        reports[name]["trailing_gap_ms"] = rounded(gap)
+        reports[name]["fps_over_run"] = rounded(stats.frames / seconds) if seconds > 0 else None
+    return ProbeReport(
+        url=url,
+        session_id=session_id,
+        sent=uplink.count,
+        seconds=rounded(seconds) or 0.0,
+        fps=fps,
+        skipped=skipped,
+        streams=reports,
+        psnr_reference={"bicubic_sent": rounded(finite_mean(reference)), "frames": len(reference)},
+        source=source.description,
+        psnr_every=psnr_every,
+        server_session=server_session,
+        network=network,
+    )
+
+
+def cpu_between(before: dict | None, after: dict | None) -> dict | None:
+    """Cores the server used between two readings, and per session (the per-stream CPU cost)."""
+    if not before or not after:
+        return None
+    wall = after["monotonic_s"] - before["monotonic_s"]
+    if wall <= 0:
+        return None
+    cores = (after["cpu_s"] - before["cpu_s"]) / wall
+    sessions = max(1, int(after.get("sessions") or 1))
+    return {"seconds": rounded(wall), "cores_used": rounded(cores, 3), "sessions": sessions,
+            "cores_per_session": rounded(cores / sessions, 3),
+            "sessions_per_core": rounded(sessions / cores) if cores > 0 else None,
+            "machine_cores": after.get("cores")}
+
+
+def clients_summary(reports: Sequence[ProbeReport]) -> dict:
+    """Per-stream fps and latency of every client side by side, and their medians (the scale figures)."""
+    rows = []
+    for i, report in enumerate(reports):
+        row: dict = {"client": i, "session_id": report.session_id, "sent": report.sent, "skipped": report.skipped}
+        for name, stream in report.streams.items():
+            row[name] = {"frames": stream["frames"], "fps": stream["fps"], "latency_ms": stream["latency_ms"],
+                         "psnr_y": stream.get("psnr_y")}
+        gov = report.governor()
+        if gov:  # what this client's SR stage did under the shared load
+            row["governor"] = {k: gov.get(k) for k in ("mode", "tier", "share", "generator_frames", "fast_frames",
+                                                       "bicubic_frames", "switches")}
+        rows.append(row)
+    medians = {}
+    for name in ("sr", "raw"):
+        fps = [r[name]["fps"] for r in rows if name in r]
+        p95 = [r[name]["latency_ms"]["p95"] for r in rows if name in r and r[name]["latency_ms"]["p95"] is not None]
+        psnr = [r[name]["psnr_y"] for r in rows if name in r and r[name]["psnr_y"] is not None]
+        medians[name] = {"fps": rounded(percentile(fps, 50)), "latency_p95_ms": rounded(percentile(p95, 50)),
+                         "psnr_y": rounded(percentile(psnr, 50))}
+    # Client 0's sending window; the others sent over the same seconds.
+    return {"clients": len(reports), "per_client": rows, "median": medians,
+            "server_cpu": reports[0].server_cpu if reports else None}
+
+
+def rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def finite_mean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _diff(lat: dict) -> float | None:
+    first, last = lat.get("first5s_p50"), lat.get("last5s_p50")
+    return None if first is None or last is None else round(last - first, 2)
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def _kept(margin: float | None, gain: float | None) -> float | None:
+    """The share of the generator's own gain that reached the viewer."""
+    return None if margin is None or not gain or gain <= 0 else round(margin / gain, 2)
+
+
+def _gap(streams: dict, key: str) -> float | None:
+    """SR-on's figure minus SR-off's, when both were measured."""
+    on, off = streams.get("sr", {}).get(key), streams.get("raw", {}).get(key)
+    return None if on is None or off is None else round(on - off, 3)
+
+
+def _fmt(value: object, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _finite(value: object) -> object:
+    """JSON has no inf/NaN: such figures become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
