@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiortc import RTCPeerConnection
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
-from aiortc.rtp import pack_remb_fci, unpack_remb_fci
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 
 from srtc.server.bandwidth import RembCap, with_bandwidth
 

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from srtc.zoo import load_manifest
-from srtc.tools import bench
 from srtc.server.engine import plane_view
+from srtc.tools import bench
+from srtc.zoo import load_manifest
 
 PEERS = bench.SHARED / "peers"
 

@@ -12,8 +12,14 @@ import pytest
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from srtc.server.encoder import OPTIONS, ReturnVp8Encoder, install, measure, use_return_encoder
-from srtc.server.priority import lower_this_thread, per_thread_nice, process_nice, thread_nice
+from srtc.server.encoder import OPTIONS, ReturnVp8Encoder, install, use_return_encoder
+from srtc.server.priority import (
+    lower_this_thread,
+    per_thread_nice,
+    process_nice,
+    thread_nice,
+)
+from srtc.tools.encoder_bench import measure
 
 from .conftest import load_photo_rgb
 

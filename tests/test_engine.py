@@ -7,7 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from srtc.server.engine import BicubicUpscaler, ModelError, OnnxUpscaler, bicubic, plane_view
+from srtc.server.engine import (
+    BicubicUpscaler,
+    ModelError,
+    OnnxUpscaler,
+    bicubic,
+    plane_view,
+)
 from srtc.server.registry import open_model
 
 from .conftest import load_photo_rgb, photo_frame
@@ -101,8 +107,8 @@ def test_the_fast_model_is_the_manifests_fallback_and_can_be_turned_off(tmp_path
     an auto fallback whose file is gone: serve without the step (logged), never refuse to start."""
     import json
 
-    from srtc.zoo import MANIFEST_PATH, load_manifest
     from srtc.server.registry import describe, open_fast_model
+    from srtc.zoo import MANIFEST_PATH, load_manifest
 
     manifest = load_manifest()
     info = describe(None)

@@ -9,7 +9,12 @@ import av
 import numpy as np
 import pytest
 
-from srtc.server.forward import KEYFRAME_REQUEST_INTERVAL_S, QUEUE_FRAMES, ForwardTrack, TimestampUnwrapper
+from srtc.server.forward import (
+    KEYFRAME_REQUEST_INTERVAL_S,
+    QUEUE_FRAMES,
+    ForwardTrack,
+    TimestampUnwrapper,
+)
 
 from .conftest import photo_frame
 

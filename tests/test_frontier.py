@@ -5,7 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from srtc.tools.frontier import COLOURS, PANEL_W, Point, load_result, pareto, plot, points
+from srtc.tools.frontier import (
+    COLOURS,
+    PANEL_W,
+    Point,
+    load_result,
+    pareto,
+    plot,
+    points,
+)
 
 PIL = pytest.importorskip("PIL.Image")
 

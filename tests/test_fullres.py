@@ -242,7 +242,12 @@ def test_train_rejects_a_full_range_share_it_cannot_use(extra: list[str], messag
 def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
     """A short full-resolution ECB run: the loss falls, and the checkpoint exports and matches onnxruntime."""
     from srtc.training import train
-    from srtc.training.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
+    from srtc.training.export import (
+        TOLERANCE,
+        export_onnx,
+        load_checkpoint_model,
+        max_diff,
+    )
 
     data = shared_or_skip("data", "train", "BSDS200")
     args = train.make_parser().parse_args([

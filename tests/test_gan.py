@@ -76,7 +76,12 @@ def test_reparam_generator_fuses_under_budget_and_old_config_rebuilds() -> None:
 def test_fused_export_matches_torch(tmp_path: Path) -> None:
     import onnx
 
-    from srtc.training.export import TOLERANCE, export_onnx, load_checkpoint_model, max_diff
+    from srtc.training.export import (
+        TOLERANCE,
+        export_onnx,
+        load_checkpoint_model,
+        max_diff,
+    )
 
     torch.manual_seed(0)
     model = build({"widths": WIDTHS, "reparam": True})
@@ -413,7 +418,8 @@ def test_down_consistency_targets_the_lr_before_the_codec():
     import torch
     import torch.nn.functional as F
 
-    from srtc.training import gan, losses as L
+    from srtc.training import gan
+    from srtc.training import losses as L
 
     torch.manual_seed(0)
     hr = F.avg_pool2d(torch.rand(1, 1, 64, 64), 1)

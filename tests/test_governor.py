@@ -201,8 +201,8 @@ async def test_an_unslowed_generator_is_not_degraded(upscaler):
 async def test_a_slowed_generator_hands_its_frames_to_the_fast_model(upscaler, tmp_path):
     """The shipped generator slowed to 40 ms a frame, with the real int8 fallback as the fast model: frames
     go through the fast model (counted by the engine itself), not bicubic, and /stats-style figures say so."""
-    from srtc.zoo import load_manifest, resolve
     from srtc.server.engine import OnnxUpscaler
+    from srtc.zoo import load_manifest, resolve
 
     name = load_manifest()["models"][load_manifest()["default"]].get("fallback")
     if name is None:

@@ -20,7 +20,13 @@ from aiortc import RTCPeerConnection, VideoStreamTrack
 from srtc.server.__main__ import parse_command_line
 from srtc.server.app import NETWORK, create_app
 from srtc.server.config import ConfigError, NetworkConfig, ServerConfig
-from srtc.server.impairment import GilbertElliottLoss, Impairment, NetworkControl, attach, classify
+from srtc.server.impairment import (
+    GilbertElliottLoss,
+    Impairment,
+    NetworkControl,
+    attach,
+    classify,
+)
 from srtc.server.registry import describe
 
 N = 100_000

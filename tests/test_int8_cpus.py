@@ -23,10 +23,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from srtc.zoo import MANIFEST_PATH, load_manifest
-from srtc.training.quantize import SAFE_WEIGHT_LEVEL, conv_weights, saturating_convs
 from srtc.server.engine import OnnxUpscaler
 from srtc.server.selfcheck import MAX_LOSS_DB, check, check_pairs
+from srtc.training.quantize import SAFE_WEIGHT_LEVEL, conv_weights, saturating_convs
+from srtc.zoo import MANIFEST_PATH, load_manifest
 
 from .conftest import REPO
 

@@ -10,8 +10,8 @@ import asyncio
 
 from srtc.server.app import SESSIONS, create_app
 from srtc.server.config import ServerConfig
-from srtc.tools.probe import FULL_H, FULL_W, clients_summary, run_clients, run_probe
 from srtc.server.registry import describe
+from srtc.tools.probe import FULL_H, FULL_W, clients_summary, run_clients, run_probe
 
 from .conftest import serving
 

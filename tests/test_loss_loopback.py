@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from srtc.server.app import NETWORK, create_app
 from srtc.server.config import NetworkConfig, ServerConfig
-from srtc.tools.probe import run_probe
 from srtc.server.registry import describe
+from srtc.tools.probe import run_probe
 
 from .conftest import serving
 

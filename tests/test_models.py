@@ -176,8 +176,8 @@ def test_export_records_the_copy_out_of_the_run_folder(tmp_path: Path) -> None:
 @pytest.mark.shared
 def test_default_model_beats_bicubic() -> None:
     from srtc.training.evaluate import evaluate, load_samples, onnx_upscaler
-    from srtc.zoo import resolve
     from srtc.training.speed import make_session
+    from srtc.zoo import resolve
 
     sess = make_session(resolve(None))
     samples = load_samples(SET5)
@@ -213,7 +213,13 @@ def test_every_shipped_model_handles_full_range_grey_input(name: str) -> None:
     less). One case per model, so one failure never hides another."""
     import json
 
-    from srtc.training.evaluate import SHAVE, image_metrics, load_samples, onnx_upscaler, to_display
+    from srtc.training.evaluate import (
+        SHAVE,
+        image_metrics,
+        load_samples,
+        onnx_upscaler,
+        to_display,
+    )
     from srtc.training.imaging import psnr
 
     (bridge,) = [s for s in load_samples(DATA / "benchmarks" / "Set14") if s.name == "bridge"]

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from srtc.server.config import CLIENT_DIR
 from srtc.shared import SHARED
-from srtc.tools import framecode, probe, probe_source
+from srtc.tools import framecode, probe, probe_report, probe_source
 
 SAMPLES = CLIENT_DIR / "samples"
 SET14 = SHARED / "data" / "benchmarks" / "Set14"
@@ -51,29 +51,29 @@ def small_source() -> probe.Source:
 
 def test_percentile() -> None:
     values = list(range(1, 101))
-    assert probe.percentile(values, 50) == pytest.approx(50.5)
-    assert probe.percentile(values, 95) == pytest.approx(95.05)
-    assert probe.percentile([7.0], 95) == 7.0
-    assert probe.percentile([], 50) is None
+    assert probe_report.percentile(values, 50) == pytest.approx(50.5)
+    assert probe_report.percentile(values, 95) == pytest.approx(95.05)
+    assert probe_report.percentile([7.0], 95) == 7.0
+    assert probe_report.percentile([], 50) is None
 
 
 def test_frame_rate_over_the_receiving_span() -> None:
     times = [10.0 + 0.1 * i for i in range(11)]  # 11 frames over 1 s
-    assert probe.frame_rate(times) == pytest.approx(10.0)
-    assert probe.frame_rate([1.0]) == 0.0
-    assert probe.frame_rate([]) == 0.0
-    assert probe.frame_rate([2.0, 2.0]) == 0.0
+    assert probe_report.frame_rate(times) == pytest.approx(10.0)
+    assert probe_report.frame_rate([1.0]) == 0.0
+    assert probe_report.frame_rate([]) == 0.0
+    assert probe_report.frame_rate([2.0, 2.0]) == 0.0
 
 
 def test_latency_summary_windows_by_send_time() -> None:
     # 20 s of sending at 10 fps: latency 100 ms in the first half, 200 ms in the second.
     samples = [(t / 10, 100.0 if t < 100 else 200.0) for t in range(200)]
-    s = probe.latency_summary(samples)
+    s = probe_report.latency_summary(samples)
     assert s["first5s_p50"] == 100.0
     assert s["last5s_p50"] == 200.0
     assert s["max"] == 200.0
     assert s["p50"] == 150.0
-    empty = probe.latency_summary([])
+    empty = probe_report.latency_summary([])
     assert empty["p50"] is None and empty["first5s_p50"] is None
 
 
@@ -83,8 +83,8 @@ def test_latency_summary_windows_by_send_time() -> None:
 def test_psnr_known_error() -> None:
     a = np.full((72, 128), 100, np.uint8)
     b = a + np.uint8(10)  # MSE 100
-    assert probe.psnr_y(a, b) == pytest.approx(10 * math.log10(255**2 / 100))
-    assert probe.psnr_y(a, a) == math.inf
+    assert probe_source.psnr_y(a, b) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert probe_source.psnr_y(a, a) == math.inf
 
 
 def test_psnr_excludes_the_box() -> None:
@@ -94,9 +94,9 @@ def test_psnr_excludes_the_box() -> None:
     box = framecode.region(1280, 720, margin=probe.CODE_MARGIN)
     damaged = b.copy()
     damaged[box[1] : box[3], box[0] : box[2]] = 255 - damaged[box[1] : box[3], box[0] : box[2]]
-    clean = probe.psnr_y(a, b, box)
-    assert probe.psnr_y(a, damaged, box) == pytest.approx(clean)
-    assert probe.psnr_y(a, damaged) < clean - 10  # without the exclusion the box dominates
+    clean = probe_source.psnr_y(a, b, box)
+    assert probe_source.psnr_y(a, damaged, box) == pytest.approx(clean)
+    assert probe_source.psnr_y(a, damaged) < clean - 10  # without the exclusion the box dominates
 
     # Same as an explicit mask over the pixels outside the box.
     mask = np.ones(a.shape, bool)
@@ -108,9 +108,9 @@ def test_psnr_excludes_the_box() -> None:
 def test_psnr_rejects_bad_input() -> None:
     a = np.zeros((10, 10), np.uint8)
     with pytest.raises(ValueError):
-        probe.psnr_y(a, np.zeros((10, 12), np.uint8))
+        probe_source.psnr_y(a, np.zeros((10, 12), np.uint8))
     with pytest.raises(ValueError):
-        probe.psnr_y(a, a, (0, 0, 10, 10))
+        probe_source.psnr_y(a, a, (0, 0, 10, 10))
 
 
 # ----------------------------------------------------------------- the source
@@ -134,7 +134,7 @@ def test_load_source_from_a_folder(tmp_path: Path) -> None:
     for path in probe_source.image_files(src)[:2]:
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "notes.txt").write_text("not an image")
-    source = probe.load_source(folder, fps=5.0, psnr_every=5)
+    source = probe_source.load_source(folder, fps=5.0, psnr_every=5)
     assert len(source.sent) == round(probe_source.MAX_SOURCE_SECONDS * 5)
     assert all(f.shape == (540, 640) for f in source.sent)
     assert float(source.sent[0][:360].std()) > 15.0
@@ -174,7 +174,7 @@ def test_cover_fills_without_bars() -> None:
 
 
 async def test_numbered_track_numbers_and_clock(small_source: probe.Source) -> None:
-    track = probe.NumberedTrack(small_source, fps=50.0, duration_s=10.0)
+    track = probe_source.NumberedTrack(small_source, fps=50.0, duration_s=10.0)
     frames = [await track.recv() for _ in range(4)]
     assert [f.time_base for f in frames] == [Fraction(1, 90000)] * 4
     pts = [f.pts for f in frames]
@@ -196,8 +196,8 @@ def _with_code(source: probe.Source, index: int, number: int) -> np.ndarray:
 
 
 def test_measure_frame_sr_and_raw(small_source: probe.Source) -> None:
-    sent = {7: probe.SentFrame(time=100.0, index=2), 8: probe.SentFrame(time=100.1, index=3)}
-    raw, sr = probe.StreamStats("raw"), probe.StreamStats("sr")
+    sent = {7: probe_source.SentFrame(time=100.0, index=2), 8: probe_source.SentFrame(time=100.1, index=3)}
+    raw, sr = probe_report.StreamStats("raw"), probe_report.StreamStats("sr")
     y7 = _with_code(small_source, 2, 7)
     probe.measure_frame(raw, y7, 100.05, sent, small_source)
     up = cv2.resize(y7, (1280, 720), interpolation=cv2.INTER_CUBIC)
@@ -221,11 +221,11 @@ def test_measure_frame_sr_and_raw(small_source: probe.Source) -> None:
 
 
 def test_report_json_shape(small_source: probe.Source) -> None:
-    stats = probe.StreamStats("sr")
+    stats = probe_report.StreamStats("sr")
     stats.psnr.append(math.inf)
     report = probe.ProbeReport(
         url="http://x", session_id="abc", sent=10, seconds=1.0, fps=30.0, skipped=2,
-        streams={"sr": stats.report(), "raw": probe.StreamStats("raw").report()},
+        streams={"sr": stats.report(), "raw": probe_report.StreamStats("raw").report()},
         psnr_reference={"bicubic_sent": 40.0, "frames": 2}, source="test",
     )
     data = json.loads(report.to_json())
@@ -313,7 +313,7 @@ async def test_arrival_watch_maps_pts_back_to_the_marker_packet() -> None:
 
 
 async def test_numbered_track_stops_after_its_duration(small_source: probe.Source) -> None:
-    track = probe.NumberedTrack(small_source, fps=50.0, duration_s=0.1)
+    track = probe_source.NumberedTrack(small_source, fps=50.0, duration_s=0.1)
     for _ in range(5):
         await track.recv()
     with pytest.raises(asyncio.TimeoutError):
@@ -324,10 +324,10 @@ async def test_numbered_track_stops_after_its_duration(small_source: probe.Sourc
 def test_recovery_after_a_network_change() -> None:
     # 30 fps, a 600 ms hole just after the change at t=10, then steady again.
     times = [i / 30 for i in range(300)] + [10.6 + i / 30 for i in range(60)]
-    rec = probe.recovery_after(times, change_at=10.0, fps=30)
+    rec = probe_report.recovery_after(times, change_at=10.0, fps=30)
     assert rec["recovery_ms"] == pytest.approx(600.0, abs=1)
     assert rec["fps_from_1s_after"] == pytest.approx(30.0, abs=0.5)
-    steady = probe.recovery_after([i / 30 for i in range(600)], change_at=10.0, fps=30)
+    steady = probe_report.recovery_after([i / 30 for i in range(600)], change_at=10.0, fps=30)
     assert steady["recovery_ms"] == pytest.approx(0.0, abs=34)
 
 
@@ -357,9 +357,9 @@ def test_a_stream_that_stops_before_the_sender_is_reported_dead(small_source: pr
     the run say so, and the targets fail, where the frame rate over its own span alone would pass."""
     from srtc.tools.probe_report import build_report
 
-    uplink = probe.NumberedTrack(small_source, fps=30.0, duration_s=20.0)
+    uplink = probe_source.NumberedTrack(small_source, fps=30.0, duration_s=20.0)
     uplink.first_time, uplink.last_time, uplink.count = 100.0, 120.0, 600
-    streams = {name: probe.StreamStats(name) for name in ("sr", "raw")}
+    streams = {name: probe_report.StreamStats(name) for name in ("sr", "raw")}
     for i in range(600):
         t = 100.0 + i / 30.0
         streams["raw"].times.append(t)

@@ -8,6 +8,7 @@ skips with the reason when ../shared (or $SRTC_SHARED) is absent.
 from __future__ import annotations
 
 import argparse
+
 import numpy as np
 import onnx
 import pytest

@@ -13,12 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from onnx import numpy_helper
 
-from srtc.zoo import MANIFEST_PATH, load_manifest
 from srtc.server.app import create_app
 from srtc.server.config import ServerConfig
 from srtc.server.engine import BicubicUpscaler, OnnxUpscaler
 from srtc.server.registry import open_fast_model, open_model
 from srtc.server.selfcheck import check, check_pairs, psnr_y
+from srtc.zoo import MANIFEST_PATH, load_manifest
 
 DEFAULT = load_manifest()["default"]
 

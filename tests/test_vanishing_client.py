@@ -9,8 +9,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from srtc.server.app import SESSIONS, create_app
 from srtc.server.config import ServerConfig
-from srtc.tools.probe import NumberedTrack, load_source, post_offer, run_probe, wait_connected
 from srtc.server.registry import describe
+from srtc.tools.probe import load_source, post_offer, run_probe, wait_connected
+from srtc.tools.probe_source import NumberedTrack
 
 from .conftest import serving
 

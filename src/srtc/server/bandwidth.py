@@ -19,8 +19,7 @@ import logging
 from collections.abc import Callable
 
 from aiortc import RTCRtpReceiver
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
-from aiortc.rtp import pack_remb_fci, unpack_remb_fci
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 aiortc opens libvpx with ``noise-sensitivity 4``, a temporal denoiser meant for camera noise. On the
 frames this server sends back (decoded, then upscaled) it only blurs what the generator restored, and
-it costs encode time. ``python -m srtc.server.encoder`` measures both settings side by side on the same
+it costs encode time. ``python -m srtc.tools.encoder_bench`` measures both settings side by side on the same
 frames; docs/BENCHMARKS.md has the figures (the denoiser off: faster, and a higher PSNR-Y of the
 decoded stream against the frames the encoder was given). A faster ``cpu-used`` (-10, -12) was
 tried and rejected: on detailed content it lost up to 1 dB at the same bitrate.
@@ -16,22 +16,17 @@ settings plus :data:`OPTIONS`; aiortc's ``encode`` then finds a matching context
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import multiprocessing
-import statistics
-import sys
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import av
-import numpy as np
-from aiortc.codecs.vpx import MAX_FRAME_RATE, Vp8Encoder, VpxPayloadDescriptor, number_of_threads
+from aiortc.codecs.vpx import MAX_FRAME_RATE, Vp8Encoder, number_of_threads
 
 from .metrics import ByteRate
 from .priority import lower_this_thread
@@ -248,69 +243,3 @@ def use_return_encoder(sender: Any, nice: int = 0, ceiling: Callable[[], int | N
         return await inner(codec)
 
     sender._next_encoded_frame = next_encoded_frame
-
-
-# ------------------------------------------------------------------ the side-by-side measurement
-
-
-def measure(encoder: Vp8Encoder, frames: Sequence[av.VideoFrame]) -> dict:
-    """Encode ``frames`` as a sender would, decode the payloads; encode ms per frame and PSNR-Y of the result.
-
-    The first 4 frames (the keyframe and the rate control settling) are left out of both figures.
-    """
-    decoder = av.CodecContext.create("libvpx", "r")
-    times, scores = [], []
-    for frame in frames:
-        started = time.perf_counter()
-        payloads, _ = encoder.encode(frame)
-        times.append((time.perf_counter() - started) * 1000.0)
-        data = b"".join(VpxPayloadDescriptor.parse(p)[1] for p in payloads)
-        for out in decoder.decode(av.Packet(data)):
-            a = out.to_ndarray(format="gray").astype(np.float64)
-            b = frame.to_ndarray(format="gray").astype(np.float64)
-            scores.append(10.0 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-10)))
-    return {"encode_ms_p50": round(statistics.median(times[4:]), 2), "psnr_y": round(float(np.mean(scores[4:])), 2),
-            "frames": len(frames)}
-
-
-def upscaled_frames(count: int) -> tuple[list[av.VideoFrame], str]:
-    """Real 640x360 frames (the bench's BBB clip or the page's samples), bicubic x2: what the SR track sends."""
-    from srtc.tools.bench import load_frames
-    from .engine import BicubicUpscaler
-
-    small, source = load_frames(count)
-    bicubic = BicubicUpscaler()
-    frames = []
-    for i, frame in enumerate(small):
-        big = bicubic.upscale(frame)
-        big.pts, big.time_base = i * 3000, Fraction(1, 90000)
-        frames.append(big)
-    return frames, source
-
-
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m srtc.server.encoder",
-                                 description="aiortc's VP8 settings against the return encoder's, on the same 720p frames")
-    ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--kbps", type=int, nargs="+", default=[500, 1500], help="CBR targets (the return encoder clamps them to its 720p limits, srtc.server.return_rate)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    frames, source = upscaled_frames(args.frames)
-    rows = []
-    for kbps in args.kbps:
-        for name, make in (("aiortc", Vp8Encoder), ("return", ReturnVp8Encoder)):
-            encoder = make()
-            encoder.target_bitrate = kbps * 1000
-            row = {"encoder": name, "kbps": kbps, **measure(encoder, frames)}
-            rows.append(row)
-            log.info("%-7s %5d kbps: encode %6.2f ms p50, decoded PSNR-Y %.2f dB", name, kbps, row["encode_ms_p50"],
-                     row["psnr_y"])
-    result = {"source": source, "size": "1280x720", "options": OPTIONS, "rows": rows}
-    if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    return result
-
-
-if __name__ == "__main__":
-    main()

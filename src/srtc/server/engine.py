@@ -13,15 +13,12 @@ from typing import Protocol
 import av
 import cv2
 import numpy as np
-import onnxruntime as ort
+
+from srtc.runtime import LumaRunner, ModelError
 
 log = logging.getLogger(__name__)
 
 SCALE = 2
-
-
-class ModelError(RuntimeError):
-    """The model file is missing, unreadable or does not follow the ONNX contract."""
 
 
 def plane_view(frame: av.VideoFrame, index: int) -> np.ndarray:
@@ -91,26 +88,18 @@ class OnnxUpscaler:
     def __init__(self, model_path: Path, threads: int = 2, name: str | None = None) -> None:
         self.path = Path(model_path)
         self.name = name or self.path.stem
-        self.session = _open_session(self.path, threads)
-        self._input = self.session.get_inputs()[0].name
-        self._output = self.session.get_outputs()[0].name
+        self.runner = LumaRunner(self.path, threads)
         self._check_contract()
 
     def upscale_luma(self, y: np.ndarray) -> np.ndarray:
         """uint8 ``(H, W)`` luma in, uint8 ``(2H, 2W)`` out."""
-        x = y.astype(np.float32)[None, None]
-        x *= 1.0 / 255.0
-        (sr,) = self.session.run([self._output], {self._input: x})
-        return to_u8(sr[0, 0])
+        return to_u8(self.runner(y))
 
     def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
         return upscale_frame(frame, self.upscale_luma)
 
     def _check_contract(self) -> None:
         """Run a small real-looking input once, so a model that breaks the contract fails at start-up."""
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ModelError(f"{self.path}: expected one [1,1,H,W] input, got {[i.shape for i in inputs]}")
         ramp = np.add.outer(np.arange(24), np.arange(32)).astype(np.uint8) * 4
         out = self.upscale_luma(ramp)
         if out.shape != (48, 64):
@@ -131,22 +120,3 @@ def upscale_frame(frame: av.VideoFrame, upscale_luma) -> av.VideoFrame:
     u = bicubic(plane_view(frame, 1))
     v = bicubic(plane_view(frame, 2))
     return assemble(y, u, v, like=frame)
-
-
-def _open_session(path: Path, threads: int) -> ort.InferenceSession:
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Idle intra-op threads would spin-wait for work; on cores shared with the decoder and the encoder
-    # that burns the time they need. Measured on this 2-core machine under load, 2 threads: 27.6 ms of
-    # CPU per frame without spinning against 39.6 ms with it, and a lower wall time too.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-        raise ModelError(f"cannot load model {path}: {exc}") from exc

@@ -57,7 +57,14 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpreceiver import NackGenerator
 
 from .budget import ArrivalLog
-from .jitter import COUNTERS, Actions, AssembledFrame, FrameAssembler, Policy, SUPPORTED_CODECS
+from .jitter import (
+    COUNTERS,
+    SUPPORTED_CODECS,
+    Actions,
+    AssembledFrame,
+    FrameAssembler,
+    Policy,
+)
 
 log = logging.getLogger(__name__)
 

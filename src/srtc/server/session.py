@@ -15,21 +15,26 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamError
 
 from .bandwidth import RembCap, with_bandwidth
 from .budget import ArrivalLog, time_encoding
-from .engine import Upscaler
 from .encoder import use_return_encoder
-from .return_rate import ReturnBitrates
+from .engine import Upscaler
 from .fanout import FrameFanout, LatestFrame
 from .forward import ForwardTrack
 from .governor import GovernorPolicy, LoadGovernor
 from .impairment import NetworkControl, SessionPath
 from .jitter import Policy
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
+from .return_rate import ReturnBitrates
 from .sr_track import RawTrack, SlotTrack, SuperResolutionTrack
 
 log = logging.getLogger(__name__)

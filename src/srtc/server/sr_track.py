@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor
 from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import av

@@ -45,12 +45,12 @@ import cv2
 import numpy as np
 import onnx
 
-from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
-from srtc.training.peers import export_peers
-
+from srtc.runtime import open_session
 from srtc.server.config import CLIENT_DIR
-from srtc.shared import SHARED
 from srtc.server.engine import BicubicUpscaler, OnnxUpscaler, plane_view
+from srtc.shared import SHARED
+from srtc.training.peers import export_peers
+from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
 
 log = logging.getLogger(__name__)
 
@@ -126,17 +126,11 @@ def _tensor_shapes(model: onnx.ModelProto, names: set[str], channels: int, heigh
 
     Shape inference alone is not enough: exported graphs pad to a multiple with computed sizes.
     """
-    import onnxruntime as ort
-
     model = onnx.ModelProto.FromString(model.SerializeToString())
     present = {o.name for o in model.graph.output}
     wanted = sorted(names - present)
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sess = open_session(model.SerializeToString(), threads=1, optimize=False)
     x = np.full((1, channels, height, width), 0.5, np.float32)
     outputs = [o.name for o in sess.get_outputs()]
     values = sess.run(outputs, {sess.get_inputs()[0].name: x})

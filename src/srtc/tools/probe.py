@@ -18,30 +18,45 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
 import av
 import cv2
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from srtc.training.vmaf import FrameBank, VmafUnavailable, ffmpeg_with_libvmaf
-from . import framecode
 from srtc.server.engine import Upscaler, plane_view
-from srtc.server.metrics import FreezeDetector, percentile
-from .probe_report import (ProbeReport, build_report, clients_summary, cpu_between, finite_mean,
-                                 frame_rate, latency_summary, recovery_after, rounded)
-from .probe_source import CODE_MARGIN, FULL_H, FULL_W, SENT_H, Source, SourceError, load_source, psnr_y
 from srtc.server.receiver import attach as attach_resilient
 from srtc.server.receiver import sender_rtt_ms
+from srtc.training.vmaf import FrameBank, VmafUnavailable, ffmpeg_with_libvmaf
+
+from . import framecode
+from .probe_report import (
+    ProbeReport,
+    StreamStats,
+    build_report,
+    clients_summary,
+    cpu_between,
+    finite_mean,
+    recovery_after,
+    rounded,
+)
+from .probe_source import (
+    CODE_MARGIN,
+    FULL_H,
+    FULL_W,
+    NumberedTrack,
+    SentFrame,
+    Source,
+    SourceError,
+    load_source,
+    psnr_y,
+)
 
 log = logging.getLogger("server.probe")
 
-CLOCK_RATE = 90_000  # RTP video clock: pts unit
 STREAM_INDEX = {1: "sr", 2: "raw"}  # transceiver index -> stream name (0 is the uplink)
 
 
@@ -50,65 +65,6 @@ class ProbeError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- sending
-
-
-@dataclass
-class SentFrame:
-    """What the receive side needs to know about a sent frame."""
-
-    time: float  # time.monotonic() when the frame was handed to the encoder
-    index: int  # source frame index (picks the PSNR original)
-
-
-class NumberedTrack(VideoStreamTrack):
-    """The uplink: source frames at ``fps``, each with its number drawn in, pts on the 90 kHz clock."""
-
-    kind = "video"
-
-    def __init__(self, source: Source, fps: float, duration_s: float) -> None:
-        super().__init__()
-        self.source = source
-        self.period = 1.0 / fps
-        self.duration_s = duration_s
-        self.sent: dict[int, SentFrame] = {}  # wrapped frame number -> send record
-        self.count = 0
-        self.first_time: float | None = None
-        self.last_time: float | None = None
-        self.done = asyncio.Event()
-        self._next: float | None = None
-
-    async def recv(self) -> av.VideoFrame:  # type: ignore[override]
-        now = time.monotonic()
-        if self._next is None:
-            self._next = now
-        if self.first_time is not None and self._next - self.first_time > self.duration_s - self.period / 2:
-            self.done.set()
-            await asyncio.Event().wait()  # sending is over; aiortc cancels this on close
-        wait = self._next - now
-        if wait > 0:
-            await asyncio.sleep(wait)
-        elif wait < -2 * self.period:
-            self._next = now  # the encoder fell behind: drop the backlog rather than burst
-        self._next += self.period
-        return self._make_frame()
-
-    def _make_frame(self) -> av.VideoFrame:
-        now = time.monotonic()
-        if self.first_time is None:
-            self.first_time = now
-        elapsed = now - self.first_time
-        index = self.source.index_for(elapsed)
-        yuv = self.source.sent[index].copy()
-        number = self.count % framecode.MODULUS
-        framecode.embed(yuv[:SENT_H], number)
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        frame.pts = int(round(elapsed * CLOCK_RATE))
-        frame.time_base = Fraction(1, CLOCK_RATE)
-        self.count += 1
-        sent_at = time.monotonic()
-        self.sent[number] = SentFrame(sent_at, index)
-        self.last_time = sent_at
-        return frame
 
 
 # --------------------------------------------------------------------------- receiving
@@ -147,57 +103,6 @@ class ArrivalWatch:
         if origin is None or pts is None:
             return None
         return self.times.pop((origin + pts) % (1 << 32), None)
-
-
-@dataclass
-class StreamStats:
-    """Everything measured on one returned stream."""
-
-    name: str
-    frames: int = 0
-    width: int = 0
-    height: int = 0
-    sizes: dict[str, int] = field(default_factory=dict)
-    times: list[float] = field(default_factory=list)
-    latencies: list[tuple[float, float]] = field(default_factory=list)  # (send time, ms)
-    arrival_latencies: list[float] = field(default_factory=list)  # ms, to the last RTP packet
-    psnr: list[float] = field(default_factory=list)
-    psnr_of: dict[int, float] = field(default_factory=dict)  # frame number -> its PSNR-Y, for paired figures
-    unreadable: int = 0  # no intact frame code
-    unknown: int = 0  # a code for a number never sent
-    repeats: int = 0  # the same number again (a frame sent back twice)
-    out_of_order: int = 0  # a number lower than one already received (frames must come back in order)
-    last_number: int = -1
-    seen: set[int] = field(default_factory=set)
-    freezes: FreezeDetector = field(default_factory=FreezeDetector)
-    vmaf_bank: FrameBank | None = None  # the measured frames and their originals, for VMAF at the end (shared)
-    vmaf: dict | None = None  # {"vmaf", "vmaf_neg", "frames"} once scored
-
-    def report(self) -> dict:
-        return {
-            "frames": self.frames,
-            "width": self.width,
-            "height": self.height,
-            "fps": rounded(frame_rate(self.times)),
-            "latency_ms": latency_summary(self.latencies),
-            "arrival_latency_ms": {
-                "p50": rounded(percentile(self.arrival_latencies, 50)),
-                "p95": rounded(percentile(self.arrival_latencies, 95)),
-            },
-            "psnr_y": rounded(finite_mean(self.psnr)),
-            "psnr_frames": len(self.psnr),
-            "vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
-            "vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None,
-            "vmaf_frames": self.vmaf.get("frames", 0) if self.vmaf else 0,
-            "numbered": len(self.seen),
-            "unreadable": self.unreadable,
-            "unknown": self.unknown,
-            "repeats": self.repeats,
-            "out_of_order": self.out_of_order,
-            "last_number": self.last_number,
-            "sizes": dict(self.sizes),
-            "freezes": self.freezes.stats(),
-        }
 
 
 def luma_plane(frame: av.VideoFrame) -> np.ndarray:
@@ -676,8 +581,8 @@ def open_generator(choice: str) -> Upscaler | None:
     """The model ``--model`` names (one thread: the probe shares the machine), or None for 'none'."""
     if choice == "none":
         return None
-    from srtc.zoo import resolve
     from srtc.server.engine import ModelError, OnnxUpscaler
+    from srtc.zoo import resolve
 
     try:
         path = resolve(None if choice == "default" else choice)

@@ -9,18 +9,24 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import framecode
 from srtc.server.budget import STAGES
-from srtc.server.metrics import percentile
-from .probe_source import CODE_MARGIN, FULL_H, FULL_W, SENT_H, SENT_W, Source
+from srtc.server.metrics import FreezeDetector, percentile
+from srtc.training.vmaf import FrameBank
 
-if TYPE_CHECKING:  # only for annotations: the probe module imports this one
-    from .probe import NumberedTrack, StreamStats
+from . import framecode
+from .probe_source import (
+    CODE_MARGIN,
+    FULL_H,
+    FULL_W,
+    SENT_H,
+    SENT_W,
+    NumberedTrack,
+    Source,
+)
 
 GROWTH_WINDOW_S = 5.0
 
@@ -385,3 +391,52 @@ def _finite(value: object) -> object:
     return value
 
 
+@dataclass
+class StreamStats:
+    """Everything measured on one returned stream."""
+
+    name: str
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (send time, ms)
+    arrival_latencies: list[float] = field(default_factory=list)  # ms, to the last RTP packet
+    psnr: list[float] = field(default_factory=list)
+    psnr_of: dict[int, float] = field(default_factory=dict)  # frame number -> its PSNR-Y, for paired figures
+    unreadable: int = 0  # no intact frame code
+    unknown: int = 0  # a code for a number never sent
+    repeats: int = 0  # the same number again (a frame sent back twice)
+    out_of_order: int = 0  # a number lower than one already received (frames must come back in order)
+    last_number: int = -1
+    seen: set[int] = field(default_factory=set)
+    freezes: FreezeDetector = field(default_factory=FreezeDetector)
+    vmaf_bank: FrameBank | None = None  # the measured frames and their originals, for VMAF at the end (shared)
+    vmaf: dict | None = None  # {"vmaf", "vmaf_neg", "frames"} once scored
+
+    def report(self) -> dict:
+        return {
+            "frames": self.frames,
+            "width": self.width,
+            "height": self.height,
+            "fps": rounded(frame_rate(self.times)),
+            "latency_ms": latency_summary(self.latencies),
+            "arrival_latency_ms": {
+                "p50": rounded(percentile(self.arrival_latencies, 50)),
+                "p95": rounded(percentile(self.arrival_latencies, 95)),
+            },
+            "psnr_y": rounded(finite_mean(self.psnr)),
+            "psnr_frames": len(self.psnr),
+            "vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
+            "vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None,
+            "vmaf_frames": self.vmaf.get("frames", 0) if self.vmaf else 0,
+            "numbered": len(self.seen),
+            "unreadable": self.unreadable,
+            "unknown": self.unknown,
+            "repeats": self.repeats,
+            "out_of_order": self.out_of_order,
+            "last_number": self.last_number,
+            "sizes": dict(self.sizes),
+            "freezes": self.freezes.stats(),
+        }

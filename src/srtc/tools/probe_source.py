@@ -7,16 +7,19 @@ low while it measures.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
+from aiortc import VideoStreamTrack
 
 from srtc.server.config import CLIENT_DIR
 from srtc.shared import SHARED
@@ -25,6 +28,7 @@ from . import framecode
 
 log = logging.getLogger("server.probe")
 
+CLOCK_RATE = 90_000  # RTP video clock: pts unit
 DEFAULT_VIDEO = SHARED / "data" / "video" / "bbb_opening_720p24_00-15s.webm"
 SAMPLES_DIR = CLIENT_DIR / "samples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -229,3 +233,63 @@ def load_source(path: str | Path | None, fps: float, psnr_every: int = 5) -> Sou
     return source
 
 
+# --------------------------------------------------------------------------- the uplink
+
+
+@dataclass
+class SentFrame:
+    """What the receive side needs to know about a sent frame."""
+
+    time: float  # time.monotonic() when the frame was handed to the encoder
+    index: int  # source frame index (picks the PSNR original)
+
+
+class NumberedTrack(VideoStreamTrack):
+    """The uplink: source frames at ``fps``, each with its number drawn in, pts on the 90 kHz clock."""
+
+    kind = "video"
+
+    def __init__(self, source: Source, fps: float, duration_s: float) -> None:
+        super().__init__()
+        self.source = source
+        self.period = 1.0 / fps
+        self.duration_s = duration_s
+        self.sent: dict[int, SentFrame] = {}  # wrapped frame number -> send record
+        self.count = 0
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+        self.done = asyncio.Event()
+        self._next: float | None = None
+
+    async def recv(self) -> av.VideoFrame:  # type: ignore[override]
+        now = time.monotonic()
+        if self._next is None:
+            self._next = now
+        if self.first_time is not None and self._next - self.first_time > self.duration_s - self.period / 2:
+            self.done.set()
+            await asyncio.Event().wait()  # sending is over; aiortc cancels this on close
+        wait = self._next - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        elif wait < -2 * self.period:
+            self._next = now  # the encoder fell behind: drop the backlog rather than burst
+        self._next += self.period
+        return self._make_frame()
+
+    def _make_frame(self) -> av.VideoFrame:
+        now = time.monotonic()
+        if self.first_time is None:
+            self.first_time = now
+        elapsed = now - self.first_time
+        index = self.source.index_for(elapsed)
+        yuv = self.source.sent[index].copy()
+        number = self.count % framecode.MODULUS
+        framecode.embed(yuv[:SENT_H], number)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = int(round(elapsed * CLOCK_RATE))
+        frame.time_base = Fraction(1, CLOCK_RATE)
+        self.count += 1
+        sent_at = time.monotonic()
+        self.sent[number] = SentFrame(sent_at, index)
+        self.last_time = sent_at
+        return frame

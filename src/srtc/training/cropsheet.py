@@ -28,9 +28,17 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import imaging, quality
-from .evaluate import SCALE, VIDEO_CODECS, Upscaler, load_clip, onnx_upscaler, to_display
 from srtc.zoo import resolve
+
+from . import imaging, quality
+from .evaluate import (
+    SCALE,
+    VIDEO_CODECS,
+    Upscaler,
+    load_clip,
+    onnx_upscaler,
+    to_display,
+)
 
 log = logging.getLogger(__name__)
 

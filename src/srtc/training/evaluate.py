@@ -55,8 +55,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import imaging, quality
+from srtc.runtime import LumaRunner
 from srtc.zoo import resolve
+
+from . import imaging, quality
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +144,7 @@ def evaluate(samples: list[Sample], upscale: Upscaler, full: bool = False) -> di
 
 def onnx_upscaler(path: str | Path, threads: int = 2) -> Upscaler:
     """Run an ONNX model under the contract (input "lr" [1,1,h,w] luma/255)."""
-    from .speed import make_session
-
-    sess = make_session(path, threads)
-
-    def run(lr_y: np.ndarray) -> np.ndarray:
-        x = (lr_y.astype(np.float32) / 255.0)[None, None]
-        return sess.run(["sr"], {"lr": x})[0][0, 0]
-
-    return run
+    return LumaRunner(path, threads)
 
 
 def bicubic_luma(lr_y: np.ndarray) -> np.ndarray:

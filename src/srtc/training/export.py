@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from srtc.runtime import open_session
+from srtc.zoo import MANIFEST_PATH
+
 from .arch import QuarterResSR, checkpoint_generator, count_macs, count_params, fused
 from .graph import OPSET, quarter_res_graph
-from srtc.zoo import MANIFEST_PATH
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def max_diff(model: nn.Module, path: str | Path,
     outside 0..1 (qres_x2_wide: +-470), where float32 accumulation order alone differs by ~1e-6 of the
     value; on real frames both runtimes agree to 2e-7.
     """
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = open_session(path)
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     model = model.eval().cpu()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import NEGATIVE_SLOPE, activate, start_as_nearest
+from .layers import NEGATIVE_SLOPE, activate, start_as_nearest
 from .reparam import ECB
 
 

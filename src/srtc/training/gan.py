@@ -63,7 +63,14 @@ from . import losses as L
 from .arch import build, count_macs, count_params, fused
 from .discriminator import PatchDiscriminator
 from .evaluate import evaluate, load_samples
-from .train import checkpoint, cosine_lr, load_training_data, save, temporal_loss, torch_upscaler
+from .train import (
+    checkpoint,
+    cosine_lr,
+    load_training_data,
+    save,
+    temporal_loss,
+    torch_upscaler,
+)
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from srtc.runtime import LumaRunner
+
 log = logging.getLogger(__name__)
 
 # BT.601 limited range: Y = 16 + 219 * (kr R + kg G + kb B) on 0..255, with RGB in 0..1 (k sums to 1).
@@ -560,9 +562,7 @@ def max_error(model, reference, onnx_path: Path) -> float:
     """Largest |ONNX - reference| and |rebuild - reference| over real-ish sizes (odd ones included)."""
     import torch
 
-    from .evaluate import onnx_upscaler
-
-    run = onnx_upscaler(onnx_path, 1)
+    run = LumaRunner(onnx_path, 1)
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for h, w in ((36, 64), (37, 51)):
@@ -642,7 +642,6 @@ class PeerUpscaler:
 def peer_upscalers(peers: Path, workdir: Path, threads: int = 2,
                    only: tuple[str, ...] | None = None) -> tuple[list[PeerUpscaler], list[dict]]:
     """Every runnable peer under ``peers`` as a luma upscaler; the rest as skips with reasons."""
-    from .evaluate import onnx_upscaler
 
     peers = Path(peers)
     if not peers.is_dir():
@@ -653,5 +652,5 @@ def peer_upscalers(peers: Path, workdir: Path, threads: int = 2,
         if not peer.ok:
             skipped.append({"name": peer.name, "reason": f"ONNX differs from its reference by {peer.error:.1e}"})
             continue
-        found.append(PeerUpscaler(peer.name, onnx_upscaler(peer.onnx_path, threads), peer.params, peer.note))
+        found.append(PeerUpscaler(peer.name, LumaRunner(peer.onnx_path, threads), peer.params, peer.note))
     return found, skipped

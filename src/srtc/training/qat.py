@@ -46,7 +46,14 @@ from .evaluate import evaluate, load_samples
 from .export import load_checkpoint_model
 from .fullres import FullResSR
 from .graph import outer_scope_producers
-from .train import LOSSES, checkpoint, cosine_lr, load_training_data, save, torch_upscaler
+from .train import (
+    LOSSES,
+    checkpoint,
+    cosine_lr,
+    load_training_data,
+    save,
+    torch_upscaler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +346,12 @@ def export_int8(qmodel: QuantSR, out: Path, calibration: list[np.ndarray]) -> Pa
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .export import export_onnx
-    from .quantize import SAFE_WEIGHT_LEVEL, LumaReader, saturating_convs, widen_first_conv
+    from .quantize import (
+        SAFE_WEIGHT_LEVEL,
+        LumaReader,
+        saturating_convs,
+        widen_first_conv,
+    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -547,8 +559,9 @@ def load_qmodel(path: str | Path) -> QuantSR:
 
 def export_and_gate(qmodel: QuantSR, args: argparse.Namespace, command: str) -> bool:
     """Export int8, compare with the fp32 base (PSNR per folder, speed), register if it passes."""
-    from . import quantize as Q
     from srtc.zoo import resolve
+
+    from . import quantize as Q
 
     out = Path(args.export)
     calib = Q.calibration_lumas(args.calib_frames, 0)
@@ -585,8 +598,9 @@ def register_fallback(base: str, out: Path, res, ref, command: str) -> None:
     Not an int8 *variant* (it misses the 0.1 dB gate): the server only runs it for the frames the
     governor would otherwise send as bicubic, and the manifest entry says how much it loses.
     """
-    from .export import update_manifest
     from srtc.zoo import MANIFEST_PATH, load_manifest
+
+    from .export import update_manifest
 
     manifest = load_manifest()
     src = manifest["models"][base]

@@ -34,14 +34,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
-from . import imaging
-from .graph import outer_scope_producers
 from srtc.shared import SHARED
 from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
+
+from . import imaging
+from .graph import outer_scope_producers
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from srtc.runtime import open_session
 from srtc.zoo import resolve
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,7 @@ log = logging.getLogger(__name__)
 
 def make_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     """CPU session with the server's settings (fixed thread count, full graph optimisation)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as srtc.server.engine
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return open_session(path, threads)
 
 
 def time_model(path: str | Path, height: int = 360, width: int = 640, threads: int = 2,

@@ -343,7 +343,9 @@ def load_training_data(args: argparse.Namespace, device: torch.device | None = N
             raise SystemExit("--teacher works on --data (clean pairs), not on a --pairs cache")
         if full_range:
             raise SystemExit("--full-range works on --data (clean pairs), not on a --pairs cache")
-        from .degrade import CodecPatchPairs  # imports PyAV; only needed for codec-aware training
+        from .degrade import (
+            CodecPatchPairs,  # imports PyAV; only needed for codec-aware training
+        )
 
         return CodecPatchPairs(args.pairs, args.patch, args.limit_images, seed=args.seed)
     if not 0.0 <= full_range <= 1.0:
