@@ -26,10 +26,10 @@ def _row(name, kind, ms, set5, set14, threads=2, precision="fp32"):
 # Figures of docs/BENCHMARKS.md's session-4 run (2 threads), so the picture is of a real table.
 RESULT = {"date": "2026-11-29T13:46:00Z", "machine": {"cpu": "AMD EPYC"}, "rows": [
     _row("bicubic (OpenCV)", "baseline", 0.8, 33.67, 30.23),
-    _row("qres_x2_v2", "project", 11.9, 36.42, 32.23),
+    _row("fidelity_fast_x2", "project", 11.9, 36.42, 32.23),
     _row("qres_x2_v3", "project", 13.9, 36.50, 32.27),
-    _row("qres_x2_v2_int8", "project", 8.7, 36.19, 32.07, precision="int8"),
-    _row("qres_x2_v2", "project", 19.2, 36.42, 32.23, threads=1),
+    _row("fidelity_fast_x2_int8", "project", 8.7, 36.19, 32.07, precision="int8"),
+    _row("fidelity_fast_x2", "project", 19.2, 36.42, 32.23, threads=1),
     _row("ETDS-M5C16", "peer", 44.1, 37.14, 32.65),
     _row("ECBSR-M4C16", "peer", 57.3, 37.09, 32.59),
     _row("ESPCN-RGB", "peer", 63.2, 36.83, 32.49),
@@ -43,7 +43,7 @@ def test_the_front_keeps_only_rows_nothing_beats_on_both_time_and_psnr():
     peers = pareto([p for p in pts if p.kind == "peer"])
     assert [p.name for p in peers] == ["ETDS-M5C16"]  # faster and better than the other three
     ours = pareto([p for p in pts if p.kind == "project"])
-    assert [p.name for p in ours] == ["qres_x2_v2_int8", "qres_x2_v2", "qres_x2_v3"]
+    assert [p.name for p in ours] == ["fidelity_fast_x2_int8", "fidelity_fast_x2", "qres_x2_v3"]
     tie = pareto([Point("a", "peer", 10, 30.0), Point("b", "peer", 10, 31.0), Point("c", "peer", 20, 31.0)])
     assert [p.name for p in tie] == ["b"]  # same time: the better one; same PSNR later: dominated
 
@@ -69,7 +69,7 @@ def test_plot_refuses_a_run_without_psnr_and_reads_bench_output(tmp_path):
         plot(bare, tmp_path / "f.png")
     out = tmp_path / "bench.out"
     out.write_text("model prec thr ...\nqres_x2_v2 fp32 2 ...\n" + json.dumps(RESULT) + "\n")
-    assert load_result(out)["rows"][1]["name"] == "qres_x2_v2"
+    assert load_result(out)["rows"][1]["name"] == "fidelity_fast_x2"
     out.write_text("no json here\n")
     with pytest.raises(ValueError, match="no JSON"):
         load_result(out)

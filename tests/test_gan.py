@@ -68,7 +68,7 @@ def test_reparam_generator_fuses_under_budget_and_old_config_rebuilds() -> None:
         f = torch.nn.functional.leaky_relu(model.head.forward_branches(u - 0.5), 0.1)
         g = torch.nn.functional.leaky_relu(plain.head(u - 0.5), 0.1)
         assert (f - g).abs().max().item() < 1e-5
-    old = build({"widths": [32, 32, 16, 16]})  # qres_x2_v1's config
+    old = build({"widths": [32, 32, 16, 16]})  # a plain quarter-resolution config
     assert count_params(old) == 19_696 and not old.reparam
     assert set(old.state_dict()) == set(fused(old).state_dict())
 

@@ -15,7 +15,7 @@ from srtc.training.arch import build, fused  # noqa: E402
 from srtc.training.grow import deepen, main  # noqa: E402
 from srtc.training.train import make_parser, model_config  # noqa: E402
 
-PARENT = REPO / "checkpoints" / "fres_x2_m3c32_mix16_stage1.pt"
+PARENT = REPO / "checkpoints" / "fidelity_x2_parent.pt"  # what fidelity_x2 was grown from
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +39,21 @@ def run(ckpt: dict, x: torch.Tensor) -> torch.Tensor:
 
 def test_the_new_conv_is_the_identity_and_every_other_weight_is_the_parents(parent: dict) -> None:
     grown = deepen(parent, at=2)
-    assert grown["config"]["widths"] == [32] * 5
+    widths = parent["config"]["widths"]  # M5C16: the head and five body convs, 16 features each
+    assert grown["config"]["widths"] == [widths[0]] * (len(widths) + 1)
     assert grown["grown_from"]["inserted_at"] == 2
     child, old = build(grown["config"]), build(parent["config"])
     child.load_state_dict(grown["model"])  # strict: the checkpoint is complete
     old.load_state_dict(parent["model"])
     plain = fused(child)
-    eye = torch.zeros(32, 32, 3, 3)
-    eye[:, :, 1, 1] = torch.eye(32)
+    c = widths[0]
+    eye = torch.zeros(c, c, 3, 3)
+    eye[:, :, 1, 1] = torch.eye(c)
     assert torch.allclose(plain.body[2].weight, eye, atol=1e-5)
     assert plain.body[2].bias.abs().max() < 1e-5
-    for new, was in [(child.head, old.head), (child.body[0], old.body[0]), (child.body[1], old.body[1]),
-                     (child.body[3], old.body[2]), (child.tail, old.tail), (child.mix, old.mix)]:
+    pairs = [(child.head, old.head), (child.body[0], old.body[0]), (child.body[1], old.body[1]),
+             *[(child.body[i + 1], old.body[i]) for i in range(2, len(old.body))], (child.tail, old.tail)]
+    for new, was in pairs:
         for a, b in zip(new.state_dict().values(), was.state_dict().values()):
             assert torch.equal(a, b)
     # The new block's branches keep their random start, so each has gradients from the first step.
@@ -74,14 +77,14 @@ def test_the_grown_checkpoint_is_what_models_train_init_expects(parent: dict, tm
     out = tmp_path / "grown.pt"
     main(["--ckpt", str(PARENT), "--out", str(out), "--at", "1", "--val", ""])
     grown = torch.load(out, map_location="cpu", weights_only=False)
-    args = make_parser().parse_args(["--out", "x", "--full-res", "--reparam", "--widths", "32,32,32,32,32",
-                                     "--mix", "16", "--steps", "1"])
+    args = make_parser().parse_args(["--out", "x", "--full-res", "--reparam", "--widths", ",".join(["16"] * 7),
+                                     "--steps", "1"])
     assert grown["config"] == model_config(args)  # srtc.training.train --init compares exactly this
 
 
-@pytest.mark.parametrize("at", [-1, 4])
+@pytest.mark.parametrize("at", [-1, 6])
 def test_a_position_outside_the_body_is_refused(parent: dict, at: int) -> None:
-    with pytest.raises(ValueError, match="--at must be in 0..3"):
+    with pytest.raises(ValueError, match="--at must be in 0..5"):
         deepen(parent, at=at)
 
 

@@ -116,46 +116,54 @@ def test_written_graph_is_the_traced_graph_without_its_plumbing(tmp_path: Path) 
 
 
 def test_manifest_shape_and_resolve() -> None:
-    from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
+    from srtc.zoo import MANIFEST_PATH, ROLES, load_manifest, resolve, sha256_of
 
     manifest = load_manifest()
-    assert set(manifest) == {"default", "models"}
-    assert manifest["default"] in manifest["models"]
-    keys = {"file", "kind", "precision", "params", "scale", "description", "command"}
+    assert set(manifest) == {*ROLES, "models"}
+    keys = {"file", "sha256", "kind", "precision", "params", "scale", "description", "recipe"}
     for name, entry in manifest["models"].items():
         assert keys <= set(entry) <= keys | {"fallback", "role", "reference"}, name
+        assert sha256_of(MANIFEST_PATH.parent / entry["file"]) == entry["sha256"], f"{name}: the file is not the one listed"
+        assert "\n" not in entry["description"] and len(entry["description"]) < 200, f"{name}: one line"
         # an int8 build names the fp32 model it was made from: the server's self-check compares the two
         assert (entry["precision"] == "int8") == ("reference" in entry), name
-        assert entry["scale"] == 2
-        # role "peer-class": over the generator budget, kept to answer the speed issue's larger peers
-        assert entry["params"] <= 20_000 or (entry.get("role") == "peer-class" and name != manifest["default"]), name
+        assert entry["scale"] == 2 and entry["params"] <= 20_000, name
         if "fallback" in entry:  # the governor's step down: a faster build of the same net
             fallback = manifest["models"][entry["fallback"]]
             assert fallback["role"] == "fallback" and fallback["params"] == entry["params"], name
         assert resolve(name) == MANIFEST_PATH.parent / entry["file"]
+    for role in ROLES:
+        assert manifest[role] in manifest["models"] and resolve(role) == resolve(manifest[role])
+    assert manifest["models"][manifest["fidelity"]]["kind"] == "fidelity"
     assert resolve(None) == resolve(manifest["default"])
     with pytest.raises(FileNotFoundError, match="no_such_model.onnx"):
         resolve("no_such_model.onnx")
 
 
-def test_every_manifest_command_leads_to_the_checkpoint_it_exports() -> None:
-    """A command that trains into a run folder and exports a committed checkpoint must copy one to the other."""
-    import json
+def test_every_recipe_leads_to_the_file_it_ships() -> None:
+    """Each shipped model's recipe ends by exporting (or quantising) that very file, and a checkpoint it
+    exports is one an earlier step writes or one the checkout carries."""
     import shlex
 
-    manifest = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
-    for name, entry in manifest["models"].items():
+    from srtc.zoo import MANIFEST_PATH, load_manifest
+
+    for name, entry in load_manifest()["models"].items():
+        recipe = MANIFEST_PATH.parent / entry["recipe"]
+        steps = [shlex.split(line) for line in recipe.read_text(encoding="utf-8").splitlines()
+                 if line.strip() and not line.startswith(("#", "set "))]
         written: set[str] = set()
-        for step in entry["command"].split(" && "):
-            words = shlex.split(step)
+        for words in steps:
             if words[0] == "cp":
                 written.add(words[-1])
             elif "srtc.training.export" in words:
                 ckpt = words[words.index("--ckpt") + 1]
                 made = any(ckpt.startswith(out.rstrip("/") + "/") for out in written)
-                assert ckpt in written or made, f"{name}: exports {ckpt}, which no earlier step writes"
+                assert ckpt in written or made or (ROOT / ckpt).is_file(), f"{name}: exports {ckpt}, which nothing writes"
             elif "--out" in words:
                 written.add(words[words.index("--out") + 1])
+        last = steps[-1] if steps[-1][0] != "cp" else steps[-2]
+        out = last[last.index("--export" if "--export" in last else "--out") + 1]
+        assert Path(out).name == entry["file"], f"{name}: the recipe's last step makes {out}"
 
 
 @needs_torch
@@ -190,7 +198,7 @@ def test_default_model_beats_bicubic() -> None:
     for row in result["images"]:
         assert row["model"] > row["bicubic"], row
     # The default is trained for coded video (the video-aware GAN) and gives up 1.3 dB of
-    # clean-image quality for it (model card, "qres_x2_v2_video_gan"); on clean LR it must still be far above
+    # clean-image quality for it (model card, "perceptual_video_x2"); on clean LR it must still be far above
     # bicubic (+1.46 dB on Set5 when written; a net that only blurred or copied would be near or below 0).
     assert result["model"] > result["bicubic"] + 1.2
 
@@ -207,7 +215,7 @@ def shipped_models() -> list[str]:
 @pytest.mark.parametrize("name", shipped_models())
 def test_every_shipped_model_handles_full_range_grey_input(name: str) -> None:
     """Set14's grey image (bridge) gives the model Y from 0 to 255, where every training input is the limited-range
-    Y of an RGB image (16..235). A net can learn to misbehave out there (a warm restart of fres_x2_m3c32_mix16
+    Y of an RGB image (16..235). A net can learn to misbehave out there (a warm restart of a full-resolution generator
     once put out 0-12 for 40-49 in bridge's dark areas, below bicubic, with 10x the flat-region noise). Every
     shipped model must stay above bicubic there (all do by 0.7 dB or more) without that noise (all at 2.5 or
     less). One case per model, so one failure never hides another."""
@@ -324,21 +332,30 @@ def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
 
 def test_a_re_export_keeps_the_models_registered_fallback(tmp_path: Path) -> None:
     """Re-exporting a model (new weights, new description) must not drop the int8 fallback srtc.training.qat
-    registered for it, or the governor would lose its step down, nor the role it was given (a peer-class
-    model may not become the default)."""
+    registered for it, or the governor would lose its step down, nor the role it was given; the entry's
+    sha256 follows the new file, and the command that made it becomes its recipe."""
     import json
 
     from srtc.training.export import update_manifest
+    from srtc.zoo import sha256_of
 
     path = tmp_path / "manifest.json"
-    update_manifest("m", {"file": "m.onnx", "params": 1}, make_default=True, path=path)
+    (tmp_path / "m.onnx").write_bytes(b"first weights")
+    update_manifest("m", {"file": "m.onnx", "params": 1, "command": "python -m srtc.training.train --steps 10 && "
+                          "python -m srtc.training.export --ckpt runs/m/last.pt --name m"}, make_default=True, path=path)
     manifest = json.loads(path.read_text())
+    assert manifest["default"] == "m" and manifest["models"]["m"]["recipe"] == "recipes/m.sh"
+    recipe = (tmp_path / "recipes" / "m.sh").read_text().splitlines()
+    assert recipe[-2:] == ["python -m srtc.training.train --steps 10",
+                           "python -m srtc.training.export --ckpt runs/m/last.pt --name m"]
     manifest["models"]["m"]["fallback"] = "m_int8"
-    manifest["models"]["m"]["role"] = "peer-class"
+    manifest["models"]["m"]["role"] = "fallback"
     path.write_text(json.dumps(manifest))
+    (tmp_path / "m.onnx").write_bytes(b"new weights")
     update_manifest("m", {"file": "m.onnx", "params": 2}, make_default=False, path=path)
     manifest = json.loads(path.read_text())
-    assert manifest["models"]["m"] == {"file": "m.onnx", "params": 2, "fallback": "m_int8", "role": "peer-class"}
+    assert manifest["models"]["m"] == {"file": "m.onnx", "sha256": sha256_of(tmp_path / "m.onnx"), "role": "fallback",
+                                       "params": 2, "fallback": "m_int8", "recipe": "recipes/m.sh"}
     assert manifest["default"] == "m"
 
 
@@ -365,7 +382,7 @@ def test_interleaved_timing_takes_turns_and_ratios_are_per_round() -> None:
     from srtc.training.speed import ratio_to, time_interleaved
 
     models = MANIFEST_PATH.parent
-    times = time_interleaved([models / "qres_x2_v2.onnx", models / "fres_x2_m5c16.onnx"], 36, 64, threads=1,
+    times = time_interleaved([models / "fidelity_fast_x2.onnx", models / "fidelity_x2.onnx"], 36, 64, threads=1,
                              rounds=4, warmup=1)
     assert [len(t) for t in times] == [4, 4] and all(v > 0 for t in times for v in t)
     # a 10x spike in one round moves a whole-run ratio of medians or means, not the median per-round ratio

@@ -21,8 +21,8 @@ from srtc.training import qat  # noqa: E402
 from srtc.training.export import export_onnx, load_checkpoint_model  # noqa: E402
 from srtc.training.imaging import psnr  # noqa: E402
 
-CKPT = REPO / "checkpoints" / "qres_x2_v2_stage1.pt"
-FRES_CKPT = REPO / "checkpoints" / "fres_x2_m6c16_stage1.pt"  # the full-resolution generator
+CKPT = REPO / "checkpoints" / "fidelity_fast_x2.pt"
+FRES_CKPT = REPO / "checkpoints" / "fidelity_x2.pt"  # the full-resolution generator
 
 
 def photo_luma(width: int, height: int, index: int = 0) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_weights_are_rounded_per_channel_to_seven_bit_levels():
 def test_short_qat_run_recovers_simulated_quality(tmp_path):
     """A hundred-odd steps through the rounding bring the simulated int8 net closer to fp32 on real images."""
     args = qat.make_parser().parse_args([
-        "--ckpt", str(CKPT), "--base", "qres_x2_v2", "--out", str(tmp_path / "run"), "--steps", "150",
+        "--ckpt", str(CKPT), "--base", "fidelity_fast_x2", "--out", str(tmp_path / "run"), "--steps", "150",
         "--data", str(shared_or_skip("data", "train")), "--val", str(shared_or_skip("data", "benchmarks", "Set5")),
         "--limit-images", "40", "--val-every", "150", "--batch", "16", "--lr", "3e-4", "--threads", "2"])
     result = qat.qat(args)
@@ -175,7 +175,7 @@ def test_change_loss_is_zero_for_the_fp32_net_against_itself_and_counts_int8_fli
 
 
 def test_temporal_qat_needs_clip_pairs(tmp_path):
-    args = qat.make_parser().parse_args(["--ckpt", str(CKPT), "--base", "qres_x2_v2", "--out", str(tmp_path / "r"),
+    args = qat.make_parser().parse_args(["--ckpt", str(CKPT), "--base", "fidelity_fast_x2", "--out", str(tmp_path / "r"),
                                          "--steps", "1", "--temporal", "1"])
     with pytest.raises(SystemExit, match="--pairs"):
         qat.qat(args)

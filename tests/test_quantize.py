@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from srtc.training import quantize as q
-from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
+from srtc.zoo import MANIFEST_PATH, load_manifest, resolve, sha256_of
 
 from .conftest import photo_frame, shared_or_skip
 
@@ -91,12 +91,14 @@ def registered_int8() -> list[str]:
 
 
 @pytest.mark.parametrize("name", registered_int8() or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no int8 model in srtc/zoo/manifest.json: no variant met the gate (see MODEL_CARD.md, int8)"))])
+    reason="no int8 model in srtc/zoo/manifest.json: no variant met the gate (see docs/MODELS.md)"))])
 def test_registered_int8_model_serves_a_real_frame(name):
     from srtc.server.engine import OnnxUpscaler
 
     entry = load_manifest()["models"][name]
-    assert entry["precision"] == "int8" and entry["scale"] == 2 and entry["command"].startswith(("python -m srtc.training.quantize", "python -m srtc.training.qat"))
+    recipe = (MANIFEST_PATH.parent / entry["recipe"]).read_text(encoding="utf-8")
+    assert entry["precision"] == "int8" and entry["scale"] == 2
+    assert "python -m srtc.training.quantize" in recipe or "python -m srtc.training.qat" in recipe
     assert load_manifest()["default"] != name  # quantising never changes the default
     up = OnnxUpscaler(resolve(name), threads=2, name=name)
     frame = photo_frame(640, 360)
@@ -121,6 +123,8 @@ def test_register_lists_int8_without_touching_the_default(tmp_path, int8_model):
     assert after["default"] == default and after["models"][default] == load_manifest()["models"][default]
     assert entry["precision"] == "int8" and entry["file"] == "m_int8.onnx" and entry["scale"] == 2
     assert entry["params"] == after["models"][default]["params"]
+    assert entry["sha256"] == sha256_of(out) and "command" not in entry
+    assert "python -m srtc.training.quantize ..." in (tmp_path / entry["recipe"]).read_text(encoding="utf-8")
     from srtc.server.engine import OnnxUpscaler
 
     assert OnnxUpscaler(resolve(f"{default}_int8", manifest), threads=1).upscale(photo_frame(320, 180)).width == 640

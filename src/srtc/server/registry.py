@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
+from srtc.zoo import MANIFEST_PATH, load_manifest, resolve, sha256_of
 
 from .engine import BicubicUpscaler, ModelError, OnnxUpscaler, Upscaler
 from .selfcheck import CheckImagesMissing, CheckResult, check
@@ -54,6 +54,9 @@ def describe(name_or_path: str | None, manifest_path: Path = MANIFEST_PATH) -> M
         raise ModelError(str(exc)) from exc
     for name, entry in _entries(manifest_path).items():
         if (manifest_path.parent / entry["file"]).resolve() == path.resolve():
+            if entry.get("sha256") and sha256_of(path) != entry["sha256"]:
+                raise ModelError(f"{path} is not the file {manifest_path.name} lists for {name} (its sha256 differs): "
+                                 "reinstall the package, or re-export the model to update the manifest")
             return ModelInfo(name, str(path), entry.get("kind", "?"), entry.get("precision", "?"), entry.get("params"),
                              entry.get("reference"))
     return ModelInfo(path.stem, str(path), "custom", "?", None)

@@ -9,8 +9,10 @@ dynamic, opset 17, legacy (TorchScript) exporter.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import re
 import shlex
 import sys
 import warnings
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from srtc.runtime import open_session
-from srtc.zoo import MANIFEST_PATH
+from srtc.zoo import MANIFEST_PATH, ROLES
 
 from .arch import QuarterResSR, checkpoint_generator, count_macs, count_params, fused
 from .graph import OPSET, quarter_res_graph
@@ -60,7 +62,7 @@ def max_diff(model: nn.Module, path: str | Path,
     to the output's largest magnitude where that exceeds 1.
 
     Uniform noise is the hardest input (every pixel an edge), and it drives a deep net's output far
-    outside 0..1 (qres_x2_wide: +-470), where float32 accumulation order alone differs by ~1e-6 of the
+    outside 0..1 (a 60k-parameter quarter-resolution net: +-470), where float32 accumulation order alone differs by ~1e-6 of the
     value; on real frames both runtimes agree to 2e-7.
     """
     sess = open_session(path)
@@ -89,17 +91,48 @@ def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
     return fused(checkpoint_generator(ckpt), dense_tail=True).eval(), ckpt
 
 
+ENTRY_ORDER = ("file", "sha256", "kind", "precision", "role", "reference", "params", "scale", "fallback",
+               "description", "recipe")
+
+
 def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MANIFEST_PATH) -> None:
-    """Add or replace ``name`` in the manifest; it becomes default if asked or if none is set."""
+    """Add or replace ``name`` in the manifest; it becomes default if asked or if none is set.
+
+    The entry gets the file's sha256; its ``"command"`` (the shell steps that made the file, joined by
+    `` && ``) becomes ``recipes/NAME.sh`` beside the manifest, and the entry names that file.
+    """
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     previous = manifest.setdefault("models", {}).get(name, {})
     # Registered after export (a "fallback" by srtc.training.qat, a "role" by hand): a re-export keeps them.
-    entry = {**entry, **{k: previous[k] for k in ("fallback", "role") if k in previous and k not in entry}}
-    manifest["models"][name] = entry
+    entry = {**entry, **{k: previous[k] for k in ("fallback", "role", "recipe") if k in previous and k not in entry}}
+    entry["sha256"] = hashlib.sha256((path.parent / entry["file"]).read_bytes()).hexdigest()
+    command = entry.pop("command", "")
+    if command:
+        recipe = Path("recipes") / f"{name}.sh"
+        (path.parent / recipe).parent.mkdir(exist_ok=True)
+        (path.parent / recipe).write_text(recipe_text(name, command), encoding="utf-8")
+        entry["recipe"] = recipe.as_posix()
+    manifest["models"][name] = {k: entry[k] for k in ENTRY_ORDER if k in entry} | entry
     if make_default or manifest.get("default") not in manifest["models"]:
         manifest["default"] = name
-    ordered = {"default": manifest["default"], "models": manifest["models"]}
-    path.write_text(json.dumps(ordered, indent=2) + "\n", encoding="utf-8")
+    ordered = {key: manifest[key] for key in ROLES if manifest.get(key) in manifest["models"]}
+    path.write_text(json.dumps({**ordered, "models": manifest["models"]}, indent=2) + "\n", encoding="utf-8")
+
+
+def recipe_text(name: str, command: str) -> str:
+    """A shell script of the steps in ``command`` (`` && `` between steps; `` ; (stopped at step N) `` where
+    a run was resumed with other settings), one step per line."""
+    lines = ["#!/usr/bin/env bash",
+             f"# How {name} was made. Run from the checkout's root with the train extra installed and ../shared",
+             "# beside it; the data and the published teacher it names are described in ../shared/data/SOURCES.md.",
+             "set -euo pipefail", ""]
+    for part in command.split(" ; "):
+        match = re.match(r"\(stopped at step (\d+)\) (.*)", part)
+        if match:
+            lines.append(f"# the run above was stopped at step {match.group(1)} and resumed with:")
+            part = match.group(2)
+        lines.extend(step.strip() for step in part.split(" && "))
+    return "\n".join(lines) + "\n"
 
 
 def training_command(ckpt: dict) -> str:
