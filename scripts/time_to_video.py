@@ -35,8 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    server = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(150):
             try:
@@ -46,8 +50,15 @@ def main() -> None:
                 time.sleep(0.2)
         times = []
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                "--no-sandbox", "--use-fake-ui-for-media-stream", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=[
+                    "--no-sandbox",
+                    "--use-fake-ui-for-media-stream",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                ],
+            )
             for _ in range(args.runs):
                 page = browser.new_page()
                 page.goto(url)
@@ -58,8 +69,10 @@ def main() -> None:
                 page.click("#stop")
                 page.close()
             browser.close()
-        print(f"Start -> both videos playing: median {statistics.median(times):.2f} s over {len(times)} runs "
-              f"({', '.join(f'{t:.2f}' for t in times)})")
+        print(
+            f"Start -> both videos playing: median {statistics.median(times):.2f} s over {len(times)} runs "
+            f"({', '.join(f'{t:.2f}' for t in times)})"
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)

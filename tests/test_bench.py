@@ -44,8 +44,7 @@ def test_full_path_of_each_project_model_gives_1280x720_yuv420p():
 def _conv(name: str, x: str, y: str, cout: int, cin: int, k: int, stride: int = 1) -> tuple:
     weight = helper.make_tensor(f"{name}_w", TensorProto.FLOAT, [cout, cin, k, k], np.zeros(cout * cin * k * k))
     bias = helper.make_tensor(f"{name}_b", TensorProto.FLOAT, [cout], np.zeros(cout))
-    node = helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y], pads=[k // 2] * 4,
-                            strides=[stride, stride])
+    node = helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y], pads=[k // 2] * 4, strides=[stride, stride])
     return node, [weight, bias]
 
 
@@ -55,9 +54,12 @@ def test_mac_and_parameter_counting_of_a_known_conv_stack():
     c2, i2 = _conv("c2", "h2", "h3", 4, 8, 3)
     c3, i3 = _conv("c3", "h3", "sr", 2, 4, 1, stride=2)
     graph = helper.make_graph(
-        [c1, relu, c2, c3], "stack",
+        [c1, relu, c2, c3],
+        "stack",
         [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, 1, "h", "w"])],
-        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, None)], i1 + i2 + i3)
+        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, None)],
+        i1 + i2 + i3,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     # 10x12: 3x3 1->8 and 3x3 8->4 at full size, 1x1 4->2 stride 2 at 5x6
     assert bench.count_macs(model, 10, 12) == 120 * (8 * 9 * 1) + 120 * (4 * 9 * 8) + 30 * (2 * 4)
@@ -74,20 +76,50 @@ def test_project_model_macs_scale_with_the_pixel_count():
 def test_json_of_a_tiny_run_has_the_documented_shape(capsys, tmp_path):
     plot = tmp_path / "frontier.png"
     with_sets = (bench.BENCHMARKS / "Set5").is_dir()
-    bench.main(["--json", "--frames", "3", "--runs", "1", "--threads", "1", "--default-only"]
-               + (["--plot", str(plot)] if with_sets else []))
+    bench.main(
+        ["--json", "--frames", "3", "--runs", "1", "--threads", "1", "--default-only"]
+        + (["--plot", str(plot)] if with_sets else [])
+    )
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
-    assert {"command", "date", "machine", "frames", "runs", "warmup", "threads", "ceiling", "psnr_protocol",
-            "rows", "skipped", "comparison", "row_seconds", "min_frames"} <= set(result)
+    assert {
+        "command",
+        "date",
+        "machine",
+        "frames",
+        "runs",
+        "warmup",
+        "threads",
+        "ceiling",
+        "psnr_protocol",
+        "rows",
+        "skipped",
+        "comparison",
+        "row_seconds",
+        "min_frames",
+    } <= set(result)
     assert result["comparison"] == []  # no peers asked for
     assert result["frames"]["count"] == 3 and result["frames"]["luma_std"] > 20
     assert result["ceiling"]["gflops"]["1"] > 0 and result["ceiling"]["gmacs"]["1"] > 0
     default = load_manifest()["default"]
     assert [r["name"] for r in result["rows"]] == ["bicubic (OpenCV)", default]
     for row in result["rows"]:
-        assert {"name", "kind", "threads", "params", "macs", "p50_ms", "p95_ms", "fps", "gmac_per_s",
-                "ceiling_pct", "psnr", "psnr_note", "note", "timed_frames"} <= set(row)
+        assert {
+            "name",
+            "kind",
+            "threads",
+            "params",
+            "macs",
+            "p50_ms",
+            "p95_ms",
+            "fps",
+            "gmac_per_s",
+            "ceiling_pct",
+            "psnr",
+            "psnr_note",
+            "note",
+            "timed_frames",
+        } <= set(row)
         assert row["threads"] == 1 and row["p95_ms"] >= row["p50_ms"] > 0
     model = result["rows"][1]
     assert model["macs"] > 0 and model["params"] > 0 and model["ceiling_pct"] > 0
@@ -126,8 +158,20 @@ def test_a_pb_peer_runs_the_full_path_under_our_contract(tmp_path):
 
 def _row(name: str, kind: str, p50: float, set5: float | None, set14: float | None, threads: int = 2) -> bench.Row:
     psnr = None if set5 is None else {"Set5": set5, "Set14": set14}
-    return bench.Row(name, kind, threads, 1000, 10**9, p50, p50 * 1.1, 1000 / p50, None, None, psnr,
-                     None if psnr else "not evaluated")
+    return bench.Row(
+        name,
+        kind,
+        threads,
+        1000,
+        10**9,
+        p50,
+        p50 * 1.1,
+        1000 / p50,
+        None,
+        None,
+        psnr,
+        None if psnr else "not evaluated",
+    )
 
 
 def test_comparison_picks_the_fastest_project_model_at_equal_or_better_quality():

@@ -116,8 +116,9 @@ def open_page(sync_playwright_api, server_url):
         browsers = []
 
         def _open(extra_args: tuple[str, ...] = ()):
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                         args=CHROMIUM_ARGS + list(extra_args))
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + list(extra_args)
+            )
             browsers.append(browser)
             context = browser.new_context(viewport={"width": 1440, "height": 900})
             page = context.new_page()
@@ -169,8 +170,9 @@ def _start_and_wait_playing(page, failure: str, screenshot: bool = False) -> tup
     """Press Start and wait until the page is connected and both returned videos play; (raw, sr) sizes."""
     page.click("#start")
     try:
-        page.wait_for_function("() => window.srtcState && window.srtcState.connected === true",
-                               timeout=MEDIA_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => window.srtcState && window.srtcState.connected === true", timeout=MEDIA_TIMEOUT_MS
+        )
         return _wait_playing(page, "video-raw"), _wait_playing(page, "video-sr")
     except Exception:
         if screenshot:
@@ -229,12 +231,15 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
         timeout=MEDIA_TIMEOUT_MS,
     )
     # ...and the server's latency budget, stage by stage, once frames have gone through every stage.
-    page.wait_for_function("() => /sr \\d.*encode \\d.*= \\d/.test(document.getElementById('st-budget').textContent)",
-                           timeout=MEDIA_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /sr \\d.*encode \\d.*= \\d/.test(document.getElementById('st-budget').textContent)",
+        timeout=MEDIA_TIMEOUT_MS,
+    )
     # SR off is the page's own encode, forwarded; SR on is encoded at the viewer link's rate, which Chrome's
     # REMB (naming both streams) does not pull down on loopback (srtc/server/return_rate.py). The page shows both.
-    page.wait_for_function("() => /\\d+ \\/ \\d+/.test(document.getElementById('st-return').textContent)",
-                           timeout=MEDIA_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /\\d+ \\/ \\d+/.test(document.getElementById('st-return').textContent)", timeout=MEDIA_TIMEOUT_MS
+    )
     rates = _wait_for_remb(server_url, session_id)
     assert rates["sr"]["requested_kbps"] and not rates["sr"]["congested"], rates
     assert rates["sr"]["target_kbps"] >= 0.8 * rates["sr"]["max_kbps"], rates
@@ -253,8 +258,9 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
     stats = _get_json(f"{server_url}/stats")
     mine = [s for s in stats.get("sessions", []) if s.get("id") == session_id]
     assert mine and mine[0].get("sr_enabled") is False, stats
-    page.wait_for_function("() => document.getElementById('st-sr').textContent.startsWith('off')",
-                           timeout=MEDIA_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('st-sr').textContent.startsWith('off')", timeout=MEDIA_TIMEOUT_MS
+    )
     sr_after = _wait_playing(page, "video-sr")
     assert (sr_after["w"], sr_after["h"]) == (sr["w"], sr["h"]), sr_after
 
@@ -262,8 +268,9 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
     with page.expect_response(lambda r: r.url.endswith(f"/sessions/{session_id}/sr")) as response_info:
         page.locator("label[for='sr-toggle']").click()
     assert response_info.value.ok
-    page.wait_for_function("() => document.getElementById('st-sr').textContent.startsWith('on')",
-                           timeout=MEDIA_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('st-sr').textContent.startsWith('on')", timeout=MEDIA_TIMEOUT_MS
+    )
     page.wait_for_timeout(1500)  # let the labels and stats tick once more
     page.screenshot(path=str(SCREENSHOT))
 
@@ -284,8 +291,12 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
 
 def test_offer_errors_are_shown_on_the_page(page, server_url):
     """A 4xx from /offer shows its JSON error text in the status line and in srtcState.error."""
-    page.route("**/offer", lambda route: route.fulfill(
-        status=400, content_type="application/json", body=json.dumps({"error": "synthetic test error"})))
+    page.route(
+        "**/offer",
+        lambda route: route.fulfill(
+            status=400, content_type="application/json", body=json.dumps({"error": "synthetic test error"})
+        ),
+    )
     page.goto(server_url + "/")
     page.click("#start")
     page.wait_for_function("() => window.srtcState.error", timeout=MEDIA_TIMEOUT_MS)
@@ -325,8 +336,12 @@ def test_network_card_applies_settings_and_shows_range_errors(page, server_url):
     settings = _get_json(server_url + "/network")["settings"]
     assert settings["loss"] == 0.05 and settings["burst"] == 2 and settings["delay_ms"] == 40
     # Put the shared server back as the other tests expect it.
-    request = urllib.request.Request(server_url + "/network", data=json.dumps({"loss": 0, "burst": 1, "delay_ms": 0}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        server_url + "/network",
+        data=json.dumps({"loss": 0, "burst": 1, "delay_ms": 0}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=5) as resp:
         assert resp.status == 200
 

@@ -9,11 +9,28 @@ from srtc.server.budget import STAGES, ArrivalLog, StageTimes, time_encoding
 
 def test_stages_are_the_differences_between_the_points_in_time():
     times = StageTimes()
-    times.frame({"first_packet": 10.000, "released": 10.030, "arrived": 10.034, "started": 10.040, "done": 10.052,
-                 "handed": 10.060, "encoded": 10.070, "sent": 10.071})
+    times.frame(
+        {
+            "first_packet": 10.000,
+            "released": 10.030,
+            "arrived": 10.034,
+            "started": 10.040,
+            "done": 10.052,
+            "handed": 10.060,
+            "encoded": 10.070,
+            "sent": 10.071,
+        }
+    )
     summary = times.summary()
-    expected = {"receive": 30.0, "decode": 4.0, "wait": 6.0 + 8.0, "sr": 12.0, "encode": 10.0, "send": 1.0,
-                "total": 71.0}
+    expected = {
+        "receive": 30.0,
+        "decode": 4.0,
+        "wait": 6.0 + 8.0,
+        "sr": 12.0,
+        "encode": 10.0,
+        "send": 1.0,
+        "total": 71.0,
+    }
     assert set(summary) == set(STAGES)
     for stage, ms in expected.items():
         assert abs(summary[stage]["p50"] - ms) < 0.01, (stage, summary[stage])
@@ -21,8 +38,18 @@ def test_stages_are_the_differences_between_the_points_in_time():
 
 def test_without_receive_times_the_total_starts_at_the_decoder_output():
     times = StageTimes()
-    times.frame({"first_packet": None, "released": None, "arrived": 1.0, "started": 1.0, "done": 1.0,
-                 "handed": 1.002, "encoded": 1.010, "sent": 1.011})
+    times.frame(
+        {
+            "first_packet": None,
+            "released": None,
+            "arrived": 1.0,
+            "started": 1.0,
+            "done": 1.0,
+            "handed": 1.002,
+            "encoded": 1.010,
+            "sent": 1.011,
+        }
+    )
     summary = times.summary()
     assert summary["receive"]["p50"] is None and summary["decode"]["p50"] is None
     assert abs(summary["total"]["p50"] - 11.0) < 0.01

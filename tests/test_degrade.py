@@ -96,8 +96,11 @@ def test_cache_round_trip_and_seeded_repeatability(tmp_path) -> None:
 
 def test_write_read_pair_round_trip(tmp_path) -> None:
     rng = np.random.default_rng(0)
-    pair = degrade.Pair(lr=rng.integers(0, 256, (10, 14), np.uint8), hr=rng.integers(0, 256, (20, 28), np.uint8),
-                        meta={"codec": "libvpx", "kbps": 321.5, "mode": "clip", "frame_types": ["I", "P"]})
+    pair = degrade.Pair(
+        lr=rng.integers(0, 256, (10, 14), np.uint8),
+        hr=rng.integers(0, 256, (20, 28), np.uint8),
+        meta={"codec": "libvpx", "kbps": 321.5, "mode": "clip", "frame_types": ["I", "P"]},
+    )
     path = degrade.pair_path(tmp_path, 7)
     degrade.write_pair(path, pair)
     back = degrade.read_pair(path)
@@ -131,8 +134,10 @@ def test_temporal_patches_cut_both_frames_alike(tmp_path) -> None:
     assert float(lr.std()) > 0.1  # real content, not a constant patch
     still_only = tmp_path / "stills"
     still_only.mkdir()
-    degrade.write_pair(degrade.pair_path(still_only, 0),
-                       degrade.Pair(lr=np.full((20, 20), 9, np.uint8), hr=np.full((40, 40), 9, np.uint8)))
+    degrade.write_pair(
+        degrade.pair_path(still_only, 0),
+        degrade.Pair(lr=np.full((20, 20), 9, np.uint8), hr=np.full((40, 40), 9, np.uint8)),
+    )
     with pytest.raises(ValueError, match="no clip pairs"):
         degrade.CodecPatchPairs(still_only, patch=32).sample_temporal(2, rng)
 
@@ -180,7 +185,8 @@ def test_video_clips_from_shared_videos(tmp_path) -> None:
 
 
 def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
-    """``srtc.training.train.temporal_loss``: 0 for an upscaler that reproduces the change, the change itself for a still one."""
+    """``srtc.training.train.temporal_loss``: 0 for an upscaler that reproduces the change, the change
+    itself for a still one."""
     from srtc.training import train
 
     rng = np.random.default_rng(2)
@@ -188,8 +194,10 @@ def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
     for i in range(2):
         lr = rng.integers(0, 200, (40, 48), np.uint8)
         prev = lr + rng.integers(0, 50, lr.shape).astype(np.uint8)
-        degrade.write_pair(degrade.pair_path(tmp_path, i),
-                           degrade.Pair(lr, np.kron(lr, up), {}, lr_prev=prev, hr_prev=np.kron(prev, up)))
+        degrade.write_pair(
+            degrade.pair_path(tmp_path, i),
+            degrade.Pair(lr, np.kron(lr, up), {}, lr_prev=prev, hr_prev=np.kron(prev, up)),
+        )
     data = degrade.CodecPatchPairs(tmp_path, patch=32)
     nearest = torch.nn.Upsample(scale_factor=2, mode="nearest")
     assert float(train.temporal_loss(nearest, data, 8, np.random.default_rng(0), torch.device("cpu"))) < 1e-7
@@ -213,8 +221,24 @@ def test_codecs_flag_limits_the_coded_pairs_to_one_codec(tmp_path) -> None:
     if not any(SAMPLES.glob("*.jpg")):
         pytest.skip(f"no photographs in {SAMPLES}")
     out = tmp_path / "h264"
-    degrade.main(["--images", str(SAMPLES), "--videos", "", "--out", str(out), "--pairs", "6", "--seed", "2",
-                  "--clean-share", "0", "--codecs", "h264"])
+    degrade.main(
+        [
+            "--images",
+            str(SAMPLES),
+            "--videos",
+            "",
+            "--out",
+            str(out),
+            "--pairs",
+            "6",
+            "--seed",
+            "2",
+            "--clean-share",
+            "0",
+            "--codecs",
+            "h264",
+        ]
+    )
     metas = [degrade.read_pair(p).meta for p in degrade.list_pairs(out)]
     assert len(metas) == 6 and {m["codec"] for m in metas} == {"libx264"}
     args = degrade.make_parser().parse_args(["--pairs", "1"])

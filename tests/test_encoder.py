@@ -29,7 +29,7 @@ def panning_frames(count: int = 24) -> list[av.VideoFrame]:
     wide = load_photo_rgb(1280 + 4 * count, 720, index=1)
     frames = []
     for i in range(count):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(wide[:, 4 * i: 4 * i + 1280]), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(wide[:, 4 * i : 4 * i + 1280]), format="rgb24")
         frame = frame.reformat(format="yuv420p")
         frame.pts, frame.time_base = i * 3000, Fraction(1, 90000)
         frames.append(frame)

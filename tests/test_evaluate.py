@@ -82,8 +82,7 @@ def test_flat_noise_sees_grain_in_flat_areas_but_not_at_edges_or_offsets(set5):
     busy = np.where(quality.local_std(hr) >= quality.FLAT_STD, rng.normal(0, 10, hr.shape), 0.0)
     assert quality.flat_noise(hr + busy, hr, 2) < 0.5 * grain
     assert quality.flat_noise(set5[0].bicubic_y, hr, 2) < 1.5  # bicubic is smooth where HR is
-    assert math.isnan(quality.flat_noise(np.zeros((8, 8)) + rng.normal(0, 20, (8, 8)),
-                                         rng.normal(0, 20, (8, 8)) * 10))
+    assert math.isnan(quality.flat_noise(np.zeros((8, 8)) + rng.normal(0, 20, (8, 8)), rng.normal(0, 20, (8, 8)) * 10))
 
 
 def test_temporal_consistency_ranks_a_stable_upscaler_above_a_flickering_one(clip):
@@ -127,8 +126,9 @@ def test_the_video_aware_default_beats_the_clean_trained_model_on_coded_video(cl
     400 kbps VP8) it is above bicubic, where the same generator trained on clean LR is level with it, and
     its frame-to-frame change is more faithful."""
     clean = evaluate.onnx_upscaler(resolve("fidelity_fast_x2"), 2)
-    r = evaluate.evaluate_clip(clip, {"bicubic": evaluate.bicubic_luma, "default": model, "clean": clean},
-                               progress_every=0)
+    r = evaluate.evaluate_clip(
+        clip, {"bicubic": evaluate.bicubic_luma, "default": model, "clean": clean}, progress_every=0
+    )
     assert r["default"]["psnr"] > r["bicubic"]["psnr"] + 0.3  # +0.51 dB; the clean-trained one +0.03
     assert r["default"]["psnr"] > r["clean"]["psnr"] + 0.3  # +0.48
     assert r["default"]["tpsnr"] > r["clean"]["tpsnr"] + 0.3  # +0.51
@@ -138,8 +138,9 @@ def test_the_video_aware_default_beats_the_clean_trained_model_on_coded_video(cl
 def test_json_has_every_part(capsys):
     set5 = shared_or_skip("data", "benchmarks", "Set5")
     video = shared_or_skip(*CLIP)
-    evaluate.main(["--images", str(set5), "--video", str(video), "--frames", "3", "--compare", "fidelity_fast_x2",
-                   "--json"])
+    evaluate.main(
+        ["--images", str(set5), "--video", str(video), "--frames", "3", "--compare", "fidelity_fast_x2", "--json"]
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"model", "file", "scale", "shave", "compare", "clean", "video", "peers", "wall_s"} <= set(result)
     assert result["compare"] == {"fidelity_fast_x2": str(resolve("fidelity_fast_x2"))}
@@ -221,8 +222,22 @@ def test_crop_sheet_rows_of_coded_video_frames(tmp_path, model):
     assert sheet.size[1] == 2 * (48 + cropsheet.LABEL_H) + 3 * cropsheet.PAD
     assert all(s["bicubic"] < 45 and s["m"] < 45 for s in scores)  # the decoded frame lost detail
     out = tmp_path / "v.png"
-    cropsheet.main(["--models", "fidelity_fast_x2", "--video", str(clip), "--frames", "2", "--crop", "32", "--zoom", "1",
-                    "--out", str(out)])
+    cropsheet.main(
+        [
+            "--models",
+            "fidelity_fast_x2",
+            "--video",
+            str(clip),
+            "--frames",
+            "2",
+            "--crop",
+            "32",
+            "--zoom",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert Image.open(out).size[1] == 32 + cropsheet.LABEL_H + 2 * cropsheet.PAD
     with pytest.raises(SystemExit, match="nothing to show"):
         cropsheet.main(["--models", "fidelity_fast_x2", "--out", str(out)])

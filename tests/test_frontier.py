@@ -19,22 +19,32 @@ PIL = pytest.importorskip("PIL.Image")
 
 
 def _row(name, kind, ms, set5, set14, threads=2, precision="fp32"):
-    return {"name": name, "kind": kind, "threads": threads, "p50_ms": ms, "precision": precision,
-            "psnr": {"Set5": set5, "Set14": set14}}
+    return {
+        "name": name,
+        "kind": kind,
+        "threads": threads,
+        "p50_ms": ms,
+        "precision": precision,
+        "psnr": {"Set5": set5, "Set14": set14},
+    }
 
 
 # Figures of docs/BENCHMARKS.md's session-4 run (2 threads), so the picture is of a real table.
-RESULT = {"date": "2026-11-29T13:46:00Z", "machine": {"cpu": "AMD EPYC"}, "rows": [
-    _row("bicubic (OpenCV)", "baseline", 0.8, 33.67, 30.23),
-    _row("fidelity_fast_x2", "project", 11.9, 36.42, 32.23),
-    _row("qres_x2_v3", "project", 13.9, 36.50, 32.27),
-    _row("fidelity_fast_x2_int8", "project", 8.7, 36.19, 32.07, precision="int8"),
-    _row("fidelity_fast_x2", "project", 19.2, 36.42, 32.23, threads=1),
-    _row("ETDS-M5C16", "peer", 44.1, 37.14, 32.65),
-    _row("ECBSR-M4C16", "peer", 57.3, 37.09, 32.59),
-    _row("ESPCN-RGB", "peer", 63.2, 36.83, 32.49),
-    _row("FSRCNN-pb", "peer", 63.0, 34.85, 31.11),
-]}
+RESULT = {
+    "date": "2026-11-29T13:46:00Z",
+    "machine": {"cpu": "AMD EPYC"},
+    "rows": [
+        _row("bicubic (OpenCV)", "baseline", 0.8, 33.67, 30.23),
+        _row("fidelity_fast_x2", "project", 11.9, 36.42, 32.23),
+        _row("qres_x2_v3", "project", 13.9, 36.50, 32.27),
+        _row("fidelity_fast_x2_int8", "project", 8.7, 36.19, 32.07, precision="int8"),
+        _row("fidelity_fast_x2", "project", 19.2, 36.42, 32.23, threads=1),
+        _row("ETDS-M5C16", "peer", 44.1, 37.14, 32.65),
+        _row("ECBSR-M4C16", "peer", 57.3, 37.09, 32.59),
+        _row("ESPCN-RGB", "peer", 63.2, 36.83, 32.49),
+        _row("FSRCNN-pb", "peer", 63.0, 34.85, 31.11),
+    ],
+}
 
 
 def test_the_front_keeps_only_rows_nothing_beats_on_both_time_and_psnr():
@@ -95,8 +105,8 @@ def test_labels_keep_off_other_points_and_crowded_project_points_are_still_named
     from srtc.tools.frontier import DOT_RADIUS, _Axes, _font, _labels
 
     # A crowded corner like the plot's top right: our models in a row, peers close beside them.
-    pts = [Point(f"fres_x2_m{i}c32_mix16", "project", 80.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]
-    pts += [Point(f"PEER-{i}", "peer", 95.0 * 1.25 ** i, 37.20 + 0.06 * i) for i in range(4)]  # just right of ours
+    pts = [Point(f"fres_x2_m{i}c32_mix16", "project", 80.0 * 1.25**i, 37.20 + 0.06 * i) for i in range(4)]
+    pts += [Point(f"PEER-{i}", "peer", 95.0 * 1.25**i, 37.20 + 0.06 * i) for i in range(4)]  # just right of ours
     ax, rec = _Axes(0, pts), _Recorder()
     _labels(rec, ax, pts, _font(11), (60, 40, PANEL_W, 500))
     assert {p.label for p in pts if p.kind == "project"} <= set(rec.boxes)  # every one of ours is named

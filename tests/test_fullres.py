@@ -71,8 +71,11 @@ def test_mix_tail_fuses_exactly_starts_as_nearest_and_exports(tmp_path: Path) ->
     assert max_diff(plain, path) < TOLERANCE
     import onnx
 
-    kernels = [list(n.attribute[[a.name for a in n.attribute].index("kernel_shape")].ints)
-               for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    kernels = [
+        list(n.attribute[[a.name for a in n.attribute].index("kernel_shape")].ints)
+        for n in onnx.load(str(path)).graph.node
+        if n.op_type == "Conv"
+    ]
     assert kernels[-1] == [1, 1] and kernels[-2] == [3, 3] and len(kernels) == 8
 
 
@@ -229,8 +232,10 @@ def test_full_range_patches_are_the_same_pairs_stretched_to_0_255() -> None:
         PatchPairs(train, patch=32, limit=1, full_range=1.5)
 
 
-@pytest.mark.parametrize("extra, message", [(["--full-range", "1.5"], "share of patches"),
-                                            (["--full-range", "0.1", "--pairs", "cache"], "clean pairs")])
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--full-range", "1.5"], "share of patches"), (["--full-range", "0.1", "--pairs", "cache"], "clean pairs")],
+)
 def test_train_rejects_a_full_range_share_it_cannot_use(extra: list[str], message: str) -> None:
     from srtc.training import train
 
@@ -250,10 +255,38 @@ def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
     )
 
     data = shared_or_skip("data", "train", "BSDS200")
-    args = train.make_parser().parse_args([
-        "--data", str(data), "--val", "", "--out", str(tmp_path / "run"), "--steps", "120", "--seed", "0",
-        "--full-res", "--reparam", "--widths", "16,16,16", "--batch", "8", "--patch", "32", "--lr", "3e-3",
-        "--limit-images", "4", "--threads", "2", "--sampler", "device", "--save-every", "50"])
+    args = train.make_parser().parse_args(
+        [
+            "--data",
+            str(data),
+            "--val",
+            "",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "120",
+            "--seed",
+            "0",
+            "--full-res",
+            "--reparam",
+            "--widths",
+            "16,16,16",
+            "--batch",
+            "8",
+            "--patch",
+            "32",
+            "--lr",
+            "3e-3",
+            "--limit-images",
+            "4",
+            "--threads",
+            "2",
+            "--sampler",
+            "device",
+            "--save-every",
+            "50",
+        ]
+    )
     summary = train.train(args)
     losses = summary["losses"]
     assert len(losses) == 120

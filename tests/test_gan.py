@@ -88,8 +88,15 @@ def test_fused_export_matches_torch(tmp_path: Path) -> None:
     randomise(model, 0.05)
     ema = build({"widths": WIDTHS, "reparam": True})
     randomise(ema, 0.05)
-    torch.save({"config": {"widths": WIDTHS, "reparam": True}, "model": model.state_dict(),
-                "ema": ema.state_dict(), "stage": "gan"}, tmp_path / "c.pt")
+    torch.save(
+        {
+            "config": {"widths": WIDTHS, "reparam": True},
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "stage": "gan",
+        },
+        tmp_path / "c.pt",
+    )
     plain, _ = load_checkpoint_model(tmp_path / "c.pt")
     assert not any(isinstance(m, ECB) for m in plain.modules())
     x = torch.rand(1, 1, 24, 30)
@@ -199,10 +206,35 @@ def gan_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
     from srtc.training import gan
 
     data = shared_or_skip("data", "train", "BSDS200")
-    return gan.make_parser().parse_args([
-        "--init", str(tmp_path / "init.pt"), "--data", str(data), "--val", "", "--out", str(tmp_path / "run"),
-        "--steps", "30", "--seed", "0", "--batch", "4", "--patch", "48", "--limit-images", "3",
-        "--d-base", "8", "--save-every", "15", "--threads", "1", *extra])
+    return gan.make_parser().parse_args(
+        [
+            "--init",
+            str(tmp_path / "init.pt"),
+            "--data",
+            str(data),
+            "--val",
+            "",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "30",
+            "--seed",
+            "0",
+            "--batch",
+            "4",
+            "--patch",
+            "48",
+            "--limit-images",
+            "3",
+            "--d-base",
+            "8",
+            "--save-every",
+            "15",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def stage1_checkpoint(path: Path) -> None:
@@ -247,15 +279,23 @@ def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monk
     assert resumed["steps"] == 30 and len(resumed["records"]) == 15
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     assert cut["step"] == 30
-    np.testing.assert_allclose([r["total"] for r in resumed["records"]],
-                               [r["total"] for r in records[15:]], rtol=1e-4)
+    np.testing.assert_allclose([r["total"] for r in resumed["records"]], [r["total"] for r in records[15:]], rtol=1e-4)
     for key in ("ema", "model", "disc"):
         for k, v in ckpt[key].items():
             torch.testing.assert_close(cut[key][k], v, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("flag,term", [("--pixel", "pixel"), ("--patch-anchor", "patch_anchor"),
-                                       ("--down", "down"), ("--grad", "grad"), ("--fm", "fm"), ("--adv", "adv")])
+@pytest.mark.parametrize(
+    "flag,term",
+    [
+        ("--pixel", "pixel"),
+        ("--patch-anchor", "patch_anchor"),
+        ("--down", "down"),
+        ("--grad", "grad"),
+        ("--fm", "fm"),
+        ("--adv", "adv"),
+    ],
+)
 def test_each_remedy_flag_switches_its_loss_term(tmp_path: Path, flag: str, term: str) -> None:
     from srtc.training import gan
 
@@ -366,8 +406,15 @@ def test_codec_pairs_report_which_patches_are_coded(tmp_path: Path) -> None:
     from srtc.training import degrade
 
     images = shared_or_skip("data", "train", "T91")
-    degrade.build_cache(tmp_path / "pairs", images, None, pairs=6, seed=0, progress=False,
-                        cfg=degrade.DegradeConfig(clean_share=0.5, clip_share=0.0, max_hr=(192, 192)))
+    degrade.build_cache(
+        tmp_path / "pairs",
+        images,
+        None,
+        pairs=6,
+        seed=0,
+        progress=False,
+        cfg=degrade.DegradeConfig(clean_share=0.5, clip_share=0.0, max_hr=(192, 192)),
+    )
     data = degrade.CodecPatchPairs(tmp_path / "pairs", patch=32)
     coded_pairs = {i for i, m in enumerate(data.meta) if m.get("kbps") is not None}
     assert 0 < len(coded_pairs) < len(data.meta)
@@ -392,10 +439,33 @@ def test_stage1_reparam_run_checkpoints_and_exports_fused(tmp_path: Path) -> Non
     from srtc.training.export import load_checkpoint_model
 
     data = shared_or_skip("data", "train", "BSDS200")
-    args = train.make_parser().parse_args([
-        "--data", str(data), "--val", "", "--out", str(tmp_path / "run"), "--steps", "40", "--seed", "0",
-        "--batch", "8", "--patch", "48", "--limit-images", "3", "--widths", "32,16,16,16", "--reparam",
-        "--threads", "1", "--save-every", "20"])
+    args = train.make_parser().parse_args(
+        [
+            "--data",
+            str(data),
+            "--val",
+            "",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "40",
+            "--seed",
+            "0",
+            "--batch",
+            "8",
+            "--patch",
+            "48",
+            "--limit-images",
+            "3",
+            "--widths",
+            "32,16,16,16",
+            "--reparam",
+            "--threads",
+            "1",
+            "--save-every",
+            "20",
+        ]
+    )
     summary = train.train(args)
     assert summary["steps"] == 40 and all(np.isfinite(summary["losses"]))
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
@@ -436,11 +506,29 @@ def test_temporal_term_on_clip_pairs_and_resume_keeps_its_weight(tmp_path: Path)
     from srtc.training import degrade, gan
 
     images = shared_or_skip("data", "train", "T91")
-    degrade.build_cache(tmp_path / "pairs", images, None, pairs=6, seed=0, progress=False,
-                        cfg=degrade.DegradeConfig(clean_share=0.0, clip_share=1.0, max_hr=(192, 192)))
+    degrade.build_cache(
+        tmp_path / "pairs",
+        images,
+        None,
+        pairs=6,
+        seed=0,
+        progress=False,
+        cfg=degrade.DegradeConfig(clean_share=0.0, clip_share=1.0, max_hr=(192, 192)),
+    )
     stage1_checkpoint(tmp_path / "init.pt")
-    args = gan_args(tmp_path, "--pairs", str(tmp_path / "pairs"), "--temporal", "2", "--temporal-batch", "3",
-                    "--steps", "6", "--save-every", "6")
+    args = gan_args(
+        tmp_path,
+        "--pairs",
+        str(tmp_path / "pairs"),
+        "--temporal",
+        "2",
+        "--temporal-batch",
+        "3",
+        "--steps",
+        "6",
+        "--save-every",
+        "6",
+    )
     records = gan.train_gan(args)["records"]
     assert len(records) == 6 and all(r["temporal"] > 0 for r in records)
     assert all(r["total"] > 2 * r["temporal"] for r in records)  # the term is in the total, with its weight

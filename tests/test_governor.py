@@ -16,7 +16,9 @@ from srtc.server.sr_track import SuperResolutionTrack
 from .test_sr_track import FastSource
 
 
-def feed(governor: LoadGovernor, frames: int, generator_ms: float, bicubic_ms: float = 1.0, fps: float = 30.0) -> list[bool]:
+def feed(
+    governor: LoadGovernor, frames: int, generator_ms: float, bicubic_ms: float = 1.0, fps: float = 30.0
+) -> list[bool]:
     """Run ``frames`` decisions, reporting the given cost for each path; the choices made."""
     paths = feed_paths(governor, frames, {"generator": generator_ms, "bicubic": bicubic_ms}, fps)
     return [path != "bicubic" for path in paths]
@@ -57,7 +59,9 @@ def test_drops_beyond_the_raw_tracks_lower_the_share_even_when_the_timing_fits()
     governor = LoadGovernor()
     for _ in range(40):  # 20 ms fits the 28 ms budget, yet the stage drops 20% of the input
         governor.observe(governor.choose(), 20.0, 30.0, drop_rate=0.20)
-    assert governor.share == pytest.approx(0.6, abs=0.02) and governor.stats()["limit"] == pytest.approx(governor.share, abs=1e-3)
+    assert governor.share == pytest.approx(0.6, abs=0.02) and governor.stats()["limit"] == pytest.approx(
+        governor.share, abs=1e-3
+    )
     for _ in range(40):  # a little drop (bursts after a network recovery) holds the limit where it is
         governor.observe(governor.choose(), 20.0, 30.0, drop_rate=0.05)
     assert governor.share == pytest.approx(0.6, abs=0.02)
@@ -73,8 +77,9 @@ def test_a_slower_input_rate_gives_a_bigger_budget():
     assert fast.share < 1.0 and slow.share == 1.0
 
 
-def feed_paths(governor: LoadGovernor, frames: int, ms: dict[str, float], fps: float = 30.0,
-               drop_rate: float = 0.0) -> list[str]:
+def feed_paths(
+    governor: LoadGovernor, frames: int, ms: dict[str, float], fps: float = 30.0, drop_rate: float = 0.0
+) -> list[str]:
     """Like ``feed`` with a fast model: each path's cost per frame from ``ms``; the paths chosen."""
     paths = []
     for _ in range(frames):
@@ -111,7 +116,7 @@ def test_the_full_generator_returns_when_the_load_goes_and_a_failed_return_backs
     feed_paths(governor, 100, {"generator": 40.0, "fast": 20.0, "bicubic": 1.0})
     assert governor.tier == "fast"
     light = {"generator": 15.0, "fast": 8.0, "bicubic": 1.0}
-    for frames in range(400):
+    for frames in range(400):  # noqa: B007 (the count is read after the loop)
         if governor.tier == "generator":
             break
         feed_paths(governor, 1, light)
@@ -138,10 +143,23 @@ def test_without_a_fast_model_the_governor_never_picks_one():
         governor.observe("nearest", 1.0, 30.0)
 
 
-@pytest.mark.parametrize("field,value", [("headroom", 0.0), ("headroom", 1.5), ("window", 1), ("min_share", 0.0),
-                                         ("climb", 2.0), ("drop_high", 0.01), ("limit_step", 0.0),
-                                         ("probe_every", 1), ("up_margin", 0.0), ("hold", 0), ("settle", -1),
-                                         ("down_after", 0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("headroom", 0.0),
+        ("headroom", 1.5),
+        ("window", 1),
+        ("min_share", 0.0),
+        ("climb", 2.0),
+        ("drop_high", 0.01),
+        ("limit_step", 0.0),
+        ("probe_every", 1),
+        ("up_margin", 0.0),
+        ("hold", 0),
+        ("settle", -1),
+        ("down_after", 0),
+    ],
+)
 def test_out_of_range_policies_are_refused(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         GovernorPolicy(**{field: value})

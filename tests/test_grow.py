@@ -51,8 +51,13 @@ def test_the_new_conv_is_the_identity_and_every_other_weight_is_the_parents(pare
     eye[:, :, 1, 1] = torch.eye(c)
     assert torch.allclose(plain.body[2].weight, eye, atol=1e-5)
     assert plain.body[2].bias.abs().max() < 1e-5
-    pairs = [(child.head, old.head), (child.body[0], old.body[0]), (child.body[1], old.body[1]),
-             *[(child.body[i + 1], old.body[i]) for i in range(2, len(old.body))], (child.tail, old.tail)]
+    pairs = [
+        (child.head, old.head),
+        (child.body[0], old.body[0]),
+        (child.body[1], old.body[1]),
+        *[(child.body[i + 1], old.body[i]) for i in range(2, len(old.body))],
+        (child.tail, old.tail),
+    ]
     for new, was in pairs:
         for a, b in zip(new.state_dict().values(), was.state_dict().values()):
             assert torch.equal(a, b)
@@ -77,8 +82,9 @@ def test_the_grown_checkpoint_is_what_models_train_init_expects(parent: dict, tm
     out = tmp_path / "grown.pt"
     main(["--ckpt", str(PARENT), "--out", str(out), "--at", "1", "--val", ""])
     grown = torch.load(out, map_location="cpu", weights_only=False)
-    args = make_parser().parse_args(["--out", "x", "--full-res", "--reparam", "--widths", ",".join(["16"] * 7),
-                                     "--steps", "1"])
+    args = make_parser().parse_args(
+        ["--out", "x", "--full-res", "--reparam", "--widths", ",".join(["16"] * 7), "--steps", "1"]
+    )
     assert grown["config"] == model_config(args)  # srtc.training.train --init compares exactly this
 
 

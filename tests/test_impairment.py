@@ -214,10 +214,28 @@ def test_impairment_update_applies_to_the_next_packet_and_keeps_the_queue():
 
 
 def test_command_line_flags_build_the_network_config():
-    _, network = parse_command_line(["--loss", "0.05", "--burst", "2", "--kbps", "800", "--delay-ms", "40",
-                                     "--jitter-ms", "5", "--queue-ms", "300", "--seed", "9", "--reorder"])
-    assert network == NetworkConfig(loss=0.05, burst=2, kbps=800, delay_ms=40, jitter_ms=5, queue_ms=300,
-                                    seed=9, reorder=True)
+    _, network = parse_command_line(
+        [
+            "--loss",
+            "0.05",
+            "--burst",
+            "2",
+            "--kbps",
+            "800",
+            "--delay-ms",
+            "40",
+            "--jitter-ms",
+            "5",
+            "--queue-ms",
+            "300",
+            "--seed",
+            "9",
+            "--reorder",
+        ]
+    )
+    assert network == NetworkConfig(
+        loss=0.05, burst=2, kbps=800, delay_ms=40, jitter_ms=5, queue_ms=300, seed=9, reorder=True
+    )
     assert parse_command_line([])[1] == NetworkConfig()
 
 
@@ -259,7 +277,14 @@ async def read_all(ice: FakeIce, timeout: float = 0.3) -> list[bytes]:
 
 def test_classification_follows_rfc_7983():
     assert [classify(d) for d in (STUN, DTLS, RTP, RTP_MARKER, RTCP, b"\x40\x00", b"")] == [
-        "stun", "dtls", "rtp", "rtp", "rtcp", "other", "other"]
+        "stun",
+        "dtls",
+        "rtp",
+        "rtp",
+        "rtcp",
+        "other",
+        "other",
+    ]
     assert classify(bytes([0x80, 200])) == "rtcp" and classify(bytes([0x80, 223])) == "rtcp"
 
 
@@ -384,6 +409,7 @@ async def test_attach_peer_on_real_aiortc_peers_sees_every_class_and_stops_on_cl
                     frames.put_nowait(await track.recv())
                 except Exception:
                     return
+
         asyncio.ensure_future(drain())
 
     try:
@@ -415,8 +441,7 @@ async def test_attach_peer_on_real_aiortc_peers_sees_every_class_and_stops_on_cl
 
 @pytest.fixture
 async def client(upscaler, default_model_path):
-    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)),
-                     NetworkConfig(delay_ms=10))
+    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)), NetworkConfig(delay_ms=10))
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -428,7 +453,9 @@ async def test_get_network_shape(client):
     assert set(body) == {"settings", "active", "sessions", "sessions_total", "counters", "queue_delay_ms", "classes"}
     assert body["settings"] == NetworkConfig(delay_ms=10).to_json() and body["active"] is True
     assert body["sessions"] == 0
-    assert {"offered_packets", "lost_packets", "queue_dropped_packets", "delivered_packets", "loss_fraction"} <= set(body["counters"])
+    assert {"offered_packets", "lost_packets", "queue_dropped_packets", "delivered_packets", "loss_fraction"} <= set(
+        body["counters"]
+    )
     assert set(body["queue_delay_ms"]) == {"p50", "p95", "current"}
     assert set(body["classes"]) == {"stun", "dtls", "rtp", "rtcp", "other"}
 

@@ -81,8 +81,12 @@ def pairs() -> list[tuple[np.ndarray, np.ndarray]]:
 @pytest.mark.parametrize("name", INT8, ids=[f"{name}-on-{ISA}" for name in INT8])
 def test_int8_model_beats_bicubic_and_tracks_its_fp32_model_on_this_cpu(name, pairs):
     reference = MODELS[name]["reference"]
-    result = check(name, OnnxUpscaler(model_path(name), threads=1).upscale_luma,
-                   (reference, OnnxUpscaler(model_path(reference), threads=1).upscale_luma), pairs)
+    result = check(
+        name,
+        OnnxUpscaler(model_path(name), threads=1).upscale_luma,
+        (reference, OnnxUpscaler(model_path(reference), threads=1).upscale_luma),
+        pairs,
+    )
     assert result.passed, f"on this CPU ({ISA}): {result.reason}"
     assert result.reference_db is not None and result.psnr_db > result.reference_db - MAX_LOSS_DB
 
@@ -93,10 +97,12 @@ def narrowed_first_conv(src: Path, out: Path) -> Path:
     model = onnx.load(str(src))
     _, weight, zero = conv_weights(model)[0]
     assert weight.data_type == onnx.TensorProto.UINT8 and zero is not None
-    weight.CopyFrom(numpy_helper.from_array(
-        (numpy_helper.to_array(weight).astype(np.int16) - 128).astype(np.int8), weight.name))
-    zero.CopyFrom(numpy_helper.from_array(
-        (numpy_helper.to_array(zero).astype(np.int16) - 128).astype(np.int8), zero.name))
+    weight.CopyFrom(
+        numpy_helper.from_array((numpy_helper.to_array(weight).astype(np.int16) - 128).astype(np.int8), weight.name)
+    )
+    zero.CopyFrom(
+        numpy_helper.from_array((numpy_helper.to_array(zero).astype(np.int16) - 128).astype(np.int8), zero.name)
+    )
     onnx.save(model, str(out))
     return out
 
@@ -105,8 +111,14 @@ def run_emulated(code: str, *args: str, timeout: float = 600) -> subprocess.Comp
     """``python -c code args`` on an emulated AVX2 CPU without VNNI."""
     if QEMU is None:
         pytest.skip("qemu-x86_64 is not installed (Debian's qemu-user): cannot emulate an AVX2 CPU without VNNI")
-    return subprocess.run([QEMU, "-cpu", EMULATED_CPU, sys.executable, "-c", code, *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [QEMU, "-cpu", EMULATED_CPU, sys.executable, "-c", code, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 UPSCALE = """
@@ -153,10 +165,24 @@ def test_an_int8_build_exported_the_old_way_is_refused_on_an_avx2_cpu_without_vn
     narrowed_first_conv(model_path(name), tmp_path / "old_int8.onnx")
     shutil.copy(model_path(reference), tmp_path / "ref.onnx")
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"default": reference, "models": {
-        reference: {"file": "ref.onnx", "precision": "fp32", "kind": "perceptual", "params": 1},
-        "old_int8": {"file": "old_int8.onnx", "precision": "int8", "kind": "perceptual", "params": 1,
-                     "reference": reference}}}), encoding="utf-8")
+    manifest.write_text(
+        json.dumps(
+            {
+                "default": reference,
+                "models": {
+                    reference: {"file": "ref.onnx", "precision": "fp32", "kind": "perceptual", "params": 1},
+                    "old_int8": {
+                        "file": "old_int8.onnx",
+                        "precision": "int8",
+                        "kind": "perceptual",
+                        "params": 1,
+                        "reference": reference,
+                    },
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
     done = run_emulated(OPEN, str(manifest), "old_int8")
     assert done.returncode == 0, done.stderr[-2000:]
     verdict = json.loads(done.stdout.strip().splitlines()[-1])

@@ -393,7 +393,9 @@ def test_padding_is_consumed_and_a_gap_between_consecutive_pictures_does_not_sta
             seq += 1
             stream.append((i, p))
         if i == 3:
-            stream.append((i, RtpPacket(payload_type=96, sequence_number=seq, timestamp=encoded[i].timestamp, ssrc=SSRC)))
+            stream.append(
+                (i, RtpPacket(payload_type=96, sequence_number=seq, timestamp=encoded[i].timestamp, ssrc=SSRC))
+            )
             seq += 1
         if i == 5:
             seq += 1  # lost padding (or an unknown payload type): PictureIDs of frames 5 and 6 are consecutive

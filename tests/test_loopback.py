@@ -66,8 +66,9 @@ async def test_sr_on_as_received_beats_forwarded_sr_off_by_more_than_bicubic_can
     margins, vmaf_neg = {}, {}
     async with serving(app) as url:
         for sr_on in (True, False):
-            report = await run_probe(url, seconds=6.0, fps=15.0, psnr_every=2, sr=sr_on, vmaf=True,
-                                     generator=upscaler if sr_on else None)
+            report = await run_probe(
+                url, seconds=6.0, fps=15.0, psnr_every=2, sr=sr_on, vmaf=True, generator=upscaler if sr_on else None
+            )
             sr, raw = report.streams["sr"], report.streams["raw"]
             assert sr["psnr_y"] is not None and raw["psnr_y"] is not None and sr["frames"] >= 60, (sr, raw)
             margins[sr_on] = sr["psnr_y"] - raw["psnr_y"]

@@ -37,10 +37,28 @@ def test_short_training_lowers_loss(tmp_path: Path) -> None:
     from srtc.training.arch import build
     from srtc.training.data import PatchPairs
 
-    args = train.make_parser().parse_args([
-        "--data", str(DATA / "train" / "BSDS200"), "--val", "", "--out", str(tmp_path / "run"),
-        "--steps", "150", "--seed", "0", "--batch", "16", "--patch", "48", "--limit-images", "6",
-        "--save-every", "50"])
+    args = train.make_parser().parse_args(
+        [
+            "--data",
+            str(DATA / "train" / "BSDS200"),
+            "--val",
+            "",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "150",
+            "--seed",
+            "0",
+            "--batch",
+            "16",
+            "--patch",
+            "48",
+            "--limit-images",
+            "6",
+            "--save-every",
+            "50",
+        ]
+    )
     # The same fixed batch scores the initial and the trained weights, so the check is not noisy.
     lr_b, hr_b = PatchPairs(args.data, args.patch, args.limit_images).sample(64, np.random.default_rng(123))
     torch.manual_seed(args.seed)
@@ -93,9 +111,16 @@ def test_written_graph_is_the_traced_graph_without_its_plumbing(tmp_path: Path) 
     for conv in (model.head, *model.body, model.tail):  # a trained-looking net: every layer contributes
         torch.nn.init.normal_(conv.weight, std=0.08)
     traced = tmp_path / "traced.onnx"
-    torch.onnx.export(model, (torch.rand(1, 1, 64, 96),), str(traced), dynamo=False, opset_version=17,
-                      input_names=["lr"], output_names=["sr"],
-                      dynamic_axes={"lr": {2: "h", 3: "w"}, "sr": {2: "h2", 3: "w2"}})
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 1, 64, 96),),
+        str(traced),
+        dynamo=False,
+        opset_version=17,
+        input_names=["lr"],
+        output_names=["sr"],
+        dynamic_axes={"lr": {2: "h", 3: "w"}, "sr": {2: "h2", 3: "w2"}},
+    )
     written = quarter_res_graph(model)
     a = ort.InferenceSession(str(traced), providers=["CPUExecutionProvider"])
     b = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -123,7 +148,9 @@ def test_manifest_shape_and_resolve() -> None:
     keys = {"file", "sha256", "kind", "precision", "params", "scale", "description", "recipe"}
     for name, entry in manifest["models"].items():
         assert keys <= set(entry) <= keys | {"fallback", "role", "reference"}, name
-        assert sha256_of(MANIFEST_PATH.parent / entry["file"]) == entry["sha256"], f"{name}: the file is not the one listed"
+        assert sha256_of(MANIFEST_PATH.parent / entry["file"]) == entry["sha256"], (
+            f"{name}: the file is not the one listed"
+        )
         assert "\n" not in entry["description"] and len(entry["description"]) < 200, f"{name}: one line"
         # an int8 build names the fp32 model it was made from: the server's self-check compares the two
         assert (entry["precision"] == "int8") == ("reference" in entry), name
@@ -149,8 +176,11 @@ def test_every_recipe_leads_to_the_file_it_ships() -> None:
 
     for name, entry in load_manifest()["models"].items():
         recipe = MANIFEST_PATH.parent / entry["recipe"]
-        steps = [shlex.split(line) for line in recipe.read_text(encoding="utf-8").splitlines()
-                 if line.strip() and not line.startswith(("#", "set "))]
+        steps = [
+            shlex.split(line)
+            for line in recipe.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith(("#", "set "))
+        ]
         written: set[str] = set()
         for words in steps:
             if words[0] == "cp":
@@ -158,7 +188,9 @@ def test_every_recipe_leads_to_the_file_it_ships() -> None:
             elif "srtc.training.export" in words:
                 ckpt = words[words.index("--ckpt") + 1]
                 made = any(ckpt.startswith(out.rstrip("/") + "/") for out in written)
-                assert ckpt in written or made or (ROOT / ckpt).is_file(), f"{name}: exports {ckpt}, which nothing writes"
+                assert ckpt in written or made or (ROOT / ckpt).is_file(), (
+                    f"{name}: exports {ckpt}, which nothing writes"
+                )
             elif "--out" in words:
                 written.add(words[words.index("--out") + 1])
         last = steps[-1] if steps[-1][0] != "cp" else steps[-2]
@@ -171,8 +203,7 @@ def test_export_records_the_copy_out_of_the_run_folder(tmp_path: Path) -> None:
     from srtc.training.export import copy_step
 
     final = {"step": 500, "args": {"out": "runs/r1", "steps": 500}}
-    assert copy_step(final, "checkpoints/m_stage1.pt") == \
-        "cp runs/r1/last.pt checkpoints/m_stage1.pt"
+    assert copy_step(final, "checkpoints/m_stage1.pt") == "cp runs/r1/last.pt checkpoints/m_stage1.pt"
     assert copy_step({**final, "step": 300}, "checkpoints/m_stage1.pt").startswith("cp runs/r1/best.pt ")
     stopped = {"step": 300, "args": {"out": "runs/r1", "steps": 500, "stop_at": 300}}  # --stop-at 300
     assert copy_step(stopped, "checkpoints/m_stage1.pt").startswith("cp runs/r1/last.pt ")
@@ -250,7 +281,6 @@ def test_bicubic_reproduces_set5_reference() -> None:
     assert abs(bicubic - 33.66) < 0.05, bicubic
 
 
-
 @needs_torch
 def test_short_training_on_a_codec_aware_cache_lowers_loss(tmp_path: Path) -> None:
     """--pairs: the loop trains on degraded pairs from srtc.training.degrade's cache just as on clean images."""
@@ -259,9 +289,26 @@ def test_short_training_on_a_codec_aware_cache_lowers_loss(tmp_path: Path) -> No
 
     samples = SAMPLES
     cache = build_cache(tmp_path / "cache", samples, None, pairs=6, seed=0, progress=False)
-    args = train.make_parser().parse_args([
-        "--pairs", str(cache), "--val", "", "--out", str(tmp_path / "run"), "--steps", "120", "--seed", "0",
-        "--batch", "16", "--patch", "48", "--save-every", "60"])
+    args = train.make_parser().parse_args(
+        [
+            "--pairs",
+            str(cache),
+            "--val",
+            "",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "120",
+            "--seed",
+            "0",
+            "--batch",
+            "16",
+            "--patch",
+            "48",
+            "--save-every",
+            "60",
+        ]
+    )
     summary = train.train(args)
     losses = summary["losses"]
     assert summary["steps"] == 120
@@ -275,21 +322,46 @@ def test_init_starts_a_fine_tune_from_another_runs_weights(tmp_path: Path) -> No
 
     from srtc.training import train
 
-    base = ["--data", str(SAMPLES), "--val", "",
-            "--seed", "0", "--batch", "4", "--patch", "48", "--save-every", "5"]
+    base = ["--data", str(SAMPLES), "--val", "", "--seed", "0", "--batch", "4", "--patch", "48", "--save-every", "5"]
     train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "a"), "--steps", "10"]))
     source = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
-    tuned = train.train(train.make_parser().parse_args(
-        base + ["--out", str(tmp_path / "b"), "--steps", "1", "--lr", "1e-12", "--min-lr", "1e-12",
-                "--init", str(tmp_path / "a" / "last.pt")]))
+    tuned = train.train(
+        train.make_parser().parse_args(
+            base
+            + [
+                "--out",
+                str(tmp_path / "b"),
+                "--steps",
+                "1",
+                "--lr",
+                "1e-12",
+                "--min-lr",
+                "1e-12",
+                "--init",
+                str(tmp_path / "a" / "last.pt"),
+            ]
+        )
+    )
     assert tuned["steps"] == 1
     after = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     for name, value in source["model"].items():  # a 1e-12 step cannot move the weights measurably
         assert torch.allclose(after["model"][name], value, atol=1e-6), name
     with pytest.raises(SystemExit, match="config"):
-        train.train(train.make_parser().parse_args(
-            base + ["--out", str(tmp_path / "c"), "--steps", "1", "--widths", "16,16",
-                    "--init", str(tmp_path / "a" / "last.pt")]))
+        train.train(
+            train.make_parser().parse_args(
+                base
+                + [
+                    "--out",
+                    str(tmp_path / "c"),
+                    "--steps",
+                    "1",
+                    "--widths",
+                    "16,16",
+                    "--init",
+                    str(tmp_path / "a" / "last.pt"),
+                ]
+            )
+        )
 
 
 @needs_torch
@@ -300,8 +372,24 @@ def test_stop_at_splits_one_schedule_and_resume_finishes_it(tmp_path: Path) -> N
 
     from srtc.training import train
 
-    base = ["--data", str(SAMPLES), "--val", "", "--seed", "0", "--batch", "4",
-            "--patch", "48", "--save-every", "5", "--steps", "12", "--lr", "1e-2"]
+    base = [
+        "--data",
+        str(SAMPLES),
+        "--val",
+        "",
+        "--seed",
+        "0",
+        "--batch",
+        "4",
+        "--patch",
+        "48",
+        "--save-every",
+        "5",
+        "--steps",
+        "12",
+        "--lr",
+        "1e-2",
+    ]
     whole = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "whole")]))
     first = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "split"), "--stop-at", "7"]))
     assert first["steps"] == 7 and whole["steps"] == 12
@@ -323,8 +411,10 @@ def test_the_manifest_command_lists_every_phase_of_a_resumed_run() -> None:
 
     plain = {"command": "python -m srtc.training.train --steps 10"}
     assert training_command(plain) == "python -m srtc.training.train --steps 10"
-    resumed = {"command": "python -m srtc.training.train --steps 10",
-               "history": [[0, "python -m srtc.training.train --steps 10"], [4, "python -m srtc.training.train --steps 8"]]}
+    resumed = {
+        "command": "python -m srtc.training.train --steps 10",
+        "history": [[0, "python -m srtc.training.train --steps 10"], [4, "python -m srtc.training.train --steps 8"]],
+    }
     text = training_command(resumed)
     assert text.startswith("python -m srtc.training.train --steps 10 ;")
     assert "(stopped at step 4) python -m srtc.training.train --steps 8 --resume" in text
@@ -341,21 +431,38 @@ def test_a_re_export_keeps_the_models_registered_fallback(tmp_path: Path) -> Non
 
     path = tmp_path / "manifest.json"
     (tmp_path / "m.onnx").write_bytes(b"first weights")
-    update_manifest("m", {"file": "m.onnx", "params": 1, "command": "python -m srtc.training.train --steps 10 && "
-                          "python -m srtc.training.export --ckpt runs/m/last.pt --name m"}, make_default=True, path=path)
+    update_manifest(
+        "m",
+        {
+            "file": "m.onnx",
+            "params": 1,
+            "command": "python -m srtc.training.train --steps 10 && "
+            "python -m srtc.training.export --ckpt runs/m/last.pt --name m",
+        },
+        make_default=True,
+        path=path,
+    )
     manifest = json.loads(path.read_text())
     assert manifest["default"] == "m" and manifest["models"]["m"]["recipe"] == "recipes/m.sh"
     recipe = (tmp_path / "recipes" / "m.sh").read_text().splitlines()
-    assert recipe[-2:] == ["python -m srtc.training.train --steps 10",
-                           "python -m srtc.training.export --ckpt runs/m/last.pt --name m"]
+    assert recipe[-2:] == [
+        "python -m srtc.training.train --steps 10",
+        "python -m srtc.training.export --ckpt runs/m/last.pt --name m",
+    ]
     manifest["models"]["m"]["fallback"] = "m_int8"
     manifest["models"]["m"]["role"] = "fallback"
     path.write_text(json.dumps(manifest))
     (tmp_path / "m.onnx").write_bytes(b"new weights")
     update_manifest("m", {"file": "m.onnx", "params": 2}, make_default=False, path=path)
     manifest = json.loads(path.read_text())
-    assert manifest["models"]["m"] == {"file": "m.onnx", "sha256": sha256_of(tmp_path / "m.onnx"), "role": "fallback",
-                                       "params": 2, "fallback": "m_int8", "recipe": "recipes/m.sh"}
+    assert manifest["models"]["m"] == {
+        "file": "m.onnx",
+        "sha256": sha256_of(tmp_path / "m.onnx"),
+        "role": "fallback",
+        "params": 2,
+        "fallback": "m_int8",
+        "recipe": "recipes/m.sh",
+    }
     assert manifest["default"] == "m"
 
 
@@ -382,8 +489,9 @@ def test_interleaved_timing_takes_turns_and_ratios_are_per_round() -> None:
     from srtc.training.speed import ratio_to, time_interleaved
 
     models = MANIFEST_PATH.parent
-    times = time_interleaved([models / "fidelity_fast_x2.onnx", models / "fidelity_x2.onnx"], 36, 64, threads=1,
-                             rounds=4, warmup=1)
+    times = time_interleaved(
+        [models / "fidelity_fast_x2.onnx", models / "fidelity_x2.onnx"], 36, 64, threads=1, rounds=4, warmup=1
+    )
     assert [len(t) for t in times] == [4, 4] and all(v > 0 for t in times for v in t)
     # a 10x spike in one round moves a whole-run ratio of medians or means, not the median per-round ratio
     assert ratio_to([2.0, 4.0, 60.0, 8.0], [1.0, 2.0, 30.0, 4.0]) == 2.0

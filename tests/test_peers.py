@@ -1,4 +1,5 @@
-"""srtc.training.peers: every x2 peer file is rebuilt (or skipped with a reason), folds are exact, the .pb rebuild is sane.
+"""srtc.training.peers: every x2 peer file is rebuilt (or skipped with a reason), folds are exact, the .pb
+rebuild is sane.
 
 Needs ../shared/peers (skipped with the reason otherwise); each test runs in about a second.
 """
@@ -23,8 +24,9 @@ def peer_dir() -> Path:
 
 
 def test_every_x2_peer_file_found_is_built_or_skipped_with_a_reason(peer_dir):
-    files = sorted(p.relative_to(peer_dir).as_posix() for p in peer_dir.rglob("*")
-                   if p.suffix in (".pth", ".pb", ".onnx"))
+    files = sorted(
+        p.relative_to(peer_dir).as_posix() for p in peer_dir.rglob("*") if p.suffix in (".pth", ".pb", ".onnx")
+    )
     found, skipped = P.list_peer_files(peer_dir)
     built = {path.relative_to(peer_dir).as_posix() for _, _, path in found}
     assert all(s["reason"] for s in skipped)

@@ -224,9 +224,15 @@ def test_report_json_shape(small_source: probe.Source) -> None:
     stats = probe_report.StreamStats("sr")
     stats.psnr.append(math.inf)
     report = probe.ProbeReport(
-        url="http://x", session_id="abc", sent=10, seconds=1.0, fps=30.0, skipped=2,
+        url="http://x",
+        session_id="abc",
+        sent=10,
+        seconds=1.0,
+        fps=30.0,
+        skipped=2,
         streams={"sr": stats.report(), "raw": probe_report.StreamStats("raw").report()},
-        psnr_reference={"bicubic_sent": 40.0, "frames": 2}, source="test",
+        psnr_reference={"bicubic_sent": 40.0, "frames": 2},
+        source="test",
     )
     data = json.loads(report.to_json())
     assert data["sent"] == 10 and data["seconds"] == 1.0 and data["skipped"] == 2
@@ -265,7 +271,9 @@ async def test_session_deleted_when_the_answer_is_unusable(small_source: probe.S
     async def offer(request: web.Request) -> web.Response:
         body = await request.json()
         assert body["type"] == "offer" and body["sr"] is True
-        directions = [line[2:] for line in body["sdp"].splitlines() if line in ("a=sendonly", "a=recvonly", "a=sendrecv")]
+        directions = [
+            line[2:] for line in body["sdp"].splitlines() if line in ("a=sendonly", "a=recvonly", "a=sendrecv")
+        ]
         assert directions == ["sendonly", "recvonly", "recvonly"]  # uplink, SR on, SR off
         return web.json_response({"sdp": "v=0\r\nbroken", "type": "answer", "id": "s1"})
 
@@ -295,7 +303,7 @@ async def test_arrival_watch_maps_pts_back_to_the_marker_packet() -> None:
     class Receiver:
         def __init__(self) -> None:
             self.handled: list[int] = []
-            setattr(self, "_RTCRtpReceiver__timestamp_mapper", Mapper())
+            self._RTCRtpReceiver__timestamp_mapper = Mapper()
 
         async def _handle_rtp_packet(self, packet: Packet, arrival_time_ms: int) -> None:
             self.handled.append(packet.timestamp)

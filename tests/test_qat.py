@@ -103,10 +103,32 @@ def test_weights_are_rounded_per_channel_to_seven_bit_levels():
 
 def test_short_qat_run_recovers_simulated_quality(tmp_path):
     """A hundred-odd steps through the rounding bring the simulated int8 net closer to fp32 on real images."""
-    args = qat.make_parser().parse_args([
-        "--ckpt", str(CKPT), "--base", "fidelity_fast_x2", "--out", str(tmp_path / "run"), "--steps", "150",
-        "--data", str(shared_or_skip("data", "train")), "--val", str(shared_or_skip("data", "benchmarks", "Set5")),
-        "--limit-images", "40", "--val-every", "150", "--batch", "16", "--lr", "3e-4", "--threads", "2"])
+    args = qat.make_parser().parse_args(
+        [
+            "--ckpt",
+            str(CKPT),
+            "--base",
+            "fidelity_fast_x2",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "150",
+            "--data",
+            str(shared_or_skip("data", "train")),
+            "--val",
+            str(shared_or_skip("data", "benchmarks", "Set5")),
+            "--limit-images",
+            "40",
+            "--val-every",
+            "150",
+            "--batch",
+            "16",
+            "--lr",
+            "3e-4",
+            "--threads",
+            "2",
+        ]
+    )
     result = qat.qat(args)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 150
     assert result["best_psnr"] > result["start_psnr"] + 0.02
@@ -116,8 +138,24 @@ def test_short_qat_run_recovers_simulated_quality(tmp_path):
 
 def sys_args(args: argparse.Namespace) -> list[str]:
     """The flags of ``args`` that a resumed run repeats."""
-    return ["--ckpt", args.ckpt, "--base", args.base, "--out", args.out, "--data", args.data, "--val", args.val,
-            "--limit-images", str(args.limit_images), "--batch", str(args.batch), "--threads", "2"]
+    return [
+        "--ckpt",
+        args.ckpt,
+        "--base",
+        args.base,
+        "--out",
+        args.out,
+        "--data",
+        args.data,
+        "--val",
+        args.val,
+        "--limit-images",
+        str(args.limit_images),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        "2",
+    ]
 
 
 def test_relu_net_rounds_once_per_conv(tmp_path):
@@ -145,9 +183,16 @@ def clip_pairs(folder, count: int = 3):
     for i in range(count):
         y = photo_luma(100, 60, i)
         lr, prev = y[:, 4:68], y[:, 2:66]
-        degrade.write_pair(degrade.pair_path(folder, i), degrade.Pair(
-            lr, np.kron(lr, np.ones((2, 2), np.uint8)), {"mode": "clip"},
-            lr_prev=prev, hr_prev=np.kron(prev, np.ones((2, 2), np.uint8))))
+        degrade.write_pair(
+            degrade.pair_path(folder, i),
+            degrade.Pair(
+                lr,
+                np.kron(lr, np.ones((2, 2), np.uint8)),
+                {"mode": "clip"},
+                lr_prev=prev,
+                hr_prev=np.kron(prev, np.ones((2, 2), np.uint8)),
+            ),
+        )
     return degrade.CodecPatchPairs(folder, patch=64)
 
 
@@ -163,7 +208,9 @@ def test_change_loss_is_zero_for_the_fp32_net_against_itself_and_counts_int8_fli
 
     def score(target) -> float:
         with torch.no_grad():
-            return float(qat.change_loss(model, target, data, 8, np.random.default_rng(0), torch.nn.functional.mse_loss))
+            return float(
+                qat.change_loss(model, target, data, 8, np.random.default_rng(0), torch.nn.functional.mse_loss)
+            )
 
     model.quantize = False
     same = score(teacher)
@@ -175,7 +222,19 @@ def test_change_loss_is_zero_for_the_fp32_net_against_itself_and_counts_int8_fli
 
 
 def test_temporal_qat_needs_clip_pairs(tmp_path):
-    args = qat.make_parser().parse_args(["--ckpt", str(CKPT), "--base", "fidelity_fast_x2", "--out", str(tmp_path / "r"),
-                                         "--steps", "1", "--temporal", "1"])
+    args = qat.make_parser().parse_args(
+        [
+            "--ckpt",
+            str(CKPT),
+            "--base",
+            "fidelity_fast_x2",
+            "--out",
+            str(tmp_path / "r"),
+            "--steps",
+            "1",
+            "--temporal",
+            "1",
+        ]
+    )
     with pytest.raises(SystemExit, match="--pairs"):
         qat.qat(args)

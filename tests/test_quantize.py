@@ -23,8 +23,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def calibration() -> list[np.ndarray]:
     """A small but real calibration set: decoded clip frames plus one training still."""
-    return q.calibration_lumas(frames=4, images=1, video_dir=shared_or_skip("data", "video"),
-                               train_dir=shared_or_skip("data", "train"))
+    return q.calibration_lumas(
+        frames=4, images=1, video_dir=shared_or_skip("data", "video"), train_dir=shared_or_skip("data", "train")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +91,18 @@ def registered_int8() -> list[str]:
     return [name for name, e in load_manifest()["models"].items() if e.get("precision") == "int8"]
 
 
-@pytest.mark.parametrize("name", registered_int8() or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no int8 model in srtc/zoo/manifest.json: no variant met the gate (see docs/MODELS.md)"))])
+@pytest.mark.parametrize(
+    "name",
+    registered_int8()
+    or [
+        pytest.param(
+            None,
+            marks=pytest.mark.skip(
+                reason="no int8 model in srtc/zoo/manifest.json: no variant met the gate (see docs/MODELS.md)"
+            ),
+        )
+    ],
+)
 def test_registered_int8_model_serves_a_real_frame(name):
     from srtc.server.engine import OnnxUpscaler
 
@@ -116,8 +127,14 @@ def test_register_lists_int8_without_touching_the_default(tmp_path, int8_model):
     out = tmp_path / "m_int8.onnx"
     out.write_bytes(int8_model.read_bytes())
     default = load_manifest(manifest)["default"]
-    q.register(f"{default}_int8", out, default, q.Variant("test", per_channel=True), "python -m srtc.training.quantize ...",
-               manifest_path=manifest)
+    q.register(
+        f"{default}_int8",
+        out,
+        default,
+        q.Variant("test", per_channel=True),
+        "python -m srtc.training.quantize ...",
+        manifest_path=manifest,
+    )
     after = load_manifest(manifest)
     entry = after["models"][f"{default}_int8"]
     assert after["default"] == default and after["models"][default] == load_manifest()["models"][default]

@@ -72,8 +72,10 @@ def test_a_model_worse_than_bicubic_is_refused_and_bicubic_served(tmp_path, capl
 
 def test_a_refused_build_is_replaced_by_its_fp32_reference(tmp_path):
     broken_copy(MANIFEST_PATH.parent / load_manifest()["models"][DEFAULT]["file"], tmp_path / "bad_int8.onnx")
-    manifest = manifest_with(tmp_path, {"bad_int8": {"file": "bad_int8.onnx", "precision": "int8", "kind": "x",
-                                                     "params": 1, "reference": DEFAULT}})
+    manifest = manifest_with(
+        tmp_path,
+        {"bad_int8": {"file": "bad_int8.onnx", "precision": "int8", "kind": "x", "params": 1, "reference": DEFAULT}},
+    )
     up, info = open_model("bad_int8", threads=1, manifest_path=manifest)
     assert isinstance(up, OnnxUpscaler) and info.name == DEFAULT and info.check.passed
     assert [r.model for r in info.refused] == ["bad_int8"]
@@ -82,8 +84,10 @@ def test_a_refused_build_is_replaced_by_its_fp32_reference(tmp_path):
 
 def test_the_governor_never_gets_a_fast_model_worse_than_bicubic(tmp_path):
     broken_copy(MANIFEST_PATH.parent / load_manifest()["models"][DEFAULT]["file"], tmp_path / "bad_int8.onnx")
-    manifest = manifest_with(tmp_path, {"bad_int8": {"file": "bad_int8.onnx", "precision": "int8", "kind": "x",
-                                                     "params": 1, "reference": DEFAULT}})
+    manifest = manifest_with(
+        tmp_path,
+        {"bad_int8": {"file": "bad_int8.onnx", "precision": "int8", "kind": "x", "params": 1, "reference": DEFAULT}},
+    )
     data = json.loads(manifest.read_text(encoding="utf-8"))
     data["models"][DEFAULT]["fallback"] = "bad_int8"
     manifest.write_text(json.dumps(data), encoding="utf-8")

@@ -39,7 +39,13 @@ async def test_malformed_json_is_a_400(client):
         ({"sdp": "v=0\r\n", "type": "answer"}, '"type" must be "offer"'),
         ({"sdp": "hello", "type": "offer"}, "SDP"),
         ({"sdp": 42, "type": "offer"}, "SDP"),
-        ({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n", "type": "offer"}, "no video"),
+        (
+            {
+                "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n",
+                "type": "offer",
+            },
+            "no video",
+        ),
         ({"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}, "cannot apply the offer"),
         ({"sdp": "v=0\r\nm=video 9\r\n", "type": "offer", "sr": "yes"}, '"sr" must be'),
     ],
@@ -92,8 +98,11 @@ async def test_only_the_client_that_opened_a_session_can_switch_it_or_end_it(cli
         sid, secret = answer["id"], answer["secret"]
         assert len(secret) >= 20 and sid in {s["id"] for s in (await (await client.get("/stats")).json())["sessions"]}
         for headers in ({}, {"X-Session-Secret": "guess"}, {"X-Session-Secret": secret[:-1]}):
-            await expect_error(await client.post(f"/sessions/{sid}/sr", json={"enabled": False}, headers=headers),
-                               403, "belongs to the client that opened it")
+            await expect_error(
+                await client.post(f"/sessions/{sid}/sr", json={"enabled": False}, headers=headers),
+                403,
+                "belongs to the client that opened it",
+            )
             await expect_error(await client.delete(f"/sessions/{sid}", headers=headers), 403, "X-Session-Secret")
         stats = (await (await client.get("/stats", params={"id": sid})).json())["sessions"][0]
         assert stats["sr_enabled"] is True  # untouched by the others
@@ -105,22 +114,29 @@ async def test_only_the_client_that_opened_a_session_can_switch_it_or_end_it(cli
         await pc.close()
 
 
-@pytest.mark.parametrize("body, fragment", [
-    (b"[" * 12_000, "nested too deeply"),  # within the body limit, far past the JSON parser's depth
-    (b'{"enabled": ' + b"9" * 5000 + b"}", "not usable JSON"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b"[" * 12_000, "nested too deeply"),  # within the body limit, far past the JSON parser's depth
+        (b'{"enabled": ' + b"9" * 5000 + b"}", "not usable JSON"),
+    ],
+)
 async def test_pathological_json_is_a_400_not_a_500(client, body, fragment):
     for route in ("/offer", "/network"):
-        await expect_error(await client.post(route, data=body, headers={"Content-Type": "application/json"}), 400,
-                           fragment)
+        await expect_error(
+            await client.post(route, data=body, headers={"Content-Type": "application/json"}), 400, fragment
+        )
 
 
 async def test_another_sites_page_cannot_change_this_server(client):
     """A cross-site form or text/plain POST, a POST with a foreign Origin, and a DNS-rebound Host are refused,
     and nothing changes; the same request from this server's own page is served."""
     offer = '{"sdp": "v=0", "type": "offer"}'
-    await expect_error(await client.post("/network", data='{"loss": 1}', headers={"Content-Type": "text/plain"}),
-                       415, "application/json")
+    await expect_error(
+        await client.post("/network", data='{"loss": 1}', headers={"Content-Type": "text/plain"}),
+        415,
+        "application/json",
+    )
     await expect_error(await client.post("/offer", data=offer, headers={"Content-Type": "text/plain"}), 415, "JSON")
     evil = {"Origin": "http://evil.example", **JSON}
     await expect_error(await client.post("/network", data='{"loss": 1}', headers=evil), 403, "cross-origin")
@@ -144,8 +160,9 @@ async def test_the_simulated_network_is_changed_only_from_the_servers_machine(up
 
     app = create_app(ServerConfig(port=0, host="0.0.0.0"), upscaler, describe(str(default_model_path)))
     transport = mock.Mock()
-    transport.get_extra_info.side_effect = lambda name, default=None: ("192.0.2.7", 40000) if name == "peername" \
-        else default
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        ("192.0.2.7", 40000) if name == "peername" else default
+    )
     request = make_mocked_request("POST", "/network", headers=JSON, app=app, transport=transport)
     with pytest.raises(web.HTTPForbidden) as refused:
         await set_network(request)

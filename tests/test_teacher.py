@@ -12,9 +12,9 @@ from tests.conftest import shared_or_skip
 
 pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
-from srtc.training.data import PatchPairs  # noqa: E402
-from srtc.training.teacher import blend, load_teacher, peer_family  # noqa: E402
-from srtc.training.train import load_training_data, make_parser  # noqa: E402
+from srtc.training.data import PatchPairs
+from srtc.training.teacher import blend, load_teacher, peer_family
+from srtc.training.train import load_training_data, make_parser
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

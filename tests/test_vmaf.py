@@ -25,16 +25,20 @@ def frames() -> list[np.ndarray]:
 def test_identical_frames_score_near_100_and_a_blur_far_less(frames):
     same = vmaf(frames, frames)
     assert same["frames"] == 8 and same["vmaf"] > 97 and same["vmaf_neg"] > 97, same
-    blurred = [cv2.resize(cv2.resize(f, (320, 180), interpolation=cv2.INTER_AREA), (1280, 720),
-                          interpolation=cv2.INTER_LINEAR) for f in frames]
+    blurred = [
+        cv2.resize(cv2.resize(f, (320, 180), interpolation=cv2.INTER_AREA), (1280, 720), interpolation=cv2.INTER_LINEAR)
+        for f in frames
+    ]
     soft = vmaf(frames, blurred)
     assert soft["vmaf"] < same["vmaf"] - 20, (soft, same)
 
 
 def test_vmaf_neg_gives_no_credit_for_sharpening(frames):
     """The reason the project reports VMAF-NEG: unsharp masking lifts VMAF, not VMAF-NEG."""
-    upscaled = [cv2.resize(cv2.resize(f, (640, 360), interpolation=cv2.INTER_AREA), (1280, 720),
-                           interpolation=cv2.INTER_CUBIC) for f in frames]
+    upscaled = [
+        cv2.resize(cv2.resize(f, (640, 360), interpolation=cv2.INTER_AREA), (1280, 720), interpolation=cv2.INTER_CUBIC)
+        for f in frames
+    ]
     sharpened = [cv2.addWeighted(u, 2.0, cv2.GaussianBlur(u, (0, 0), 2.0), -1.0, 0) for u in upscaled]
     plain, sharp = vmaf(frames, upscaled), vmaf(frames, sharpened)
     assert sharp["vmaf"] > plain["vmaf"], (sharp, plain)

@@ -29,8 +29,9 @@ def open_session(model: str | Path | bytes, threads: int = 2, optimize: bool = T
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.log_severity_level = 3
     # Idle intra-op threads would spin-wait for work; on cores shared with the decoder and the encoder
     # that burns the time they need. Measured on a 2-core machine under load, 2 threads: 27.6 ms of

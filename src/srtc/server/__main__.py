@@ -28,48 +28,112 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="Serve the demo page and the WebRTC receiver that super-resolves every frame it receives "
-                    "(640x360 in, 1280x720 out) and sends both streams back.")
+        "(640x360 in, 1280x720 out) and sends both streams back.",
+    )
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default %(default)s)")
-    parser.add_argument("--model", default=None, help="a model name from srtc/zoo/manifest.json or a path to an .onnx file (default: the manifest's default)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="onnxruntime threads per inference (default %(default)s)")
-    parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions, help="concurrent clients (default %(default)s)")
-    parser.add_argument("--sr-headroom", type=float, default=defaults.sr_headroom,
-                        help="share of the frame interval the generator may use per frame, 0.1..1; beyond it some "
-                             "frames get bicubic instead of falling behind (default %(default)s)")
-    parser.add_argument("--fast-model", default=defaults.fast_model,
-                        help='the faster model tried before bicubic under load: "auto" (the manifest\'s fallback '
-                             'of --model), "none", or a manifest name or path (default %(default)s)')
-    parser.add_argument("--encoder-nice", type=int, default=defaults.encoder_nice,
-                        help="run the return encoders this many nice levels (0..19) below the server, so the SR "
-                             "stage takes shared cores first (Linux; default %(default)s)")
-    parser.add_argument("--viewer-kbps", type=float, default=defaults.viewer_kbps,
-                        help="the viewer's link for the returned streams, 300..100000: the SR-on encode starts at it "
-                             "and never exceeds it (a forwarded SR-off stream's rate comes off it first); the default "
-                             "suits a viewer on the same machine or LAN (default %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a model name from srtc/zoo/manifest.json or a path to an .onnx file (default: the manifest's default)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=defaults.threads, help="onnxruntime threads per inference (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, default=defaults.max_sessions, help="concurrent clients (default %(default)s)"
+    )
+    parser.add_argument(
+        "--sr-headroom",
+        type=float,
+        default=defaults.sr_headroom,
+        help="share of the frame interval the generator may use per frame, 0.1..1; beyond it some "
+        "frames get bicubic instead of falling behind (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fast-model",
+        default=defaults.fast_model,
+        help='the faster model tried before bicubic under load: "auto" (the manifest\'s fallback '
+        'of --model), "none", or a manifest name or path (default %(default)s)',
+    )
+    parser.add_argument(
+        "--encoder-nice",
+        type=int,
+        default=defaults.encoder_nice,
+        help="run the return encoders this many nice levels (0..19) below the server, so the SR "
+        "stage takes shared cores first (Linux; default %(default)s)",
+    )
+    parser.add_argument(
+        "--viewer-kbps",
+        type=float,
+        default=defaults.viewer_kbps,
+        help="the viewer's link for the returned streams, 300..100000: the SR-on encode starts at it "
+        "and never exceeds it (a forwarded SR-off stream's rate comes off it first); the default "
+        "suits a viewer on the same machine or LAN (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--stock-receiver", action="store_true",
-                        help="receive with aiortc's stock jitter buffer instead of the loss-resilient one (for comparisons)")
+    parser.add_argument(
+        "--stock-receiver",
+        action="store_true",
+        help="receive with aiortc's stock jitter buffer instead of the loss-resilient one (for comparisons)",
+    )
     sim = parser.add_argument_group("simulated network on the inbound media path (also GET/POST /network)")
-    sim.add_argument("--loss", type=float, default=net.loss, help="long-run packet loss fraction, 0..1 (default %(default)s)")
-    sim.add_argument("--burst", type=float, default=net.burst, help="mean loss burst length in packets, 1 = independent (default %(default)s)")
-    sim.add_argument("--kbps", type=float, default=net.kbps, help="link capacity, 10..100000, 0 = unlimited (default %(default)s)")
+    sim.add_argument(
+        "--loss", type=float, default=net.loss, help="long-run packet loss fraction, 0..1 (default %(default)s)"
+    )
+    sim.add_argument(
+        "--burst",
+        type=float,
+        default=net.burst,
+        help="mean loss burst length in packets, 1 = independent (default %(default)s)",
+    )
+    sim.add_argument(
+        "--kbps", type=float, default=net.kbps, help="link capacity, 10..100000, 0 = unlimited (default %(default)s)"
+    )
     sim.add_argument("--delay-ms", type=float, default=net.delay_ms, help="one-way base delay (default %(default)s)")
-    sim.add_argument("--jitter-ms", type=float, default=net.jitter_ms, help="standard deviation of the delay (default %(default)s)")
-    sim.add_argument("--queue-ms", type=float, default=net.queue_ms, help="drop-tail queue in ms of data at --kbps (default %(default)s)")
+    sim.add_argument(
+        "--jitter-ms", type=float, default=net.jitter_ms, help="standard deviation of the delay (default %(default)s)"
+    )
+    sim.add_argument(
+        "--queue-ms",
+        type=float,
+        default=net.queue_ms,
+        help="drop-tail queue in ms of data at --kbps (default %(default)s)",
+    )
     sim.add_argument("--seed", type=int, default=net.seed, help="random seed of loss and jitter (default %(default)s)")
     sim.add_argument("--reorder", action="store_true", help="let jitter reorder packets (default: in order)")
-    sim.add_argument("--no-impair-rtcp", dest="impair_rtcp", action="store_false", help="RTCP bypasses the impairment (default: impaired like RTP)")
+    sim.add_argument(
+        "--no-impair-rtcp",
+        dest="impair_rtcp",
+        action="store_false",
+        help="RTCP bypasses the impairment (default: impaired like RTP)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = ServerConfig(host=args.host, port=args.port, model=args.model, threads=args.threads,
-                              max_sessions=args.max_sessions, resilient_receiver=not args.stock_receiver,
-                              sr_headroom=args.sr_headroom, fast_model=args.fast_model,
-                              encoder_nice=args.encoder_nice, viewer_kbps=args.viewer_kbps)
-        network = NetworkConfig(loss=args.loss, burst=args.burst, kbps=args.kbps, delay_ms=args.delay_ms,
-                                jitter_ms=args.jitter_ms, queue_ms=args.queue_ms, seed=args.seed,
-                                reorder=args.reorder, impair_rtcp=args.impair_rtcp)
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            model=args.model,
+            threads=args.threads,
+            max_sessions=args.max_sessions,
+            resilient_receiver=not args.stock_receiver,
+            sr_headroom=args.sr_headroom,
+            fast_model=args.fast_model,
+            encoder_nice=args.encoder_nice,
+            viewer_kbps=args.viewer_kbps,
+        )
+        network = NetworkConfig(
+            loss=args.loss,
+            burst=args.burst,
+            kbps=args.kbps,
+            delay_ms=args.delay_ms,
+            jitter_ms=args.jitter_ms,
+            queue_ms=args.queue_ms,
+            seed=args.seed,
+            reorder=args.reorder,
+            impair_rtcp=args.impair_rtcp,
+        )
     except ConfigError as exc:
         parser.error(str(exc))
     return config, network

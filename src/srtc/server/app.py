@@ -35,9 +35,14 @@ SECRET_HEADER = "X-Session-Secret"  # a session's routes need the secret its off
 FAST = web.AppKey("fast", object)  # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
 
 
-def create_app(config: ServerConfig, upscaler: Upscaler, model: ModelInfo,
-               network: NetworkConfig | None = None, fast: Upscaler | None = None,
-               fast_info: ModelInfo | None = None) -> web.Application:
+def create_app(
+    config: ServerConfig,
+    upscaler: Upscaler,
+    model: ModelInfo,
+    network: NetworkConfig | None = None,
+    fast: Upscaler | None = None,
+    fast_info: ModelInfo | None = None,
+) -> web.Application:
     """Build the app around an already loaded model (loading it is where start-up may fail).
 
     ``network``: the inbound path's impairment at start (default: none); ``POST /network`` changes it.
@@ -71,11 +76,17 @@ async def offer(request: web.Request) -> web.Response:
     description, sr_enabled = parse_offer(await _read_json(request))
     if len(sessions) >= app[CONFIG].max_sessions:
         raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
-    session = Session(app[UPSCALER], on_closed=lambda s: sessions.pop(s.id, None),
-                      connect_timeout_s=app[CONFIG].connect_timeout_s, network=app[NETWORK],
-                      resilient=app[CONFIG].resilient_receiver,
-                      governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom), fast=app[FAST][0],
-                      encoder_nice=app[CONFIG].encoder_nice, viewer_kbps=app[CONFIG].viewer_kbps)
+    session = Session(
+        app[UPSCALER],
+        on_closed=lambda s: sessions.pop(s.id, None),
+        connect_timeout_s=app[CONFIG].connect_timeout_s,
+        network=app[NETWORK],
+        resilient=app[CONFIG].resilient_receiver,
+        governor=GovernorPolicy(headroom=app[CONFIG].sr_headroom),
+        fast=app[FAST][0],
+        encoder_nice=app[CONFIG].encoder_nice,
+        viewer_kbps=app[CONFIG].viewer_kbps,
+    )
     sessions[session.id] = session
     try:
         answer = await session.answer(description, sr_enabled)
@@ -109,15 +120,20 @@ async def stats(request: web.Request) -> web.Response:
     chosen = [s for s in sessions.values() if wanted in (None, s.id)]
     fast_info = request.app[FAST][1]
     model = {**request.app[MODEL].to_json(), "fast": fast_info.to_json() if fast_info else None}
-    return web.json_response({"model": model, "process": process_stats(len(sessions)),
-                              "sessions": [s.stats() for s in chosen]})
+    return web.json_response(
+        {"model": model, "process": process_stats(len(sessions)), "sessions": [s.stats() for s in chosen]}
+    )
 
 
 def process_stats(sessions: int) -> dict:
     """This server's CPU time so far (user + system, all threads): two readings give its cores in use."""
     times = os.times()
-    return {"cpu_s": round(times.user + times.system, 3), "monotonic_s": round(time.monotonic(), 3),
-            "cores": os.cpu_count(), "sessions": sessions}
+    return {
+        "cpu_s": round(times.user + times.system, 3),
+        "monotonic_s": round(time.monotonic(), 3),
+        "cores": os.cpu_count(),
+        "sessions": sessions,
+    }
 
 
 async def get_network(request: web.Request) -> web.Response:
@@ -130,8 +146,11 @@ async def set_network(request: web.Request) -> web.Response:
 
     It changes every client's link, so it is an operator's action: only from the server's own machine."""
     if not _is_loopback_peer(request.remote):
-        raise _error(web.HTTPForbidden, "the simulated network is the operator's: change it from the server's "
-                                        "own machine (POST /network over loopback, or the command line)")
+        raise _error(
+            web.HTTPForbidden,
+            "the simulated network is the operator's: change it from the server's "
+            "own machine (POST /network over loopback, or the command line)",
+        )
     control = request.app[NETWORK]
     try:
         control.update(await _read_json(request))
@@ -146,8 +165,11 @@ def _session(request: web.Request, owner: bool = False) -> Session:
     if session is None:
         raise _error(web.HTTPNotFound, f"no session {request.match_info['id']!r} (closed or never opened)")
     if owner and not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), session.secret.encode()):
-        raise _error(web.HTTPForbidden, f"session {session.id!r} belongs to the client that opened it: send the "
-                                        f"\"secret\" of its offer's answer in the {SECRET_HEADER} header")
+        raise _error(
+            web.HTTPForbidden,
+            f"session {session.id!r} belongs to the client that opened it: send the "
+            f'"secret" of its offer\'s answer in the {SECRET_HEADER} header',
+        )
     return session
 
 

@@ -66,8 +66,9 @@ class RembCap:
                 _, ssrcs = unpack_remb_fci(packet.fci)
             except ValueError:
                 ssrcs = []
-            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc,
-                                    fci=pack_remb_fci(target, ssrcs))
+            packet = RtcpPsfbPacket(
+                fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc, fci=pack_remb_fci(target, ssrcs)
+            )
         await self._send_rtcp(packet)
 
     async def _announce(self) -> None:
@@ -78,8 +79,7 @@ class RembCap:
             rtcp_ssrc = getattr(self._receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
             if not target or not ssrcs or rtcp_ssrc is None:
                 continue
-            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
-                                    fci=pack_remb_fci(target, ssrcs))
+            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(target, ssrcs))
             try:
                 await self._send_rtcp(packet)
             except ConnectionError:

@@ -44,7 +44,8 @@ class ArrivalLog:
         self._size = size
 
     def released(self, pts: int, first_packet: float, released: float) -> None:
-        """The frame stamped ``pts`` was handed to the decoder at ``released``; its first packet came at ``first_packet``."""
+        """The frame stamped ``pts`` was handed to the decoder at ``released``; its first packet came at
+        ``first_packet``."""
         self._times[pts] = (first_packet, released)
         self._times.move_to_end(pts)
         while len(self._times) > self._size:

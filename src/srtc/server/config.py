@@ -111,7 +111,9 @@ class NetworkConfig:
         for name, (low, high) in _NETWORK_RANGES.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise ConfigError(f"{name} must be a number in {_number_text(low)}..{_number_text(high)}, got {value!r}")
+                raise ConfigError(
+                    f"{name} must be a number in {_number_text(low)}..{_number_text(high)}, got {value!r}"
+                )
             if name == "kbps" and value == 0:
                 continue
             if not low <= value <= high:
@@ -138,12 +140,12 @@ class NetworkConfig:
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
-    def replace(self, **changes) -> "NetworkConfig":
+    def replace(self, **changes) -> NetworkConfig:
         """A copy with ``changes`` applied and validated; an unknown field is a :class:`ConfigError`."""
         return NetworkConfig.from_json(changes, base=self)
 
     @classmethod
-    def from_json(cls, body: object, base: "NetworkConfig | None" = None) -> "NetworkConfig":
+    def from_json(cls, body: object, base: NetworkConfig | None = None) -> NetworkConfig:
         """``base`` (default: the defaults) with the fields of a JSON object applied and validated.
 
         A partial object changes only what it names; ``"kbps": null`` means unlimited.

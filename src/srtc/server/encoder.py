@@ -126,8 +126,12 @@ class ReturnVp8Encoder(Vp8Encoder):
         """An encode failed: open a fresh context and try this frame once more as a keyframe; if that fails
         too, send nothing for it. Either way the stream goes on (aiortc's sender would stop for good)."""
         self.errors += 1
-        log.warning("return encoder failed (%s: %s); reopening it with a keyframe (%d so far)",
-                    type(exc).__name__, exc, self.errors)
+        log.warning(
+            "return encoder failed (%s: %s); reopening it with a keyframe (%d so far)",
+            type(exc).__name__,
+            exc,
+            self.errors,
+        )
         self.reopens += 1
         self.codec = self._open(frame)
         try:
@@ -143,12 +147,19 @@ class ReturnVp8Encoder(Vp8Encoder):
 
     def stats(self) -> dict:
         width, height = self.size or (0, 0)
-        return {"width": width, "height": height, "target_kbps": round(self._target / 1000),
-                "requested_kbps": None if self.requested is None else round(self.requested / 1000),
-                "max_kbps": round(self.bounds(width, height).maximum / 1000) if self.size else None,
-                "sent_kbps": round(self.sent_bps() / 1000), "congested": self.congested,
-                "errors": self.errors, "pts_shifts": self.pts_shifts,
-                "reopens": self.reopens, "nice": self.nice}
+        return {
+            "width": width,
+            "height": height,
+            "target_kbps": round(self._target / 1000),
+            "requested_kbps": None if self.requested is None else round(self.requested / 1000),
+            "max_kbps": round(self.bounds(width, height).maximum / 1000) if self.size else None,
+            "sent_kbps": round(self.sent_bps() / 1000),
+            "congested": self.congested,
+            "errors": self.errors,
+            "pts_shifts": self.pts_shifts,
+            "reopens": self.reopens,
+            "nice": self.nice,
+        }
 
     def _next_target(self, frame: av.VideoFrame) -> int:
         """The REMB's request within this resolution's limits (its default before any REMB); a rise
@@ -195,8 +206,12 @@ class ReturnVp8Encoder(Vp8Encoder):
     def _needs_context(self, frame: av.VideoFrame) -> bool:
         """aiortc's own rule for opening a new context (see ``Vp8Encoder.encode``)."""
         codec = self.codec
-        return (codec is None or frame.width != codec.width or frame.height != codec.height
-                or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1)
+        return (
+            codec is None
+            or frame.width != codec.width
+            or frame.height != codec.height
+            or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1
+        )
 
     def _open(self, frame: av.VideoFrame) -> Any:
         codec = av.CodecContext.create("libvpx", "w")
@@ -207,9 +222,17 @@ class ReturnVp8Encoder(Vp8Encoder):
         codec.qmin, codec.qmax = 2, 56
         bitrate = str(self.target_bitrate)
         codec.options = {
-            "bufsize": bitrate, "cpu-used": "-6", "deadline": "realtime", "lag-in-frames": "0", "minrate": bitrate,
-            "maxrate": bitrate, "overshoot-pct": "15", "partitions": "0", "static-thresh": "1",
-            "undershoot-pct": "100", **OPTIONS,
+            "bufsize": bitrate,
+            "cpu-used": "-6",
+            "deadline": "realtime",
+            "lag-in-frames": "0",
+            "minrate": bitrate,
+            "maxrate": bitrate,
+            "overshoot-pct": "15",
+            "partitions": "0",
+            "static-thresh": "1",
+            "undershoot-pct": "100",
+            **OPTIONS,
         }
         codec.thread_count = number_of_threads(frame.width * frame.height, multiprocessing.cpu_count())
         self._opened_at = time.monotonic()

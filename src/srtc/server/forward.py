@@ -57,8 +57,12 @@ class ForwardTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, codec: str, request_keyframe: Callable[[], None], clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+    def __init__(
+        self,
+        codec: str,
+        request_keyframe: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.codec = codec.upper()
         self._request_keyframe = request_keyframe

@@ -163,8 +163,14 @@ class LoadGovernor:
                 self.limit = 1.0  # the drops were the full generator's; the fast model starts afresh (``settle``)
             return
         gen = self._probes.median() if len(self._probes) >= 3 else None  # the last 3 probes: the present load
-        if (gen is not None and gen <= self.policy.up_margin * self._budget_ms and self._since_switch >= self._hold
-                and self.share >= 1.0 and self.limit >= 1.0 and self.drop_rate < self.policy.drop_low):
+        if (
+            gen is not None
+            and gen <= self.policy.up_margin * self._budget_ms
+            and self._since_switch >= self._hold
+            and self.share >= 1.0
+            and self.limit >= 1.0
+            and self.drop_rate < self.policy.drop_low
+        ):
             self._switch(GENERATOR)
 
     def _switch(self, tier: str) -> None:

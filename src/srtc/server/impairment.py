@@ -133,10 +133,14 @@ class DelayLine:
 
 def _zero_counters() -> dict[str, int]:
     return {
-        "offered_packets": 0, "offered_bytes": 0,
-        "lost_packets": 0, "lost_bytes": 0,  # dropped by the loss model
-        "queue_dropped_packets": 0, "queue_dropped_bytes": 0,  # dropped by the full queue
-        "delivered_packets": 0, "delivered_bytes": 0,  # scheduled for delivery
+        "offered_packets": 0,
+        "offered_bytes": 0,
+        "lost_packets": 0,
+        "lost_bytes": 0,  # dropped by the loss model
+        "queue_dropped_packets": 0,
+        "queue_dropped_bytes": 0,  # dropped by the full queue
+        "delivered_packets": 0,
+        "delivered_bytes": 0,  # scheduled for delivery
     }
 
 
@@ -162,7 +166,11 @@ class Impairment:
         else:
             self.loss.set(config.loss, config.burst)
             self.link.kbps, self.link.queue_ms = config.kbps, config.queue_ms
-            self.delay.delay_ms, self.delay.jitter_ms, self.delay.reorder = config.delay_ms, config.jitter_ms, config.reorder
+            self.delay.delay_ms, self.delay.jitter_ms, self.delay.reorder = (
+                config.delay_ms,
+                config.jitter_ms,
+                config.reorder,
+            )
 
     def update(self, settings: NetworkConfig | dict[str, Any]) -> NetworkConfig:
         """Apply new settings (a :class:`NetworkConfig`, or a partial dict validated against the current ones)."""
@@ -202,7 +210,9 @@ class Impairment:
         """Counters, the observed loss fraction and the queueing delay (p50 / p95 of recent packets, current)."""
         out: dict[str, Any] = dict(self.counters)
         offered = out["offered_packets"]
-        out["loss_fraction"] = round((out["lost_packets"] + out["queue_dropped_packets"]) / offered, 6) if offered else 0.0
+        out["loss_fraction"] = (
+            round((out["lost_packets"] + out["queue_dropped_packets"]) / offered, 6) if offered else 0.0
+        )
         delays = list(self._queue_delays)
         out["queue_delay_ms"] = {
             "p50": _round(percentile(delays, 50)),
@@ -248,7 +258,9 @@ class PathHandle:
     (aioice answers STUN itself, so in practice no STUN reaches ``_recv``; the class is counted anyway.)
     """
 
-    def __init__(self, ice_transport: Any, impairment: Impairment, on_stop: Callable[["PathHandle"], None] | None = None) -> None:
+    def __init__(
+        self, ice_transport: Any, impairment: Impairment, on_stop: Callable[[PathHandle], None] | None = None
+    ) -> None:
         self.transport = ice_transport
         self.impairment = impairment
         self.counters = {name: {"packets": 0, "bytes": 0, "dropped": 0, "delivered": 0} for name in CLASSES}
@@ -365,7 +377,7 @@ class SessionPath:
     """One peer connection's impaired path: one :class:`Impairment` (one bottleneck link per client) on
     each of its ICE transports (one with BUNDLE). Stops by itself when the peer connection closes."""
 
-    def __init__(self, control: "NetworkControl", impairment: Impairment, handles: list[PathHandle]) -> None:
+    def __init__(self, control: NetworkControl, impairment: Impairment, handles: list[PathHandle]) -> None:
         self.control, self.impairment, self.handles = control, impairment, handles
         self._stopped = False
 
@@ -468,8 +480,11 @@ class NetworkControl:
             "sessions": len(self._paths),
             "sessions_total": self.sessions_total,
             "counters": {**counters, "loss_fraction": round(dropped / offered, 6) if offered else 0.0},
-            "queue_delay_ms": {"p50": _round(percentile(delays, 50)), "p95": _round(percentile(delays, 95)),
-                               "current": round(current, 2)},
+            "queue_delay_ms": {
+                "p50": _round(percentile(delays, 50)),
+                "p95": _round(percentile(delays, 95)),
+                "current": round(current, 2),
+            },
             "classes": classes,
         }
 

@@ -116,7 +116,9 @@ class _Packet:
     marker: bool
     data: bytes
     padding: bool
-    start_hint: bool  # VP8: S=1 and PID=0. H.264: first NAL begins an access unit (used only without a known predecessor)
+    start_hint: (
+        bool  # VP8: S=1 and PID=0. H.264: first NAL begins an access unit (used only without a known predecessor)
+    )
     key_start: bool  # VP8: start of a keyframe. H.264: carries SPS or the start of an IDR slice
     idr: bool  # H.264: carries an IDR slice
     picture_id: int | None  # VP8 PictureID when the descriptor has one
@@ -497,7 +499,10 @@ class FrameAssembler:
             seq += 1
         log.info(
             "gave up seq %d..%d after %.0f ms (rtt %.0f ms): waiting for a keyframe",
-            self._next & 0xFFFF, (seq - 1) & 0xFFFF, give_up_ms, self.rtt_ms,
+            self._next & 0xFFFF,
+            (seq - 1) & 0xFFFF,
+            give_up_ms,
+            self.rtt_ms,
         )
         self._abandon_until(seq, reason="deadline")
 

@@ -84,7 +84,15 @@ _REQUIRED = tuple(
         "started",
     )
 ) + ("_handle_rtp_packet", "_send_rtcp_nack", "_send_rtcp_pli", "_enabled")
-_STATE_KEYS = ("codec", "rttMs", "giveUpMs", "frameIntervalMs", "bufferedPackets", "missingPackets", "waitingForKeyframe")
+_STATE_KEYS = (
+    "codec",
+    "rttMs",
+    "giveUpMs",
+    "frameIntervalMs",
+    "bufferedPackets",
+    "missingPackets",
+    "waitingForKeyframe",
+)
 IDLE_STREAM_MS = 10_000.0  # forget an SSRC that has sent nothing for this long
 FIRST_SEEN_SIZE = 256  # RTP timestamps whose first-packet time is kept (frames in flight, with margin)
 
@@ -123,7 +131,7 @@ class _JitterShim:
 
     capacity = 512
 
-    def __init__(self, owner: "ResilientReceiver") -> None:
+    def __init__(self, owner: ResilientReceiver) -> None:
         self._owner = owner
 
     def add(self, packet: Any) -> tuple[bool, None]:

@@ -55,10 +55,18 @@ def describe(name_or_path: str | None, manifest_path: Path = MANIFEST_PATH) -> M
     for name, entry in _entries(manifest_path).items():
         if (manifest_path.parent / entry["file"]).resolve() == path.resolve():
             if entry.get("sha256") and sha256_of(path) != entry["sha256"]:
-                raise ModelError(f"{path} is not the file {manifest_path.name} lists for {name} (its sha256 differs): "
-                                 "reinstall the package, or re-export the model to update the manifest")
-            return ModelInfo(name, str(path), entry.get("kind", "?"), entry.get("precision", "?"), entry.get("params"),
-                             entry.get("reference"))
+                raise ModelError(
+                    f"{path} is not the file {manifest_path.name} lists for {name} (its sha256 differs): "
+                    "reinstall the package, or re-export the model to update the manifest"
+                )
+            return ModelInfo(
+                name,
+                str(path),
+                entry.get("kind", "?"),
+                entry.get("precision", "?"),
+                entry.get("params"),
+                entry.get("reference"),
+            )
     return ModelInfo(path.stem, str(path), "custom", "?", None)
 
 
@@ -67,8 +75,9 @@ def fallback_of(info: ModelInfo, manifest_path: Path = MANIFEST_PATH) -> str | N
     return _entries(manifest_path).get(info.name, {}).get("fallback")
 
 
-def open_fast_model(choice: str, info: ModelInfo, threads: int,
-                    manifest_path: Path = MANIFEST_PATH) -> tuple[OnnxUpscaler | None, ModelInfo | None]:
+def open_fast_model(
+    choice: str, info: ModelInfo, threads: int, manifest_path: Path = MANIFEST_PATH
+) -> tuple[OnnxUpscaler | None, ModelInfo | None]:
     """The governor's faster model: ``"none"``, ``"auto"`` (the manifest's fallback of ``info``, if any and
     present) or a name or path (which must load, or :class:`ModelError`).
 
@@ -90,15 +99,19 @@ def open_fast_model(choice: str, info: ModelInfo, threads: int,
         return None, None
     result = _check(fast, fast_info, threads, manifest_path)
     if not result.passed:
-        log.error("refusing the fast model %s on this CPU: %s; under load the SR stage goes straight to bicubic",
-                  fast_info.name, result.reason)
+        log.error(
+            "refusing the fast model %s on this CPU: %s; under load the SR stage goes straight to bicubic",
+            fast_info.name,
+            result.reason,
+        )
         return None, replace(fast_info, check=result)
     log.info("self-check %s: %s", fast_info.name, result.reason)
     return fast, replace(fast_info, check=result)
 
 
-def open_model(name_or_path: str | None, threads: int,
-               manifest_path: Path = MANIFEST_PATH) -> tuple[Upscaler, ModelInfo]:
+def open_model(
+    name_or_path: str | None, threads: int, manifest_path: Path = MANIFEST_PATH
+) -> tuple[Upscaler, ModelInfo]:
     """The upscaler the server shares between sessions; raises :class:`ModelError` naming the path.
 
     A model that loads but fails its self-check is replaced by its fp32 reference when that passes, else
@@ -135,7 +148,10 @@ def _check(upscaler: OnnxUpscaler, info: ModelInfo, threads: int, manifest_path:
     """Self-check ``upscaler`` on this CPU, against its fp32 reference when the manifest names one."""
     ref, ref_info = _open_reference(info, threads, manifest_path) if info.reference else (None, None)
     try:
-        return check(info.name, upscaler.upscale_luma,
-                     (ref_info.name, ref.upscale_luma) if ref is not None and ref_info is not None else None)
+        return check(
+            info.name,
+            upscaler.upscale_luma,
+            (ref_info.name, ref.upscale_luma) if ref is not None and ref_info is not None else None,
+        )
     except CheckImagesMissing as exc:
         raise ModelError(f"cannot check {info.name} on this CPU: {exc}") from exc

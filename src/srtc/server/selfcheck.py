@@ -101,8 +101,12 @@ def psnr_y(upscale: LumaUpscale, pairs: list[tuple[np.ndarray, np.ndarray]]) -> 
     return float(10 * np.log10(255.0**2 / max(float(np.mean(errors)), 1e-10)))
 
 
-def check(name: str, upscale: LumaUpscale, reference: tuple[str, LumaUpscale] | None = None,
-          pairs: list[tuple[np.ndarray, np.ndarray]] | None = None) -> CheckResult:
+def check(
+    name: str,
+    upscale: LumaUpscale,
+    reference: tuple[str, LumaUpscale] | None = None,
+    pairs: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> CheckResult:
     """Score ``upscale`` (and ``reference``, ``(name, upscale)``, when given) on the photographs; decide."""
     pairs = check_pairs() if pairs is None else pairs
     model_db, bicubic_db = psnr_y(upscale, pairs), psnr_y(bicubic, pairs)
@@ -110,8 +114,13 @@ def check(name: str, upscale: LumaUpscale, reference: tuple[str, LumaUpscale] | 
     if model_db <= bicubic_db:
         passed, reason = False, f"{model_db:.2f} dB is not above bicubic's {bicubic_db:.2f} dB on this CPU"
     elif ref_db is not None and model_db < ref_db - MAX_LOSS_DB:
-        passed, reason = False, (f"{model_db:.2f} dB is {ref_db - model_db:.2f} dB below its reference {ref_name} "
-                                 f"({ref_db:.2f} dB) on this CPU (at most {MAX_LOSS_DB} allowed)")
+        passed, reason = (
+            False,
+            (
+                f"{model_db:.2f} dB is {ref_db - model_db:.2f} dB below its reference {ref_name} "
+                f"({ref_db:.2f} dB) on this CPU (at most {MAX_LOSS_DB} allowed)"
+            ),
+        )
     else:
         margin = f", {model_db - ref_db:+.2f} dB against {ref_name}" if ref_db is not None else ""
         passed, reason = True, f"{model_db:.2f} dB, {model_db - bicubic_db:+.2f} dB over bicubic{margin}"

@@ -69,10 +69,18 @@ def parse_offer(body: object) -> tuple[RTCSessionDescription, bool]:
 class Session:
     """A receiving peer: uplink -> fanout -> (SR track, raw track) -> back to the same client."""
 
-    def __init__(self, upscaler: Upscaler, on_closed: Callable[["Session"], None], connect_timeout_s: float = 30.0,
-                 network: NetworkControl | None = None, resilient: bool = True,
-                 governor: GovernorPolicy | None = None, fast: Upscaler | None = None,
-                 encoder_nice: int = 0, viewer_kbps: float | None = None) -> None:
+    def __init__(
+        self,
+        upscaler: Upscaler,
+        on_closed: Callable[[Session], None],
+        connect_timeout_s: float = 30.0,
+        network: NetworkControl | None = None,
+        resilient: bool = True,
+        governor: GovernorPolicy | None = None,
+        fast: Upscaler | None = None,
+        encoder_nice: int = 0,
+        viewer_kbps: float | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.secret = secrets.token_urlsafe(18)  # only the client that opened the session can change or end it
         self.created = time.monotonic()
@@ -117,8 +125,9 @@ class Session:
             self.remb_cap = RembCap(uplink.receiver, lambda: self.network.config.kbps or None)
         if self.resilient:
             # NACK with re-NACKs, an RTT-tied give-up, PLI and skip-to-keyframe, instead of aiortc's stall.
-            self.receiver = attach(uplink.receiver, rtt_ms=sender_rtt_ms(self.pc), policy=UPLINK_POLICY,
-                                   arrivals=self.arrivals)
+            self.receiver = attach(
+                uplink.receiver, rtt_ms=sender_rtt_ms(self.pc), policy=UPLINK_POLICY, arrivals=self.arrivals
+            )
         if raw_out is not None:
             self.forward = self._forward_track(uplink, raw_out)
             # Without forwarding (the stock receiver, or codecs that differ), SR off is decoded and re-encoded.
@@ -126,14 +135,32 @@ class Session:
         baseline = self.raw_track.slot if self.raw_track else self.fanout.subscribe()
         if self.raw_track is None:
             self._pacer = asyncio.ensure_future(_drain(baseline))  # a consumer that never lags: the input's own drops
-        self.sr_track = SuperResolutionTrack(self.fanout.subscribe(), self.upscaler, self._executor, sr_enabled,
-                                             LoadGovernor(self.governor_policy, fast=self.fast is not None),
-                                             baseline=baseline, fast=self.fast)
-        _send(sr_out, self.sr_track, keep_receiving=sr_out is uplink, rates=self.return_rates, name="sr",
-              nice=self.encoder_nice)
+        self.sr_track = SuperResolutionTrack(
+            self.fanout.subscribe(),
+            self.upscaler,
+            self._executor,
+            sr_enabled,
+            LoadGovernor(self.governor_policy, fast=self.fast is not None),
+            baseline=baseline,
+            fast=self.fast,
+        )
+        _send(
+            sr_out,
+            self.sr_track,
+            keep_receiving=sr_out is uplink,
+            rates=self.return_rates,
+            name="sr",
+            nice=self.encoder_nice,
+        )
         if self.raw_track is not None and raw_out is not None:
-            _send(raw_out, self.raw_track, keep_receiving=False, rates=self.return_rates, name="raw",
-                  nice=self.encoder_nice)
+            _send(
+                raw_out,
+                self.raw_track,
+                keep_receiving=False,
+                rates=self.return_rates,
+                name="raw",
+                nice=self.encoder_nice,
+            )
         elif self.forward is not None and raw_out is not None:
             _forward(raw_out, self.forward, self.return_rates)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
@@ -271,8 +298,14 @@ def _forward(transceiver: RTCRtpTransceiver, track: ForwardTrack, rates: ReturnB
     transceiver.direction = "sendonly"
 
 
-def _send(transceiver: RTCRtpTransceiver, track: SlotTrack, keep_receiving: bool, rates: ReturnBitrates,
-          name: str, nice: int = 0) -> None:
+def _send(
+    transceiver: RTCRtpTransceiver,
+    track: SlotTrack,
+    keep_receiving: bool,
+    rates: ReturnBitrates,
+    name: str,
+    nice: int = 0,
+) -> None:
     transceiver.sender.replaceTrack(track)
     # VP8 without the denoiser, within the viewer link's share (or the resolution's limits without one)
     use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name))

@@ -60,7 +60,8 @@ class SlotTrack(MediaStreamTrack):
         return frame
 
     def encoded(self, at: float) -> None:
-        """aiortc's encoder returned the payloads of the frame handed last (see :func:`srtc.server.budget.time_encoding`)."""
+        """aiortc's encoder returned the payloads of the frame handed last
+        (see :func:`srtc.server.budget.time_encoding`)."""
         if self._in_encoder is not None and "encoded" not in self._in_encoder:
             self._in_encoder["encoded"] = at
 
@@ -73,8 +74,14 @@ class SlotTrack(MediaStreamTrack):
 
     def _count(self, frame: av.VideoFrame, item: TimedFrame, started: float, done: float) -> None:
         handed = time.monotonic()
-        self._in_encoder = {"first_packet": item.first_packet, "released": item.released, "arrived": item.arrived,
-                            "started": started, "done": done, "handed": handed}
+        self._in_encoder = {
+            "first_packet": item.first_packet,
+            "released": item.released,
+            "arrived": item.arrived,
+            "started": started,
+            "done": done,
+            "handed": handed,
+        }
         self.frames_out += 1
         self.width, self.height = frame.width, frame.height
         self.fps.tick()
@@ -118,9 +125,16 @@ class SuperResolutionTrack(SlotTrack):
     """Every frame it sends is upscaled 2x: by the generator when SR is on (bicubic on the frames the
     governor gives up under load), by bicubic when it is off."""
 
-    def __init__(self, slot: LatestFrame, upscaler: Upscaler, executor: Executor, enabled: bool = True,
-                 governor: LoadGovernor | None = None, baseline: LatestFrame | None = None,
-                 fast: Upscaler | None = None) -> None:
+    def __init__(
+        self,
+        slot: LatestFrame,
+        upscaler: Upscaler,
+        executor: Executor,
+        enabled: bool = True,
+        governor: LoadGovernor | None = None,
+        baseline: LatestFrame | None = None,
+        fast: Upscaler | None = None,
+    ) -> None:
         """``baseline``: the raw track's slot, whose drops (same input, no SR) are not the SR stage's doing.
         ``fast``: a faster model (the int8 build) the governor steps down to before bicubic."""
         super().__init__(slot)
@@ -211,8 +225,7 @@ class SuperResolutionTrack(SlotTrack):
             # One bad frame must not end the call: log it, count it, and send bicubic instead.
             self.errors += 1
             log.exception("upscaling failed (%d so far); sending bicubic for this frame", self.errors)
-            frame, started, done = await loop.run_in_executor(self._executor, _timed, self._bicubic.upscale,
-                                                              item.frame)
+            frame, started, done = await loop.run_in_executor(self._executor, _timed, self._bicubic.upscale, item.frame)
         self.sr_ms.add((done - started) * 1000.0)
         return frame, started, done
 

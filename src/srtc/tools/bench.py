@@ -64,8 +64,8 @@ MIN_FRAMES = 20
 MIN_LUMA_STD = 20.0  # below this a frame is a fade or a flat fill, not content
 
 
-
 # ---------------------------------------------------------------- frames
+
 
 def _to_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:
     """uint8 RGB 640x360 to a yuv420p frame with a pts, as a decoder would hand it over."""
@@ -80,7 +80,7 @@ def _cover(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     scale = max(width / w, height / h)
     cw, ch = round(width / scale), round(height / scale)
     x0, y0 = (w - cw) // 2, (h - ch) // 2
-    return cv2.resize(rgb[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(rgb[y0 : y0 + ch, x0 : x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
 
 
 def video_frames(path: Path, count: int) -> list[av.VideoFrame]:
@@ -103,8 +103,10 @@ def video_frames(path: Path, count: int) -> list[av.VideoFrame]:
 
 def sample_frames(count: int) -> list[av.VideoFrame]:
     """Fallback without ../shared: the page's sample photographs, cover-cropped, cycled."""
-    photos = [_cover(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), WIDTH, HEIGHT)
-              for p in sorted(SAMPLES.glob("*.jpg"))]
+    photos = [
+        _cover(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), WIDTH, HEIGHT)
+        for p in sorted(SAMPLES.glob("*.jpg"))
+    ]
     if not photos:
         raise FileNotFoundError(f"no benchmark content: neither {VIDEO} nor {SAMPLES}/*.jpg")
     return [_to_frame(photos[i % len(photos)], i) for i in range(count)]
@@ -120,6 +122,7 @@ def load_frames(count: int, video: Path = VIDEO) -> tuple[list[av.VideoFrame], s
 
 
 # ---------------------------------------------------------------- counting
+
 
 def _tensor_shapes(model: onnx.ModelProto, names: set[str], channels: int, height: int, width: int) -> dict:
     """Actual shapes of ``names`` for one input, read by running the graph once (unoptimised, so names stay).
@@ -191,12 +194,12 @@ def ceiling_gflops(threads: int, n: int = 2048, repeats: int = 7) -> float:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
         env[var] = str(threads)
     code = f"from srtc.tools.bench import matmul_gflops; print(matmul_gflops({n}, {repeats}))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- candidates
+
 
 @dataclass
 class Candidate:
@@ -252,26 +255,48 @@ def psnr_sets(upscale_luma: Callable[[np.ndarray], np.ndarray]) -> dict:
     return result
 
 
-def onnx_candidate(name: str, path: Path, kind: str, params: int | None = None, note: str = "",
-                   psnr_note: str | None = None, with_psnr: bool = True, precision: str = "fp32") -> Candidate:
+def onnx_candidate(
+    name: str,
+    path: Path,
+    kind: str,
+    params: int | None = None,
+    note: str = "",
+    psnr_note: str | None = None,
+    with_psnr: bool = True,
+    precision: str = "fp32",
+) -> Candidate:
     """A row for any contract-following ONNX file, run by the server's own ``OnnxUpscaler``."""
     from srtc.training.evaluate import onnx_upscaler
 
     graph = onnx.load(str(path))
     return Candidate(
-        name=name, kind=kind, make=lambda threads: OnnxUpscaler(path, threads=threads, name=name),
-        params=params if params is not None else count_params(graph), macs=count_macs(graph),
+        name=name,
+        kind=kind,
+        make=lambda threads: OnnxUpscaler(path, threads=threads, name=name),
+        params=params if params is not None else count_params(graph),
+        macs=count_macs(graph),
         psnr=(lambda: psnr_sets(onnx_upscaler(path, 2))) if with_psnr else None,
-        psnr_note=psnr_note, note=note, precision=precision)
+        psnr_note=psnr_note,
+        note=note,
+        precision=precision,
+    )
 
 
 def bicubic_candidate() -> Candidate:
     """OpenCV bicubic on all three planes: the SR-off path, the floor every model must beat."""
+
     def luma(y: np.ndarray) -> np.ndarray:
         return cv2.resize(y, (y.shape[1] * 2, y.shape[0] * 2), interpolation=cv2.INTER_CUBIC) / 255.0
 
-    return Candidate("bicubic (OpenCV)", "baseline", lambda threads: BicubicUpscaler(), params=0,
-                     psnr=lambda: psnr_sets(luma), note="cv2 INTER_CUBIC, all planes", precision="u8")
+    return Candidate(
+        "bicubic (OpenCV)",
+        "baseline",
+        lambda threads: BicubicUpscaler(),
+        params=0,
+        psnr=lambda: psnr_sets(luma),
+        note="cv2 INTER_CUBIC, all planes",
+        precision="u8",
+    )
 
 
 def project_candidates(manifest_path: Path = MANIFEST_PATH, only_default: bool = False) -> list[Candidate]:
@@ -281,29 +306,53 @@ def project_candidates(manifest_path: Path = MANIFEST_PATH, only_default: bool =
     rows = []
     for name in names:
         entry = manifest["models"][name]
-        rows.append(onnx_candidate(name, resolve(name, manifest_path), "project", entry.get("params"),
-                                   note=f"{entry.get('precision', '?')}, manifest",
-                                   precision=entry.get("precision", "fp32")))
+        rows.append(
+            onnx_candidate(
+                name,
+                resolve(name, manifest_path),
+                "project",
+                entry.get("params"),
+                note=f"{entry.get('precision', '?')}, manifest",
+                precision=entry.get("precision", "fp32"),
+            )
+        )
     return rows
 
 
 # ---------------------------------------------------------------- peers
 
-def peer_candidates(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
-                    ) -> tuple[list[Candidate], list[dict]]:
+
+def peer_candidates(
+    peers: Path, workdir: Path, only: tuple[str, ...] | None = None
+) -> tuple[list[Candidate], list[dict]]:
     """Rebuild, check, export (``srtc.training.peers``) and wrap every x2 peer (``only``: short names or patterns)."""
     exported, skipped = export_peers(peers, workdir, only)
-    found = [onnx_candidate(
-        p.name, p.onnx_path, "peer", p.params, note=f"{p.note}; {p.params} published params",
-        with_psnr=p.ok, psnr_note=None if p.ok else f"ONNX differs from its reference by {p.error:.1e}")
-        for p in exported]
+    found = [
+        onnx_candidate(
+            p.name,
+            p.onnx_path,
+            "peer",
+            p.params,
+            note=f"{p.note}; {p.params} published params",
+            with_psnr=p.ok,
+            psnr_note=None if p.ok else f"ONNX differs from its reference by {p.error:.1e}",
+        )
+        for p in exported
+    ]
     return found, skipped
 
 
 # ---------------------------------------------------------------- timing
 
-def time_upscaler(upscaler, frames: list[av.VideoFrame], runs: int, warmup: int = WARMUP,
-                  row_seconds: float | None = None, min_frames: int = MIN_FRAMES) -> list[float]:
+
+def time_upscaler(
+    upscaler,
+    frames: list[av.VideoFrame],
+    runs: int,
+    warmup: int = WARMUP,
+    row_seconds: float | None = None,
+    min_frames: int = MIN_FRAMES,
+) -> list[float]:
     """Per-frame wall times (ms) of the full path, ``runs`` passes over ``frames`` after a warm-up.
 
     With ``row_seconds``, a slow upscaler stops once it has spent that long *and* timed ``min_frames``
@@ -322,8 +371,7 @@ def time_upscaler(upscaler, frames: list[av.VideoFrame], runs: int, warmup: int 
             t0 = time.perf_counter()
             out = upscaler.upscale(frame)
             times.append((time.perf_counter() - t0) * 1e3)
-            if (row_seconds is not None and len(times) >= min_frames
-                    and time.perf_counter() - start > row_seconds):
+            if row_seconds is not None and len(times) >= min_frames and time.perf_counter() - start > row_seconds:
                 break
         else:
             continue
@@ -333,19 +381,40 @@ def time_upscaler(upscaler, frames: list[av.VideoFrame], runs: int, warmup: int 
     return times
 
 
-def measure(candidate: Candidate, frames: list[av.VideoFrame], runs: int, threads: int,
-            ceiling_gmacs: float, psnr: dict | None, psnr_note: str | None,
-            row_seconds: float | None = None, min_frames: int = MIN_FRAMES) -> Row:
+def measure(
+    candidate: Candidate,
+    frames: list[av.VideoFrame],
+    runs: int,
+    threads: int,
+    ceiling_gmacs: float,
+    psnr: dict | None,
+    psnr_note: str | None,
+    row_seconds: float | None = None,
+    min_frames: int = MIN_FRAMES,
+) -> Row:
     """Time one candidate at one thread count (OpenCV's pool set to the same count, as for chroma)."""
     cv2.setNumThreads(threads)
     times = time_upscaler(candidate.make(threads), frames, runs, row_seconds=row_seconds, min_frames=min_frames)
     p50 = statistics.median(times)
     p95 = float(np.percentile(times, 95))
     rate = candidate.macs / (p50 * 1e6) if candidate.macs else None  # GMAC/s
-    return Row(candidate.name, candidate.kind, threads, candidate.params, candidate.macs, round(p50, 2),
-               round(p95, 2), round(1000.0 / p50, 1), round(rate, 2) if rate else None,
-               round(100.0 * rate / ceiling_gmacs, 1) if rate else None, psnr, psnr_note, candidate.note,
-               len(times), candidate.precision)
+    return Row(
+        candidate.name,
+        candidate.kind,
+        threads,
+        candidate.params,
+        candidate.macs,
+        round(p50, 2),
+        round(p95, 2),
+        round(1000.0 / p50, 1),
+        round(rate, 2) if rate else None,
+        round(100.0 * rate / ceiling_gmacs, 1) if rate else None,
+        psnr,
+        psnr_note,
+        candidate.note,
+        len(times),
+        candidate.precision,
+    )
 
 
 def evaluate_psnr(candidate: Candidate) -> tuple[dict | None, str | None]:
@@ -368,9 +437,17 @@ def faster_equal_or_better(rows: list[Row]) -> list[dict]:
     """
     result = []
     for peer in (r for r in rows if r.kind == "peer"):
-        entry = {"peer": peer.name, "threads": peer.threads, "peer_p50_ms": peer.p50_ms,
-                 "peer_psnr": peer.psnr, "model": None, "model_p50_ms": None, "model_psnr": None,
-                 "speedup": None, "reason": ""}
+        entry = {
+            "peer": peer.name,
+            "threads": peer.threads,
+            "peer_p50_ms": peer.p50_ms,
+            "peer_psnr": peer.psnr,
+            "model": None,
+            "model_p50_ms": None,
+            "model_psnr": None,
+            "speedup": None,
+            "reason": "",
+        }
         result.append(entry)
         ppsnr = peer.psnr or {}
         if not all(s in ppsnr for s in QUALITY_SETS):
@@ -381,16 +458,23 @@ def faster_equal_or_better(rows: list[Row]) -> list[dict]:
         fast = sorted((r for r in good if r.p50_ms < peer.p50_ms), key=lambda r: r.p50_ms)
         if fast:
             win = fast[0]
-            entry.update(model=win.name, model_p50_ms=win.p50_ms, model_psnr=win.psnr,
-                         speedup=round(peer.p50_ms / win.p50_ms, 2), reason="faster, Set5 and Set14 >= peer")
+            entry.update(
+                model=win.name,
+                model_p50_ms=win.p50_ms,
+                model_psnr=win.psnr,
+                speedup=round(peer.p50_ms / win.p50_ms, 2),
+                reason="faster, Set5 and Set14 >= peer",
+            )
         elif good:
             best = min(good, key=lambda r: r.p50_ms)
-            entry["reason"] = (f"{best.name} is as good but slower ({best.p50_ms:.1f} ms vs {peer.p50_ms:.1f} ms)")
+            entry["reason"] = f"{best.name} is as good but slower ({best.p50_ms:.1f} ms vs {peer.p50_ms:.1f} ms)"
         elif ours:
             best = {s: max((r.psnr or {}).get(s, float("-inf")) for r in ours) for s in QUALITY_SETS}
-            entry["reason"] = ("no project model reaches the peer's quality (best Set5 "
-                               f"{best['Set5']:.2f} vs {ppsnr['Set5']:.2f}, Set14 {best['Set14']:.2f} vs "
-                               f"{ppsnr['Set14']:.2f})")
+            entry["reason"] = (
+                "no project model reaches the peer's quality (best Set5 "
+                f"{best['Set5']:.2f} vs {ppsnr['Set5']:.2f}, Set14 {best['Set14']:.2f} vs "
+                f"{ppsnr['Set14']:.2f})"
+            )
         else:
             entry["reason"] = f"no project model timed at {peer.threads} thread(s)"
     return result
@@ -404,9 +488,11 @@ def comparison_table(comparison: list[dict]) -> str:
     lines = ["faster at equal or better Set5 and Set14, per peer and thread count:"]
     for c in comparison:
         if c["model"]:
-            what = (f"{c['model']} ({c['model_p50_ms']:.1f} ms vs {c['peer_p50_ms']:.1f} ms, "
-                    f"x{c['speedup']:.2f}; Set5 {c['model_psnr']['Set5']:.2f} vs {c['peer_psnr']['Set5']:.2f}, "
-                    f"Set14 {c['model_psnr']['Set14']:.2f} vs {c['peer_psnr']['Set14']:.2f})")
+            what = (
+                f"{c['model']} ({c['model_p50_ms']:.1f} ms vs {c['peer_p50_ms']:.1f} ms, "
+                f"x{c['speedup']:.2f}; Set5 {c['model_psnr']['Set5']:.2f} vs {c['peer_psnr']['Set5']:.2f}, "
+                f"Set14 {c['model_psnr']['Set14']:.2f} vs {c['peer_psnr']['Set14']:.2f})"
+            )
         else:
             what = f"none: {c['reason']}"
         lines.append(f"  {c['peer']:<{width}} {c['threads']} thr -> {what}")
@@ -416,6 +502,7 @@ def comparison_table(comparison: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------- output
+
 
 def cpu_model() -> str:
     """``lscpu``'s model name, read from /proc/cpuinfo."""
@@ -435,20 +522,26 @@ def _fmt(value, spec: str, empty: str = "-") -> str:
 def table(rows: list[Row], ceiling: dict) -> str:
     """The readable table: one line per (model, threads)."""
     nw = max([30] + [len(r.name) for r in rows])
-    head = (f"{'model':<{nw}} {'prec':>4} {'thr':>3} {'params':>7} {'GMAC':>6} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} "
-            f"{'GMAC/s':>7} {'%ceil':>6} {'Set5':>6} {'Set14':>6} {'frames':>6}")
+    head = (
+        f"{'model':<{nw}} {'prec':>4} {'thr':>3} {'params':>7} {'GMAC':>6} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} "
+        f"{'GMAC/s':>7} {'%ceil':>6} {'Set5':>6} {'Set14':>6} {'frames':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r.psnr or {}
         lines.append(
-            f"{r.name:<{nw}} {r.precision:>4} {r.threads:>3} {_fmt(r.params, 'd'):>7} {_fmt(r.macs and r.macs / 1e9, '.2f'):>6} "
+            f"{r.name:<{nw}} {r.precision:>4} {r.threads:>3} {_fmt(r.params, 'd'):>7} "
+            f"{_fmt(r.macs and r.macs / 1e9, '.2f'):>6} "
             f"{r.p50_ms:>8.2f} {r.p95_ms:>8.2f} {r.fps:>7.1f} {_fmt(r.gmac_per_s, '.1f'):>7} "
             f"{_fmt(r.ceiling_pct, '.1f'):>6} {_fmt(p.get('Set5'), '.2f'):>6} {_fmt(p.get('Set14'), '.2f'):>6} "
-            f"{_fmt(r.timed_frames, 'd'):>6}")
+            f"{_fmt(r.timed_frames, 'd'):>6}"
+        )
     for threads, gflops in ceiling["gflops"].items():
-        lines.append(f"ceiling at {threads} thread(s): numpy float32 matmul {ceiling['n']}x{ceiling['n']}: "
-                     f"{gflops:.1f} GFLOP/s = {ceiling['gmacs'][threads]:.1f} GMAC/s (median of {ceiling['repeats']}); "
-                     f"%ceil = (GMAC / p50) / this; over 100 = faster than numpy's BLAS kernel")
+        lines.append(
+            f"ceiling at {threads} thread(s): numpy float32 matmul {ceiling['n']}x{ceiling['n']}: "
+            f"{gflops:.1f} GFLOP/s = {ceiling['gmacs'][threads]:.1f} GMAC/s (median of {ceiling['repeats']}); "
+            f"%ceil = (GMAC / p50) / this; over 100 = faster than numpy's BLAS kernel"
+        )
     notes = [f"  {r.name}: {r.psnr_note}" for r in rows if r.psnr_note and r.threads == rows[0].threads]
     if notes:
         lines += ["PSNR not given:"] + notes
@@ -490,21 +583,51 @@ def run(args: argparse.Namespace) -> dict:
         for cand in candidates:
             psnr, psnr_note = evaluate_psnr(cand)
             for threads in args.threads:
-                row = measure(cand, frames, args.runs, threads, ceiling["gmacs"][str(threads)], psnr, psnr_note,
-                              args.row_seconds or None, args.min_frames)
+                row = measure(
+                    cand,
+                    frames,
+                    args.runs,
+                    threads,
+                    ceiling["gmacs"][str(threads)],
+                    psnr,
+                    psnr_note,
+                    args.row_seconds or None,
+                    args.min_frames,
+                )
                 rows.append(row)
-                log.info("%-31s %d thr: p50 %.2f ms, p95 %.2f ms (%d frames), %.1f fps, PSNR %s", row.name,
-                         threads, row.p50_ms, row.p95_ms, row.timed_frames, row.fps, psnr or psnr_note)
+                log.info(
+                    "%-31s %d thr: p50 %.2f ms, p95 %.2f ms (%d frames), %.1f fps, PSNR %s",
+                    row.name,
+                    threads,
+                    row.p50_ms,
+                    row.p95_ms,
+                    row.timed_frames,
+                    row.fps,
+                    psnr or psnr_note,
+                )
         cv2.setNumThreads(cv2_threads)  # callers (tests, the server) keep their own OpenCV pool size
     return {
         "command": "python -m srtc.tools.bench " + " ".join(args.argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "onnxruntime": _ort_version(),
-                    "opencv": cv2.__version__},
-        "frames": {"source": source, "count": len(frames), "width": WIDTH, "height": HEIGHT,
-                   "format": "yuv420p", "luma_std": round(luma_std, 1)},
-        "runs": args.runs, "warmup": WARMUP, "threads": args.threads,
-        "row_seconds": args.row_seconds or None, "min_frames": args.min_frames,
+        "machine": {
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "onnxruntime": _ort_version(),
+            "opencv": cv2.__version__,
+        },
+        "frames": {
+            "source": source,
+            "count": len(frames),
+            "width": WIDTH,
+            "height": HEIGHT,
+            "format": "yuv420p",
+            "luma_std": round(luma_std, 1),
+        },
+        "runs": args.runs,
+        "warmup": WARMUP,
+        "threads": args.threads,
+        "row_seconds": args.row_seconds or None,
+        "min_frames": args.min_frames,
         "ceiling": ceiling,
         "psnr_protocol": "srtc.training.evaluate: PIL bicubic LR, Y BT.601 limited range, shave 2, mean per set",
         "rows": [asdict(r) for r in rows],
@@ -526,18 +649,39 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peers", default=None, help="folder of published peer models (e.g. ../shared/peers)")
     ap.add_argument("--frames", type=int, default=60, help="frames per pass (default %(default)s)")
     ap.add_argument("--runs", type=int, default=3, help="timed passes over the frames (default %(default)s)")
-    ap.add_argument("--threads", type=parse_threads, default=[1, 2],
-                    help="comma-separated thread counts, each row timed at each (default 1,2)")
+    ap.add_argument(
+        "--threads",
+        type=parse_threads,
+        default=[1, 2],
+        help="comma-separated thread counts, each row timed at each (default 1,2)",
+    )
     ap.add_argument("--default-only", action="store_true", help="only the manifest's default model")
-    ap.add_argument("--peers-only", nargs="+", default=None, metavar="NAME",
-                    help="with --peers: only these peers (short names or patterns, e.g. ETDS-* FSRCNN-pb)")
-    ap.add_argument("--row-seconds", type=float, default=ROW_SECONDS,
-                    help="per row and thread count, stop timing after this many seconds once --min-frames "
-                         "are timed (0: no cap; default %(default)s)")
-    ap.add_argument("--min-frames", type=int, default=MIN_FRAMES,
-                    help="timed frames every row gets before --row-seconds applies (default %(default)s)")
-    ap.add_argument("--plot", default=None, metavar="PNG",
-                    help="also draw time against Set5/Set14 PSNR (srtc.tools.frontier) at the largest thread count")
+    ap.add_argument(
+        "--peers-only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --peers: only these peers (short names or patterns, e.g. ETDS-* FSRCNN-pb)",
+    )
+    ap.add_argument(
+        "--row-seconds",
+        type=float,
+        default=ROW_SECONDS,
+        help="per row and thread count, stop timing after this many seconds once --min-frames "
+        "are timed (0: no cap; default %(default)s)",
+    )
+    ap.add_argument(
+        "--min-frames",
+        type=int,
+        default=MIN_FRAMES,
+        help="timed frames every row gets before --row-seconds applies (default %(default)s)",
+    )
+    ap.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="also draw time against Set5/Set14 PSNR (srtc.tools.frontier) at the largest thread count",
+    )
     args = ap.parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

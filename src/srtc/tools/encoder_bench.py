@@ -44,8 +44,11 @@ def measure(encoder: Vp8Encoder, frames: Sequence[av.VideoFrame]) -> dict:
             a = out.to_ndarray(format="gray").astype(np.float64)
             b = frame.to_ndarray(format="gray").astype(np.float64)
             scores.append(10.0 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-10)))
-    return {"encode_ms_p50": round(statistics.median(times[4:]), 2), "psnr_y": round(float(np.mean(scores[4:])), 2),
-            "frames": len(frames)}
+    return {
+        "encode_ms_p50": round(statistics.median(times[4:]), 2),
+        "psnr_y": round(float(np.mean(scores[4:])), 2),
+        "frames": len(frames),
+    }
 
 
 def upscaled_frames(count: int) -> tuple[list[av.VideoFrame], str]:
@@ -61,10 +64,18 @@ def upscaled_frames(count: int) -> tuple[list[av.VideoFrame], str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m srtc.tools.encoder_bench",
-                                 description="aiortc's VP8 settings against the return encoder's, on the same 720p frames")
+    ap = argparse.ArgumentParser(
+        prog="python -m srtc.tools.encoder_bench",
+        description="aiortc's VP8 settings against the return encoder's, on the same 720p frames",
+    )
     ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--kbps", type=int, nargs="+", default=[500, 1500], help="CBR targets (the return encoder clamps them to its 720p limits, srtc.server.return_rate)")
+    ap.add_argument(
+        "--kbps",
+        type=int,
+        nargs="+",
+        default=[500, 1500],
+        help="CBR targets (the return encoder clamps them to its 720p limits, srtc.server.return_rate)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -76,8 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
             encoder.target_bitrate = kbps * 1000
             row = {"encoder": name, "kbps": kbps, **measure(encoder, frames)}
             rows.append(row)
-            log.info("%-7s %5d kbps: encode %6.2f ms p50, decoded PSNR-Y %.2f dB", name, kbps, row["encode_ms_p50"],
-                     row["psnr_y"])
+            log.info(
+                "%-7s %5d kbps: encode %6.2f ms p50, decoded PSNR-Y %.2f dB",
+                name,
+                kbps,
+                row["encode_ms_p50"],
+                row["psnr_y"],
+            )
     result = {"source": source, "size": "1280x720", "options": OPTIONS, "rows": rows}
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")

@@ -6,9 +6,10 @@ the same picture at the end of a run.)
 
 Why a picture: the question, per peer, is whether a project model is both faster and at least as good;
 in a table of 30 rows that is a search, in a scatter it is "is there a blue point up and to the left
-of each orange one". Bicubic, 3 dB below everything, is named in the legend, not plotted. Each panel plots the full path's p50 (log scale, one thread count) against one
-benchmark's PSNR-Y; the line joins each group's Pareto front (the rows nothing else in the group
-beats on both axes). Drawn with Pillow (in the ``train`` and ``test`` extras), no plotting library.
+of each orange one". Bicubic, 3 dB below everything, is named in the legend, not plotted. Each panel
+plots the full path's p50 (log scale, one thread count) against one benchmark's PSNR-Y; the line
+joins each group's Pareto front (the rows nothing else in the group beats on both axes). Drawn with
+Pillow (in the ``train`` and ``test`` extras), no plotting library.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class _Axes:
         out = []
         for decade in range(math.floor(self.x0), math.ceil(self.x1) + 1):
             for m in (1, 2, 5):
-                v = m * 10.0 ** decade
+                v = m * 10.0**decade
                 if self.x0 <= math.log10(v) <= self.x1:
                     out.append(v)
         return out
@@ -122,11 +123,16 @@ def _panel(draw, left: int, pts: list[Point], bench_set: str, threads: int) -> N
         draw.line([x, y_a, x, y_b], fill=(228, 228, 228))
         draw.text((x, y_b + 6), f"{v:g}", fill=(0, 0, 0), font=small, anchor="ma")
     for v in ax.ticks_db():
-        _, y = ax.xy(10 ** ax.x0, v)
+        _, y = ax.xy(10**ax.x0, v)
         draw.line([x_a, y, x_b, y], fill=(228, 228, 228))
         draw.text((x_a - 6, y), f"{v:.1f}", fill=(0, 0, 0), font=small, anchor="rm")
-    draw.text(((x_a + x_b) / 2, y_b + 26), f"full path p50, ms per 640x360 frame, {threads} thread(s), log scale",
-              fill=(0, 0, 0), font=small, anchor="ma")
+    draw.text(
+        ((x_a + x_b) / 2, y_b + 26),
+        f"full path p50, ms per 640x360 frame, {threads} thread(s), log scale",
+        fill=(0, 0, 0),
+        font=small,
+        anchor="ma",
+    )
     draw.text(((x_a + x_b) / 2, 14), f"{bench_set} PSNR-Y (dB) against time", fill=(0, 0, 0), font=normal, anchor="ma")
     for kind in ("peer", "project"):
         front = pareto([p for p in pts if p.kind == kind])
@@ -151,11 +157,20 @@ def _labels(draw, ax: _Axes, pts: list[Point], font, box: tuple[float, float, fl
     order = sorted(pts, key=lambda p: (p.kind != "project", id(p) not in fronts, p.ms))
     r = max(DOT_RADIUS.values())
     taken: list[tuple[float, float, float, float]] = [
-        (x - r, y - r, x + r, y + r) for x, y in (ax.xy(p.ms, p.psnr) for p in pts)]
+        (x - r, y - r, x + r, y + r) for x, y in (ax.xy(p.ms, p.psnr) for p in pts)
+    ]
     for p in order:
         x, y = ax.xy(p.ms, p.psnr)
-        for anchor, dx, dy in (("lm", 7, 0), ("rm", -7, 0), ("lb", 5, -5), ("lt", 5, 5), ("rb", -5, -5),
-                               ("rt", -5, 5), ("mb", 0, -7), ("mt", 0, 7)):
+        for anchor, dx, dy in (
+            ("lm", 7, 0),
+            ("rm", -7, 0),
+            ("lb", 5, -5),
+            ("lt", 5, 5),
+            ("rb", -5, -5),
+            ("rt", -5, 5),
+            ("mb", 0, -7),
+            ("mt", 0, 7),
+        ):
             bb = draw.textbbox((x + dx, y + dy), p.label, font=font, anchor=anchor)
             inside = bb[0] >= box[0] and bb[2] <= box[2] and bb[1] >= box[1] and bb[3] <= box[3]
             if inside and not any(bb[0] < t[2] and t[0] < bb[2] and bb[1] < t[3] and t[1] < bb[3] for t in taken):

@@ -134,8 +134,9 @@ class GeneratorGain:
         self.vmaf_bank: FrameBank | None = None  # where its outputs go for VMAF, when VMAF is on
         self.vmaf: dict | None = None
 
-    def sr_off(self, number: int, y: np.ndarray, bicubic_psnr: float, original: np.ndarray,
-               box: tuple[int, int, int, int]) -> None:
+    def sr_off(
+        self, number: int, y: np.ndarray, bicubic_psnr: float, original: np.ndarray, box: tuple[int, int, int, int]
+    ) -> None:
         """SR off frame ``number`` as received (``y``, 640x360), whose bicubic x2 scored ``bicubic_psnr``."""
         made = self.upscaler.upscale_luma(y)
         self.model_psnr.append(psnr_y(made, original, box))
@@ -154,17 +155,27 @@ class GeneratorGain:
 
     def report(self) -> dict:
         model, bicubic = finite_mean(self.model_psnr), finite_mean(self.bicubic_psnr)
-        return {"model": self.name, "frames": len(self.model_psnr), "model_psnr_y": rounded(model),
-                "bicubic_psnr_y": rounded(bicubic),
-                "gain_db": rounded(model - bicubic) if model is not None and bicubic is not None else None,
-                "return_encode_psnr_y": rounded(finite_mean(self.encode_psnr)), "encode_frames": len(self.encode_psnr),
-                "model_vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
-                "model_vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None}
+        return {
+            "model": self.name,
+            "frames": len(self.model_psnr),
+            "model_psnr_y": rounded(model),
+            "bicubic_psnr_y": rounded(bicubic),
+            "gain_db": rounded(model - bicubic) if model is not None and bicubic is not None else None,
+            "return_encode_psnr_y": rounded(finite_mean(self.encode_psnr)),
+            "encode_frames": len(self.encode_psnr),
+            "model_vmaf": self.vmaf.get("vmaf") if self.vmaf else None,
+            "model_vmaf_neg": self.vmaf.get("vmaf_neg") if self.vmaf else None,
+        }
 
 
 def measure_frame(
-    stats: StreamStats, y: np.ndarray, received: float, sent: dict[int, SentFrame], source: Source,
-    arrived: float | None = None, gain: GeneratorGain | None = None,
+    stats: StreamStats,
+    y: np.ndarray,
+    received: float,
+    sent: dict[int, SentFrame],
+    source: Source,
+    arrived: float | None = None,
+    gain: GeneratorGain | None = None,
 ) -> None:
     """Count one returned frame, its latency, and its PSNR-Y when its original is kept.
 
@@ -211,8 +222,9 @@ def measure_frame(
             keep_for_vmaf(stats.vmaf_bank, stats.name, number, full, original, box)
 
 
-def keep_for_vmaf(bank: FrameBank, series: str, number: int, y: np.ndarray, original: np.ndarray,
-                  box: tuple[int, int, int, int]) -> None:
+def keep_for_vmaf(
+    bank: FrameBank, series: str, number: int, y: np.ndarray, original: np.ndarray, box: tuple[int, int, int, int]
+) -> None:
     """Keep a 1280x720 version of frame ``number`` (and its original, once) for VMAF; the frame code's box
     is copied from the original, so it weighs in no figure."""
     if not bank.has("original", number):
@@ -231,8 +243,12 @@ def to_full_size(y: np.ndarray) -> np.ndarray:
 
 
 async def consume(
-    track: MediaStreamTrack, stats: StreamStats, uplink: NumberedTrack, source: Source,
-    watch: ArrivalWatch | None = None, gain: GeneratorGain | None = None,
+    track: MediaStreamTrack,
+    stats: StreamStats,
+    uplink: NumberedTrack,
+    source: Source,
+    watch: ArrivalWatch | None = None,
+    gain: GeneratorGain | None = None,
 ) -> None:
     """Read a returned track until it ends, measuring every frame as soon as it is out of the decoder."""
     while True:
@@ -319,7 +335,9 @@ async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConne
         async with http.get(url.rstrip("/") + "/network") as resp:
             if resp.status < 400:
                 report["server"] = await resp.json(content_type=None)
-                settings = report["server"].get("settings", report["server"]) if isinstance(report["server"], dict) else {}
+                settings = (
+                    report["server"].get("settings", report["server"]) if isinstance(report["server"], dict) else {}
+                )
                 report["cap_kbps"] = settings.get("kbps") or None
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         log.warning("GET /network failed: %s", exc)
@@ -455,8 +473,11 @@ async def run_probe(
             network = await network_report(http, url, pc, uplink)
             if network_change is not None and change.done() and not change.cancelled() and change.result():
                 changed_at = change.result()
-                network["change"] = {"after_s": network_change[0], "settings": network_change[1],
-                                     "streams": {n: recovery_after(st.times, changed_at, fps) for n, st in streams.items()}}
+                network["change"] = {
+                    "after_s": network_change[0],
+                    "settings": network_change[1],
+                    "streams": {n: recovery_after(st.times, changed_at, fps) for n, st in streams.items()},
+                }
         finally:
             for receiver in resilient:
                 receiver.stop()
@@ -519,18 +540,36 @@ async def score_vmaf(bank: FrameBank, streams: dict[str, StreamStats], gain: Gen
 
 
 async def run_clients(
-    url: str, seconds: float, clients: int, source: str | Path | Source | None = None, fps: float = 30.0,
-    psnr_every: int = 5, network_change: tuple[float, dict] | None = None, vmaf: bool | None = False,
+    url: str,
+    seconds: float,
+    clients: int,
+    source: str | Path | Source | None = None,
+    fps: float = 30.0,
+    psnr_every: int = 5,
+    network_change: tuple[float, dict] | None = None,
+    vmaf: bool | None = False,
     generator: Upscaler | None = None,
 ) -> list[ProbeReport]:
     """``clients`` probes at once against one server, sharing one pre-rendered source (so the probe's own
     CPU cost stays small), each with its own session; their reports in client order."""
     src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
-    return list(await asyncio.gather(*(
-        run_probe(url, seconds, source=src, fps=fps, psnr_every=psnr_every,
-                  network_change=network_change if i == 0 else None, vmaf=vmaf, generator=generator if i == 0 else None)
-        for i in range(clients)
-    )))
+    return list(
+        await asyncio.gather(
+            *(
+                run_probe(
+                    url,
+                    seconds,
+                    source=src,
+                    fps=fps,
+                    psnr_every=psnr_every,
+                    network_change=network_change if i == 0 else None,
+                    vmaf=vmaf,
+                    generator=generator if i == 0 else None,
+                )
+                for i in range(clients)
+            )
+        )
+    )
 
 
 # --------------------------------------------------------------------------- helpers and CLI
@@ -550,18 +589,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to send")
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second sent")
-    parser.add_argument("--source", default=None, help="video file, image or folder of images (default: Big Buck Bunny)")
+    parser.add_argument(
+        "--source", default=None, help="video file, image or folder of images (default: Big Buck Bunny)"
+    )
     parser.add_argument("--psnr-every", type=int, default=5, help="PSNR on every Nth source frame")
-    parser.add_argument("--vmaf", choices=("auto", "on", "off"), default="auto",
-                        help="also score both streams in VMAF and VMAF-NEG (libvmaf: pip install -e '.[vmaf]'); "
-                             "auto: when libvmaf is present (default %(default)s)")
-    parser.add_argument("--model", default="default",
-                        help="the server's model, run here on the SR-off frames as received to measure its own gain "
-                             "and the return path's transparency: a manifest name or path, 'default', or 'none'")
+    parser.add_argument(
+        "--vmaf",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also score both streams in VMAF and VMAF-NEG (libvmaf: pip install -e '.[vmaf]'); "
+        "auto: when libvmaf is present (default %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="the server's model, run here on the SR-off frames as received to measure its own gain "
+        "and the return path's transparency: a manifest name or path, 'default', or 'none'",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument("--clients", type=int, default=1, help="concurrent clients, each with its own session (default 1)")
-    parser.add_argument("--network-change", metavar="SECONDS:JSON", default=None,
-                        help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery")
+    parser.add_argument(
+        "--clients", type=int, default=1, help="concurrent clients, each with its own session (default 1)"
+    )
+    parser.add_argument(
+        "--network-change",
+        metavar="SECONDS:JSON",
+        default=None,
+        help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1 or not 1 <= args.clients <= 64:
@@ -603,9 +657,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         reports = asyncio.run(
-            run_clients(args.url, args.seconds, args.clients, source=args.source, fps=args.fps,
-                        psnr_every=args.psnr_every, network_change=args.network_change,
-                        vmaf={"auto": None, "on": True, "off": False}[args.vmaf], generator=open_generator(args.model))
+            run_clients(
+                args.url,
+                args.seconds,
+                args.clients,
+                source=args.source,
+                fps=args.fps,
+                psnr_every=args.psnr_every,
+                network_change=args.network_change,
+                vmaf={"auto": None, "on": True, "off": False}[args.vmaf],
+                generator=open_generator(args.model),
+            )
         )
     except (ProbeError, SourceError) as exc:
         log.error("%s", exc)

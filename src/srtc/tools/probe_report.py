@@ -140,7 +140,8 @@ class ProbeReport:
         lines = [
             f"probe of {self.url} (session {self.session_id}), source: {self.source}",
             f"sent {self.sent} frames of {SENT_W}x{SENT_H} in {self.seconds:.1f} s at {self.fps:g} fps"
-            f" (frame number drawn in the top-left {framecode.COLS * framecode.BLOCK}x{framecode.ROWS * framecode.BLOCK} px)",
+            f" (frame number drawn in the top-left {framecode.COLS * framecode.BLOCK}x"
+            f"{framecode.ROWS * framecode.BLOCK} px)",
             f"frames the server's SR stage skipped (/stats): {_fmt(self.skipped)}",
             "",
             "stream              frames  size       fps    latency p50 / p95 / max ms   first 5 s / last 5 s p50 ms",
@@ -166,7 +167,8 @@ class ProbeReport:
             freezes = s.get("freezes") or {}
             lines.append(
                 f"{'':<19} freezes (WebRTC freezeCount rule): {freezes.get('freezeCount')},"
-                f" {_fmt(freezes.get('totalFreezesDuration'))} s in all; longest gap {_fmt(freezes.get('longestGapMs'))} ms;"
+                f" {_fmt(freezes.get('totalFreezesDuration'))} s in all;"
+                f" longest gap {_fmt(freezes.get('longestGapMs'))} ms;"
                 f" silent for the last {_fmt(s.get('trailing_gap_ms'))} ms of the run"
             )
             if s["unreadable"] or s["unknown"] or s["repeats"]:
@@ -177,30 +179,39 @@ class ProbeReport:
         lines += self._budget_lines()
         cpu = self.server_cpu
         if cpu:
-            lines.append(f"server CPU while sending: {cpu['cores_used']:.2f} of {cpu['machine_cores']} cores for"
-                         f" {cpu['sessions']} session(s): {cpu['cores_per_session']} cores per session,"
-                         f" {_fmt(cpu['sessions_per_core'])} sessions per core")
+            lines.append(
+                f"server CPU while sending: {cpu['cores_used']:.2f} of {cpu['machine_cores']} cores for"
+                f" {cpu['sessions']} session(s): {cpu['cores_per_session']} cores per session,"
+                f" {_fmt(cpu['sessions_per_core'])} sessions per core"
+            )
         net = self.network or {}
         if net:
             server = net.get("server") or {}
-            lines += ["", f"network: cap {_fmt(net.get('cap_kbps'))} kbps, probe sent {_fmt(net.get('sent_kbps'))} kbps"
-                      f" ({_fmt(net.get('packets_sent'))} RTP packets)"]
+            lines += [
+                "",
+                f"network: cap {_fmt(net.get('cap_kbps'))} kbps, probe sent {_fmt(net.get('sent_kbps'))} kbps"
+                f" ({_fmt(net.get('packets_sent'))} RTP packets)",
+            ]
             if server:
                 lines.append(f"  server's impairment: {json.dumps(server, sort_keys=True)}")
             change = net.get("change")
             if change:
                 lines.append(f"  network changed to {change['settings']} after {change['after_s']:g} s:")
                 for name, rec in change["streams"].items():
-                    lines.append(f"    {name}: back to a freeze-free stream {_fmt(rec['recovery_ms'])} ms after the change;"
-                                 f" {_fmt(rec['fps_from_1s_after'])} fps from 1 s after it")
+                    lines.append(
+                        f"    {name}: back to a freeze-free stream {_fmt(rec['recovery_ms'])} ms after the change;"
+                        f" {_fmt(rec['fps_from_1s_after'])} fps from 1 s after it"
+                    )
         box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
         ref = self.psnr_reference
+        sr_psnr = self.streams.get("sr", {}).get("psnr_y")
+        raw_psnr = self.streams.get("raw", {}).get("psnr_y")
         lines += [
             "",
             f"PSNR-Y (dB) against the 1280x720 original's luma, excluding the top-left {box[2]}x{box[3]} px"
             f" frame-code area, on every {self.psnr_every}th source frame:",
-            f"  SR-on stream as received (1280x720):                 {_fmt(self.streams.get('sr', {}).get('psnr_y'), 2)}",
-            f"  SR-off stream as received, bicubic 2x:               {_fmt(self.streams.get('raw', {}).get('psnr_y'), 2)}",
+            f"  SR-on stream as received (1280x720):                 {_fmt(sr_psnr, 2)}",
+            f"  SR-off stream as received, bicubic 2x:               {_fmt(raw_psnr, 2)}",
             f"  reference: sent 360p before compression, bicubic 2x: {_fmt(ref.get('bicubic_sent'), 2)}",
             f"  SR on - SR off:                                      {_fmt(_gap(self.streams, 'psnr_y'), 2)}",
         ]
@@ -209,18 +220,28 @@ class ProbeReport:
             lines += [
                 "",
                 f"VMAF / VMAF-NEG (libvmaf, v0.6.1 models) against the same originals, on {frames} of those frames:",
-                *(f"  {label:<40}{_fmt(self.streams.get(n, {}).get('vmaf'))} / "
-                  f"{_fmt(self.streams.get(n, {}).get('vmaf_neg'))}"
-                  for n, label in (("sr", "SR-on stream as received:"), ("raw", "SR-off stream as received, bicubic:"))),
-                f"  {'SR on - SR off:':<40}{_fmt(_gap(self.streams, 'vmaf'), 2)} / {_fmt(_gap(self.streams, 'vmaf_neg'), 2)}",
+                *(
+                    f"  {label:<40}{_fmt(self.streams.get(n, {}).get('vmaf'))} / "
+                    f"{_fmt(self.streams.get(n, {}).get('vmaf_neg'))}"
+                    for n, label in (
+                        ("sr", "SR-on stream as received:"),
+                        ("raw", "SR-off stream as received, bicubic:"),
+                    )
+                ),
+                f"  {'SR on - SR off:':<40}{_fmt(_gap(self.streams, 'vmaf'), 2)} / "
+                f"{_fmt(_gap(self.streams, 'vmaf_neg'), 2)}",
             ]
         gain = self.generator_gain
         raw = self.streams.get("raw", {})
+        own_vmaf = _minus(gain.get("model_vmaf"), raw.get("vmaf")) if gain else None
+        own_vmaf_neg = _minus(gain.get("model_vmaf_neg"), raw.get("vmaf_neg")) if gain else None
         paired = self.paired or {}
         if paired.get("frames"):
-            lines.append(f"  on the {paired['frames']} frames both streams returned: SR on {_fmt(paired.get('sr'), 2)},"
-                         f" SR off {_fmt(paired.get('raw'), 2)}, SR on - SR off "
-                         f"{_fmt(_minus(paired.get('sr'), paired.get('raw')), 2)}")
+            lines.append(
+                f"  on the {paired['frames']} frames both streams returned: SR on {_fmt(paired.get('sr'), 2)},"
+                f" SR off {_fmt(paired.get('raw'), 2)}, SR on - SR off "
+                f"{_fmt(_minus(paired.get('sr'), paired.get('raw')), 2)}"
+            )
         if gain and gain.get("frames"):
             own = _minus(paired.get("generator"), paired.get("raw"))
             kept = _kept(_minus(paired.get("sr"), paired.get("raw")), own)
@@ -232,45 +253,64 @@ class ProbeReport:
                 f" ({_fmt(gain.get('model_psnr_y'), 2)} against {_fmt(gain.get('bicubic_psnr_y'), 2)}); on the paired"
                 f" frames {_fmt(own, 2)} dB",
                 f"  kept at the viewer (SR on - SR off) / its own gain:  {_fmt(kept, 2)}",
-                *([f"  in VMAF / VMAF-NEG: its own gain {_fmt(_minus(gain.get('model_vmaf'), raw.get('vmaf')), 2)} / "
-                   f"{_fmt(_minus(gain.get('model_vmaf_neg'), raw.get('vmaf_neg')), 2)}, kept "
-                   f"{_fmt(_kept(_gap(self.streams, 'vmaf'), _minus(gain.get('model_vmaf'), raw.get('vmaf'))), 2)} / "
-                   f"{_fmt(_kept(_gap(self.streams, 'vmaf_neg'), _minus(gain.get('model_vmaf_neg'), raw.get('vmaf_neg'))), 2)}"]
-                  if gain.get("model_vmaf") is not None else []),
+                *(
+                    [
+                        f"  in VMAF / VMAF-NEG: its own gain {_fmt(own_vmaf, 2)} / {_fmt(own_vmaf_neg, 2)}, kept "
+                        f"{_fmt(_kept(_gap(self.streams, 'vmaf'), own_vmaf), 2)} / "
+                        f"{_fmt(_kept(_gap(self.streams, 'vmaf_neg'), own_vmaf_neg), 2)}"
+                    ]
+                    if gain.get("model_vmaf") is not None
+                    else []
+                ),
                 f"  the return path's transparency, SR on as received against the generator's output:"
                 f" {_fmt(gain.get('return_encode_psnr_y'))} dB on {gain.get('encode_frames')} frames",
             ]
         lines += [
             "",
             "latency growth on the SR stream (last 5 s p50 - first 5 s p50): "
-            + _fmt(_diff(self.streams.get("sr", {}).get("latency_ms", {}))) + " ms",
+            + _fmt(_diff(self.streams.get("sr", {}).get("latency_ms", {})))
+            + " ms",
             "targets: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in self.targets().items()),
         ]
         return "\n".join(lines)
-
 
     def _budget_lines(self) -> list[str]:
         budget = self.budget()
         if not budget:
             return []
-        lines = ["", "server latency budget, ms p50 / p95 (receive = first packet to decoder; total = first packet to sent):",
-                 f"{'stream':<8}" + "".join(f"{stage:>15}" for stage in STAGES)]
+        lines = [
+            "",
+            "server latency budget, ms p50 / p95 (receive = first packet to decoder; total = first packet to sent):",
+            f"{'stream':<8}" + "".join(f"{stage:>15}" for stage in STAGES),
+        ]
         for name, stages in budget.items():
             cells = (f"{_fmt(stages[st]['p50'])} / {_fmt(stages[st]['p95'])}" for st in STAGES if st in stages)
             lines.append(f"{name:<8}" + "".join(f"{cell:>15}" for cell in cells))
         gov = self.governor()
         if gov:
-            fast = f" ({gov['fast_frames']} of them the fast model, p50 {_fmt(gov['fast_ms_p50'])} ms)" \
-                if gov.get("fast_frames") else ""
-            lines.append(f"SR stage under load: {gov['mode']}, a model on {_fmt(gov['share'])} of frames now;"
-                         f" {gov['generator_frames']} model{fast} / {gov['bicubic_frames']} bicubic frames;"
-                         f" generator p50 {_fmt(gov['generator_ms_p50'])} ms against a {_fmt(gov['budget_ms'])} ms budget")
+            fast = (
+                f" ({gov['fast_frames']} of them the fast model, p50 {_fmt(gov['fast_ms_p50'])} ms)"
+                if gov.get("fast_frames")
+                else ""
+            )
+            lines.append(
+                f"SR stage under load: {gov['mode']}, a model on {_fmt(gov['share'])} of frames now;"
+                f" {gov['generator_frames']} model{fast} / {gov['bicubic_frames']} bicubic frames;"
+                f" generator p50 {_fmt(gov['generator_ms_p50'])} ms against a {_fmt(gov['budget_ms'])} ms budget"
+            )
         return lines
 
 
 def build_report(
-    url: str, session_id: str | None, uplink: NumberedTrack, fps: float, streams: dict[str, StreamStats],
-    source: Source, server_session: dict | None, psnr_every: int = 5, network: dict | None = None,
+    url: str,
+    session_id: str | None,
+    uplink: NumberedTrack,
+    fps: float,
+    streams: dict[str, StreamStats],
+    source: Source,
+    server_session: dict | None,
+    psnr_every: int = 5,
+    network: dict | None = None,
 ) -> ProbeReport:
     """Summarise the raw measurements."""
     seconds = 0.0
@@ -312,10 +352,14 @@ def cpu_between(before: dict | None, after: dict | None) -> dict | None:
         return None
     cores = (after["cpu_s"] - before["cpu_s"]) / wall
     sessions = max(1, int(after.get("sessions") or 1))
-    return {"seconds": rounded(wall), "cores_used": rounded(cores, 3), "sessions": sessions,
-            "cores_per_session": rounded(cores / sessions, 3),
-            "sessions_per_core": rounded(sessions / cores) if cores > 0 else None,
-            "machine_cores": after.get("cores")}
+    return {
+        "seconds": rounded(wall),
+        "cores_used": rounded(cores, 3),
+        "sessions": sessions,
+        "cores_per_session": rounded(cores / sessions, 3),
+        "sessions_per_core": rounded(sessions / cores) if cores > 0 else None,
+        "machine_cores": after.get("cores"),
+    }
 
 
 def clients_summary(reports: Sequence[ProbeReport]) -> dict:
@@ -324,23 +368,36 @@ def clients_summary(reports: Sequence[ProbeReport]) -> dict:
     for i, report in enumerate(reports):
         row: dict = {"client": i, "session_id": report.session_id, "sent": report.sent, "skipped": report.skipped}
         for name, stream in report.streams.items():
-            row[name] = {"frames": stream["frames"], "fps": stream["fps"], "latency_ms": stream["latency_ms"],
-                         "psnr_y": stream.get("psnr_y")}
+            row[name] = {
+                "frames": stream["frames"],
+                "fps": stream["fps"],
+                "latency_ms": stream["latency_ms"],
+                "psnr_y": stream.get("psnr_y"),
+            }
         gov = report.governor()
         if gov:  # what this client's SR stage did under the shared load
-            row["governor"] = {k: gov.get(k) for k in ("mode", "tier", "share", "generator_frames", "fast_frames",
-                                                       "bicubic_frames", "switches")}
+            row["governor"] = {
+                k: gov.get(k)
+                for k in ("mode", "tier", "share", "generator_frames", "fast_frames", "bicubic_frames", "switches")
+            }
         rows.append(row)
     medians = {}
     for name in ("sr", "raw"):
         fps = [r[name]["fps"] for r in rows if name in r]
         p95 = [r[name]["latency_ms"]["p95"] for r in rows if name in r and r[name]["latency_ms"]["p95"] is not None]
         psnr = [r[name]["psnr_y"] for r in rows if name in r and r[name]["psnr_y"] is not None]
-        medians[name] = {"fps": rounded(percentile(fps, 50)), "latency_p95_ms": rounded(percentile(p95, 50)),
-                         "psnr_y": rounded(percentile(psnr, 50))}
+        medians[name] = {
+            "fps": rounded(percentile(fps, 50)),
+            "latency_p95_ms": rounded(percentile(p95, 50)),
+            "psnr_y": rounded(percentile(psnr, 50)),
+        }
     # Client 0's sending window; the others sent over the same seconds.
-    return {"clients": len(reports), "per_client": rows, "median": medians,
-            "server_cpu": reports[0].server_cpu if reports else None}
+    return {
+        "clients": len(reports),
+        "per_client": rows,
+        "median": medians,
+        "server_cpu": reports[0].server_cpu if reports else None,
+    }
 
 
 def rounded(value: float | None, digits: int = 2) -> float | None:

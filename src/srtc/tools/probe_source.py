@@ -72,7 +72,6 @@ def psnr_y(
     return float("inf") if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
-
 def luma_limited(bgr: np.ndarray) -> np.ndarray:
     """Limited-range BT.601 luma (16..235), as in the yuv420p frames that are sent."""
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)[: bgr.shape[0]].copy()
@@ -220,7 +219,9 @@ def load_source(path: str | Path | None, fps: float, psnr_every: int = 5) -> Sou
         images = [img for img in (cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files) if img is not None]
         if not images:
             raise SourceError(f"no readable JPEG/PNG images in {path}")
-        source = prepare_source(pan_zoom_frames(images, fps), fps, psnr_every, f"{len(images)} images from {path}, panned")
+        source = prepare_source(
+            pan_zoom_frames(images, fps), fps, psnr_every, f"{len(images)} images from {path}, panned"
+        )
     elif path.is_file():
         frames, video_fps = video_frames(path)
         source = prepare_source(frames, video_fps, psnr_every, f"video {path}")
@@ -228,7 +229,11 @@ def load_source(path: str | Path | None, fps: float, psnr_every: int = 5) -> Sou
         raise SourceError(f"source not found: {path}")
     log.info(
         "source: %s, %d frames at %.3g fps (%.1f s, looped), rendered in %.1f s",
-        source.description, len(source.sent), source.fps, len(source.sent) / source.fps, time.monotonic() - started,
+        source.description,
+        len(source.sent),
+        source.fps,
+        len(source.sent) / source.fps,
+        time.monotonic() - started,
     )
     return source
 

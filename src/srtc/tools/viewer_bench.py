@@ -45,8 +45,12 @@ def free_port() -> int:
 def start_server(args: list[str], timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
     """``python -m server`` on a free loopback port; its process and base URL once it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -95,14 +99,26 @@ def row(clip: Path, viewer_kbps: float, network: dict, report) -> dict:
     neg_margin = minus(sr.get("vmaf_neg"), raw.get("vmaf_neg"))
     neg_gain = minus(gain.get("model_vmaf_neg"), raw.get("vmaf_neg"))
     return {
-        "clip": clip.name, "viewer_kbps": viewer_kbps, "network": network,
-        "paired_frames": paired.get("frames"), "sr_psnr_y": paired.get("sr"), "off_psnr_y": paired.get("raw"),
-        "psnr_margin": psnr_margin, "generator_gain_db": own_gain, "psnr_kept": kept(psnr_margin, own_gain),
-        "sr_vmaf": sr.get("vmaf"), "off_vmaf": raw.get("vmaf"), "vmaf_margin": minus(sr.get("vmaf"), raw.get("vmaf")),
-        "sr_vmaf_neg": sr.get("vmaf_neg"), "off_vmaf_neg": raw.get("vmaf_neg"), "vmaf_neg_margin": neg_margin,
-        "generator_vmaf_neg_gain": neg_gain, "vmaf_neg_kept": kept(neg_margin, neg_gain),
+        "clip": clip.name,
+        "viewer_kbps": viewer_kbps,
+        "network": network,
+        "paired_frames": paired.get("frames"),
+        "sr_psnr_y": paired.get("sr"),
+        "off_psnr_y": paired.get("raw"),
+        "psnr_margin": psnr_margin,
+        "generator_gain_db": own_gain,
+        "psnr_kept": kept(psnr_margin, own_gain),
+        "sr_vmaf": sr.get("vmaf"),
+        "off_vmaf": raw.get("vmaf"),
+        "vmaf_margin": minus(sr.get("vmaf"), raw.get("vmaf")),
+        "sr_vmaf_neg": sr.get("vmaf_neg"),
+        "off_vmaf_neg": raw.get("vmaf_neg"),
+        "vmaf_neg_margin": neg_margin,
+        "generator_vmaf_neg_gain": neg_gain,
+        "vmaf_neg_kept": kept(neg_margin, neg_gain),
         "return_encode_psnr_y": gain.get("return_encode_psnr_y"),
-        "sr_fps": sr.get("fps"), "sr_latency_p95_ms": (sr.get("latency_ms") or {}).get("p95"),
+        "sr_fps": sr.get("fps"),
+        "sr_latency_p95_ms": (sr.get("latency_ms") or {}).get("p95"),
         "server_cores": (report.server_cpu or {}).get("cores_per_session"),
         "model_share": round(governor.get("generator_frames", 0) / sent, 3) if sent else None,
         "return_kbps": ((report.server_session or {}).get("return_bitrate", {}).get("sr") or {}).get("target_kbps"),
@@ -111,21 +127,44 @@ def row(clip: Path, viewer_kbps: float, network: dict, report) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["clip", "viewer kbps", "SR on / off PSNR-Y", "margin (kept of gain)", "VMAF-NEG on / off",
-            "margin (kept of gain)", "return encode PSNR-Y", "SR fps", "p95 ms", "cores", "model share"]
+    head = [
+        "clip",
+        "viewer kbps",
+        "SR on / off PSNR-Y",
+        "margin (kept of gain)",
+        "VMAF-NEG on / off",
+        "margin (kept of gain)",
+        "return encode PSNR-Y",
+        "SR fps",
+        "p95 ms",
+        "cores",
+        "model share",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
 
     for r in rows:
-        lines.append("| " + " | ".join([
-            r["clip"], f"{r['viewer_kbps']:g}", f"{f(r['sr_psnr_y'])} / {f(r['off_psnr_y'])}",
-            f"{f(r['psnr_margin'])} ({f(r['psnr_kept'])} of {f(r['generator_gain_db'])})",
-            f"{f(r['sr_vmaf_neg'], 1)} / {f(r['off_vmaf_neg'], 1)}",
-            f"{f(r['vmaf_neg_margin'])} ({f(r['vmaf_neg_kept'])} of {f(r['generator_vmaf_neg_gain'])})",
-            f(r["return_encode_psnr_y"], 1), f(r["sr_fps"], 1), f(r["sr_latency_p95_ms"], 0),
-            f(r["server_cores"]), f(r["model_share"])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["clip"],
+                    f"{r['viewer_kbps']:g}",
+                    f"{f(r['sr_psnr_y'])} / {f(r['off_psnr_y'])}",
+                    f"{f(r['psnr_margin'])} ({f(r['psnr_kept'])} of {f(r['generator_gain_db'])})",
+                    f"{f(r['sr_vmaf_neg'], 1)} / {f(r['off_vmaf_neg'], 1)}",
+                    f"{f(r['vmaf_neg_margin'])} ({f(r['vmaf_neg_kept'])} of {f(r['generator_vmaf_neg_gain'])})",
+                    f(r["return_encode_psnr_y"], 1),
+                    f(r["sr_fps"], 1),
+                    f(r["sr_latency_p95_ms"], 0),
+                    f(r["server_cores"]),
+                    f(r["model_share"]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -142,8 +181,9 @@ async def run(args: argparse.Namespace) -> list[dict]:
             proc, url = start_server([*server_args, "--viewer-kbps", f"{viewer:g}"])
             busy = start_busy(args.busy)
             try:
-                report = await run_probe(url, args.seconds, source=str(clip), psnr_every=args.psnr_every,
-                                         vmaf=True, generator=generator)
+                report = await run_probe(
+                    url, args.seconds, source=str(clip), psnr_every=args.psnr_every, vmaf=True, generator=generator
+                )
             finally:
                 for spinner in busy:
                     spinner.kill()
@@ -154,10 +194,14 @@ async def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m srtc.tools.viewer_bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", nargs="+", default=[str(p) for p in sorted(VIDEO_DIR.glob("*.*")) if p.suffix in
-                                                   (".mp4", ".webm")])
+    ap = argparse.ArgumentParser(
+        prog="python -m srtc.tools.viewer_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--clips", nargs="+", default=[str(p) for p in sorted(VIDEO_DIR.glob("*.*")) if p.suffix in (".mp4", ".webm")]
+    )
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--kbps", type=float, default=600.0, help="the simulated uplink's cap (default %(default)s)")
     ap.add_argument("--loss", type=float, default=0.0)

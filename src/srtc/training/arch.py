@@ -13,8 +13,18 @@ from .fullres import FullResSR, fused_full_res
 from .layers import NEGATIVE_SLOPE, activate, count_macs, count_params, start_as_nearest
 from .quarterres import QuarterResSR, fused_quarter_res
 
-__all__ = ["NEGATIVE_SLOPE", "FullResSR", "QuarterResSR", "activate", "build", "checkpoint_generator",
-           "count_macs", "count_params", "fused", "start_as_nearest"]
+__all__ = [
+    "NEGATIVE_SLOPE",
+    "FullResSR",
+    "QuarterResSR",
+    "activate",
+    "build",
+    "checkpoint_generator",
+    "count_macs",
+    "count_params",
+    "fused",
+    "start_as_nearest",
+]
 
 
 def build(config: dict | None = None) -> QuarterResSR | FullResSR:

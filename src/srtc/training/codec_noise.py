@@ -46,8 +46,9 @@ def warp(previous: np.ndarray, motion: np.ndarray) -> np.ndarray:
     """``previous`` moved onto the current frame by ``flow(current, previous)``."""
     h, w = previous.shape
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(previous, grid_x + motion[..., 0], grid_y + motion[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(
+        previous, grid_x + motion[..., 0], grid_y + motion[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,13 +76,15 @@ def measure(clip: Clip) -> dict:
         mse["fused_static"].append(np.mean((np.where(static, (dec + dec0) / 2, dec) - src) ** 2))
         mse["fused_aligned"].append(np.mean((np.where(agree, (dec + warped_dec0) / 2, dec) - src) ** 2))
     out = {f"psnr_{k}": round(mse_to_psnr(float(np.mean(v))), 3) for k, v in mse.items()}
-    out.update({
-        "static_share": round(float(np.mean(share)), 3),
-        "aligned_share": round(float(np.mean(share_aligned)), 3),
-        "error_correlation_static": round(float(np.nanmean(corr_static)), 3),
-        "error_correlation_aligned": round(float(np.nanmean(corr_aligned)), 3),
-        "pairs": len(clip.decoded_y) - 1,
-    })
+    out.update(
+        {
+            "static_share": round(float(np.mean(share)), 3),
+            "aligned_share": round(float(np.mean(share_aligned)), 3),
+            "error_correlation_static": round(float(np.nanmean(corr_static)), 3),
+            "error_correlation_aligned": round(float(np.nanmean(corr_aligned)), 3),
+            "pairs": len(clip.decoded_y) - 1,
+        }
+    )
     out["bound_gain_static_db"] = round(out["psnr_fused_static"] - out["psnr_decoded"], 3)
     out["bound_gain_aligned_db"] = round(out["psnr_fused_aligned"] - out["psnr_decoded"], 3)
     return out

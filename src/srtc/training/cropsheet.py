@@ -53,9 +53,10 @@ def hardest_box(err: np.ndarray, crop: int, margin: int = 4) -> tuple[int, int]:
     h, w = err.shape
     if h < crop + 2 * margin or w < crop + 2 * margin:
         raise ValueError(f"image {w}x{h} is too small for a {crop} px crop")
-    sums = cv2.boxFilter(err.astype(np.float64), -1, (crop, crop), normalize=False, anchor=(0, 0),
-                         borderType=cv2.BORDER_CONSTANT)
-    valid = sums[margin:h - crop - margin + 1, margin:w - crop - margin + 1]
+    sums = cv2.boxFilter(
+        err.astype(np.float64), -1, (crop, crop), normalize=False, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT
+    )
+    valid = sums[margin : h - crop - margin + 1, margin : w - crop - margin + 1]
     y, x = np.unravel_index(int(np.argmax(valid)), valid.shape)
     return int(x) + margin, int(y) + margin
 
@@ -89,16 +90,31 @@ def tile(img: Image.Image, label: str, zoom: int, fnt: ImageFont.ImageFont) -> I
 PICKS = ("detail", "grain")
 
 
-def sheet_row(path: Path, models: dict[str, Upscaler], crop: int, zoom: int, box: tuple[int, int] | None,
-              fnt: ImageFont.ImageFont, pick: str = "detail") -> tuple[list[Image.Image], dict]:
+def sheet_row(
+    path: Path,
+    models: dict[str, Upscaler],
+    crop: int,
+    zoom: int,
+    box: tuple[int, int] | None,
+    fnt: ImageFont.ImageFont,
+    pick: str = "detail",
+) -> tuple[list[Image.Image], dict]:
     """The tiles of one image (LR made as ``srtc.training.evaluate`` makes it) and their crop PSNRs."""
     hr = imaging.crop_to_multiple(imaging.load_image(path), SCALE)
     return compare_row(hr, imaging.downscale(hr, SCALE), path.stem, models, crop, zoom, box, fnt, pick)
 
 
-def compare_row(hr: Image.Image, lr: Image.Image, label: str, models: dict[str, Upscaler], crop: int, zoom: int,
-                box: tuple[int, int] | None, fnt: ImageFont.ImageFont,
-                pick: str = "detail") -> tuple[list[Image.Image], dict]:
+def compare_row(
+    hr: Image.Image,
+    lr: Image.Image,
+    label: str,
+    models: dict[str, Upscaler],
+    crop: int,
+    zoom: int,
+    box: tuple[int, int] | None,
+    fnt: ImageFont.ImageFont,
+    pick: str = "detail",
+) -> tuple[list[Image.Image], dict]:
     """The tiles of one HR / LR pair (RGB, or L for luma-only video frames) and their crop PSNRs."""
     bic = imaging.upscale(lr, SCALE)
     hr_y, bic_y = imaging.luma(hr), imaging.luma(bic)
@@ -112,10 +128,12 @@ def compare_row(hr: Image.Image, lr: Image.Image, label: str, models: dict[str, 
         box = hardest_box(err, crop)
     x, y = box
     win = (x, y, x + crop, y + crop)
-    sl = np.s_[y:y + crop, x:x + crop]
+    sl = np.s_[y : y + crop, x : x + crop]
     scores = {"bicubic": imaging.psnr(bic_y[sl], hr_y[sl], 0)}
-    tiles = [tile(hr.crop(win), f"HR {label} ({x},{y})", zoom, fnt),
-             tile(bic.crop(win), f"bicubic {scores['bicubic']:.2f} dB", zoom, fnt)]
+    tiles = [
+        tile(hr.crop(win), f"HR {label} ({x},{y})", zoom, fnt),
+        tile(bic.crop(win), f"bicubic {scores['bicubic']:.2f} dB", zoom, fnt),
+    ]
     for name, sr_y in outputs.items():
         scores[name] = imaging.psnr(sr_y[sl], hr_y[sl], 0)
         tiles.append(tile(with_luma(bic, sr_y).crop(win), f"{name} {scores[name]:.2f} dB", zoom, fnt))
@@ -126,13 +144,21 @@ def video_frames(path: Path, indices: list[int], codec: str = "vp8", kbps: float
     """(HR, decoded LR, label) of frames ``indices`` (counted from the first content frame) of a 720p clip
     sent as ``srtc.training.evaluate``'s codec path sends it: area-downscaled, encoded, decoded. Luma only."""
     clip = load_clip(path, max(indices) + 1, codec, kbps)
-    return [(Image.fromarray(clip.hr_y[i]), Image.fromarray(clip.decoded_y[i]),
-             f"#{clip.start + i} {codec} {kbps:g}k") for i in indices]
+    return [
+        (Image.fromarray(clip.hr_y[i]), Image.fromarray(clip.decoded_y[i]), f"#{clip.start + i} {codec} {kbps:g}k")
+        for i in indices
+    ]
 
 
-def make_sheet(images: list[Path], models: dict[str, Upscaler], crop: int = 96, zoom: int = 3,
-               boxes: list[tuple[int, int]] | None = None, pick: str = "detail",
-               frames: list[tuple] = ()) -> tuple[Image.Image, list[dict]]:
+def make_sheet(
+    images: list[Path],
+    models: dict[str, Upscaler],
+    crop: int = 96,
+    zoom: int = 3,
+    boxes: list[tuple[int, int]] | None = None,
+    pick: str = "detail",
+    frames: list[tuple] = (),
+) -> tuple[Image.Image, list[dict]]:
     """The grid (rows: images, then video ``frames``; columns: HR, bicubic, models) and the per-crop PSNRs."""
     fnt = font()
     rows, scores = [], []
@@ -170,18 +196,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--models", nargs="+", required=True, help="manifest names or .onnx paths")
     ap.add_argument("--images", nargs="*", default=[], help="HR image files, one row each")
     ap.add_argument("--video", default=None, help="a 720p clip: rows of its frames through the codec path")
-    ap.add_argument("--frames", type=int, nargs="*", default=[20],
-                    help="frame numbers of --video after its first content frame, one row each")
+    ap.add_argument(
+        "--frames",
+        type=int,
+        nargs="*",
+        default=[20],
+        help="frame numbers of --video after its first content frame, one row each",
+    )
     ap.add_argument("--codec", choices=sorted(VIDEO_CODECS), default="vp8")
     ap.add_argument("--kbps", type=float, default=400.0)
     ap.add_argument("--out", required=True, help="PNG to write")
     ap.add_argument("--crop", type=int, default=96, help="HR crop side in px (default %(default)s)")
     ap.add_argument("--zoom", type=int, default=3, help="nearest-neighbour enlargement (default %(default)s)")
-    ap.add_argument("--box", type=parse_box, nargs="*", default=None,
-                    help="HR top-left X,Y per image (default: picked, see --pick)")
-    ap.add_argument("--pick", choices=PICKS, default="detail",
-                    help="crop where bicubic errs most (detail) or where the last model adds most grain to "
-                         "smooth areas (grain)")
+    ap.add_argument(
+        "--box", type=parse_box, nargs="*", default=None, help="HR top-left X,Y per image (default: picked, see --pick)"
+    )
+    ap.add_argument(
+        "--pick",
+        choices=PICKS,
+        default="detail",
+        help="crop where bicubic errs most (detail) or where the last model adds most grain to smooth areas (grain)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -190,11 +225,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("nothing to show: give --images and/or --video")
     if args.box and len(args.box) != rows:
         raise SystemExit(f"--box needs one X,Y per row ({rows}), got {len(args.box)}")
-    models = {(Path(m).stem if m.endswith(".onnx") else m): onnx_upscaler(resolve(m), args.threads)
-              for m in args.models}
+    models = {
+        (Path(m).stem if m.endswith(".onnx") else m): onnx_upscaler(resolve(m), args.threads) for m in args.models
+    }
     frames = video_frames(Path(args.video), args.frames, args.codec, args.kbps) if args.video else []
-    sheet, scores = make_sheet([Path(p) for p in args.images], models, args.crop, args.zoom, args.box, args.pick,
-                               frames)
+    sheet, scores = make_sheet(
+        [Path(p) for p in args.images], models, args.crop, args.zoom, args.box, args.pick, frames
+    )
     sheet.save(args.out, optimize=True)
     log.info("wrote %s (%dx%d, %d bytes)", args.out, sheet.width, sheet.height, Path(args.out).stat().st_size)
     return scores

@@ -42,9 +42,15 @@ class PatchPairs:
     patch positions of the whole set, so small T91 images are not over-sampled.
     """
 
-    def __init__(self, root: str | Path, patch: int = 96, limit: int | None = None,
-                 teacher: Callable[[np.ndarray], np.ndarray] | None = None, teacher_weight: float = 0.0,
-                 full_range: float = 0.0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        patch: int = 96,
+        limit: int | None = None,
+        teacher: Callable[[np.ndarray], np.ndarray] | None = None,
+        teacher_weight: float = 0.0,
+        full_range: float = 0.0,
+    ) -> None:
         """``teacher``: a whole-image x2 luma model whose output, at ``teacher_weight``, is blended into
         each HR target once here (``srtc.training.teacher``); the rest of training is unchanged.
         ``full_range``: the share of patch pairs stretched to full-range luma (``stretch_full_range``)."""
@@ -140,8 +146,8 @@ def crop_pair(lr: np.ndarray, hr: np.ndarray, patch: int, rng: np.random.Generat
     q = patch // SCALE
     y = int(rng.integers(lr.shape[0] - q + 1))
     x = int(rng.integers(lr.shape[1] - q + 1))
-    lp = lr[y:y + q, x:x + q]
-    hp = hr[SCALE * y:SCALE * y + patch, SCALE * x:SCALE * x + patch]
+    lp = lr[y : y + q, x : x + q]
+    hp = hr[SCALE * y : SCALE * y + patch, SCALE * x : SCALE * x + patch]
     k = int(rng.integers(4))
     if rng.integers(2):
         lp, hp = lp[:, ::-1], hp[:, ::-1]
@@ -171,8 +177,9 @@ class DevicePatches:
         self.weights = torch.from_numpy(pairs.weights).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
-    def _grid(self, side: int, flip_y: torch.Tensor, flip_x: torch.Tensor,
-              transpose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _grid(
+        self, side: int, flip_y: torch.Tensor, flip_x: torch.Tensor, transpose: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample row and column offsets [B, side, side] inside the crop, transformed."""
         r = torch.arange(side, device=self.device)
         rows = r.view(1, side, 1).expand(len(flip_y), side, side)

@@ -30,10 +30,10 @@ import logging
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -150,8 +150,7 @@ def iter_video_frames(path: Path) -> Iterator[tuple[int, av.VideoFrame]]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            yield i, frame
+        yield from enumerate(container.decode(stream))
 
 
 # ----------------------------------------------------------------------------- degradation
@@ -200,11 +199,18 @@ def open_encoder(codec: str, width: int, height: int, kbps: float, speed: str) -
     ctx.thread_count = 1
     rate = str(ctx.bit_rate)
     if codec == "libvpx":
-        ctx.options = {"deadline": "realtime", "cpu-used": speed, "lag-in-frames": "0",
-                       "qmin": "2", "qmax": "56", "maxrate": rate, "minrate": "0", "bufsize": rate}
+        ctx.options = {
+            "deadline": "realtime",
+            "cpu-used": speed,
+            "lag-in-frames": "0",
+            "qmin": "2",
+            "qmax": "56",
+            "maxrate": rate,
+            "minrate": "0",
+            "bufsize": rate,
+        }
     elif codec == "libx264":
-        ctx.options = {"preset": speed, "tune": "zerolatency", "profile": "baseline",
-                       "maxrate": rate, "bufsize": rate}
+        ctx.options = {"preset": speed, "tune": "zerolatency", "profile": "baseline", "maxrate": rate, "bufsize": rate}
     else:
         raise ValueError(f"unknown codec {codec!r}; expected one of {CODECS}")
     return ctx
@@ -229,8 +235,9 @@ def encode_decode(lrs: list[Image.Image], codec: str, kbps: float, speed: str) -
     return ys, types
 
 
-def pan_frames(img: Image.Image, frames: int, pan: tuple[int, int], max_hr: tuple[int, int],
-               rng: np.random.Generator) -> list[Image.Image]:
+def pan_frames(
+    img: Image.Image, frames: int, pan: tuple[int, int], max_hr: tuple[int, int], rng: np.random.Generator
+) -> list[Image.Image]:
     """A still image panned by ``pan`` HR px per frame, so the codec makes real inter frames."""
     dx, dy = pan
     span_x, span_y = abs(dx) * (frames - 1), abs(dy) * (frames - 1)
@@ -241,8 +248,9 @@ def pan_frames(img: Image.Image, frames: int, pan: tuple[int, int], max_hr: tupl
     return [img.crop((x0 + t * dx, y0 + t * dy, x0 + t * dx + w, y0 + t * dy + h)) for t in range(frames)]
 
 
-def degrade(hrs: list[Image.Image], codec: str | None, kbps: float | None, kernel: str,
-            speed: str | None) -> tuple[list[np.ndarray], list[str]]:
+def degrade(
+    hrs: list[Image.Image], codec: str | None, kbps: float | None, kernel: str, speed: str | None
+) -> tuple[list[np.ndarray], list[str]]:
     """LR Y planes of HR frames: clean (codec None, like ``srtc.training.data``) or encoded and decoded."""
     lrs = [downscale(hr, kernel) for hr in hrs]
     if codec is None:
@@ -259,8 +267,7 @@ def pair_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def plan_pair(index: int, seed: int, cfg: DegradeConfig, images: list[Path],
-              videos: list[tuple[Path, int]]) -> Plan:
+def plan_pair(index: int, seed: int, cfg: DegradeConfig, images: list[Path], videos: list[tuple[Path, int]]) -> Plan:
     """Draw source, mode, codec, bitrate, kernel and speed for pair ``index``."""
     rng = pair_rng(seed, index)
     use_video = bool(videos) and (not images or rng.random() < cfg.video_share)
@@ -275,18 +282,30 @@ def plan_pair(index: int, seed: int, cfg: DegradeConfig, images: list[Path],
     pan = (0, 0)
     if clip and not use_video:
         while pan == (0, 0):
-            pan = tuple(int(v) * SCALE * int(rng.choice((-1, 0, 1)))
-                        for v in rng.integers(cfg.pan_px[0], cfg.pan_px[1] + 1, size=2))
+            pan = tuple(
+                int(v) * SCALE * int(rng.choice((-1, 0, 1)))
+                for v in rng.integers(cfg.pan_px[0], cfg.pan_px[1] + 1, size=2)
+            )
     if use_video:
         path, count = videos[int(rng.integers(len(videos)))]
         start = int(rng.integers(max(count - frames, 0) + 1))
         source, kind = path, "video"
     else:
         source, kind, start = images[int(rng.integers(len(images)))], "image", 0
-    return Plan(index=index, source=str(source), kind=kind, mode="clean" if clean else ("clip" if clip else "still"),
-                frames=frames, start=start, pan=pan, codec=None if clean else codec,
-                kbps=None if clean else round(kbps, 1), kernel="bicubic" if clean else kernel,
-                speed=None if clean else speed, crop_seed=int(rng.integers(2**31)))
+    return Plan(
+        index=index,
+        source=str(source),
+        kind=kind,
+        mode="clean" if clean else ("clip" if clip else "still"),
+        frames=frames,
+        start=start,
+        pan=pan,
+        codec=None if clean else codec,
+        kbps=None if clean else round(kbps, 1),
+        kernel="bicubic" if clean else kernel,
+        speed=None if clean else speed,
+        crop_seed=int(rng.integers(2**31)),
+    )
 
 
 def make_pair(plan: Plan, hr_frames: list[Image.Image], cfg: DegradeConfig) -> Pair:
@@ -299,9 +318,12 @@ def make_pair(plan: Plan, hr_frames: list[Image.Image], cfg: DegradeConfig) -> P
         hrs = [f.crop(box) for f in hr_frames]
     ys, types = degrade(hrs, plan.codec, plan.kbps, plan.kernel, plan.speed)
     meta = {k: v for k, v in asdict(plan).items() if k != "crop_seed"}
-    meta.update(frame_types=types, kept_frame=len(ys) - 1, lr_size=[ys[-1].shape[1], ys[-1].shape[0]],
-                encoder_kbps=None if plan.kbps is None else
-                round(stream_kbps(plan.kbps, ys[-1].shape[1], ys[-1].shape[0]), 1))
+    meta.update(
+        frame_types=types,
+        kept_frame=len(ys) - 1,
+        lr_size=[ys[-1].shape[1], ys[-1].shape[0]],
+        encoder_kbps=None if plan.kbps is None else round(stream_kbps(plan.kbps, ys[-1].shape[1], ys[-1].shape[0]), 1),
+    )
     # JSON-normalised (tuples become lists), so a pair in memory equals the same pair read back.
     prev = {"lr_prev": ys[-2], "hr_prev": imaging.luma_u8(hrs[-2])} if len(ys) > 1 else {}
     return Pair(lr=ys[-1], hr=imaging.luma_u8(hrs[-1]), meta=json.loads(json.dumps(meta)), **prev)
@@ -343,8 +365,15 @@ def check_manifest(out: Path, manifest: dict) -> None:
             raise SystemExit(f"{out} holds pairs made with other settings; use another --out or delete it")
 
 
-def build_cache(out: str | Path, images_dir: str | Path | None, videos_dir: str | Path | None, pairs: int,
-                seed: int = 0, cfg: DegradeConfig = DegradeConfig(), progress: bool = True) -> Path:
+def build_cache(
+    out: str | Path,
+    images_dir: str | Path | None,
+    videos_dir: str | Path | None,
+    pairs: int,
+    seed: int = 0,
+    cfg: DegradeConfig = DegradeConfig(),
+    progress: bool = True,
+) -> Path:
     """Make ``pairs`` pairs under ``out`` (skipping those already there); returns the folder."""
     out = Path(out)
     images = find_sources(images_dir, imaging.IMAGE_SUFFIXES)
@@ -353,8 +382,14 @@ def build_cache(out: str | Path, images_dir: str | Path | None, videos_dir: str 
         raise FileNotFoundError(f"no images under {images_dir} and no videos under {videos_dir}")
     videos = [(p, count_video_frames(p)) for p in video_paths]
     videos = [(p, n) for p, n in videos if n > 0]
-    manifest = {"config_hash": cfg.digest(), "config": asdict(cfg), "seed": seed, "version": CACHE_VERSION,
-                "images": [str(p) for p in images], "videos": [str(p) for p, _ in videos]}
+    manifest = {
+        "config_hash": cfg.digest(),
+        "config": asdict(cfg),
+        "seed": seed,
+        "version": CACHE_VERSION,
+        "images": [str(p) for p in images],
+        "videos": [str(p) for p, _ in videos],
+    }
     out.mkdir(parents=True, exist_ok=True)
     check_manifest(out, manifest)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -444,8 +479,10 @@ class CodecPatchPairs(torch.utils.data.Dataset):
                 log.warning("skipping %s: smaller than the %d px patch", path, patch)
                 continue
             if pair.has_prev:
-                self.clips[len(self.hr)] = (np.stack([pair.lr_prev, pair.lr], axis=-1),
-                                            np.stack([pair.hr_prev, pair.hr], axis=-1))
+                self.clips[len(self.hr)] = (
+                    np.stack([pair.lr_prev, pair.lr], axis=-1),
+                    np.stack([pair.hr_prev, pair.hr], axis=-1),
+                )
             self.lr.append(pair.lr)
             self.hr.append(pair.hr)
             self.meta.append(pair.meta)
@@ -467,8 +504,10 @@ class CodecPatchPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         lp, hp = self.crop(i, self.rng)
-        return (torch.from_numpy(lp.astype(np.float32)[None] / 255.0),
-                torch.from_numpy(hp.astype(np.float32)[None] / 255.0))
+        return (
+            torch.from_numpy(lp.astype(np.float32)[None] / 255.0),
+            torch.from_numpy(hp.astype(np.float32)[None] / 255.0),
+        )
 
     def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch: LR [B,1,p/2,p/2] and HR [B,1,p,p], float32 on the 0..1 scale."""
@@ -523,18 +562,26 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--video-share", type=float, default=DegradeConfig.video_share)
     ap.add_argument("--min-kbps", type=float, default=DegradeConfig.kbps[0])
     ap.add_argument("--max-kbps", type=float, default=DegradeConfig.kbps[1])
-    ap.add_argument("--codecs", nargs="+", choices=sorted(ENCODERS), default=[DECODERS[c] for c in CODECS],
-                    help="codecs to draw from (default: all); the server's uplink is VP8 unless the browser "
-                         "offers only H.264")
+    ap.add_argument(
+        "--codecs",
+        nargs="+",
+        choices=sorted(ENCODERS),
+        default=[DECODERS[c] for c in CODECS],
+        help="codecs to draw from (default: all); the server's uplink is VP8 unless the browser offers only H.264",
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    cfg = DegradeConfig(clean_share=args.clean_share, clip_share=args.clip_share,
-                        video_share=args.video_share, kbps=(args.min_kbps, args.max_kbps),
-                        codecs=tuple(ENCODERS[c] for c in dict.fromkeys(args.codecs)))
+    cfg = DegradeConfig(
+        clean_share=args.clean_share,
+        clip_share=args.clip_share,
+        video_share=args.video_share,
+        kbps=(args.min_kbps, args.max_kbps),
+        codecs=tuple(ENCODERS[c] for c in dict.fromkeys(args.codecs)),
+    )
     out = args.out or default_cache_dir(cfg, args.seed)
     build_cache(out, args.images or None, args.videos or None, args.pairs, args.seed, cfg)
 

@@ -25,7 +25,8 @@ class PatchDiscriminator(nn.Module):
         strides = [1, 2, 1, 2, 2]
         self.convs = nn.ModuleList(
             spectral_norm(nn.Conv2d(a, b, 4 if s == 2 else 3, stride=s, padding=1))
-            for a, b, s in zip(chans[:-1], chans[1:], strides))
+            for a, b, s in zip(chans[:-1], chans[1:], strides)
+        )
         self.out = spectral_norm(nn.Conv2d(chans[-1], 1, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

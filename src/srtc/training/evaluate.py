@@ -91,8 +91,9 @@ def load_samples(folder: str | Path) -> list[Sample]:
     for path in imaging.list_images(folder):
         hr = imaging.crop_to_multiple(imaging.load_image(path), SCALE)
         lr = imaging.downscale(hr, SCALE)
-        samples.append(Sample(path.stem, imaging.luma_u8(lr), imaging.luma(hr),
-                              imaging.luma(imaging.upscale(lr, SCALE))))
+        samples.append(
+            Sample(path.stem, imaging.luma_u8(lr), imaging.luma(hr), imaging.luma(imaging.upscale(lr, SCALE)))
+        )
     return samples
 
 
@@ -103,9 +104,13 @@ def to_display(sr: np.ndarray) -> np.ndarray:
 
 def image_metrics(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray) -> dict:
     """All clean-benchmark metrics of one displayed SR luma image (see the module docstring)."""
-    return {"psnr": imaging.psnr(sr, hr, SHAVE), "ssim": quality.ssim(sr, hr, SHAVE),
-            "ds_psnr": quality.downsample_psnr(sr, lr, LR_SHAVE, SCALE), **quality.gradient_stats(sr, hr, SHAVE),
-            "flat_noise": quality.flat_noise(sr, hr, SHAVE)}
+    return {
+        "psnr": imaging.psnr(sr, hr, SHAVE),
+        "ssim": quality.ssim(sr, hr, SHAVE),
+        "ds_psnr": quality.downsample_psnr(sr, lr, LR_SHAVE, SCALE),
+        **quality.gradient_stats(sr, hr, SHAVE),
+        "flat_noise": quality.flat_noise(sr, hr, SHAVE),
+    }
 
 
 def mean_metrics(rows: list[dict]) -> dict:
@@ -127,16 +132,21 @@ def evaluate(samples: list[Sample], upscale: Upscaler, full: bool = False) -> di
         sr = to_display(upscale(s.lr_y))
         if sr.shape != s.hr_y.shape:
             raise ValueError(f"{s.name}: output {sr.shape}, expected {s.hr_y.shape}")
-        row = {"image": s.name, "model": imaging.psnr(sr, s.hr_y, SHAVE),
-               "bicubic": imaging.psnr(s.bicubic_y, s.hr_y, SHAVE)}
+        row = {
+            "image": s.name,
+            "model": imaging.psnr(sr, s.hr_y, SHAVE),
+            "bicubic": imaging.psnr(s.bicubic_y, s.hr_y, SHAVE),
+        }
         if full:
             if s.bicubic_metrics is None:
                 s.bicubic_metrics = image_metrics(s.bicubic_y, s.hr_y, s.lr_y)
             row["metrics"] = {"model": image_metrics(sr, s.hr_y, s.lr_y), "bicubic": s.bicubic_metrics}
         rows.append(row)
-    result = {"model": float(np.mean([r["model"] for r in rows])),
-              "bicubic": float(np.mean([r["bicubic"] for r in rows])),
-              "images": rows}
+    result = {
+        "model": float(np.mean([r["model"] for r in rows])),
+        "bicubic": float(np.mean([r["bicubic"] for r in rows])),
+        "images": rows,
+    }
     if full:
         result["metrics"] = {who: mean_metrics([r["metrics"][who] for r in rows]) for who in ("model", "bicubic")}
     return result
@@ -185,8 +195,7 @@ def check_codec(codec: str) -> tuple[str, str]:
     return VIDEO_CODECS[codec]
 
 
-def code_clip(name: str, start: int, hr_y: list[np.ndarray], lrs: list[Image.Image], codec: str,
-              kbps: float) -> Clip:
+def code_clip(name: str, start: int, hr_y: list[np.ndarray], lrs: list[Image.Image], codec: str, kbps: float) -> Clip:
     """Encode the LR frames as one real-time stream and decode them: the ``Clip`` the receiver would get.
 
     ``kbps`` is for a 640x360 stream; other frame sizes get the same bits per pixel.
@@ -199,8 +208,14 @@ def code_clip(name: str, start: int, hr_y: list[np.ndarray], lrs: list[Image.Ima
     return Clip(name, start, hr_y, [imaging.luma_u8(lr) for lr in lrs], decoded, types)
 
 
-def load_clip(path: str | Path, frames: int, codec: str = "vp8", kbps: float = 400.0, kernel: str = "area",
-              start: int | None = None) -> Clip:
+def load_clip(
+    path: str | Path,
+    frames: int,
+    codec: str = "vp8",
+    kbps: float = 400.0,
+    kernel: str = "area",
+    start: int | None = None,
+) -> Clip:
     """Run ``frames`` frames of ``path`` through downscale -> encode -> decode (``srtc.training.degrade``)."""
     from . import degrade
 
@@ -224,8 +239,15 @@ def load_clip(path: str | Path, frames: int, codec: str = "vp8", kbps: float = 4
     return code_clip(path.name, start, hr_y, lrs, codec, kbps)
 
 
-def load_panned_clips(folder: str | Path, frames: int = 10, codec: str = "vp8", kbps: float = 400.0,
-                      kernel: str = "area", pan: tuple[int, int] = PAN_PX, limit: int | None = None) -> list[Clip]:
+def load_panned_clips(
+    folder: str | Path,
+    frames: int = 10,
+    codec: str = "vp8",
+    kbps: float = 400.0,
+    kernel: str = "area",
+    pan: tuple[int, int] = PAN_PX,
+    limit: int | None = None,
+) -> list[Clip]:
     """Each image of ``folder`` as a short clip, panned ``pan`` HR px per frame, through the codec.
 
     Why: the only clips at hand are from one film, and one of them trains the video models; panned
@@ -289,9 +311,13 @@ def evaluate_clip(clip: Clip, upscalers: dict[str, Upscaler], progress_every: in
 def clip_summary(clip: Clip) -> dict:
     """What the receiver got: codec loss on the LR and the frame types."""
     lr_psnr = [imaging.psnr(d, c, 0) for d, c in zip(clip.decoded_y, clip.lr_y)]
-    return {"clip": clip.name, "start_frame": clip.start, "frames": len(clip.hr_y),
-            "decoded_lr_psnr": float(np.mean([p for p in lr_psnr if math.isfinite(p)] or [float("inf")])),
-            "frame_types": {k: clip.frame_types.count(k) for k in sorted(set(clip.frame_types))}}
+    return {
+        "clip": clip.name,
+        "start_frame": clip.start,
+        "frames": len(clip.hr_y),
+        "decoded_lr_psnr": float(np.mean([p for p in lr_psnr if math.isfinite(p)] or [float("inf")])),
+        "frame_types": {k: clip.frame_types.count(k) for k in sorted(set(clip.frame_types))},
+    }
 
 
 # ---------------------------------------------------------------- command line
@@ -299,8 +325,10 @@ def clip_summary(clip: Clip) -> dict:
 
 def rounded(d: dict, digits: int = 4) -> dict:
     """Round the floats of a (nested) metrics dict for JSON and tables."""
-    return {k: rounded(v, digits) if isinstance(v, dict) else (round(v, digits) if isinstance(v, float) else v)
-            for k, v in d.items()}
+    return {
+        k: rounded(v, digits) if isinstance(v, dict) else (round(v, digits) if isinstance(v, float) else v)
+        for k, v in d.items()
+    }
 
 
 def log_table(title: str, rows: dict[str, dict], keys: tuple[str, ...]) -> None:
@@ -314,8 +342,12 @@ def log_table(title: str, rows: dict[str, dict], keys: tuple[str, ...]) -> None:
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="manifest name or .onnx path (default: manifest default)")
-    ap.add_argument("--compare", nargs="*", default=[],
-                    help="more models (names or .onnx paths) scored on the same images and decoded frames")
+    ap.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        help="more models (names or .onnx paths) scored on the same images and decoded frames",
+    )
     ap.add_argument("--images", nargs="*", default=[], help="benchmark folders")
     ap.add_argument("--video", default=None, help="a 720p clip for the codec path")
     ap.add_argument("--codec", choices=sorted(VIDEO_CODECS), default="vp8")
@@ -323,14 +355,18 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--frames", type=int, default=30, help="video frames to use (default %(default)s)")
     ap.add_argument("--start", type=int, default=None, help="first video frame (default: after the fade-in)")
     ap.add_argument("--kernel", choices=("area", "bicubic"), default="area", help="sender's 720p->360p scaler")
-    ap.add_argument("--pan", default=None,
-                    help="folder of images, each panned into a clip and coded like --video (other content)")
+    ap.add_argument(
+        "--pan", default=None, help="folder of images, each panned into a clip and coded like --video (other content)"
+    )
     ap.add_argument("--pan-frames", type=int, default=10, help="frames per panned clip (default %(default)s)")
     ap.add_argument("--pan-limit", type=int, default=None, help="use only the first N images of --pan")
     ap.add_argument("--peers", default=None, help="folder of published peer models (e.g. ../shared/peers)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vmaf", action="store_true",
-                    help="VMAF and VMAF-NEG on the coded-video path too (libvmaf: pip install -e '.[vmaf]')")
+    ap.add_argument(
+        "--vmaf",
+        action="store_true",
+        help="VMAF and VMAF-NEG on the coded-video path too (libvmaf: pip install -e '.[vmaf]')",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
     return ap
 
@@ -346,9 +382,17 @@ def run(args: argparse.Namespace) -> dict:
     if model_name in compare or len(compare) < len(names):
         raise SystemExit("--compare: each model once, and not the --model itself")
     upscalers.update({name: onnx_upscaler(p, args.threads) for name, p in compare.items()})
-    result: dict = {"model": model_name, "file": str(path), "scale": SCALE, "shave": SHAVE,
-                    "compare": {name: str(p) for name, p in compare.items()},
-                    "clean": {}, "video": None, "pan": None, "peers": None}
+    result: dict = {
+        "model": model_name,
+        "file": str(path),
+        "scale": SCALE,
+        "shave": SHAVE,
+        "compare": {name: str(p) for name, p in compare.items()},
+        "clean": {},
+        "video": None,
+        "pan": None,
+        "peers": None,
+    }
     log.info("model %s (%s); x%d, Y BT.601 limited range, shave %d", model_name, path, SCALE, SHAVE)
     with tempfile.TemporaryDirectory(prefix="srtc-eval-") as tmp:
         if args.peers:
@@ -359,8 +403,11 @@ def run(args: argparse.Namespace) -> dict:
             for s in skipped:
                 log.warning("peer skipped: %s: %s", s["name"], s["reason"])
             upscalers.update({p.name: p.upscale for p in peers})
-            result["peers"] = {"dir": str(args.peers), "found": [{"name": p.name, "params": p.params, "note": p.note}
-                                                                  for p in peers], "skipped": skipped}
+            result["peers"] = {
+                "dir": str(args.peers),
+                "found": [{"name": p.name, "params": p.params, "note": p.note} for p in peers],
+                "skipped": skipped,
+            }
         for folder in args.images:
             name = Path(folder).name
             samples = load_samples(folder)
@@ -374,31 +421,64 @@ def run(args: argparse.Namespace) -> dict:
             result["clean"][name] = {"images": len(samples), "results": rounded(table)}
             log_table(f"{name} ({len(samples)} images)", table, METRICS)
         if args.video:
-            log.info("video %s: %d frames, %s at %g kbps, %s downscale", args.video, args.frames, args.codec,
-                     args.kbps, args.kernel)
+            log.info(
+                "video %s: %d frames, %s at %g kbps, %s downscale",
+                args.video,
+                args.frames,
+                args.codec,
+                args.kbps,
+                args.kernel,
+            )
             clip = load_clip(args.video, args.frames, args.codec, args.kbps, args.kernel, args.start)
             summary = clip_summary(clip)
-            log.info("  decoded: LR PSNR %.2f dB vs encoder input, frame types %s", summary["decoded_lr_psnr"],
-                     summary["frame_types"])
+            log.info(
+                "  decoded: LR PSNR %.2f dB vs encoder input, frame types %s",
+                summary["decoded_lr_psnr"],
+                summary["frame_types"],
+            )
             table = evaluate_clip(clip, {"bicubic": bicubic_luma, **upscalers}, vmaf=getattr(args, "vmaf", False))
-            result["video"] = {**rounded(summary), "codec": args.codec, "kbps": args.kbps, "kernel": args.kernel,
-                               "fps": 30, "results": rounded(table)}
-            log_table(f"video {clip.name} ({args.codec} {args.kbps:g} kbps, {len(clip.hr_y)} frames)", table,
-                      METRICS[:2] + ("tpsnr",) + (("vmaf", "vmaf_neg") if getattr(args, "vmaf", False) else ())
-                      + METRICS[2:])
+            result["video"] = {
+                **rounded(summary),
+                "codec": args.codec,
+                "kbps": args.kbps,
+                "kernel": args.kernel,
+                "fps": 30,
+                "results": rounded(table),
+            }
+            log_table(
+                f"video {clip.name} ({args.codec} {args.kbps:g} kbps, {len(clip.hr_y)} frames)",
+                table,
+                METRICS[:2] + ("tpsnr",) + (("vmaf", "vmaf_neg") if getattr(args, "vmaf", False) else ()) + METRICS[2:],
+            )
         if getattr(args, "pan", None):
-            clips = load_panned_clips(args.pan, args.pan_frames, args.codec, args.kbps, args.kernel,
-                                      limit=args.pan_limit)
-            log.info("panned clips: %d images of %s, %d frames each, %s at %g kbps", len(clips), args.pan,
-                     args.pan_frames, args.codec, args.kbps)
+            clips = load_panned_clips(
+                args.pan, args.pan_frames, args.codec, args.kbps, args.kernel, limit=args.pan_limit
+            )
+            log.info(
+                "panned clips: %d images of %s, %d frames each, %s at %g kbps",
+                len(clips),
+                args.pan,
+                args.pan_frames,
+                args.codec,
+                args.kbps,
+            )
             table = evaluate_clips(clips, {"bicubic": bicubic_luma, **upscalers})
-            result["pan"] = {"dir": str(args.pan), "clips": len(clips), "frames": args.pan_frames,
-                             "pan_px": list(PAN_PX), "codec": args.codec, "kbps": args.kbps, "kernel": args.kernel,
-                             "decoded_lr_psnr": round(float(np.mean([clip_summary(c)["decoded_lr_psnr"]
-                                                                     for c in clips])), 4),
-                             "results": rounded(table)}
-            log_table(f"panned {Path(args.pan).name} ({len(clips)} clips, {args.codec} {args.kbps:g} kbps)", table,
-                      METRICS[:2] + ("tpsnr",) + METRICS[2:])
+            result["pan"] = {
+                "dir": str(args.pan),
+                "clips": len(clips),
+                "frames": args.pan_frames,
+                "pan_px": list(PAN_PX),
+                "codec": args.codec,
+                "kbps": args.kbps,
+                "kernel": args.kernel,
+                "decoded_lr_psnr": round(float(np.mean([clip_summary(c)["decoded_lr_psnr"] for c in clips])), 4),
+                "results": rounded(table),
+            }
+            log_table(
+                f"panned {Path(args.pan).name} ({len(clips)} clips, {args.codec} {args.kbps:g} kbps)",
+                table,
+                METRICS[:2] + ("tpsnr",) + METRICS[2:],
+            )
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     log.info("done in %.1f s", result["wall_s"])
     return result

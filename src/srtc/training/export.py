@@ -49,21 +49,27 @@ def export_onnx(model: nn.Module, path: str | Path) -> None:
         # The contract asks for the legacy exporter on purpose; its deprecation notices are noise.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=["lr"], output_names=["sr"],
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["lr"],
+            output_names=["sr"],
             dynamic_axes={"lr": {2: "h", 3: "w"}, "sr": {2: "h2", 3: "w2"}},
         )
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def max_diff(model: nn.Module, path: str | Path,
-             sizes: tuple[tuple[int, int], ...] = ((64, 96), (37, 51), (360, 640))) -> float:
+def max_diff(
+    model: nn.Module, path: str | Path, sizes: tuple[tuple[int, int], ...] = ((64, 96), (37, 51), (360, 640))
+) -> float:
     """Largest |onnxruntime - torch| over random inputs of several sizes (odd ones included), relative
     to the output's largest magnitude where that exceeds 1.
 
     Uniform noise is the hardest input (every pixel an edge), and it drives a deep net's output far
-    outside 0..1 (a 60k-parameter quarter-resolution net: +-470), where float32 accumulation order alone differs by ~1e-6 of the
-    value; on real frames both runtimes agree to 2e-7.
+    outside 0..1 (a 60k-parameter quarter-resolution net: +-470), where float32 accumulation order
+    alone differs by ~1e-6 of the value; on real frames both runtimes agree to 2e-7.
     """
     sess = open_session(path)
     gen = torch.Generator().manual_seed(0)
@@ -91,8 +97,19 @@ def load_checkpoint_model(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
     return fused(checkpoint_generator(ckpt), dense_tail=True).eval(), ckpt
 
 
-ENTRY_ORDER = ("file", "sha256", "kind", "precision", "role", "reference", "params", "scale", "fallback",
-               "description", "recipe")
+ENTRY_ORDER = (
+    "file",
+    "sha256",
+    "kind",
+    "precision",
+    "role",
+    "reference",
+    "params",
+    "scale",
+    "fallback",
+    "description",
+    "recipe",
+)
 
 
 def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MANIFEST_PATH) -> None:
@@ -122,10 +139,13 @@ def update_manifest(name: str, entry: dict, make_default: bool, path: Path = MAN
 def recipe_text(name: str, command: str) -> str:
     """A shell script of the steps in ``command`` (`` && `` between steps; `` ; (stopped at step N) `` where
     a run was resumed with other settings), one step per line."""
-    lines = ["#!/usr/bin/env bash",
-             f"# How {name} was made. Run from the checkout's root with the train extra installed and ../shared",
-             "# beside it; the data and the published teacher it names are described in ../shared/data/SOURCES.md.",
-             "set -euo pipefail", ""]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# How {name} was made. Run from the checkout's root with the train extra installed and ../shared",
+        "# beside it; the data and the published teacher it names are described in ../shared/data/SOURCES.md.",
+        "set -euo pipefail",
+        "",
+    ]
     for part in command.split(" ; "):
         match = re.match(r"\(stopped at step (\d+)\) (.*)", part)
         if match:
@@ -195,9 +215,11 @@ def main(argv: list[str] | None = None) -> None:
         "precision": "fp32",
         "params": params,
         "scale": 2,
-        "description": args.description or (
+        "description": args.description
+        or (
             f"Y-only x2 {type(model).__name__} {ckpt['config']}, {params} params, "
-            f"{count_macs(model) / 1e9:.2f} GMAC at 640x360"),
+            f"{count_macs(model) / 1e9:.2f} GMAC at 640x360"
+        ),
         "command": f"{train_cmd} && {export_cmd}" if train_cmd else export_cmd,
     }
     update_manifest(args.name, entry, args.default)

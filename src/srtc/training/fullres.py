@@ -35,8 +35,9 @@ class FullResSR(nn.Module):
 
     full_res = True  # lets shared code (export, training) tell the two generators apart
 
-    def __init__(self, widths: tuple[int, ...] = (16,) * 7, reparam: bool = False,
-                 slope: float = NEGATIVE_SLOPE, mix: int = 0) -> None:
+    def __init__(
+        self, widths: tuple[int, ...] = (16,) * 7, reparam: bool = False, slope: float = NEGATIVE_SLOPE, mix: int = 0
+    ) -> None:
         """``widths``: output channels of the head and of each body conv (16 x 7 is M6C16, 14,660 params).
         ``mix``: 0 for a 3x3 tail straight to the 4 sub-pixels; N for a 3x3 tail to N features and a
         1x1 conv from them to the 4 sub-pixels."""

@@ -91,29 +91,57 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
     ap.add_argument("--lr-g", type=float, default=1e-4, help="generator peak learning rate")
     ap.add_argument("--lr-d", type=float, default=1e-4, help="discriminator peak learning rate")
-    ap.add_argument("--d-base", type=int, default=16,
-                    help="discriminator base width (16: 59k params; 32: 233k, ~2.7x slower on CPU)")
+    ap.add_argument(
+        "--d-base",
+        type=int,
+        default=16,
+        help="discriminator base width (16: 59k params; 32: 233k, ~2.7x slower on CPU)",
+    )
     ap.add_argument("--pixel", type=float, default=1.0, help="weight of L1 to HR (0: off)")
     ap.add_argument("--patch-anchor", type=float, default=1.0, help="weight of 4x4/8x8 patch-mean L1 (0: off)")
     ap.add_argument("--down", type=float, default=1.0, help="weight of down-sampling consistency (0: off)")
-    ap.add_argument("--down-kernel", choices=("bicubic", "area"), default="bicubic",
-                    help="kernel the LR was made with (bicubic: antialiased, as PIL)")
-    ap.add_argument("--down-target", choices=("clean", "input"), default="clean",
-                    help="what the downscaled SR must match: the HR downscaled (the LR before a codec) or the input")
+    ap.add_argument(
+        "--down-kernel",
+        choices=("bicubic", "area"),
+        default="bicubic",
+        help="kernel the LR was made with (bicubic: antialiased, as PIL)",
+    )
+    ap.add_argument(
+        "--down-target",
+        choices=("clean", "input"),
+        default="clean",
+        help="what the downscaled SR must match: the HR downscaled (the LR before a codec) or the input",
+    )
     ap.add_argument("--grad", type=float, default=0.5, help="weight of the gradient L1 (0: off)")
-    ap.add_argument("--artifact", type=float, default=0.0,
-                    help="weight of the LDL artefact-map L1 (0: off; needs --ema; the map is ~1e-4, so "
-                         "thousands: the shipped GAN uses 10000)")
-    ap.add_argument("--flat", type=float, default=0.0,
-                    help="weight of the flat-area grain L1 (0: off)")
-    ap.add_argument("--temporal", type=float, default=0.0,
-                    help="weight of the temporal loss (srtc.training.train --temporal; needs --pairs with clips; 0: off)")
+    ap.add_argument(
+        "--artifact",
+        type=float,
+        default=0.0,
+        help="weight of the LDL artefact-map L1 (0: off; needs --ema; the map is ~1e-4, so "
+        "thousands: the shipped GAN uses 10000)",
+    )
+    ap.add_argument("--flat", type=float, default=0.0, help="weight of the flat-area grain L1 (0: off)")
+    ap.add_argument(
+        "--temporal",
+        type=float,
+        default=0.0,
+        help="weight of the temporal loss (srtc.training.train --temporal; needs --pairs with clips; 0: off)",
+    )
     ap.add_argument("--temporal-batch", type=int, default=8, help="clip patch pairs per step for --temporal")
-    ap.add_argument("--fm", type=float, default=0.1, help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)")
+    ap.add_argument(
+        "--fm",
+        type=float,
+        default=0.1,
+        help="weight of discriminator feature matching (0: off; D trains only when --adv > 0)",
+    )
     ap.add_argument("--adv", type=float, default=5e-3, help="weight of the adversarial term (0: off)")
     ap.add_argument("--gan", choices=sorted(L.ADVERSARIAL), default="ragan", help="adversarial loss")
-    ap.add_argument("--adv-inputs", choices=("all", "clean"), default="all",
-                    help="which outputs the adversary judges: all, or only those of clean (uncoded) LR patches")
+    ap.add_argument(
+        "--adv-inputs",
+        choices=("all", "clean"),
+        default="all",
+        help="which outputs the adversary judges: all, or only those of clean (uncoded) LR patches",
+    )
     ap.add_argument("--ema", type=float, default=0.999, help="generator EMA decay (0: no EMA)")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--save-every", type=int, default=500)
@@ -127,11 +155,19 @@ def loss_weights(args: argparse.Namespace) -> dict[str, float]:
     return {name: float(getattr(args, name)) for name in REMEDIES}
 
 
-def generator_terms(sr: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, weights: dict[str, float],
-                    disc: nn.Module | None = None, real: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
-                    gan: str = "ragan", down_kernel: str = "bicubic",
-                    down_target: str = "clean", ema_sr: torch.Tensor | None = None,
-                    judged: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def generator_terms(
+    sr: torch.Tensor,
+    hr: torch.Tensor,
+    lr: torch.Tensor,
+    weights: dict[str, float],
+    disc: nn.Module | None = None,
+    real: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+    gan: str = "ragan",
+    down_kernel: str = "bicubic",
+    down_target: str = "clean",
+    ema_sr: torch.Tensor | None = None,
+    judged: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of the switched-on remedies, plus ``total`` (their weighted sum).
 
     ``real``: the discriminator's (logits, features) on HR, needed by ``adv`` and ``fm``;
@@ -222,10 +258,15 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     if weights["artifact"] and ema is None:
         raise SystemExit("--artifact needs the generator EMA (--ema > 0)")
     if ckpt is not None:
-        if ({k: ckpt["weights"].get(k, 0.0) for k in weights} != weights or ckpt["d_base"] != args.d_base
-                or ckpt.get("temporal", 0.0) != args.temporal):
-            raise SystemExit(f"loss weights / --temporal / --d-base differ from the checkpoint's {ckpt['weights']}, "
-                             f"temporal {ckpt.get('temporal', 0.0)}, d-base {ckpt['d_base']}")
+        if (
+            {k: ckpt["weights"].get(k, 0.0) for k in weights} != weights
+            or ckpt["d_base"] != args.d_base
+            or ckpt.get("temporal", 0.0) != args.temporal
+        ):
+            raise SystemExit(
+                f"loss weights / --temporal / --d-base differ from the checkpoint's {ckpt['weights']}, "
+                f"temporal {ckpt.get('temporal', 0.0)}, d-base {ckpt['d_base']}"
+            )
         disc.load_state_dict(ckpt["disc"])
         opt_g.load_state_dict(ckpt["optimizer"])
         opt_d.load_state_dict(ckpt["optimizer_d"])
@@ -238,22 +279,44 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
         log.info("resumed from %s at step %d", out / "last.pt", step)
 
     plain = fused(gen).cpu()
-    log.info("generator %s: %d params at inference, %.3f GMAC at 640x360; discriminator %d params; "
-             "weights %s, %s, EMA %s, device %s", config, count_params(plain), count_macs(plain) / 1e9,
-             count_params(disc), {k: v for k, v in weights.items() if v}, args.gan, args.ema or "off", device)
+    log.info(
+        "generator %s: %d params at inference, %.3f GMAC at 640x360; discriminator %d params; "
+        "weights %s, %s, EMA %s, device %s",
+        config,
+        count_params(plain),
+        count_macs(plain) / 1e9,
+        count_params(disc),
+        {k: v for k, v in weights.items() if v},
+        args.gan,
+        args.ema or "off",
+        device,
+    )
     data = load_training_data(args)
     val = load_samples(args.val) if args.val else []
     d_loss_fn = L.ADVERSARIAL[args.gan][0]
     needs_disc = bool(weights["adv"] or weights["fm"])
 
     def state(best: float) -> dict:
-        return {"config": config, "model": gen.state_dict(), "ema": ema.state_dict() if ema else None,
-                "disc": disc.state_dict(), "d_base": args.d_base, "optimizer": opt_g.state_dict(),
-                "optimizer_d": opt_d.state_dict(), "weights": weights, "temporal": args.temporal, "stage": "gan",
-                "init": args.init,
-                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
-                "command": command, "args": vars(args)}
+        return {
+            "config": config,
+            "model": gen.state_dict(),
+            "ema": ema.state_dict() if ema else None,
+            "disc": disc.state_dict(),
+            "d_base": args.d_base,
+            "optimizer": opt_g.state_dict(),
+            "optimizer_d": opt_d.state_dict(),
+            "weights": weights,
+            "temporal": args.temporal,
+            "stage": "gan",
+            "init": args.init,
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "best_psnr": best,
+            "elapsed_s": elapsed + time.perf_counter() - t0,
+            "command": command,
+            "args": vars(args),
+        }
 
     def validate() -> float:
         model = ema if ema is not None else gen
@@ -267,8 +330,10 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
     t_rate, s_rate = t0, step
     gen.train()
     disc.train()
-    with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="gan", unit="step",
-                                       dynamic_ncols=True) as bar:
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=args.steps, initial=step, desc="gan", unit="step", dynamic_ncols=True) as bar,
+    ):
         while step < args.steps:
             for opt, peak in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
                 for group in opt.param_groups:
@@ -290,8 +355,9 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
             real = disc(judged_only(hr_b, judged)) if judge else None
 
             disc.requires_grad_(False)
-            terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel,
-                                    args.down_target, ema_sr, judged)
+            terms = generator_terms(
+                sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel, args.down_target, ema_sr, judged
+            )
             if args.temporal:
                 terms["temporal"] = temporal_loss(gen, data, args.temporal_batch, rng, device)
                 terms["total"] = terms["total"] + args.temporal * terms["temporal"]
@@ -324,15 +390,29 @@ def train_gan(args: argparse.Namespace, command: str = "") -> dict:
                     for k, v in r.items():
                         recent[k].append(v)
                 bar.set_postfix({k: f"{np.mean(v):.4g}" for k, v in recent.items()} | {"steps/s": f"{rate:.2f}"})
-            best = checkpoint(step, args, out, state, validate if val else None, best, lambda psnr, top: (
-                f"total {np.mean([r['total'] for r in records[-args.val_every:]]):.5f}, {Path(args.val).name} "
-                f"PSNR-Y {psnr:.3f} dB (best {top:.3f}), "
-                f"{len(records) / max(time.perf_counter() - t0, 1e-9):.2f} steps/s this session"))
+            best = checkpoint(
+                step,
+                args,
+                out,
+                state,
+                validate if val else None,
+                best,
+                lambda psnr, top: (
+                    f"total {np.mean([r['total'] for r in records[-args.val_every :]]):.5f}, {Path(args.val).name} "
+                    f"PSNR-Y {psnr:.3f} dB (best {top:.3f}), "
+                    f"{len(records) / max(time.perf_counter() - t0, 1e-9):.2f} steps/s this session"
+                ),
+            )
     wall = time.perf_counter() - t0
     if not val:
         save(out / "best.pt", **state(best))
-    log.info("done: %d steps, %.2f steps/s this session, %.1f min wall in total, best PSNR-Y %.3f dB",
-             step, len(records) / max(wall, 1e-9), (elapsed + wall) / 60, best)
+    log.info(
+        "done: %d steps, %.2f steps/s this session, %.1f min wall in total, best PSNR-Y %.3f dB",
+        step,
+        len(records) / max(wall, 1e-9),
+        (elapsed + wall) / 60,
+        best,
+    )
     return {"records": records, "best_psnr": best, "steps": step, "wall_s": elapsed + wall}
 
 

@@ -50,14 +50,20 @@ def _branch(name: str, nodes: list[onnx.NodeProto], output: str) -> onnx.GraphPr
 
 
 def _identity(name: str, source: str) -> onnx.GraphProto:
-    return _branch(name, [helper.make_node("Identity", [source], [f"{name}_out"], name=f"/{name}/Identity")],
-                   f"{name}_out")
+    return _branch(
+        name, [helper.make_node("Identity", [source], [f"{name}_out"], name=f"/{name}/Identity")], f"{name}_out"
+    )
 
 
 def _conv(b: _Builder, name: str, x: str, conv: torch.nn.Conv2d) -> str:
     k = conv.kernel_size[0]
-    return b.node("Conv", [x, b.const(f"{name}.weight", conv.weight), b.const(f"{name}.bias", conv.bias)],
-                  f"{name}_out", kernel_shape=[k, k], pads=[k // 2] * 4)
+    return b.node(
+        "Conv",
+        [x, b.const(f"{name}.weight", conv.weight), b.const(f"{name}.bias", conv.bias)],
+        f"{name}_out",
+        kernel_shape=[k, k],
+        pads=[k // 2] * 4,
+    )
 
 
 def _act(b: _Builder, name: str, x: str, slope: float) -> str:
@@ -79,15 +85,19 @@ def quarter_res_graph(model: QuarterResSR) -> onnx.ModelProto:
     b.const("zeros_2", np.zeros(2, np.int64))
     b.const("zeros_6", np.zeros(6, np.int64))
     shape = b.node("Shape", ["lr"], "lr_shape")
-    hw = b.node("Slice", [shape, b.const("two_i", np.array([2], np.int64)), b.const("four_i", np.array([4], np.int64))],
-                "lr_hw")
+    hw = b.node(
+        "Slice", [shape, b.const("two_i", np.array([2], np.int64)), b.const("four_i", np.array([4], np.int64))], "lr_hw"
+    )
     odd_hw = b.node("Mod", [hw, "two"], "odd_hw")
     odd = b.node("Cast", [b.node("ReduceMax", [odd_hw], "odd_any", keepdims=0)], "odd", to=TensorProto.BOOL)
 
-    pad = [helper.make_node("Concat", ["zeros_6", odd_hw], ["pads"], name="/pads/Concat", axis=0),
-           helper.make_node("Pad", ["lr", "pads"], ["lr_padded"], name="/lr_padded/Pad", mode="edge")]
-    x = b.node("If", [odd], "lr_even", then_branch=_branch("pad", pad, "lr_padded"),
-               else_branch=_identity("as_is", "lr"))
+    pad = [
+        helper.make_node("Concat", ["zeros_6", odd_hw], ["pads"], name="/pads/Concat", axis=0),
+        helper.make_node("Pad", ["lr", "pads"], ["lr_padded"], name="/lr_padded/Pad", mode="edge"),
+    ]
+    x = b.node(
+        "If", [odd], "lr_even", then_branch=_branch("pad", pad, "lr_padded"), else_branch=_identity("as_is", "lr")
+    )
 
     lr4 = b.node("SpaceToDepth", [x], "lr4", blocksize=2)
     shift = b.node("Constant", [], "shift", value=numpy_helper.from_array(np.array(model.shift, np.float32)))
@@ -113,14 +123,21 @@ def quarter_res_graph(model: QuarterResSR) -> onnx.ModelProto:
     hr_hw = b.node("Slice", [b.node("Shape", [hr], "hr_shape"), "two_i", "four_i"], "hr_hw")
     extra = b.node("ReduceMax", [b.node("Sub", [hr_hw, hw2], "hr_extra")], "hr_extra_any", keepdims=0)
     crop = [helper.make_node("Slice", [hr, "zeros_2", hw2, "axes_hw"], ["hr_cropped"], name="/hr_cropped/Slice")]
-    b.node("If", [b.node("Cast", [extra], "cropped", to=TensorProto.BOOL)], "sr",
-           then_branch=_branch("crop", crop, "hr_cropped"), else_branch=_identity("whole", hr))
+    b.node(
+        "If",
+        [b.node("Cast", [extra], "cropped", to=TensorProto.BOOL)],
+        "sr",
+        then_branch=_branch("crop", crop, "hr_cropped"),
+        else_branch=_identity("whole", hr),
+    )
 
     graph = helper.make_graph(
-        b.nodes, "quarter_res_sr",
+        b.nodes,
+        "quarter_res_sr",
         [helper.make_tensor_value_info("lr", TensorProto.FLOAT, [1, 1, "h", "w"])],
         [helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1, 1, "h2", "w2"])],
-        b.initializers)
+        b.initializers,
+    )
     out = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="srtc.training.graph")
     out.ir_version = 8  # what the legacy exporter wrote for opset 17; onnxruntime 1.x reads it
     onnx.checker.check_model(out)
@@ -134,6 +151,7 @@ def outer_scope_producers(model: onnx.ModelProto) -> list[str]:
     that read it from the outer scope, which leaves them pointing at nothing; these nodes stay in float
     (``nodes_to_exclude``). In a quarter-resolution graph that is the DepthToSpace before the crop.
     """
+
     def read(graph: onnx.GraphProto) -> set[str]:
         names = set()
         for node in graph.node:

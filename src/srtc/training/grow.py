@@ -73,7 +73,7 @@ def deepen(ckpt: dict, at: int, seed: int = 0, offset: float = 0.0) -> dict:
         raise ValueError(f"--at must be in 0..{len(widths) - 1} (body convs: {len(widths) - 1}), got {at}")
     width = widths[at]  # the new conv maps the features at that point to as many: the neighbours are unchanged
     parent = checkpoint_generator(ckpt)  # the weights export would ship (EMA ones when there are any)
-    config["widths"] = widths[:at + 1] + [width] + widths[at + 1:]
+    config["widths"] = widths[: at + 1] + [width] + widths[at + 1 :]
     torch.manual_seed(seed)
     child = build(config)
     child.head.load_state_dict(parent.head.state_dict())
@@ -87,23 +87,38 @@ def deepen(ckpt: dict, at: int, seed: int = 0, offset: float = 0.0) -> dict:
     if offset:
         subtract_input_offset(child.body[at + 1] if at + 1 < len(child.body) else child.tail, offset)
     out = {key: copy.deepcopy(ckpt[key]) for key in ("command", "history") if key in ckpt}
-    out.update(config=config, model=child.state_dict(), step=0,
-               grown_from={"config": ckpt["config"], "step": ckpt.get("step", 0), "inserted_at": at})
+    out.update(
+        config=config,
+        model=child.state_dict(),
+        step=0,
+        grown_from={"config": ckpt["config"], "step": ckpt.get("step", 0), "inserted_at": at},
+    )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="a full-resolution generator checkpoint (srtc.training.train's)")
-    ap.add_argument("--out", required=True, help="where to write the deeper checkpoint (for srtc.training.train --init)")
-    ap.add_argument("--at", type=int, default=-1,
-                    help="insert before this body conv (0: after the head); default: the middle of the body")
-    ap.add_argument("--offset", type=float, default=0.0,
-                    help="constant the new conv adds and the next one removes, so the activation between them "
-                         "starts as the identity (0: a plain identity kernel; see the docstring)")
+    ap.add_argument(
+        "--out", required=True, help="where to write the deeper checkpoint (for srtc.training.train --init)"
+    )
+    ap.add_argument(
+        "--at",
+        type=int,
+        default=-1,
+        help="insert before this body conv (0: after the head); default: the middle of the body",
+    )
+    ap.add_argument(
+        "--offset",
+        type=float,
+        default=0.0,
+        help="constant the new conv adds and the next one removes, so the activation between them "
+        "starts as the identity (0: a plain identity kernel; see the docstring)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seeds the new block's ECB branches")
-    ap.add_argument("--val", default="../shared/data/benchmarks/Set5",
-                    help="folder to score parent and grown model on ('' to skip)")
+    ap.add_argument(
+        "--val", default="../shared/data/benchmarks/Set5", help="folder to score parent and grown model on ('' to skip)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     path = Path(args.ckpt)
@@ -118,8 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(exc)) from exc
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(grown, args.out)
-    log.info("%s -> %s: widths %s -> %s (identity conv at body position %d)", path, args.out,
-             ckpt["config"]["widths"], grown["config"]["widths"], at)
+    log.info(
+        "%s -> %s: widths %s -> %s (identity conv at body position %d)",
+        path,
+        args.out,
+        ckpt["config"]["widths"],
+        grown["config"]["widths"],
+        at,
+    )
     if args.val:
         from .evaluate import evaluate, load_samples
         from .train import torch_upscaler

@@ -125,20 +125,26 @@ def flat_grain(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 def ragan_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Relativistic average discriminator loss (ESRGAN): real more real than the average fake, and vice versa."""
-    return 0.5 * (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.ones_like(real))
-                  + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.zeros_like(fake)))
+    return 0.5 * (
+        F.binary_cross_entropy_with_logits(real - fake.mean(), torch.ones_like(real))
+        + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.zeros_like(fake))
+    )
 
 
 def ragan_g(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Relativistic average generator loss: the symmetric objective, so G gets gradients from real logits too."""
-    return 0.5 * (F.binary_cross_entropy_with_logits(real - fake.mean(), torch.zeros_like(real))
-                  + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.ones_like(fake)))
+    return 0.5 * (
+        F.binary_cross_entropy_with_logits(real - fake.mean(), torch.zeros_like(real))
+        + F.binary_cross_entropy_with_logits(fake - real.mean(), torch.ones_like(fake))
+    )
 
 
 def vanilla_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Standard non-saturating GAN discriminator loss (the ablation baseline for RaGAN)."""
-    return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                  + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    return 0.5 * (
+        F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    )
 
 
 def vanilla_g(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

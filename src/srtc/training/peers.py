@@ -65,8 +65,12 @@ PEER_FILES: tuple[tuple[str, str, str], ...] = (
 DNN_PEERS = tuple(e for e in PEER_FILES if e[1] == "pb")
 TORCH_PEERS = tuple(e for e in PEER_FILES if e[1] != "pb")
 # Files that are known but cannot be compared at x2.
-NOT_X2 = {"bicubic_pp/bicubic_pp_x3.pth": ("Bicubic++ (x3)", "x3 only: no x2 weights were published, "
-                                          "and our contract and benchmarks are x2")}
+NOT_X2 = {
+    "bicubic_pp/bicubic_pp_x3.pth": (
+        "Bicubic++ (x3)",
+        "x3 only: no x2 weights were published, and our contract and benchmarks are x2",
+    )
+}
 PEER_NOTE = "RGB net on Y replicated (R=G=B), Y of output; first conv folded to 1 ch"
 PB_NOTE = "Y-only .pb rebuilt from its GraphDef; limited->full-range Y in, back out; trained on cv2 INTER_CUBIC LR"
 DNN_NOTE = PB_NOTE  # kept for callers of the cv2.dnn path
@@ -83,6 +87,7 @@ def selected(short: str, only: tuple[str, ...] | None) -> bool:
 
 
 # ---------------------------------------------------------------- TensorFlow GraphDef (no TensorFlow)
+
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
     value = shift = 0
@@ -104,12 +109,12 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
+            value, i = buf[i : i + 8], i + 8
         elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
+            value, i = buf[i : i + 4], i + 4
         elif wire == 2:
             n, i = _varint(buf, i)
-            value, i = buf[i:i + n], i + n
+            value, i = buf[i : i + n], i + n
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         yield num, wire, value
@@ -164,7 +169,7 @@ def read_graphdef(path: Path) -> list[GraphNode]:
                 node.inputs.append(v.decode())
             elif n == 5:  # map<string, AttrValue>
                 entry = {k: val for k, _, val in _fields(v)}
-                for an, aw, av in _fields(entry[2]):
+                for an, _wire, av in _fields(entry[2]):
                     key = entry[1].decode()
                     if an == 8:
                         node.attrs[key] = _tensor(av)
@@ -243,7 +248,7 @@ def pb_layers(nodes: list[GraphNode]) -> dict:
         nexts = [c for c in consumers.get(name, []) if not ops or c.op in ops]
         return nexts[0] if nexts else None
 
-    layers, head = [], None
+    layers, _head = [], None
     cur = next(n for n in nodes if n.op == "Placeholder").name
     while True:
         conv = only(cur, "Conv2D")
@@ -291,8 +296,10 @@ def pb_layers(nodes: list[GraphNode]) -> dict:
 
 # ---------------------------------------------------------------- one generic rebuild
 
+
 def _state_layers(family: str, sd: dict) -> tuple[list[dict], str]:
     """The published state_dict as (conv layers in order, how the net ends), per SOURCES.md."""
+
     def t(key):
         return sd[key].numpy()
 
@@ -307,9 +314,14 @@ def _state_layers(family: str, sd: dict) -> tuple[list[dict], str]:
     if family in ("ecbsr", "ecbsr_et"):
         for i in ordered("backbone"):
             prelu = f"backbone.{i}.1.weight" in sd
-            layers.append({"w": t(f"backbone.{i}.0.weight"), "b": t(f"backbone.{i}.0.bias"),
-                           "act": "prelu" if prelu else "relu",
-                           "alpha": t(f"backbone.{i}.1.weight") if prelu else None})
+            layers.append(
+                {
+                    "w": t(f"backbone.{i}.0.weight"),
+                    "b": t(f"backbone.{i}.0.bias"),
+                    "act": "prelu" if prelu else "relu",
+                    "alpha": t(f"backbone.{i}.1.weight") if prelu else None,
+                }
+            )
         if family == "ecbsr":
             layers[-1]["act"] = None  # plain ECBSR: linear last conv, then the anchor
             return layers, "anchor"
@@ -323,18 +335,32 @@ def _state_layers(family: str, sd: dict) -> tuple[list[dict], str]:
             return layers, "anchor"
         return layers, "mix"
     if family == "fsrcnn_rgb":
-        layers.append({"w": t("first_part.0.weight"), "b": t("first_part.0.bias"), "act": "prelu",
-                       "alpha": t("first_part.1.weight")})
+        layers.append(
+            {
+                "w": t("first_part.0.weight"),
+                "b": t("first_part.0.bias"),
+                "act": "prelu",
+                "alpha": t("first_part.1.weight"),
+            }
+        )
         for i in ordered("mid_part"):
             if i % 2 == 0:
-                layers.append({"w": t(f"mid_part.{i}.weight"), "b": t(f"mid_part.{i}.bias"), "act": "prelu",
-                               "alpha": t(f"mid_part.{i + 1}.weight")})
+                layers.append(
+                    {
+                        "w": t(f"mid_part.{i}.weight"),
+                        "b": t(f"mid_part.{i}.bias"),
+                        "act": "prelu",
+                        "alpha": t(f"mid_part.{i + 1}.weight"),
+                    }
+                )
         layers.append({"w": t("last_part.weight"), "b": t("last_part.bias"), "act": None, "deconv": True})
         return layers, "deconv"
     if family == "espcn_rgb":
-        layers = [{"w": t("conv1.weight"), "b": t("conv1.bias"), "act": "tanh"},
-                  {"w": t("conv2.weight"), "b": t("conv2.bias"), "act": "tanh"},
-                  {"w": t("conv3.weight"), "b": t("conv3.bias"), "act": None}]
+        layers = [
+            {"w": t("conv1.weight"), "b": t("conv1.bias"), "act": "tanh"},
+            {"w": t("conv2.weight"), "b": t("conv2.bias"), "act": "tanh"},
+            {"w": t("conv3.weight"), "b": t("conv3.bias"), "act": None},
+        ]
         return layers, "sigmoid"
     raise ValueError(f"unknown peer family {family}")
 
@@ -362,8 +388,15 @@ def peer_builders():
 
     def module(w: torch.Tensor, b: torch.Tensor | None, deconv: bool = False) -> nn.Module:
         if deconv:  # FSRCNN-RGB: kernel 9, stride 2, padding 4, output_padding 1
-            m = nn.ConvTranspose2d(w.shape[0], w.shape[1], w.shape[-1], stride=2, padding=w.shape[-1] // 2,
-                                   output_padding=1, bias=b is not None)
+            m = nn.ConvTranspose2d(
+                w.shape[0],
+                w.shape[1],
+                w.shape[-1],
+                stride=2,
+                padding=w.shape[-1] // 2,
+                output_padding=1,
+                bias=b is not None,
+            )
         else:
             m = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], padding=w.shape[-1] // 2, bias=b is not None)
         m.weight.data = w.clone()
@@ -379,8 +412,9 @@ def peer_builders():
         after the last non-linearity. Y peers (.pb) see full-range Y as they were trained.
         """
 
-        def __init__(self, layers: list[dict], end: str, rgb: bool, post_bias: float = 0.0,
-                     tail: tuple[str, ...] = ()) -> None:
+        def __init__(
+            self, layers: list[dict], end: str, rgb: bool, post_bias: float = 0.0, tail: tuple[str, ...] = ()
+        ) -> None:
             super().__init__()
             self.end, self.post_bias, self.tail = end, float(post_bias), tuple(tail)
             convs, acts = [], []
@@ -392,11 +426,11 @@ def peer_builders():
                     w = w.sum(dim=1, keepdim=True)
                 if rgb and i == len(layers) - 1 and end in ("anchor", "deconv"):  # linear last: fold the Y mix
                     if deconv:  # (in, 3, kh, kw) -> (in, 1, kh, kw)
-                        w = sum(k[c] * w[:, c:c + 1] for c in range(3))
-                        b = sum(k[c] * b[c:c + 1] for c in range(3))
+                        w = sum(k[c] * w[:, c : c + 1] for c in range(3))
+                        b = sum(k[c] * b[c : c + 1] for c in range(3))
                     else:  # colour-major 12 channels (c*4 + s) -> 4
-                        w = sum(k[c] * w[c * 4:(c + 1) * 4] for c in range(3))
-                        b = sum(k[c] * b[c * 4:(c + 1) * 4] for c in range(3))
+                        w = sum(k[c] * w[c * 4 : (c + 1) * 4] for c in range(3))
+                        b = sum(k[c] * b[c * 4 : (c + 1) * 4] for c in range(3))
                 convs.append(module(w, b, deconv))
                 acts.append(activation(layer))
             self.convs, self.acts = nn.ModuleList(convs), nn.ModuleList(acts)
@@ -430,6 +464,7 @@ def peer_builders():
 
     def rgb_reference(layers: list[dict], end: str):
         """The unfolded RGB network on grey input, Y taken from its (clamped) output: what the fold must equal."""
+
         def run(x):
             rgb = to_full(x).repeat(1, 3, 1, 1)
             h = rgb
@@ -452,20 +487,24 @@ def peer_builders():
                 h = F.pixel_shuffle(h, 2)
             if end == "sigmoid":
                 h = torch.sigmoid(h)
-            lum = sum(k[c] * h[:, c:c + 1] for c in range(3))
+            lum = sum(k[c] * h[:, c : c + 1] for c in range(3))
             return to_limited(lum.clamp(0.0, 1.0))
+
         return run
 
     def pb_reference(nodes: list[GraphNode]):
         """The GraphDef interpreted node by node on full-range Y, clamped, back to limited range."""
+
         def run(x):
             return to_limited(run_graphdef(torch, nodes, to_full(x)).clamp(0.0, 1.0))
+
         return run
 
     return torch, PeerNet, rgb_reference, pb_reference
 
 
 # ---------------------------------------------------------------- building and exporting
+
 
 @dataclass
 class ExportedPeer:
@@ -491,8 +530,12 @@ def build_peer(family: str, path: Path):
     if family == "pb":
         nodes = read_graphdef(path)
         spec = pb_layers(nodes)
-        params = sum(int(np.size(v)) for layer in spec["layers"] for key, v in layer.items()
-                     if key in ("w", "b", "alpha") and v is not None) + (1 if spec["post_bias"] else 0)
+        params = sum(
+            int(np.size(v))
+            for layer in spec["layers"]
+            for key, v in layer.items()
+            if key in ("w", "b", "alpha") and v is not None
+        ) + (1 if spec["post_bias"] else 0)
         model = PeerNet(spec["layers"], "pb", rgb=False, post_bias=spec["post_bias"], tail=spec["tail"])
         return model.eval(), pb_reference(nodes), params
     sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -524,8 +567,9 @@ def list_peer_files(peers: Path, only: tuple[str, ...] | None = None) -> tuple[l
     return found, skipped
 
 
-def export_peers(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
-                 ) -> tuple[list[ExportedPeer], list[dict]]:
+def export_peers(
+    peers: Path, workdir: Path, only: tuple[str, ...] | None = None
+) -> tuple[list[ExportedPeer], list[dict]]:
     """Rebuild, check and export every x2 peer under ``peers`` (``only``: short names or patterns)."""
     try:
         import torch  # noqa: F401
@@ -547,13 +591,15 @@ def export_peers(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
         export_onnx(model, onnx_path)
         err = max_error(model, reference, onnx_path)
         log.info("peer %s: %d params, exported, max |onnx - reference| = %.2e", label, params, err)
-        found.append(ExportedPeer(label, family, onnx_path, params, err, short,
-                                  PB_NOTE if family == "pb" else PEER_NOTE))
+        found.append(
+            ExportedPeer(label, family, onnx_path, params, err, short, PB_NOTE if family == "pb" else PEER_NOTE)
+        )
     return found, skipped
 
 
-def export_torch_peers(peers: Path, workdir: Path, only: tuple[str, ...] | None = None
-                       ) -> tuple[list[ExportedPeer], list[dict]]:
+def export_torch_peers(
+    peers: Path, workdir: Path, only: tuple[str, ...] | None = None
+) -> tuple[list[ExportedPeer], list[dict]]:
     """Former name of ``export_peers`` (it now covers the .pb peers too)."""
     return export_peers(peers, workdir, only)
 
@@ -577,6 +623,7 @@ def max_error(model, reference, onnx_path: Path) -> float:
 
 
 # ---------------------------------------------------------------- OpenCV .pb through cv2.dnn (cross-check)
+
 
 @contextlib.contextmanager
 def quiet_opencv() -> Iterator[None]:
@@ -629,6 +676,7 @@ def dnn_runnable(path: Path) -> str | None:
 
 # ---------------------------------------------------------------- for quality evaluation
 
+
 @dataclass
 class PeerUpscaler:
     """A peer ready for ``srtc.training.evaluate``: LR luma uint8 -> SR luma float 0..1."""
@@ -639,8 +687,9 @@ class PeerUpscaler:
     note: str
 
 
-def peer_upscalers(peers: Path, workdir: Path, threads: int = 2,
-                   only: tuple[str, ...] | None = None) -> tuple[list[PeerUpscaler], list[dict]]:
+def peer_upscalers(
+    peers: Path, workdir: Path, threads: int = 2, only: tuple[str, ...] | None = None
+) -> tuple[list[PeerUpscaler], list[dict]]:
     """Every runnable peer under ``peers`` as a luma upscaler; the rest as skips with reasons."""
 
     peers = Path(peers)

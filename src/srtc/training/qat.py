@@ -164,8 +164,9 @@ class QuantSR(nn.Module):
         self.net = grid_shift(net)
         convs = self.convs()
         if not 0 <= float_tail < len(convs):
-            raise ValueError(f"float_tail must be 0..{len(convs) - 1} (the net has {len(convs)} convs), "
-                             f"got {float_tail}")
+            raise ValueError(
+                f"float_tail must be 0..{len(convs) - 1} (the net has {len(convs)} convs), got {float_tail}"
+            )
         self.float_tail = float_tail
         self.q_input = FakeQuant(learn=False)
         self.q_shifted = FakeQuant(learn=False)
@@ -305,8 +306,9 @@ def quant_overrides(qmodel: QuantSR, model: onnx.ModelProto) -> dict[str, list[d
         out[residual] = out[names["input"]]
     convs = [n for n in model.graph.node if n.op_type == "Conv"][: qmodel.int8_convs()]
     for conv, scales in zip(convs, qmodel.weight_scales()):  # per channel: one dict per output channel
-        out[conv.input[1]] = [{"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8), "axis": 0}
-                              for v in scales.tolist()]
+        out[conv.input[1]] = [
+            {"scale": np.array(v, np.float32), "zero_point": np.array(0, np.int8), "axis": 0} for v in scales.tolist()
+        ]
     return out
 
 
@@ -319,8 +321,8 @@ def float_nodes(qmodel: QuantSR, model: onnx.ModelProto) -> list[str]:
 
     nodes = list(model.graph.node)
     convs = [n for n in nodes if n.op_type == "Conv"]
-    float_convs = convs[qmodel.int8_convs():]
-    feeds = {i for conv in convs[qmodel.int8_convs() - 1:] for i in conv.output}
+    float_convs = convs[qmodel.int8_convs() :]
+    feeds = {i for conv in convs[qmodel.int8_convs() - 1 :] for i in conv.output}
     acts = [n for n in nodes if n.op_type in ("LeakyRelu", "Relu") and n.input[0] in feeds]
     return sorted({n.name for n in float_convs + acts} | set(excluded_nodes(model, ("residual",))))
 
@@ -360,9 +362,14 @@ def export_int8(qmodel: QuantSR, out: Path, calibration: list[np.ndarray]) -> Pa
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
         graph = onnx.load(str(pre))
         quantize_static(
-            str(pre), str(out), LumaReader(calibration, graph.graph.input[0].name),
-            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=outer_scope_producers(graph) + float_nodes(qmodel, graph),
+            str(pre),
+            str(out),
+            LumaReader(calibration, graph.graph.input[0].name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=outer_scope_producers(graph) + float_nodes(qmodel, graph),
             extra_options={"WeightSymmetric": True, "TensorQuantOverrides": quant_overrides(qmodel, graph)},
         )
     widen_first_conv(out)
@@ -383,11 +390,18 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    ap.add_argument("--target", choices=("hr", "teacher"), default="hr",
-                    help="hr: L1 to the HR patch (fidelity); teacher: L1 to the fp32 model's own output "
-                         "(keeps a GAN model's look)")
-    ap.add_argument("--loss", choices=("l1", "mse"), default=None,
-                    help="default: l1 against hr, mse against the teacher (PSNR is an MSE measure)")
+    ap.add_argument(
+        "--target",
+        choices=("hr", "teacher"),
+        default="hr",
+        help="hr: L1 to the HR patch (fidelity); teacher: L1 to the fp32 model's own output (keeps a GAN model's look)",
+    )
+    ap.add_argument(
+        "--loss",
+        choices=("l1", "mse"),
+        default=None,
+        help="default: l1 against hr, mse against the teacher (PSNR is an MSE measure)",
+    )
     ap.add_argument("--data", default="../shared/data/train", help="HR images for clean pairs")
     ap.add_argument("--pairs", default=None, help="a codec-aware pair cache (srtc.training.degrade) instead of --data")
     ap.add_argument("--val", default="../shared/data/benchmarks/Set5", help="validation folder ('' to skip)")
@@ -396,28 +410,46 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the weights")
     ap.add_argument("--range-lr", type=float, default=1e-3, help="peak learning rate of scales and zero points")
     ap.add_argument("--min-lr", type=float, default=1e-6)
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="steps of linear learning-rate warm-up (default: 10%% of --steps, at most 500)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="steps of linear learning-rate warm-up (default: 10%% of --steps, at most 500)",
+    )
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit-images", type=int, default=None, help="use only the first N images (tests)")
     ap.add_argument("--export", default=None, help="write the int8 ONNX here after training")
     ap.add_argument("--images", nargs="*", default=[], help="benchmark folders for the gate (with --export)")
-    ap.add_argument("--register", action="store_true",
-                    help="list the int8 model in the manifest, named after the --export file, if it passes")
-    ap.add_argument("--register-fallback", action="store_true",
-                    help="if it misses the variant gate but passes the fallback gate (faster, at most "
-                         f"{MAX_FALLBACK_LOSS_DB} dB lost), list it as the base model's fallback: the server's "
-                         "step down under load before bicubic")
-    ap.add_argument("--float-tail", type=int, default=0,
-                    help="keep the last N convs (and the activation feeding them) in float: the end of the net "
-                         "has no later layer to absorb a rounding, and in the 32-feature full-resolution nets "
-                         "its convs are a small share of the work")
-    ap.add_argument("--temporal", type=float, default=0.0,
-                    help="weight of a temporal term (needs --pairs with clips): the loss between the int8 net's "
-                         "frame-to-frame change and the target's (the fp32 net's with --target teacher), on "
-                         "consecutive coded frames; int8 rounding flickers in flat areas where the fp32 net does not")
+    ap.add_argument(
+        "--register",
+        action="store_true",
+        help="list the int8 model in the manifest, named after the --export file, if it passes",
+    )
+    ap.add_argument(
+        "--register-fallback",
+        action="store_true",
+        help="if it misses the variant gate but passes the fallback gate (faster, at most "
+        f"{MAX_FALLBACK_LOSS_DB} dB lost), list it as the base model's fallback: the server's "
+        "step down under load before bicubic",
+    )
+    ap.add_argument(
+        "--float-tail",
+        type=int,
+        default=0,
+        help="keep the last N convs (and the activation feeding them) in float: the end of the net "
+        "has no later layer to absorb a rounding, and in the 32-feature full-resolution nets "
+        "its convs are a small share of the work",
+    )
+    ap.add_argument(
+        "--temporal",
+        type=float,
+        default=0.0,
+        help="weight of a temporal term (needs --pairs with clips): the loss between the int8 net's "
+        "frame-to-frame change and the target's (the fp32 net's with --target teacher), on "
+        "consecutive coded frames; int8 rounding flickers in flat areas where the fp32 net does not",
+    )
     ap.add_argument("--temporal-batch", type=int, default=16, help="clip patch pairs per step for --temporal")
     ap.add_argument("--calib-frames", type=int, default=8, help="decoded frames for tensors without a trained range")
     return ap
@@ -427,7 +459,9 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     """Fine-tune with int8 rounding simulated; returns the QuantSR, the losses, and the simulated
     validation PSNR before the first step (``start_psnr``, NaN on resume) and at its best."""
     if args.temporal < 0 or (args.temporal and not args.pairs):
-        raise SystemExit("--temporal needs a weight >= 0 and consecutive coded frames: give --pairs (a cache with clips)")
+        raise SystemExit(
+            "--temporal needs a weight >= 0 and consecutive coded frames: give --pairs (a cache with clips)"
+        )
     if args.warmup is None:
         args.warmup = min(500, args.steps // 10)
     out = Path(args.out)
@@ -458,9 +492,18 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
     loss_fn = F.mse_loss if (args.loss or ("mse" if args.target == "teacher" else "l1")) == "mse" else LOSSES["l1"]
 
     def state(best: float) -> dict:
-        return {"qmodel": qmodel.state_dict(), "config": qmodel_config(qmodel), "optimizer": opt.state_dict(),
-                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step, "best_psnr": best,
-                "elapsed_s": elapsed + time.perf_counter() - t0, "command": command, "args": vars(args)}
+        return {
+            "qmodel": qmodel.state_dict(),
+            "config": qmodel_config(qmodel),
+            "optimizer": opt.state_dict(),
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "best_psnr": best,
+            "elapsed_s": elapsed + time.perf_counter() - t0,
+            "command": command,
+            "args": vars(args),
+        }
 
     def validate() -> float:
         qmodel.eval()
@@ -478,8 +521,10 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
         log.info("int8 simulated before QAT: %.3f dB", best)
         save(out / "best.pt", **state(best))
     losses: list[float] = []
-    with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="qat", unit="step",
-                                       dynamic_ncols=True) as bar:
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=args.steps, initial=step, desc="qat", unit="step", dynamic_ncols=True) as bar,
+    ):
         while step < args.steps:
             for group in opt.param_groups:
                 group["lr"] = warmup_factor(step, args.warmup) * cosine_lr(step, args.steps, group["peak"], args.min_lr)
@@ -489,8 +534,9 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
                     hr_b = teacher(lr_b)
             loss = loss_fn(qmodel(lr_b), hr_b)
             if args.temporal:
-                loss = loss + args.temporal * change_loss(qmodel, teacher if args.target == "teacher" else None,
-                                                          data, args.temporal_batch, rng, loss_fn)
+                loss = loss + args.temporal * change_loss(
+                    qmodel, teacher if args.target == "teacher" else None, data, args.temporal_batch, rng, loss_fn
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -499,9 +545,18 @@ def qat(args: argparse.Namespace, command: str = "") -> dict:
             bar.update(1)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}")
-            best = checkpoint(step, args, out, state, validate if val else None, best, lambda psnr, top: (
-                f"loss {np.mean(losses[-args.val_every:]):.5f}, int8-simulated {Path(args.val).name} PSNR-Y "
-                f"{psnr:.3f} dB (best {top:.3f})"))
+            best = checkpoint(
+                step,
+                args,
+                out,
+                state,
+                validate if val else None,
+                best,
+                lambda psnr, top: (
+                    f"loss {np.mean(losses[-args.val_every :]):.5f}, int8-simulated {Path(args.val).name} PSNR-Y "
+                    f"{psnr:.3f} dB (best {top:.3f})"
+                ),
+            )
     wall = elapsed + time.perf_counter() - t0
     log.info("done: %d steps, %.1f min, best simulated PSNR-Y %.3f dB", step, wall / 60, best)
     return {"qmodel": qmodel, "losses": losses, "start_psnr": start, "best_psnr": best, "wall_s": wall}
@@ -519,8 +574,9 @@ def warmup_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
-def change_loss(qmodel: QuantSR, teacher: nn.Module | None, data, batch: int, rng: np.random.Generator,
-                loss_fn) -> torch.Tensor:
+def change_loss(
+    qmodel: QuantSR, teacher: nn.Module | None, data, batch: int, rng: np.random.Generator, loss_fn
+) -> torch.Tensor:
     """``loss_fn`` between the int8 net's change from one coded frame to the next and the target's: the HR's,
     or the fp32 ``teacher``'s when given (what QAT should keep is the fp32 net's own steadiness)."""
     lr, hr = data.sample_temporal(batch, rng)
@@ -536,8 +592,12 @@ def change_loss(qmodel: QuantSR, teacher: nn.Module | None, data, batch: int, rn
 def qmodel_config(qmodel: QuantSR) -> dict:
     """What a QAT checkpoint records to rebuild its net's shape (``load_qmodel``)."""
     net = qmodel.net
-    config = {"widths": list(net.widths), "slope": net.slope, "full_res": qmodel.full_res,
-              "float_tail": qmodel.float_tail}
+    config = {
+        "widths": list(net.widths),
+        "slope": net.slope,
+        "full_res": qmodel.full_res,
+        "float_tail": qmodel.float_tail,
+    }
     if getattr(net, "mix_width", 0):
         config["mix"] = net.mix_width
     return config
@@ -586,8 +646,13 @@ def export_and_gate(qmodel: QuantSR, args: argparse.Namespace, command: str) -> 
             log.warning("nor as a fallback: %s", why)
         return False
     if args.register:
-        Q.register(out.stem, out, args.base,
-                   Q.Variant("quantisation-aware fine-tuned, trained ranges", per_channel=True), command)
+        Q.register(
+            out.stem,
+            out,
+            args.base,
+            Q.Variant("quantisation-aware fine-tuned, trained ranges", per_channel=True),
+            command,
+        )
     return True
 
 
@@ -610,16 +675,22 @@ def register_fallback(base: str, out: Path, res, ref, command: str) -> None:
         raise SystemExit(f"--export must lie inside {MANIFEST_PATH.parent} to be registered") from err
     losses = ", ".join(f"{k} {res.psnr[k] - ref.psnr[k]:+.2f} dB" for k in ref.psnr)
     name = out.stem
-    update_manifest(name, {
-        "file": file.as_posix(), "kind": src.get("kind", "fidelity"), "precision": "int8", "role": "fallback",
-        "reference": base,
-        "params": src["params"], "scale": src.get("scale", 2),
-        "description": f"int8 QDQ build of {base} after quantisation-aware fine-tuning (srtc/training/qat.py): {losses} "
-                       f"against fp32, {res.ms[2]:.1f} against {ref.ms[2]:.1f} ms at 2 threads. Misses the 0.1 dB "
-                       "gate for an int8 variant; the server's governor runs it only under load, on frames that "
-                       "would otherwise be bicubic.",
-        "command": command,
-    }, make_default=False)
+    update_manifest(
+        name,
+        {
+            "file": file.as_posix(),
+            "kind": src.get("kind", "fidelity"),
+            "precision": "int8",
+            "role": "fallback",
+            "reference": base,
+            "params": src["params"],
+            "scale": src.get("scale", 2),
+            "description": f"{base}'s int8 build (quantisation-aware, 7-bit weights): {losses} against fp32; "
+            "the governor's step down under load.",
+            "command": command,
+        },
+        make_default=False,
+    )
     manifest = load_manifest()
     manifest["models"][base]["fallback"] = name
     update_manifest(base, manifest["models"][base], make_default=False)

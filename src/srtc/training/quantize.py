@@ -57,8 +57,11 @@ TRAIN_DIR = SHARED / "data" / "train"
 HEIGHT, WIDTH = 360, 640
 MIN_LUMA_STD = 20.0  # flatter frames are fades, useless for ranges
 MAX_LOSS_DB = 0.1
-METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-           "percentile": CalibrationMethod.Percentile}
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 ACTIVATIONS = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 EXCLUDABLE = ("first", "last", "residual")
 
@@ -95,13 +98,30 @@ VARIANTS = (
     Variant("s8 sym per-channel minmax", per_channel=True, activations="int8", symmetric=True),
     Variant("u8 per-channel entropy", per_channel=True, method="entropy"),
     Variant("u8 per-channel pct99.99", per_channel=True, method="percentile", percentile=99.99),
-    Variant("u8 per-channel pct99.999, residual fp32", per_channel=True, method="percentile",
-            percentile=99.999, exclude=("residual",)),
+    Variant(
+        "u8 per-channel pct99.999, residual fp32",
+        per_channel=True,
+        method="percentile",
+        percentile=99.999,
+        exclude=("residual",),
+    ),
     Variant("u8 per-channel minmax, first+last+residual fp32", per_channel=True, exclude=EXCLUDABLE),
-    Variant("u8 per-channel pct99.999, first+last+residual fp32", per_channel=True, method="percentile",
-            percentile=99.999, exclude=EXCLUDABLE),
-    Variant("s8 sym per-channel pct99.999, first+last+residual fp32", per_channel=True, method="percentile",
-            percentile=99.999, activations="int8", symmetric=True, exclude=EXCLUDABLE),
+    Variant(
+        "u8 per-channel pct99.999, first+last+residual fp32",
+        per_channel=True,
+        method="percentile",
+        percentile=99.999,
+        exclude=EXCLUDABLE,
+    ),
+    Variant(
+        "s8 sym per-channel pct99.999, first+last+residual fp32",
+        per_channel=True,
+        method="percentile",
+        percentile=99.999,
+        activations="int8",
+        symmetric=True,
+        exclude=EXCLUDABLE,
+    ),
 )
 
 
@@ -147,8 +167,9 @@ def image_lumas(count: int, folder: Path = TRAIN_DIR) -> list[np.ndarray]:
     return out
 
 
-def calibration_lumas(frames: int, images: int, video_dir: Path = VIDEO_DIR,
-                      train_dir: Path = TRAIN_DIR) -> list[np.ndarray]:
+def calibration_lumas(
+    frames: int, images: int, video_dir: Path = VIDEO_DIR, train_dir: Path = TRAIN_DIR
+) -> list[np.ndarray]:
     """Video frames first (the product's content), then training stills."""
     lumas = video_lumas(frames, Path(video_dir)) + (image_lumas(images, Path(train_dir)) if images else [])
     log.info("calibration: %d luma planes of %dx%d", len(lumas), WIDTH, HEIGHT)
@@ -213,17 +234,26 @@ def quantize(model_path: Path, out: Path, lumas: list[np.ndarray], variant: Vari
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=False)
         model = onnx.load(str(pre))
-        extra = {"ActivationSymmetric": variant.symmetric, "WeightSymmetric": True,
-                 "CalibTensorRangeSymmetric": variant.symmetric}
+        extra = {
+            "ActivationSymmetric": variant.symmetric,
+            "WeightSymmetric": True,
+            "CalibTensorRangeSymmetric": variant.symmetric,
+        }
         if variant.method == "percentile":
             extra["CalibPercentile"] = variant.percentile
         quantize_static(
-            str(pre), str(out), LumaReader(lumas, model.graph.input[0].name),
-            quant_format=QuantFormat.QDQ, per_channel=variant.per_channel,
-            activation_type=ACTIVATIONS[variant.activations], weight_type=QuantType.QInt8,
+            str(pre),
+            str(out),
+            LumaReader(lumas, model.graph.input[0].name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=variant.per_channel,
+            activation_type=ACTIVATIONS[variant.activations],
+            weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded_nodes(model, variant.exclude) + outer_scope_producers(model),
-            calibrate_method=METHODS[variant.method], reduce_range=True,  # 7-bit weights: see SAFE_WEIGHT_LEVEL
-            extra_options=extra, calibration_cache_path=None,
+            calibrate_method=METHODS[variant.method],
+            reduce_range=True,  # 7-bit weights: see SAFE_WEIGHT_LEVEL
+            extra_options=extra,
+            calibration_cache_path=None,
         )
     onnx.checker.check_model(onnx.load(str(out)))
     return out
@@ -254,8 +284,12 @@ def saturating_convs(model: onnx.ModelProto) -> list[str]:
     """
     from onnx import numpy_helper
 
-    return [name for name, weight, _ in conv_weights(model) if weight.data_type == onnx.TensorProto.INT8
-            and int(np.abs(numpy_helper.to_array(weight).astype(np.int16)).max()) > SAFE_WEIGHT_LEVEL]
+    return [
+        name
+        for name, weight, _ in conv_weights(model)
+        if weight.data_type == onnx.TensorProto.INT8
+        and int(np.abs(numpy_helper.to_array(weight).astype(np.int16)).max()) > SAFE_WEIGHT_LEVEL
+    ]
 
 
 def widen_first_conv(path: Path) -> None:
@@ -304,8 +338,9 @@ def measure_psnr(path: Path, folders: list[str]) -> dict[str, float]:
     return {Path(f).name: evaluate(load_samples(f), up)["model"] for f in folders}
 
 
-def measure_speed(paths: dict[str, Path], threads: tuple[int, ...] = (1, 2), runs: int = 30,
-                  repeats: int = 3) -> dict[str, dict[int, float]]:
+def measure_speed(
+    paths: dict[str, Path], threads: tuple[int, ...] = (1, 2), runs: int = 30, repeats: int = 3
+) -> dict[str, dict[int, float]]:
     """Median ms per 640x360 frame, models interleaved, lowest of ``repeats`` medians (least disturbed)."""
     from .speed import time_model
 
@@ -333,8 +368,7 @@ def qualifies(r: Result, ref: Result, max_loss: float = MAX_LOSS_DB) -> tuple[bo
 def table(results: list[Result], ref: Result) -> str:
     """Markdown table: dB vs fp32 per folder and ms per thread count."""
     folders, threads = list(ref.psnr), sorted(ref.ms)
-    head = (["variant"] + [f"{f} dB (vs fp32)" for f in folders] + [f"ms {t} thr" for t in threads]
-            + ["verdict"])
+    head = ["variant"] + [f"{f} dB (vs fp32)" for f in folders] + [f"ms {t} thr" for t in threads] + ["verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in [ref, *results]:
         cells = [r.name]
@@ -350,8 +384,9 @@ def table(results: list[Result], ref: Result) -> str:
 # ---------------------------------------------------------------- manifest
 
 
-def register(name: str, out: Path, base: str, variant: Variant, command: str,
-             manifest_path: Path = MANIFEST_PATH) -> None:
+def register(
+    name: str, out: Path, base: str, variant: Variant, command: str, manifest_path: Path = MANIFEST_PATH
+) -> None:
     """List the int8 model in the manifest next to its fp32 source; the default is left as it is."""
     from .export import update_manifest
 
@@ -361,8 +396,9 @@ def register(name: str, out: Path, base: str, variant: Variant, command: str,
         file = out.resolve().relative_to(manifest_path.parent)
     except ValueError as err:
         raise SystemExit(f"--out must lie inside {manifest_path.parent} to be registered") from err
-    params = src.get("params") or sum(int(np.prod(t.dims)) for t in onnx.load(str(out)).graph.initializer
-                                      if t.data_type == onnx.TensorProto.INT8)
+    params = src.get("params") or sum(
+        int(np.prod(t.dims)) for t in onnx.load(str(out)).graph.initializer if t.data_type == onnx.TensorProto.INT8
+    )
     entry = {
         "file": file.as_posix(),
         "kind": src.get("kind", "fidelity"),
@@ -371,7 +407,7 @@ def register(name: str, out: Path, base: str, variant: Variant, command: str,
         "params": params,
         "scale": src.get("scale", 2),
         "description": f"int8 static QDQ of {base} ({variant.name}; calibrated on decoded 640x360 video "
-                       f"luma + training stills). " + src.get("description", ""),
+        f"luma + training stills). " + src.get("description", ""),
         "command": command,
     }
     update_manifest(name, entry, make_default=False, path=manifest_path)
@@ -412,8 +448,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
     model_path = resolve(args.model)
     manifest_models = load_manifest().get("models", {}) if MANIFEST_PATH.is_file() else {}
-    base = args.model if args.model in manifest_models else (
-        load_manifest()["default"] if args.model is None else model_path.stem)
+    base = (
+        args.model
+        if args.model in manifest_models
+        else (load_manifest()["default"] if args.model is None else model_path.stem)
+    )
     name = f"{base}_int8"
     out = Path(args.out) if args.out else MANIFEST_PATH.parent / f"{name}.onnx"
     if (args.check or args.sweep or args.register) and not args.images:
@@ -423,8 +462,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         variants = VARIANTS
     else:
         exclude = tuple(EXCLUDABLE if args.exclude_first_last else args.exclude)
-        variants = (Variant("chosen", args.per_channel, args.method, args.activations, args.symmetric, exclude,
-                            args.percentile),)
+        variants = (
+            Variant(
+                "chosen", args.per_channel, args.method, args.activations, args.symmetric, exclude, args.percentile
+            ),
+        )
     lumas = calibration_lumas(args.calib_frames, args.calib_images, args.videos, args.train)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -447,13 +489,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
             r.ms = speed[r.name]
         log.info("%s vs fp32 %s:\n%s", model_path, base, table(results, ref))
         if args.json:
-            Path(args.json).write_text(json.dumps({"fp32": asdict(ref), "variants": [asdict(r) for r in results]},
-                                                  indent=2) + "\n", encoding="utf-8")
+            Path(args.json).write_text(
+                json.dumps({"fp32": asdict(ref), "variants": [asdict(r) for r in results]}, indent=2) + "\n",
+                encoding="utf-8",
+            )
 
         passing = [r for r in results if qualifies(r, ref)[0]]
         if not passing:
-            log.warning("no variant qualifies (<= %.2f dB loss on every folder and faster than fp32): "
-                        "nothing kept, nothing registered", MAX_LOSS_DB)
+            log.warning(
+                "no variant qualifies (<= %.2f dB loss on every folder and faster than fp32): "
+                "nothing kept, nothing registered",
+                MAX_LOSS_DB,
+            )
             if out.exists() and len(variants) == 1:
                 out.unlink()
             return [ref, *results]
@@ -463,9 +510,21 @@ def main(argv: list[str] | None = None) -> list[Result]:
         log.info("kept %s -> %s", best.name, out)
         if args.register:
             variant = next(v for v in variants if v.name == best.name)
-            cmd_args = ["--model", str(args.model or base), "--out", str(out), "--calib-frames",
-                        str(args.calib_frames), "--calib-images", str(args.calib_images), *variant.args(),
-                        "--check", "--images", *args.images, "--register"]
+            cmd_args = [
+                "--model",
+                str(args.model or base),
+                "--out",
+                str(out),
+                "--calib-frames",
+                str(args.calib_frames),
+                "--calib-images",
+                str(args.calib_images),
+                *variant.args(),
+                "--check",
+                "--images",
+                *args.images,
+                "--register",
+            ]
             register(name, out, base, variant, "python -m srtc.training.quantize " + shlex.join(cmd_args))
     return [ref, *results]
 

@@ -53,7 +53,9 @@ def _lr_tail_gather(n: int) -> tuple[torch.Tensor, torch.Tensor]:
                                 for qx in (-1, 0, 1):
                                     ky, kx = 2 * qy + ry - dy, 2 * qx + rx - dx  # its LR offset from (dy, dx)
                                     if -1 <= ky <= 1 and -1 <= kx <= 1:
-                                        kernel[k, 4 * c + 2 * ry + rx, qy + 1, qx + 1] = ((o * n + c) * 3 + ky + 1) * 3 + kx + 1
+                                        kernel[k, 4 * c + 2 * ry + rx, qy + 1, qx + 1] = (
+                                            ((o * n + c) * 3 + ky + 1) * 3 + kx + 1
+                                        )
     return kernel, bias
 
 
@@ -73,8 +75,14 @@ class QuarterResSR(nn.Module):
     output is cropped back, so any size works (the deployed 640x360 needs no padding).
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 32, 16, 16), reparam: bool = False,
-                 slope: float = NEGATIVE_SLOPE, lr_tail: int = 0, dense_tail: bool = False) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 32, 16, 16),
+        reparam: bool = False,
+        slope: float = NEGATIVE_SLOPE,
+        lr_tail: int = 0,
+        dense_tail: bool = False,
+    ) -> None:
         """``widths``: output channels of the head and body convs; multiples of 16 suit
         onnxruntime's AVX-512 blocked layout (28 channels ran as slowly as 32).
         ``reparam``: train each 3x3 conv as an ECB block (no identity branch: it trained
@@ -145,8 +153,9 @@ def fused_quarter_res(model: QuarterResSR, dense_tail: bool = False) -> QuarterR
     A plain model is returned as a copy. ``dense_tail``: an LR-resolution tail runs in its dense
     quarter-resolution form (same output, faster in onnxruntime; see ``QuarterResSR``).
     """
-    plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail,
-                         dense_tail=dense_tail).to(next(model.parameters()).device)
+    plain = QuarterResSR(model.widths, slope=model.slope, lr_tail=model.lr_tail, dense_tail=dense_tail).to(
+        next(model.parameters()).device
+    )
     plain.shift = model.shift
     if model.lr_tail:
         plain.expand.load_state_dict(model.expand.state_dict())

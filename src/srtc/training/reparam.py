@@ -19,11 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_EDGE_MASKS = torch.tensor([
-    [[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]],   # Sobel-x
-    [[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]],   # Sobel-y
-    [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]],     # Laplacian
-])
+_EDGE_MASKS = torch.tensor(
+    [
+        [[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]],  # Sobel-x
+        [[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.0]],  # Sobel-y
+        [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]],  # Laplacian
+    ]
+)
 
 
 def _pad_with_bias(y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -83,7 +85,7 @@ class ECB(nn.Module):
         pre = _pad_with_bias(self.edge_pre(x), self.edge_pre.bias)
         for e in range(3):
             k = (self.edge_scale[e][:, None, None] * self.edge_masks[e])[:, None]  # [cout,1,3,3]
-            y = y + F.conv2d(pre[:, e * self.cout:(e + 1) * self.cout], k, self.edge_bias[e], groups=self.cout)
+            y = y + F.conv2d(pre[:, e * self.cout : (e + 1) * self.cout], k, self.edge_bias[e], groups=self.cout)
         return y + x if self.identity else y
 
     @torch.no_grad()

@@ -29,8 +29,9 @@ def make_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     return open_session(path, threads)
 
 
-def time_model(path: str | Path, height: int = 360, width: int = 640, threads: int = 2,
-               runs: int = 50, warmup: int = 5) -> list[float]:
+def time_model(
+    path: str | Path, height: int = 360, width: int = 640, threads: int = 2, runs: int = 50, warmup: int = 5
+) -> list[float]:
     """Per-run wall times in ms for a random luma frame of the given size."""
     sess = make_session(path, threads)
     name = sess.get_inputs()[0].name
@@ -45,8 +46,9 @@ def time_model(path: str | Path, height: int = 360, width: int = 640, threads: i
     return times
 
 
-def time_interleaved(paths: list[str | Path], height: int = 360, width: int = 640, threads: int = 2,
-                     rounds: int = 30, warmup: int = 3) -> list[list[float]]:
+def time_interleaved(
+    paths: list[str | Path], height: int = 360, width: int = 640, threads: int = 2, rounds: int = 30, warmup: int = 3
+) -> list[list[float]]:
     """Per-round wall times in ms, one run of each model per round, in turn.
 
     On a shared machine the load drifts within seconds; timing the models one after another lets that
@@ -80,16 +82,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50, help="timed runs per measurement")
     ap.add_argument("--repeats", type=int, default=1, help="measurements per model")
-    ap.add_argument("--interleave", action="store_true",
-                    help="time the models in turn, one run each per round (--runs rounds), and give each one's "
-                         "median ratio to the last model's time in the same round")
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the models in turn, one run each per round (--runs rounds), and give each one's "
+        "median ratio to the last model's time in the same round",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.interleave:
         times = time_interleaved([resolve(m) for m in args.model], args.height, args.width, args.threads, args.runs)
         for model, t in zip(args.model, times):
-            log.info("%s: %.2f ms median, %.3fx %s's time (median of %d interleaved rounds, %d threads)",
-                     model, statistics.median(t), ratio_to(t, times[-1]), args.model[-1], args.runs, args.threads)
+            log.info(
+                "%s: %.2f ms median, %.3fx %s's time (median of %d interleaved rounds, %d threads)",
+                model,
+                statistics.median(t),
+                ratio_to(t, times[-1]),
+                args.model[-1],
+                args.runs,
+                args.threads,
+            )
         return
     for model in args.model:
         medians = []
@@ -97,8 +109,17 @@ def main(argv: list[str] | None = None) -> None:
             times = time_model(resolve(model), args.height, args.width, args.threads, args.runs)
             q = statistics.quantiles(times, n=10)
             medians.append(statistics.median(times))
-            log.info("%s: %.2f ms median (p10 %.2f, p90 %.2f) at %dx%d, %d threads, %d runs",
-                     model, medians[-1], q[0], q[-1], args.width, args.height, args.threads, args.runs)
+            log.info(
+                "%s: %.2f ms median (p10 %.2f, p90 %.2f) at %dx%d, %d threads, %d runs",
+                model,
+                medians[-1],
+                q[0],
+                q[-1],
+                args.width,
+                args.height,
+                args.threads,
+                args.runs,
+            )
         if args.repeats > 1:
             log.info("%s: lowest median of %d measurements: %.2f ms", model, args.repeats, min(medians))
 

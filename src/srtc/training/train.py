@@ -43,8 +43,9 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> 
 LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier, "mse": F.mse_loss}  # mse: a PSNR-oriented fine-tune
 
 
-def temporal_loss(model: torch.nn.Module, data, batch: int, rng: np.random.Generator,
-                  device: torch.device) -> torch.Tensor:
+def temporal_loss(
+    model: torch.nn.Module, data, batch: int, rng: np.random.Generator, device: torch.device
+) -> torch.Tensor:
     """``srtc.training.losses.temporal_change`` of ``model`` on a batch of consecutive coded frames (``data``: a
     ``CodecPatchPairs``, whose clip pairs keep the frame before)."""
     lr, hr = data.sample_temporal(batch, rng)
@@ -81,62 +82,117 @@ def parse_widths(text: str) -> tuple[int, ...]:
 
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/data/train", help="folder of HR training images (searched recursively)")
-    ap.add_argument("--pairs", default=None,
-                    help="train on a codec-aware pair cache made by `python -m srtc.training.degrade` instead of --data")
-    ap.add_argument("--teacher", default=None,
-                    help="distil: a published x2 peer file (e.g. ../shared/peers/etds/ETDS_M7C48_x2.pth) whose "
-                         "output on each training LR is blended into the target (srtc.training.teacher)")
-    ap.add_argument("--teacher-weight", type=float, default=0.5,
-                    help="share of the teacher's output in the target (0..1; the rest is the real HR)")
+    ap.add_argument(
+        "--data", default="../shared/data/train", help="folder of HR training images (searched recursively)"
+    )
+    ap.add_argument(
+        "--pairs",
+        default=None,
+        help="train on a codec-aware pair cache made by `python -m srtc.training.degrade` instead of --data",
+    )
+    ap.add_argument(
+        "--teacher",
+        default=None,
+        help="distil: a published x2 peer file (e.g. ../shared/peers/etds/ETDS_M7C48_x2.pth) whose "
+        "output on each training LR is blended into the target (srtc.training.teacher)",
+    )
+    ap.add_argument(
+        "--teacher-weight",
+        type=float,
+        default=0.5,
+        help="share of the teacher's output in the target (0..1; the rest is the real HR)",
+    )
     ap.add_argument("--val", default="../shared/data/benchmarks/Set5", help="validation folder ('' to skip)")
     ap.add_argument("--out", required=True, help="run folder for checkpoints")
     ap.add_argument("--steps", type=int, default=0, help="total optimisation steps (or --minutes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    ap.add_argument("--init", default=None,
-                    help="start from this checkpoint's weights (same --widths/--reparam), e.g. to fine-tune on --pairs")
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="start from this checkpoint's weights (same --widths/--reparam), e.g. to fine-tune on --pairs",
+    )
     ap.add_argument("--widths", type=parse_widths, default=(32, 32, 16, 16), help="conv widths, e.g. 32,32,16,16")
-    ap.add_argument("--reparam", action="store_true",
-                    help="train each 3x3 conv as an ECB block (fused into plain convs for export)")
-    ap.add_argument("--full-res", action="store_true",
-                    help="the full-resolution generator (srtc.training.fullres; --widths are its head and body widths, "
-                         "e.g. 16,16,16,16,16,16,16): the fidelity model's shape, 4x the multiply-adds per parameter")
-    ap.add_argument("--lr-tail", type=int, default=0,
-                    help="end at LR resolution with this many features per LR pixel (srtc.training.arch; 0: the "
-                         "quarter-resolution tail)")
-    ap.add_argument("--mix", type=int, default=0,
-                    help="with --full-res: the tail's 3x3 conv emits this many features and a 1x1 conv mixes them "
-                         "into the 4 sub-pixels (ETDS's ending; nearly free in onnxruntime, see srtc.training.fullres)")
-    ap.add_argument("--slope", type=float, default=0.1,
-                    help="LeakyReLU negative slope; 0 = ReLU, which int8 inference folds into the conv (srtc/training/qat.py)")
-    ap.add_argument("--slope-anneal", type=int, default=0,
-                    help="start at slope 0.1 and move linearly to --slope over this many steps (a ReLU net "
-                         "trained from scratch at slope 0 loses its units at once)")
-    ap.add_argument("--full-range", type=float, default=0.0,
-                    help="share of clean patch pairs stretched from limited-range (16..235) to full-range luma, "
-                         "so the model also serves grey images and full-range video (srtc.training.data.stretch_full_range)")
+    ap.add_argument(
+        "--reparam", action="store_true", help="train each 3x3 conv as an ECB block (fused into plain convs for export)"
+    )
+    ap.add_argument(
+        "--full-res",
+        action="store_true",
+        help="the full-resolution generator (srtc.training.fullres; --widths are its head and body widths, "
+        "e.g. 16,16,16,16,16,16,16): the fidelity model's shape, 4x the multiply-adds per parameter",
+    )
+    ap.add_argument(
+        "--lr-tail",
+        type=int,
+        default=0,
+        help="end at LR resolution with this many features per LR pixel (srtc.training.arch; 0: the "
+        "quarter-resolution tail)",
+    )
+    ap.add_argument(
+        "--mix",
+        type=int,
+        default=0,
+        help="with --full-res: the tail's 3x3 conv emits this many features and a 1x1 conv mixes them "
+        "into the 4 sub-pixels (ETDS's ending; nearly free in onnxruntime, see srtc.training.fullres)",
+    )
+    ap.add_argument(
+        "--slope",
+        type=float,
+        default=0.1,
+        help="LeakyReLU negative slope; 0 = ReLU, which int8 inference folds into the conv (srtc/training/qat.py)",
+    )
+    ap.add_argument(
+        "--slope-anneal",
+        type=int,
+        default=0,
+        help="start at slope 0.1 and move linearly to --slope over this many steps (a ReLU net "
+        "trained from scratch at slope 0 loses its units at once)",
+    )
+    ap.add_argument(
+        "--full-range",
+        type=float,
+        default=0.0,
+        help="share of clean patch pairs stretched from limited-range (16..235) to full-range luma, "
+        "so the model also serves grey images and full-range video (srtc.training.data.stretch_full_range)",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--patch", type=int, default=96, help="HR patch side (px)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--min-lr", type=float, default=1e-5)
     ap.add_argument("--loss", choices=sorted(LOSSES), default="l1")
-    ap.add_argument("--temporal", type=float, default=0.0,
-                    help="weight of a temporal loss (needs --pairs with clips): L1 between the SR's and the HR's "
-                         "change from the previous frame, on a second batch of consecutive-frame patches")
+    ap.add_argument(
+        "--temporal",
+        type=float,
+        default=0.0,
+        help="weight of a temporal loss (needs --pairs with clips): L1 between the SR's and the HR's "
+        "change from the previous frame, on a second batch of consecutive-frame patches",
+    )
     ap.add_argument("--temporal-batch", type=int, default=16, help="clip patch pairs per step for --temporal")
     ap.add_argument("--val-every", type=int, default=2000)
     ap.add_argument("--save-every", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--sampler", choices=("auto", "host", "device"), default="auto",
-                    help="where clean patches are cut: 'host' (numpy, srtc.training.data.PatchPairs), 'device' (on the "
-                         "training device, srtc.training.data.DevicePatches); 'auto' is 'device' on a GPU")
-    ap.add_argument("--minutes", type=float, default=0.0,
-                    help="a wall-time budget instead of a step count: after a short warm-up the run measures its "
-                         "steps per second and fixes --steps (recorded in the checkpoint) to end in about this time")
-    ap.add_argument("--stop-at", type=int, default=0,
-                    help="end this session after this step, saving last.pt, while the learning-rate schedule still "
-                         "runs to --steps: one schedule split over sessions (continue with --resume)")
+    ap.add_argument(
+        "--sampler",
+        choices=("auto", "host", "device"),
+        default="auto",
+        help="where clean patches are cut: 'host' (numpy, srtc.training.data.PatchPairs), 'device' (on the "
+        "training device, srtc.training.data.DevicePatches); 'auto' is 'device' on a GPU",
+    )
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="a wall-time budget instead of a step count: after a short warm-up the run measures its "
+        "steps per second and fixes --steps (recorded in the checkpoint) to end in about this time",
+    )
+    ap.add_argument(
+        "--stop-at",
+        type=int,
+        default=0,
+        help="end this session after this step, saving last.pt, while the learning-rate schedule still "
+        "runs to --steps: one schedule split over sessions (continue with --resume)",
+    )
     ap.add_argument("--limit-images", type=int, default=None, help="use only the first N images (tests)")
     return ap
 
@@ -148,8 +204,15 @@ def save(path: Path, **state) -> None:
     tmp.replace(path)
 
 
-def checkpoint(step: int, args: argparse.Namespace, out: Path, state: Callable[[float], dict],
-               validate: Callable[[], float] | None, best: float, report: Callable[[float, float], str]) -> float:
+def checkpoint(
+    step: int,
+    args: argparse.Namespace,
+    out: Path,
+    state: Callable[[float], dict],
+    validate: Callable[[], float] | None,
+    best: float,
+    report: Callable[[float, float], str],
+) -> float:
     """The schedule's bookkeeping after an optimisation step, shared by every training stage.
 
     On a validation step (``--val-every``, and the last step): validate, keep ``best.pt`` when it
@@ -213,15 +276,24 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         if init["config"] != config:
             raise SystemExit(f"--init {args.init} has config {init['config']}, this run {config}")
         model.load_state_dict(init["model"])
-        log.info("starting from the weights of %s (step %d there); new optimiser and schedule",
-                 args.init, init.get("step", 0))
+        log.info(
+            "starting from the weights of %s (step %d there); new optimiser and schedule",
+            args.init,
+            init.get("step", 0),
+        )
     elif args.resume:
         log.info("no %s yet; starting fresh", out / "last.pt")
 
     plain = fused(model).cpu()
-    log.info("%s %s: %d params at inference (%d while training), %.3f GMAC at 640x360, device %s",
-             type(model).__name__, config, count_params(plain), count_params(model),
-             count_macs(plain) / 1e9, device)
+    log.info(
+        "%s %s: %d params at inference (%d while training), %.3f GMAC at 640x360, device %s",
+        type(model).__name__,
+        config,
+        count_params(plain),
+        count_params(model),
+        count_macs(plain) / 1e9,
+        device,
+    )
     data = load_training_data(args, device)
     on_device = args.sampler == "device" or (args.sampler == "auto" and device.type == "cuda")
     if isinstance(data, PatchPairs) and on_device:
@@ -233,10 +305,20 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
 
     def state(best: float) -> dict:
         extra = {"sampler": data.state()} if isinstance(data, DevicePatches) else {}
-        return {"config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                "best_psnr": best, "elapsed_s": elapsed + time.perf_counter() - t0,
-                "command": command, "history": history, "args": vars(args), **extra}
+        return {
+            "config": config,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "best_psnr": best,
+            "elapsed_s": elapsed + time.perf_counter() - t0,
+            "command": command,
+            "history": history,
+            "args": vars(args),
+            **extra,
+        }
 
     def validate() -> float:
         model.eval()
@@ -251,8 +333,10 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
         args.steps = budget.provisional
     t0 = time.perf_counter()
     model.train()
-    with logging_redirect_tqdm(), tqdm(total=args.steps, initial=step, desc="train", unit="step",
-                                       dynamic_ncols=True) as bar:
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=args.steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar,
+    ):
         while step < args.steps and not (args.stop_at and step >= args.stop_at):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, args.steps, args.lr, args.min_lr)
@@ -275,9 +359,18 @@ def train(args: argparse.Namespace, command: str = "") -> dict:
                 losses.extend(torch.stack(pending).tolist())
                 pending.clear()
                 bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-            best = checkpoint(step, args, out, state, validate if val else None, best, lambda psnr, top: (
-                f"loss {np.mean(losses[-args.val_every:]):.5f}, {Path(args.val).name} PSNR-Y {psnr:.3f} dB "
-                f"(best {top:.3f})"))
+            best = checkpoint(
+                step,
+                args,
+                out,
+                state,
+                validate if val else None,
+                best,
+                lambda psnr, top: (
+                    f"loss {np.mean(losses[-args.val_every :]):.5f}, {Path(args.val).name} PSNR-Y {psnr:.3f} dB "
+                    f"(best {top:.3f})"
+                ),
+            )
     wall = elapsed + time.perf_counter() - t0
     if not val:
         save(out / "best.pt", **state(best))
@@ -293,8 +386,15 @@ class StepBudget:
     sharing a GPU speed up or slow down as the others start and end); validation and saving are left a margin.
     """
 
-    def __init__(self, minutes: float, start_step: int, warmup: int = 50, window: int = 250,
-                 margin: float = 0.95, every: int = 2000) -> None:
+    def __init__(
+        self,
+        minutes: float,
+        start_step: int,
+        warmup: int = 50,
+        window: int = 250,
+        margin: float = 0.95,
+        every: int = 2000,
+    ) -> None:
         self.seconds = 60.0 * minutes
         self.start_step, self.warmup, self.window, self.margin, self.every = start_step, warmup, window, margin, every
         self.last_step = start_step
@@ -358,10 +458,21 @@ def load_training_data(args: argparse.Namespace, device: torch.device | None = N
 
     name, teacher = load_teacher(teacher_path, device)
     t0 = time.perf_counter()
-    data = PatchPairs(args.data, args.patch, args.limit_images, teacher=teacher, teacher_weight=args.teacher_weight,
-                      full_range=full_range)
-    log.info("targets: %.0f%% %s, %.0f%% HR (teacher ran in %.0f s)", 100 * args.teacher_weight, name,
-             100 * (1 - args.teacher_weight), time.perf_counter() - t0)
+    data = PatchPairs(
+        args.data,
+        args.patch,
+        args.limit_images,
+        teacher=teacher,
+        teacher_weight=args.teacher_weight,
+        full_range=full_range,
+    )
+    log.info(
+        "targets: %.0f%% %s, %.0f%% HR (teacher ran in %.0f s)",
+        100 * args.teacher_weight,
+        name,
+        100 * (1 - args.teacher_weight),
+        time.perf_counter() - t0,
+    )
     return data
 
 

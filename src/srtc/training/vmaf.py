@@ -43,8 +43,9 @@ def ffmpeg_with_libvmaf() -> str:
         candidates.append(shutil.which("ffmpeg"))
     for exe in candidates:
         try:
-            filters = subprocess.run([exe, "-hide_banner", "-filters"], capture_output=True, text=True, timeout=30,
-                                     check=False).stdout
+            filters = subprocess.run(
+                [exe, "-hide_banner", "-filters"], capture_output=True, text=True, timeout=30, check=False
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             continue
         if " libvmaf " in filters:
@@ -59,8 +60,8 @@ class VmafPairs:
         self.width, self.height, self.limit = width, height, limit
         self.frames = 0
         self._dir = Path(tempfile.mkdtemp(prefix="vmaf-"))
-        self._ref = open(self._dir / "ref.yuv", "wb")  # noqa: SIM115 - closed in score() or close()
-        self._dist = open(self._dir / "dist.yuv", "wb")  # noqa: SIM115
+        self._ref = open(self._dir / "ref.yuv", "wb")
+        self._dist = open(self._dir / "dist.yuv", "wb")
         self._grey = np.full(width * height // 2, 128, np.uint8).tobytes()  # U and V of yuv420p
 
     def add(self, reference: np.ndarray, distorted: np.ndarray) -> bool:
@@ -84,16 +85,32 @@ class VmafPairs:
         exe = ffmpeg_with_libvmaf()
         log_path = self._dir / "vmaf.json"
         raw = ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{self.width}x{self.height}", "-r", "30"]
-        command = [exe, "-hide_banner", "-loglevel", "error", *raw, "-i", str(self._dir / "dist.yuv"), *raw, "-i",
-                   str(self._dir / "ref.yuv"), "-lavfi",
-                   f"[0:v][1:v]libvmaf=model={MODELS}:log_fmt=json:log_path={log_path}:n_threads={threads}",
-                   "-f", "null", "-"]
+        command = [
+            exe,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            *raw,
+            "-i",
+            str(self._dir / "dist.yuv"),
+            *raw,
+            "-i",
+            str(self._dir / "ref.yuv"),
+            "-lavfi",
+            f"[0:v][1:v]libvmaf=model={MODELS}:log_fmt=json:log_path={log_path}:n_threads={threads}",
+            "-f",
+            "null",
+            "-",
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"libvmaf failed: {done.stderr.strip()[-500:]}")
         pooled = json.loads(log_path.read_text(encoding="utf-8"))["pooled_metrics"]
-        result = {"vmaf": round(pooled["vmaf"]["mean"], 3), "vmaf_neg": round(pooled["vmaf_neg"]["mean"], 3),
-                  "frames": self.frames}
+        result = {
+            "vmaf": round(pooled["vmaf"]["mean"], 3),
+            "vmaf_neg": round(pooled["vmaf_neg"]["mean"], 3),
+            "frames": self.frames,
+        }
         self.close()
         return result
 
@@ -124,7 +141,7 @@ class FrameBank:
         if y.shape != (self.height, self.width):
             raise ValueError(f"expected {self.height}x{self.width} luma, got {y.shape}")
         if series not in self._files:
-            self._files[series] = open(self._dir / f"{len(self._files)}.y", "w+b")  # noqa: SIM115 - close()
+            self._files[series] = open(self._dir / f"{len(self._files)}.y", "w+b")
         out = self._files[series]
         out.write(np.ascontiguousarray(y, dtype=np.uint8).tobytes())  # type: ignore[attr-defined]
         index[number] = len(index)

@@ -59,7 +59,9 @@ def resolve(name_or_path: str | Path | None = None, manifest_path: str | Path = 
         path = Path(name_or_path)
     if not path.is_file():
         if key not in models and path.suffix != ".onnx" and models:  # a name, misspelt or not listed
-            raise FileNotFoundError(f"unknown model {key!r}: not a file, and not a name in {manifest_path.name} "
-                                    f"(one of: {', '.join(sorted(models))}; or a role: {', '.join(ROLES)})")
+            raise FileNotFoundError(
+                f"unknown model {key!r}: not a file, and not a name in {manifest_path.name} "
+                f"(one of: {', '.join(sorted(models))}; or a role: {', '.join(ROLES)})"
+            )
         raise FileNotFoundError(f"model file not found: {path} (for model {key!r})")
     return path
