@@ -23,4 +23,8 @@ fi
 # torch first, pinned: 2.13.0 is the CPU wheel on local disk; anything else downloads gigabytes.
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[train,test,vmaf]"
+# The habits first: lint, format and types, on the whole tree (configured in pyproject.toml).
+.venv/bin/ruff check src tests scripts
+.venv/bin/ruff format --check src tests scripts
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from srtc.training import degrade, imaging
 from tests.conftest import SAMPLES, shared_or_skip
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
+
+from srtc.training import degrade, imaging, losses  # noqa: E402
+from srtc.training.loop import ConfigError  # noqa: E402
 
 SPEEDS = {"libvpx": "6", "libx264": "veryfast"}
 
@@ -90,7 +92,7 @@ def test_cache_round_trip_and_seeded_repeatability(tmp_path) -> None:
     assert len(modes) >= 2, modes
     others = [degrade.read_pair(p) for p in degrade.list_pairs(c)]
     assert any(o.meta != degrade.read_pair(p).meta for o, p in zip(others, files))
-    with pytest.raises(SystemExit):  # another seed must not be mixed into an existing cache
+    with pytest.raises(ConfigError, match="other settings"):  # another seed must not be mixed into a cache
         degrade.build_cache(a, SAMPLES, None, 8, seed=5, cfg=cfg, progress=False)
 
 
@@ -200,7 +202,7 @@ def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
         )
     data = degrade.CodecPatchPairs(tmp_path, patch=32)
     nearest = torch.nn.Upsample(scale_factor=2, mode="nearest")
-    assert float(train.temporal_loss(nearest, data, 8, np.random.default_rng(0), torch.device("cpu"))) < 1e-7
+    assert float(losses.temporal_loss(nearest, data, 8, np.random.default_rng(0), torch.device("cpu"))) < 1e-7
 
     class Frozen(torch.nn.Module):  # the same picture whatever the frame: no change at all
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,10 +210,10 @@ def test_temporal_loss_scores_frame_to_frame_change(tmp_path) -> None:
 
     lr, hr = data.sample_temporal(8, np.random.default_rng(0))
     expected = float((hr[:, 1] - hr[:, 0]).abs().mean())
-    got = float(train.temporal_loss(Frozen(), data, 8, np.random.default_rng(0), torch.device("cpu")))
+    got = float(losses.temporal_loss(Frozen(), data, 8, np.random.default_rng(0), torch.device("cpu")))
     assert expected > 0.02 and got == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(SystemExit, match="--pairs"):
-        train.train(train.make_parser().parse_args(["--out", str(tmp_path / "run"), "--steps", "1", "--temporal", "1"]))
+    with pytest.raises(ConfigError, match="--pairs"):
+        train.parse_config(["--out", str(tmp_path / "run"), "--steps", "1", "--temporal", "1"])
 
 
 def test_codecs_flag_limits_the_coded_pairs_to_one_codec(tmp_path) -> None:

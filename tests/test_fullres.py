@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ torch = pytest.importorskip("torch", reason="torch not installed (pip install -e
 from srtc.training.arch import build, count_macs, count_params, fused  # noqa: E402
 from srtc.training.data import DevicePatches, PatchPairs, stretch_full_range  # noqa: E402
 from srtc.training.fullres import FullResSR  # noqa: E402
+from srtc.training.loop import ConfigError  # noqa: E402
 
 
 def randomise(module: torch.nn.Module, std: float = 0.1) -> None:
@@ -82,9 +84,8 @@ def test_mix_tail_fuses_exactly_starts_as_nearest_and_exports(tmp_path: Path) ->
 def test_mix_needs_the_full_resolution_generator(tmp_path: Path) -> None:
     from srtc.training import train
 
-    args = train.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1", "--mix", "16"])
-    with pytest.raises(SystemExit, match="--full-res"):
-        train.train(args)
+    with pytest.raises(ConfigError, match="--full-res"):
+        train.parse_config(["--out", str(tmp_path), "--steps", "1", "--mix", "16"])
     with pytest.raises(ValueError, match="mix"):
         FullResSR((16, 16), mix=-1)
 
@@ -239,9 +240,8 @@ def test_full_range_patches_are_the_same_pairs_stretched_to_0_255() -> None:
 def test_train_rejects_a_full_range_share_it_cannot_use(extra: list[str], message: str) -> None:
     from srtc.training import train
 
-    args = train.make_parser().parse_args(["--out", "unused", "--steps", "1", *extra])
-    with pytest.raises(SystemExit, match=message):
-        train.load_training_data(args)
+    with pytest.raises(ConfigError, match=message):
+        train.parse_config(["--out", "unused", "--steps", "1", *extra])
 
 
 def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
@@ -255,7 +255,7 @@ def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
     )
 
     data = shared_or_skip("data", "train", "BSDS200")
-    args = train.make_parser().parse_args(
+    args = train.parse_config(
         [
             "--data",
             str(data),
@@ -295,8 +295,7 @@ def test_full_res_training_lowers_the_loss_and_exports(tmp_path: Path) -> None:
     assert ckpt["config"] == {"widths": [16, 16, 16], "reparam": True, "full_res": True}
     assert isinstance(model, FullResSR) and not model.reparam
     assert "sampler" in ckpt  # the device sampler's generator state: a resumed run continues its data order
-    args.steps = 130
-    args.resume = True
-    assert train.train(args)["steps"] == 130
+    longer = replace(args, schedule=replace(args.schedule, steps=130, resume=True))
+    assert train.train(longer)["steps"] == 130
     export_onnx(model, tmp_path / "m.onnx")
     assert max_diff(model, tmp_path / "m.onnx") < TOLERANCE

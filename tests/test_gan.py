@@ -6,7 +6,7 @@ when ../shared (or $SRTC_SHARED) is absent; the rest need only torch.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 from srtc.training import losses as L  # noqa: E402
 from srtc.training.arch import build, count_macs, count_params, fused  # noqa: E402
 from srtc.training.discriminator import PatchDiscriminator  # noqa: E402
+from srtc.training.loop import ConfigError  # noqa: E402
 from srtc.training.reparam import ECB  # noqa: E402
 
 WIDTHS = [24, 24, 16, 16]
@@ -202,11 +203,11 @@ def test_losses_are_zero_on_the_truth_and_ragan_is_relativistic() -> None:
     assert L.ragan_d(real + 5, fake + 5).item() == pytest.approx(L.ragan_d(real, fake).item())
 
 
-def gan_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+def gan_args(tmp_path: Path, *extra: str):
     from srtc.training import gan
 
     data = shared_or_skip("data", "train", "BSDS200")
-    return gan.make_parser().parse_args(
+    return gan.parse_config(
         [
             "--init",
             str(tmp_path / "init.pt"),
@@ -246,20 +247,19 @@ def stage1_checkpoint(path: Path) -> None:
 def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from srtc.training import gan, train
+    from srtc.training import gan, loop
 
     args = gan_args(tmp_path)
     stage1_checkpoint(tmp_path / "init.pt")
     (tmp_path / "cut").mkdir()
-    real_save = train.save  # every stage saves through srtc.training.train (its checkpoint() schedule)
+    real_save = loop.save  # every stage saves through the one training loop
 
     def save_and_keep_step_15(path: Path, **state) -> None:
         real_save(path, **state)
         if path.name == "last.pt" and state["step"] == 15:  # the state an interrupted run leaves
             shutil.copy(path, tmp_path / "cut" / "last.pt")
 
-    monkeypatch.setattr(train, "save", save_and_keep_step_15)
-    monkeypatch.setattr(gan, "save", save_and_keep_step_15)
+    monkeypatch.setattr(loop, "save", save_and_keep_step_15)
     summary = gan.train_gan(args)
     records = summary["records"]
     assert summary["steps"] == len(records) == 30
@@ -272,9 +272,9 @@ def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monk
     assert ckpt["stage"] == "gan" and ckpt["optimizer"]["state"]
 
     # Resume from the step-15 checkpoint (no --init needed): the same losses and weights as uninterrupted.
-    monkeypatch.setattr(gan, "save", real_save)
+    monkeypatch.setattr(loop, "save", real_save)
     args_b = gan_args(tmp_path, "--resume")
-    args_b.out, args_b.init = str(tmp_path / "cut"), None
+    args_b = replace(args_b, init=None, schedule=replace(args_b.schedule, out=tmp_path / "cut"))
     resumed = gan.train_gan(args_b)
     assert resumed["steps"] == 30 and len(resumed["records"]) == 15
     cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
@@ -299,8 +299,8 @@ def test_gan_stage_runs_finite_and_resumes_to_the_same_step(tmp_path: Path, monk
 def test_each_remedy_flag_switches_its_loss_term(tmp_path: Path, flag: str, term: str) -> None:
     from srtc.training import gan
 
-    base = gan.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1"])
-    off = gan.make_parser().parse_args(["--out", str(tmp_path), "--steps", "1", flag, "0"])
+    base = gan.parse_config(["--out", str(tmp_path), "--steps", "1"])
+    off = gan.parse_config(["--out", str(tmp_path), "--steps", "1", flag, "0"])
     torch.manual_seed(0)
     model = build({"widths": WIDTHS, "reparam": True})
     disc = PatchDiscriminator(8)
@@ -360,7 +360,7 @@ def test_flat_grain_loss_penalises_noise_on_smooth_hr_only() -> None:
 def test_artifact_term_needs_the_ema_output() -> None:
     from srtc.training import gan
 
-    args = gan.make_parser().parse_args(["--out", "x", "--steps", "1", "--artifact", "1000"])
+    args = gan.parse_config(["--out", "x", "--steps", "1", "--artifact", "1000"])
     weights = gan.loss_weights(args)
     torch.manual_seed(0)
     model = build({"widths": WIDTHS, "reparam": True})
@@ -379,7 +379,7 @@ def test_adversary_can_judge_only_the_outputs_of_clean_inputs() -> None:
     """``judged``: adv/fm from the selected samples alone; none selected, no adversarial terms this step."""
     from srtc.training import gan
 
-    weights = gan.loss_weights(gan.make_parser().parse_args(["--out", "x", "--steps", "1", "--adv", "0.05"]))
+    weights = gan.loss_weights(gan.parse_config(["--out", "x", "--steps", "1", "--adv", "0.05"]))
     torch.manual_seed(0)
     model = build({"widths": WIDTHS, "reparam": True})
     disc = PatchDiscriminator(8).eval()  # eval: spectral norm's power iteration holds still between calls
@@ -439,7 +439,7 @@ def test_stage1_reparam_run_checkpoints_and_exports_fused(tmp_path: Path) -> Non
     from srtc.training.export import load_checkpoint_model
 
     data = shared_or_skip("data", "train", "BSDS200")
-    args = train.make_parser().parse_args(
+    args = train.parse_config(
         [
             "--data",
             str(data),
@@ -478,9 +478,9 @@ def test_stage1_reparam_run_checkpoints_and_exports_fused(tmp_path: Path) -> Non
     with torch.no_grad():
         assert (plain(x) - trained(x)).abs().max().item() < 1e-5
     # A plain (old-style) resume refuses the reparam checkpoint instead of silently mixing forms.
-    args.reparam, args.resume = False, True
-    with pytest.raises(SystemExit, match="differs"):
-        train.train(args)
+    plain = replace(args, reparam=False, schedule=replace(args.schedule, resume=True))
+    with pytest.raises(ConfigError, match="differs"):
+        train.train(plain)
 
 
 def test_down_consistency_targets_the_lr_before_the_codec():
@@ -533,7 +533,7 @@ def test_temporal_term_on_clip_pairs_and_resume_keeps_its_weight(tmp_path: Path)
     assert len(records) == 6 and all(r["temporal"] > 0 for r in records)
     assert all(r["total"] > 2 * r["temporal"] for r in records)  # the term is in the total, with its weight
     args_b = gan_args(tmp_path, "--pairs", str(tmp_path / "pairs"), "--temporal", "1", "--steps", "8", "--resume")
-    with pytest.raises(SystemExit, match="differ"):
+    with pytest.raises(ConfigError, match="differ"):
         gan.train_gan(args_b)
-    with pytest.raises(SystemExit, match="--pairs"):
-        gan.train_gan(gan_args(tmp_path / "x", "--temporal", "1"))
+    with pytest.raises(ConfigError, match="--pairs"):
+        gan_args(tmp_path / "x", "--temporal", "1")

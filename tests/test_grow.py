@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="torch not installed (pip install -e
 
 from srtc.training.arch import build, fused  # noqa: E402
 from srtc.training.grow import deepen, main  # noqa: E402
-from srtc.training.train import make_parser, model_config  # noqa: E402
+from srtc.training.train import model_config, parse_config  # noqa: E402
 
 PARENT = REPO / "checkpoints" / "fidelity_x2_parent.pt"  # what fidelity_x2 was grown from
 
@@ -82,9 +82,7 @@ def test_the_grown_checkpoint_is_what_models_train_init_expects(parent: dict, tm
     out = tmp_path / "grown.pt"
     main(["--ckpt", str(PARENT), "--out", str(out), "--at", "1", "--val", ""])
     grown = torch.load(out, map_location="cpu", weights_only=False)
-    args = make_parser().parse_args(
-        ["--out", "x", "--full-res", "--reparam", "--widths", ",".join(["16"] * 7), "--steps", "1"]
-    )
+    args = parse_config(["--out", "x", "--full-res", "--reparam", "--widths", ",".join(["16"] * 7), "--steps", "1"])
     assert grown["config"] == model_config(args)  # srtc.training.train --init compares exactly this
 
 

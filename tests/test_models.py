@@ -37,7 +37,7 @@ def test_short_training_lowers_loss(tmp_path: Path) -> None:
     from srtc.training.arch import build
     from srtc.training.data import PatchPairs
 
-    args = train.make_parser().parse_args(
+    args = train.parse_config(
         [
             "--data",
             str(DATA / "train" / "BSDS200"),
@@ -60,8 +60,9 @@ def test_short_training_lowers_loss(tmp_path: Path) -> None:
         ]
     )
     # The same fixed batch scores the initial and the trained weights, so the check is not noisy.
-    lr_b, hr_b = PatchPairs(args.data, args.patch, args.limit_images).sample(64, np.random.default_rng(123))
-    torch.manual_seed(args.seed)
+    pairs = PatchPairs(args.data.data, args.data.patch, args.data.limit_images)
+    lr_b, hr_b = pairs.sample(64, np.random.default_rng(123))
+    torch.manual_seed(args.schedule.seed)
     initial = build({"widths": list(args.widths)})
     summary = train.train(args)
     assert summary["steps"] == len(summary["losses"]) == 150
@@ -289,7 +290,7 @@ def test_short_training_on_a_codec_aware_cache_lowers_loss(tmp_path: Path) -> No
 
     samples = SAMPLES
     cache = build_cache(tmp_path / "cache", samples, None, pairs=6, seed=0, progress=False)
-    args = train.make_parser().parse_args(
+    args = train.parse_config(
         [
             "--pairs",
             str(cache),
@@ -321,12 +322,13 @@ def test_init_starts_a_fine_tune_from_another_runs_weights(tmp_path: Path) -> No
     import torch
 
     from srtc.training import train
+    from srtc.training.loop import ConfigError
 
     base = ["--data", str(SAMPLES), "--val", "", "--seed", "0", "--batch", "4", "--patch", "48", "--save-every", "5"]
-    train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "a"), "--steps", "10"]))
+    train.train(train.parse_config(base + ["--out", str(tmp_path / "a"), "--steps", "10"]))
     source = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
     tuned = train.train(
-        train.make_parser().parse_args(
+        train.parse_config(
             base
             + [
                 "--out",
@@ -346,9 +348,9 @@ def test_init_starts_a_fine_tune_from_another_runs_weights(tmp_path: Path) -> No
     after = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     for name, value in source["model"].items():  # a 1e-12 step cannot move the weights measurably
         assert torch.allclose(after["model"][name], value, atol=1e-6), name
-    with pytest.raises(SystemExit, match="config"):
+    with pytest.raises(ConfigError, match="config"):
         train.train(
-            train.make_parser().parse_args(
+            train.parse_config(
                 base
                 + [
                     "--out",
@@ -370,7 +372,7 @@ def test_stop_at_splits_one_schedule_and_resume_finishes_it(tmp_path: Path) -> N
     exactly where an uninterrupted run does (same weights), so a split run is the run its command names."""
     import torch
 
-    from srtc.training import train
+    from srtc.training import loop, train
 
     base = [
         "--data",
@@ -390,14 +392,14 @@ def test_stop_at_splits_one_schedule_and_resume_finishes_it(tmp_path: Path) -> N
         "--lr",
         "1e-2",
     ]
-    whole = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "whole")]))
-    first = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "split"), "--stop-at", "7"]))
+    whole = train.train(train.parse_config(base + ["--out", str(tmp_path / "whole")]))
+    first = train.train(train.parse_config(base + ["--out", str(tmp_path / "split"), "--stop-at", "7"]))
     assert first["steps"] == 7 and whole["steps"] == 12
     stopped = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
     assert stopped["step"] == 7  # saved at the stop, although 7 is not a --save-every step
     # still on the 12-step schedule: the lr of step 6 is the 12-step cosine's, not the end of a 7-step one
-    assert stopped["optimizer"]["param_groups"][0]["lr"] == pytest.approx(train.cosine_lr(6, 12, 1e-2, 1e-5))
-    rest = train.train(train.make_parser().parse_args(base + ["--out", str(tmp_path / "split"), "--resume"]))
+    assert stopped["optimizer"]["param_groups"][0]["lr"] == pytest.approx(loop.cosine_lr(6, 12, 1e-2, 1e-5))
+    rest = train.train(train.parse_config(base + ["--out", str(tmp_path / "split"), "--resume"]))
     assert rest["steps"] == 12
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)["model"]
@@ -474,7 +476,7 @@ def test_slope_anneals_from_leaky_to_the_target_and_is_recorded() -> None:
     assert train.annealed_slope(0, 100, 0.0) == pytest.approx(0.1)
     assert train.annealed_slope(50, 100, 0.0) == pytest.approx(0.05)
     assert train.annealed_slope(100, 100, 0.0) == train.annealed_slope(500, 100, 0.0) == 0.0
-    args = train.make_parser().parse_args(["--out", "x", "--steps", "1", "--reparam", "--slope", "0"])
+    args = train.parse_config(["--out", "x", "--steps", "1", "--reparam", "--slope", "0"])
     config = train.model_config(args)
     assert config["slope"] == 0.0
     net = fused(build(config))  # a ReLU net exports Relu, which int8 folds into the conv

@@ -7,17 +7,16 @@ skips with the reason when ../shared (or $SRTC_SHARED) is absent.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-import onnx
 import pytest
 
 from tests.conftest import REPO, load_photo_rgb, shared_or_skip
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
+onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -e '.[train]')")
 
 from srtc.training import qat  # noqa: E402
+from srtc.training.errors import ConfigError  # noqa: E402
 from srtc.training.export import export_onnx, load_checkpoint_model  # noqa: E402
 from srtc.training.imaging import psnr  # noqa: E402
 
@@ -103,7 +102,7 @@ def test_weights_are_rounded_per_channel_to_seven_bit_levels():
 
 def test_short_qat_run_recovers_simulated_quality(tmp_path):
     """A hundred-odd steps through the rounding bring the simulated int8 net closer to fp32 on real images."""
-    args = qat.make_parser().parse_args(
+    args = qat.parse_config(
         [
             "--ckpt",
             str(CKPT),
@@ -132,11 +131,11 @@ def test_short_qat_run_recovers_simulated_quality(tmp_path):
     result = qat.qat(args)
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 150
     assert result["best_psnr"] > result["start_psnr"] + 0.02
-    resumed = qat.qat(qat.make_parser().parse_args([*sys_args(args), "--steps", "160", "--resume"]))
+    resumed = qat.qat(qat.parse_config([*sys_args(args), "--steps", "160", "--resume"]))
     assert len(resumed["losses"]) == 10  # resumed at 150, not restarted
 
 
-def sys_args(args: argparse.Namespace) -> list[str]:
+def sys_args(args: qat.QatConfig) -> list[str]:
     """The flags of ``args`` that a resumed run repeats."""
     return [
         "--ckpt",
@@ -144,15 +143,15 @@ def sys_args(args: argparse.Namespace) -> list[str]:
         "--base",
         args.base,
         "--out",
-        args.out,
+        str(args.schedule.out),
         "--data",
-        args.data,
+        args.data.data,
         "--val",
         args.val,
         "--limit-images",
-        str(args.limit_images),
+        str(args.data.limit_images),
         "--batch",
-        str(args.batch),
+        str(args.data.batch),
         "--threads",
         "2",
     ]
@@ -222,19 +221,18 @@ def test_change_loss_is_zero_for_the_fp32_net_against_itself_and_counts_int8_fli
 
 
 def test_temporal_qat_needs_clip_pairs(tmp_path):
-    args = qat.make_parser().parse_args(
-        [
-            "--ckpt",
-            str(CKPT),
-            "--base",
-            "fidelity_fast_x2",
-            "--out",
-            str(tmp_path / "r"),
-            "--steps",
-            "1",
-            "--temporal",
-            "1",
-        ]
-    )
-    with pytest.raises(SystemExit, match="--pairs"):
-        qat.qat(args)
+    with pytest.raises(ConfigError, match="--pairs"):
+        qat.parse_config(
+            [
+                "--ckpt",
+                str(CKPT),
+                "--base",
+                "fidelity_fast_x2",
+                "--out",
+                str(tmp_path / "r"),
+                "--steps",
+                "1",
+                "--temporal",
+                "1",
+            ]
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,9 @@ from tests.conftest import shared_or_skip
 pytest.importorskip("torch", reason="torch not installed (pip install -e '.[train]')")
 
 from srtc.training.data import PatchPairs
+from srtc.training.errors import ConfigError
 from srtc.training.teacher import blend, load_teacher, peer_family
-from srtc.training.train import load_training_data, make_parser
+from srtc.training.train import parse_config
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,9 +56,7 @@ def test_teacher_targets_are_blended_once_at_load_and_beat_bicubic() -> None:
 
 
 def test_train_refuses_a_teacher_with_codec_pairs_or_a_bad_weight() -> None:
-    args = make_parser().parse_args(["--out", "x", "--steps", "1", "--pairs", "cache", "--teacher", "t.pth"])
-    with pytest.raises(SystemExit, match="not on a --pairs cache"):
-        load_training_data(args)
-    args = argparse.Namespace(**{**vars(args), "pairs": None, "teacher_weight": 1.5})
-    with pytest.raises(SystemExit, match="teacher-weight must be in"):
-        load_training_data(args)
+    with pytest.raises(ConfigError, match="not on a --pairs cache"):
+        parse_config(["--out", "x", "--steps", "1", "--pairs", "cache", "--teacher", "t.pth"])
+    with pytest.raises(ConfigError, match="teacher-weight must be in"):
+        parse_config(["--out", "x", "--steps", "1", "--teacher", "t.pth", "--teacher-weight", "1.5"])

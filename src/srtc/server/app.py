@@ -27,12 +27,13 @@ from .session import OfferError, Session, parse_offer
 log = logging.getLogger(__name__)
 
 SESSIONS = web.AppKey("sessions", dict)
-UPSCALER = web.AppKey("upscaler", Upscaler)  # type: ignore[type-abstract]
+UPSCALER = web.AppKey("upscaler", Upscaler)
 MODEL = web.AppKey("model", ModelInfo)
 CONFIG = web.AppKey("config", ServerConfig)
 NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
 SECRET_HEADER = "X-Session-Secret"  # a session's routes need the secret its offer's answer carried
-FAST = web.AppKey("fast", object)  # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
+# (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
+FAST = web.AppKey[tuple[Upscaler | None, ModelInfo | None]]("fast")
 
 
 def create_app(

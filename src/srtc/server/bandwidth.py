@@ -27,7 +27,7 @@ REMB_INTERVAL_S = 1.0
 TARGET_SHARE = 0.7  # of the cap, for the media itself: headers, retransmissions and bursts need the rest
 
 
-def with_bandwidth(sdp: str, kbps: int | None, section: int = 0) -> str:
+def with_bandwidth(sdp: str, kbps: float | None, section: int = 0) -> str:
     """The SDP with ``b=AS``/``b=TIAS`` in media section ``section`` (0 = the uplink), or unchanged."""
     if not kbps:
         return sdp

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from .metrics import RollingSamples
 
@@ -56,13 +56,30 @@ class ArrivalLog:
         return None if pts is None else self._times.get(pts)
 
 
+class FrameTimes(TypedDict, total=False):
+    """One frame's points in time (monotonic seconds), as :meth:`StageTimes.frame` takes them.
+
+    ``first_packet`` and ``released`` are None when the receiver did not log the frame; ``encoded`` and
+    ``sent`` are added as the frame goes out.
+    """
+
+    first_packet: float | None
+    released: float | None
+    arrived: float
+    started: float
+    done: float
+    handed: float
+    encoded: float
+    sent: float
+
+
 class StageTimes:
     """Per-stage samples (ms) of the frames one track has sent; :meth:`summary` gives p50/p95 each."""
 
     def __init__(self, size: int = 300) -> None:
         self.samples = {stage: RollingSamples(size) for stage in STAGES}
 
-    def frame(self, times: dict[str, float | None]) -> None:
+    def frame(self, times: FrameTimes) -> None:
         """Record one frame from its points in time (seconds); missing points skip their stages."""
         first, released, arrived = times.get("first_packet"), times.get("released"), times["arrived"]
         started, done, handed = times["started"], times["done"], times["handed"]

@@ -27,6 +27,7 @@ from typing import Any
 
 import av
 from aiortc.codecs.vpx import MAX_FRAME_RATE, Vp8Encoder, number_of_threads
+from av.frame import Frame
 
 from .metrics import ByteRate
 from .priority import lower_this_thread
@@ -86,7 +87,8 @@ class ReturnVp8Encoder(Vp8Encoder):
     def target_bitrate(self, bps: int) -> None:
         self.requested = int(bps)
 
-    def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        assert isinstance(frame, av.VideoFrame)  # a video encoder, as aiortc's own Vp8Encoder.encode asserts
         thread = threading.get_native_id()
         if self.nice and thread not in self._lowered:
             lower_this_thread(self.nice)  # before a context opens, so libvpx's threads inherit it
@@ -174,6 +176,7 @@ class ReturnVp8Encoder(Vp8Encoder):
         if codec is None or self.size != (frame.width, frame.height):
             return wanted
         held = self._opened_on_request and time.monotonic() - self._opened_at < RAISE_HOLD_S
+        assert codec.bit_rate is not None  # every context is opened with a bitrate (see _open)
         if wanted > codec.bit_rate and held:
             return codec.bit_rate
         return wanted
@@ -206,12 +209,10 @@ class ReturnVp8Encoder(Vp8Encoder):
     def _needs_context(self, frame: av.VideoFrame) -> bool:
         """aiortc's own rule for opening a new context (see ``Vp8Encoder.encode``)."""
         codec = self.codec
-        return (
-            codec is None
-            or frame.width != codec.width
-            or frame.height != codec.height
-            or abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1
-        )
+        if codec is None or frame.width != codec.width or frame.height != codec.height:
+            return True
+        assert codec.bit_rate is not None  # every context is opened with a bitrate (see _open)
+        return abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > 0.1
 
     def _open(self, frame: av.VideoFrame) -> Any:
         codec = av.CodecContext.create("libvpx", "w")

@@ -24,7 +24,8 @@ SCALE = 2
 def plane_view(frame: av.VideoFrame, index: int) -> np.ndarray:
     """A zero-copy ``(height, width)`` uint8 view of one plane, without the line padding."""
     plane = frame.planes[index]
-    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    data = np.frombuffer(plane, np.uint8)  # type: ignore[call-overload]  # av stubs: Plane's buffer protocol undeclared
+    rows = data.reshape(plane.height, plane.line_size)
     return rows[:, : plane.width]
 
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import av
 from aiortc import MediaStreamTrack
@@ -93,7 +94,7 @@ class FrameFanout:
     async def _run(self) -> None:
         try:
             while True:
-                frame = await self.source.recv()
+                frame = cast(av.VideoFrame, await self.source.recv())  # the uplink is a video track
                 item = TimedFrame(frame, time.monotonic())
                 if self.arrivals is not None and (logged := self.arrivals.lookup(frame.pts)) is not None:
                     item.first_packet, item.released = logged

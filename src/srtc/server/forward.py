@@ -116,7 +116,7 @@ class ForwardTrack(MediaStreamTrack):
         except Exception as exc:  # a failed request must not stop the forward; the next one may succeed
             log.debug("keyframe request failed: %s", exc)
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self._queue.get()

@@ -413,7 +413,7 @@ class NetworkControl:
         self._live.add(impairment)
         return impairment
 
-    def update(self, changes: NetworkConfig | dict[str, Any]) -> NetworkConfig:
+    def update(self, changes: NetworkConfig | object) -> NetworkConfig:
         """Validate (ConfigError naming the field) and apply to every live impairment; returns the new settings."""
         config = changes if isinstance(changes, NetworkConfig) else NetworkConfig.from_json(changes, self.config)
         self.config = config

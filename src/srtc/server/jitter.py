@@ -292,7 +292,7 @@ class FrameAssembler:
                 data = rest if data is None else data
             elif not padding:
                 types, starts_au = _h264_nal_info(payload)
-                start_hint = starts_au
+                start_hint = bool(starts_au)
                 idr = _H264_IDR in types
                 key_start = _H264_SPS in types or (idr and starts_au is not None)
                 data = h264_depayload(payload) if data is None else data

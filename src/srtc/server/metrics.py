@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
+def percentile(values: Sequence[float] | np.ndarray, q: float) -> float | None:
     """The q-th percentile (0..100), or None when there is nothing to summarise."""
     if len(values) == 0:
         return None

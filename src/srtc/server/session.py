@@ -72,7 +72,7 @@ class Session:
     def __init__(
         self,
         upscaler: Upscaler,
-        on_closed: Callable[[Session], None],
+        on_closed: Callable[[Session], object],
         connect_timeout_s: float = 30.0,
         network: NetworkControl | None = None,
         resilient: bool = True,
@@ -121,8 +121,9 @@ class Session:
         if self.fanout is None:
             raise OfferError("the uplink m-line does not send video (its direction must be sendonly or sendrecv)")
         if self.network is not None:
-            self.netpath = self.network.attach_peer(self.pc)  # impair what this peer receives
-            self.remb_cap = RembCap(uplink.receiver, lambda: self.network.config.kbps or None)
+            network = self.network  # set once, in __init__
+            self.netpath = network.attach_peer(self.pc)  # impair what this peer receives
+            self.remb_cap = RembCap(uplink.receiver, lambda: network.config.kbps or None)
         if self.resilient:
             # NACK with re-NACKs, an RTT-tied give-up, PLI and skip-to-keyframe, instead of aiortc's stall.
             self.receiver = attach(
@@ -293,7 +294,8 @@ def _forward(transceiver: RTCRtpTransceiver, track: ForwardTrack, rates: ReturnB
     """Send ``track``'s frames as they are; the viewer's keyframe requests go to the uplink's sender."""
     sender = transceiver.sender
     sender.replaceTrack(track)
-    sender._send_keyframe = track.request_keyframe  # aiortc calls it on a PLI or FIR for this stream
+    # aiortc calls it on a PLI or FIR for this stream
+    sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]  # replaces an aiortc private method
     rates.add_forwarded("raw", sender, track.bitrate_bps)
     transceiver.direction = "sendonly"
 

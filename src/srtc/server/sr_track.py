@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import av
 from aiortc import MediaStreamTrack
 
-from .budget import StageTimes
+from .budget import FrameTimes, StageTimes
 from .engine import BicubicUpscaler, Upscaler
 from .fanout import LatestFrame, TimedFrame
 from .governor import BICUBIC, FAST, GENERATOR, LoadGovernor
@@ -49,7 +49,7 @@ class SlotTrack(MediaStreamTrack):
         self.freezes = FreezeDetector()  # on frames handed to the encoder: what the viewer gets
         self.latency_ms = RollingSamples()  # arrival of the decoded frame -> handed to the encoder
         self.budget = StageTimes()
-        self._in_encoder: dict | None = None  # the points in time of the frame aiortc is encoding / sending
+        self._in_encoder: FrameTimes | None = None  # the points in time of the frame aiortc is encoding / sending
 
     async def recv(self) -> av.VideoFrame:
         self._sent()

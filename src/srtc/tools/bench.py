@@ -88,7 +88,7 @@ def video_frames(path: Path, count: int) -> list[av.VideoFrame]:
 
     Frames whose luma is nearly flat (the clip opens on black) are skipped: they time nothing real.
     """
-    frames = []
+    frames: list[av.VideoFrame] = []
     with av.open(str(path)) as container:
         for decoded in container.decode(video=0):
             rgb = _cover(decoded.to_ndarray(format="rgb24"), WIDTH, HEIGHT)
@@ -101,12 +101,17 @@ def video_frames(path: Path, count: int) -> list[av.VideoFrame]:
     return frames
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    """A picture file as RGB (cv2.error when it cannot be read, as cvtColor raises on imread's None)."""
+    bgr = cv2.imread(str(path))
+    if bgr is None:
+        raise cv2.error(f"cannot read {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def sample_frames(count: int) -> list[av.VideoFrame]:
     """Fallback without ../shared: the page's sample photographs, cover-cropped, cycled."""
-    photos = [
-        _cover(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), WIDTH, HEIGHT)
-        for p in sorted(SAMPLES.glob("*.jpg"))
-    ]
+    photos = [_cover(_read_rgb(p), WIDTH, HEIGHT) for p in sorted(SAMPLES.glob("*.jpg"))]
     if not photos:
         raise FileNotFoundError(f"no benchmark content: neither {VIDEO} nor {SAMPLES}/*.jpg")
     return [_to_frame(photos[i % len(photos)], i) for i in range(count)]
@@ -469,10 +474,10 @@ def faster_equal_or_better(rows: list[Row]) -> list[dict]:
             best = min(good, key=lambda r: r.p50_ms)
             entry["reason"] = f"{best.name} is as good but slower ({best.p50_ms:.1f} ms vs {peer.p50_ms:.1f} ms)"
         elif ours:
-            best = {s: max((r.psnr or {}).get(s, float("-inf")) for r in ours) for s in QUALITY_SETS}
+            top = {s: max((r.psnr or {}).get(s, float("-inf")) for r in ours) for s in QUALITY_SETS}
             entry["reason"] = (
                 "no project model reaches the peer's quality (best Set5 "
-                f"{best['Set5']:.2f} vs {ppsnr['Set5']:.2f}, Set14 {best['Set14']:.2f} vs "
+                f"{top['Set5']:.2f} vs {ppsnr['Set5']:.2f}, Set14 {top['Set14']:.2f} vs "
                 f"{ppsnr['Set14']:.2f})"
             )
         else:

@@ -43,7 +43,7 @@ def measure(encoder: Vp8Encoder, frames: Sequence[av.VideoFrame]) -> dict:
         for out in decoder.decode(av.Packet(data)):
             a = out.to_ndarray(format="gray").astype(np.float64)
             b = frame.to_ndarray(format="gray").astype(np.float64)
-            scores.append(10.0 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-10)))
+            scores.append(10.0 * np.log10(255.0**2 / max(float(np.mean((a - b) ** 2)), 1e-10)))
     return {
         "encode_ms_p50": round(statistics.median(times[4:]), 2),
         "psnr_y": round(float(np.mean(scores[4:])), 2),

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import av
@@ -86,7 +87,7 @@ class ArrivalWatch:
         if original is None:
             return
 
-        async def handle(packet, *args, **kwargs):  # type: ignore[no-untyped-def]
+        async def handle(packet, *args, **kwargs):
             if getattr(packet, "marker", 0) and packet.timestamp not in self.times:
                 self.times[packet.timestamp] = time.monotonic()
                 if len(self.times) > self.MAX_PENDING:
@@ -253,7 +254,7 @@ async def consume(
     """Read a returned track until it ends, measuring every frame as soon as it is out of the decoder."""
     while True:
         try:
-            frame = await track.recv()
+            frame = cast(av.VideoFrame, await track.recv())  # the returned streams are video tracks
         except MediaStreamError:
             return
         received = time.monotonic()
@@ -420,7 +421,8 @@ async def run_probe(
     streams = {name: StreamStats(name) for name in STREAM_INDEX.values()}
     gain = GeneratorGain(generator) if generator is not None else None
     bank = FrameBank(FULL_W, FULL_H, limit=vmaf_frames) if vmaf_available(vmaf) else None
-    for holder in [*streams.values(), *([gain] if gain is not None else [])]:
+    holders: list[StreamStats | GeneratorGain] = [*streams.values(), *([gain] if gain is not None else [])]
+    for holder in holders:
         holder.vmaf_bank = bank
     pc = RTCPeerConnection()
     tasks: list[asyncio.Task] = []
@@ -436,7 +438,7 @@ async def run_probe(
         transceivers = pc.getTransceivers()
         index = next((i for i, t in enumerate(transceivers) if t.receiver.track is track), None)
         name = STREAM_INDEX.get(index) if index is not None else None
-        if name is None:
+        if index is None or name is None:
             log.warning("unexpected %s track on transceiver %s, ignored", track.kind, index)
             return
         receiver = transceivers[index].receiver
@@ -471,8 +473,12 @@ async def run_probe(
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id)
             network = await network_report(http, url, pc, uplink)
-            if network_change is not None and change.done() and not change.cancelled() and change.result():
-                changed_at = change.result()
+            if (
+                network_change is not None
+                and change.done()
+                and not change.cancelled()
+                and (changed_at := change.result())
+            ):
                 network["change"] = {
                     "after_s": network_change[0],
                     "settings": network_change[1],

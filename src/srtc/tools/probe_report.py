@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -437,6 +438,10 @@ def _fmt(value: object, digits: int = 1) -> str:
     return str(value)
 
 
+@overload
+def _finite(value: dict) -> dict: ...
+@overload
+def _finite(value: object) -> object: ...
 def _finite(value: object) -> object:
     """JSON has no inf/NaN: such figures become None."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -266,7 +266,7 @@ class NumberedTrack(VideoStreamTrack):
         self.done = asyncio.Event()
         self._next: float | None = None
 
-    async def recv(self) -> av.VideoFrame:  # type: ignore[override]
+    async def recv(self) -> av.VideoFrame:
         now = time.monotonic()
         if self._next is None:
             self._next = now

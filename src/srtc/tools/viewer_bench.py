@@ -55,6 +55,7 @@ def start_server(args: list[str], timeout_s: float = 60.0) -> tuple[subprocess.P
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            assert proc.stderr is not None  # stderr=PIPE
             raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
         try:
             with urllib.request.urlopen(url + "/", timeout=2):

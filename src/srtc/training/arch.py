@@ -7,6 +7,8 @@ says which.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from .fullres import FullResSR, fused_full_res
@@ -57,5 +59,5 @@ def fused(model: QuarterResSR | FullResSR, dense_tail: bool = False) -> QuarterR
     in onnxruntime; see ``QuarterResSR``). A full-resolution model has no such tail.
     """
     if getattr(model, "full_res", False):  # QAT wrappers carry the flag too
-        return fused_full_res(model)
-    return fused_quarter_res(model, dense_tail)
+        return fused_full_res(cast(FullResSR, model))
+    return fused_quarter_res(cast(QuarterResSR, model), dense_tail)

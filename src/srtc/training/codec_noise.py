@@ -57,7 +57,7 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(clip: Clip) -> dict:
     """The figures above, averaged over the clip's consecutive frame pairs (MSEs averaged before dB)."""
-    mse = {"decoded": [], "fused_static": [], "fused_aligned": []}
+    mse: dict[str, list[np.floating]] = {"decoded": [], "fused_static": [], "fused_aligned": []}
     share, share_aligned, corr_static, corr_aligned = [], [], [], []
     for t in range(1, len(clip.decoded_y)):
         src, src0 = clip.lr_y[t].astype(np.float64), clip.lr_y[t - 1].astype(np.float64)

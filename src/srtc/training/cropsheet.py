@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -70,7 +71,7 @@ def with_luma(base: Image.Image, y: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(rgb + delta[..., None]), 0, 255).astype(np.uint8))
 
 
-def font(size: int = 14) -> ImageFont.ImageFont:
+def font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """PIL's bundled font (no system fonts needed), scaled where this Pillow can."""
     try:
         return ImageFont.load_default(size=size)
@@ -78,9 +79,9 @@ def font(size: int = 14) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def tile(img: Image.Image, label: str, zoom: int, fnt: ImageFont.ImageFont) -> Image.Image:
+def tile(img: Image.Image, label: str, zoom: int, fnt: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> Image.Image:
     """One enlarged crop with its label above."""
-    big = img.convert("RGB").resize((img.width * zoom, img.height * zoom), Image.NEAREST)
+    big = img.convert("RGB").resize((img.width * zoom, img.height * zoom), Image.Resampling.NEAREST)
     out = Image.new("RGB", (big.width, big.height + LABEL_H), BG)
     ImageDraw.Draw(out).text((2, 2), label, fill=FG, font=fnt)
     out.paste(big, (0, LABEL_H))
@@ -96,7 +97,7 @@ def sheet_row(
     crop: int,
     zoom: int,
     box: tuple[int, int] | None,
-    fnt: ImageFont.ImageFont,
+    fnt: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     pick: str = "detail",
 ) -> tuple[list[Image.Image], dict]:
     """The tiles of one image (LR made as ``srtc.training.evaluate`` makes it) and their crop PSNRs."""
@@ -112,7 +113,7 @@ def compare_row(
     crop: int,
     zoom: int,
     box: tuple[int, int] | None,
-    fnt: ImageFont.ImageFont,
+    fnt: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     pick: str = "detail",
 ) -> tuple[list[Image.Image], dict]:
     """The tiles of one HR / LR pair (RGB, or L for luma-only video frames) and their crop PSNRs."""
@@ -157,7 +158,7 @@ def make_sheet(
     zoom: int = 3,
     boxes: list[tuple[int, int]] | None = None,
     pick: str = "detail",
-    frames: list[tuple] = (),
+    frames: Sequence[tuple] = (),
 ) -> tuple[Image.Image, list[dict]]:
     """The grid (rows: images, then video ``frames``; columns: HR, bicubic, models) and the per-crop PSNRs."""
     fnt = font()

@@ -134,7 +134,7 @@ def pack_pairs(root: str | Path, out: str | Path) -> int:
         names.append(name)
         arrays[f"lr{i}"] = np.rint(lr * 255.0).astype(np.uint8)
         arrays[f"hr{i}"] = np.clip(np.rint(hr * 255.0), 0, 255).astype(np.uint8)
-    np.savez_compressed(out, names=np.array(names), **arrays)
+    np.savez_compressed(out, names=np.array(names), **arrays)  # type: ignore[arg-type]  # numpy stub's allow_pickle
     return len(names)
 
 

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -45,6 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import imaging
 from .data import crop_pair
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +190,9 @@ def stream_kbps(kbps: float, width: int, height: int) -> float:
     return kbps * width * height / REF_PIXELS
 
 
-def open_encoder(codec: str, width: int, height: int, kbps: float, speed: str) -> av.CodecContext:
+def open_encoder(codec: str, width: int, height: int, kbps: float, speed: str) -> av.VideoCodecContext:
     """A realtime encoder like WebRTC's: one thread (deterministic), no lookahead, no B-frames."""
-    ctx = av.CodecContext.create(codec, "w")
+    ctx = cast(av.VideoCodecContext, av.CodecContext.create(codec, "w"))  # CODECS are video codecs
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
     ctx.time_base = Fraction(1, FPS)
     ctx.framerate = Fraction(FPS, 1)
@@ -220,7 +222,7 @@ def encode_decode(lrs: list[Image.Image], codec: str, kbps: float, speed: str) -
     """Encode LR frames as one realtime stream and decode it: decoded Y planes and frame types."""
     w, h = lrs[0].size
     enc = open_encoder(codec, w, h, kbps, speed)
-    dec = av.CodecContext.create(DECODERS[codec], "r")
+    dec = cast(av.VideoCodecContext, av.CodecContext.create(DECODERS[codec], "r"))  # a video decoder
     packets: list[av.Packet] = []
     for t, lr in enumerate(lrs):
         frame = to_yuv420p(lr)
@@ -255,6 +257,7 @@ def degrade(
     lrs = [downscale(hr, kernel) for hr in hrs]
     if codec is None:
         return [imaging.luma_u8(lr) for lr in lrs], ["clean"] * len(lrs)
+    assert kbps is not None and speed is not None  # a codec comes with its bitrate and speed (plan_pair)
     w, h = lrs[0].size
     return encode_decode(lrs, codec, stream_kbps(kbps, w, h), speed)
 
@@ -282,10 +285,11 @@ def plan_pair(index: int, seed: int, cfg: DegradeConfig, images: list[Path], vid
     pan = (0, 0)
     if clip and not use_video:
         while pan == (0, 0):
-            pan = tuple(
+            dx, dy = (
                 int(v) * SCALE * int(rng.choice((-1, 0, 1)))
                 for v in rng.integers(cfg.pan_px[0], cfg.pan_px[1] + 1, size=2)
             )
+            pan = (dx, dy)
     if use_video:
         path, count = videos[int(rng.integers(len(videos)))]
         start = int(rng.integers(max(count - frames, 0) + 1))
@@ -339,8 +343,12 @@ def pair_path(folder: Path, index: int) -> Path:
 def write_pair(path: Path, pair: Pair) -> None:
     """Write atomically, so an interrupted build never leaves a half pair that a resume trusts."""
     tmp = path.with_name(path.stem + ".tmp.npz")
-    prev = {"lr_prev": pair.lr_prev, "hr_prev": pair.hr_prev} if pair.has_prev else {}
-    np.savez_compressed(tmp, lr=pair.lr, hr=pair.hr, meta=np.array(json.dumps(pair.meta)), **prev)
+    prev: dict[str, np.ndarray] = {}
+    if pair.has_prev:
+        assert pair.lr_prev is not None and pair.hr_prev is not None  # what has_prev means
+        prev = {"lr_prev": pair.lr_prev, "hr_prev": pair.hr_prev}
+    arrays = {"lr": pair.lr, "hr": pair.hr, "meta": np.array(json.dumps(pair.meta)), **prev}
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # numpy stub: a **dict could fill allow_pickle
     tmp.replace(path)
 
 
@@ -362,7 +370,7 @@ def check_manifest(out: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         keys = ("config_hash", "seed", "images", "videos")
         if any(old.get(k) != manifest.get(k) for k in keys):
-            raise SystemExit(f"{out} holds pairs made with other settings; use another --out or delete it")
+            raise ConfigError(f"{out} holds pairs made with other settings; use another --out or delete it")
 
 
 def build_cache(
@@ -479,6 +487,7 @@ class CodecPatchPairs(torch.utils.data.Dataset):
                 log.warning("skipping %s: smaller than the %d px patch", path, patch)
                 continue
             if pair.has_prev:
+                assert pair.lr_prev is not None and pair.hr_prev is not None  # what has_prev means
                 self.clips[len(self.hr)] = (
                     np.stack([pair.lr_prev, pair.lr], axis=-1),
                     np.stack([pair.hr_prev, pair.hr], axis=-1),
@@ -583,7 +592,10 @@ def main(argv: list[str] | None = None) -> None:
         codecs=tuple(ENCODERS[c] for c in dict.fromkeys(args.codecs)),
     )
     out = args.out or default_cache_dir(cfg, args.seed)
-    build_cache(out, args.images or None, args.videos or None, args.pairs, args.seed, cfg)
+    try:
+        build_cache(out, args.images or None, args.videos or None, args.pairs, args.seed, cfg)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from srtc.runtime import LumaRunner
 from srtc.zoo import resolve
 
 from . import imaging, quality
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def evaluate(samples: list[Sample], upscale: Upscaler, full: bool = False) -> di
     With ``full``, the result also has ``metrics`` ({"model": means, "bicubic": means}) and each
     image row has ``metrics`` of both.
     """
-    rows = []
+    rows: list[dict] = []
     for s in samples:
         sr = to_display(upscale(s.lr_y))
         if sr.shape != s.hr_y.shape:
@@ -160,7 +161,7 @@ def onnx_upscaler(path: str | Path, threads: int = 2) -> Upscaler:
 def bicubic_luma(lr_y: np.ndarray) -> np.ndarray:
     """PIL bicubic x2 of a uint8 luma plane (the SR-off path on decoded video), as an ``Upscaler``."""
     img = Image.fromarray(lr_y)
-    return np.asarray(img.resize((img.width * SCALE, img.height * SCALE), Image.BICUBIC), np.float64) / 255.0
+    return np.asarray(img.resize((img.width * SCALE, img.height * SCALE), Image.Resampling.BICUBIC), np.float64) / 255.0
 
 
 # ---------------------------------------------------------------- codec path
@@ -224,7 +225,8 @@ def load_clip(
         raise FileNotFoundError(f"video not found: {path}")
     check_codec(codec)
     start = first_content_frame(path) if start is None else start
-    hr_y, lrs = [], []
+    hr_y: list[np.ndarray] = []
+    lrs: list[Image.Image] = []
     for i, frame in degrade.iter_video_frames(path):
         if i < start:
             continue
@@ -380,7 +382,7 @@ def run(args: argparse.Namespace) -> dict:
     names = [str(name) for name in getattr(args, "compare", [])]
     compare = {name: resolve(name) for name in names}
     if model_name in compare or len(compare) < len(names):
-        raise SystemExit("--compare: each model once, and not the --model itself")
+        raise ConfigError("--compare: each model once, and not the --model itself")
     upscalers.update({name: onnx_upscaler(p, args.threads) for name, p in compare.items()})
     result: dict = {
         "model": model_name,
@@ -489,7 +491,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.images and not args.video and not args.pan:
         raise SystemExit("nothing to evaluate: give --images, --video and/or --pan")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    result = run(args)
+    try:
+        result = run(args)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()

@@ -19,6 +19,8 @@ With ``mix=16`` those padded channels become an extra nonlinear layer; the 1x1 c
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,7 +58,7 @@ class FullResSR(nn.Module):
         self.tail = conv(widths[-1], mix or 4)
         self.mix = nn.Conv2d(mix, 4, 1) if mix else None
         self.shift = 0.5
-        start_as_nearest(self.mix if mix else self.tail)
+        start_as_nearest(self.mix if self.mix is not None else self.tail)
 
     @property
     def mix_width(self) -> int:
@@ -85,9 +87,12 @@ def fused_full_res(model: FullResSR) -> FullResSR:
     plain.shift = model.shift
     pairs = [(model.head, plain.head), *zip(model.body, plain.body), (model.tail, plain.tail)]
     if model.mix is not None:
+        assert plain.mix is not None  # built with model's mix width
         pairs.append((model.mix, plain.mix))
     for src, dst in pairs:
-        conv = src.fuse() if isinstance(src, ECB) else src
-        dst.weight.copy_(conv.weight)
-        dst.bias.copy_(conv.bias)
+        conv = src.fuse() if isinstance(src, ECB) else cast(nn.Conv2d, src)  # not an ECB: a plain conv
+        target = cast(nn.Conv2d, dst)  # the plain net has plain convs only
+        assert conv.bias is not None and target.bias is not None  # every conv is built with a bias
+        target.weight.copy_(conv.weight)
+        target.bias.copy_(conv.bias)
     return plain.train(model.training)

@@ -32,10 +32,9 @@ a weight, 0 switches it off, so an ablation is a list of commands differing in o
 Checkpoints (``last.pt`` every ``--save-every`` steps, ``best.pt`` by Set5 PSNR-Y) hold the
 generator, its EMA, the discriminator and both optimisers, the RNG states and the step, so
 ``--resume`` continues exactly; ``srtc.training.export`` exports the EMA weights when present, fused.
-Each step: D(HR) once with gradients (used detached by G, with gradients by D, as D does not
-change in between), D(SR) for G with D frozen, D(SR.detach()) for D: three D passes, not four.
-(One batched D pass on [HR; SR] with G's and D's gradients taken separately by autograd.grad was
-tried and ran slower on CPU: 1.1-1.2 against 1.3-1.6 steps/s.)
+Each step runs the discriminator three times, not four (see ``GanStage``). (One batched D pass on
+[HR; SR] with G's and D's gradients taken separately by autograd.grad was tried and ran slower on CPU:
+1.1-1.2 against 1.3-1.6 steps/s.)
 
 CPU speed, 1 thread, batch 16, patch 96, while another process used the other core: 4.1
 steps/s with ``--d-base 16`` (the default), 1.3-1.6 with 32; the discriminator is most of it.
@@ -46,35 +45,81 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import shlex
 import sys
-import time
-from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import losses as L
 from .arch import build, count_macs, count_params, fused
 from .discriminator import PatchDiscriminator
 from .evaluate import evaluate, load_samples
-from .train import (
-    checkpoint,
-    cosine_lr,
-    load_training_data,
-    save,
-    temporal_loss,
-    torch_upscaler,
-)
+from .loop import ConfigError, Schedule, cosine_lr, prepare, run, torch_upscaler
+from .sources import DataConfig, load_training_data
 
 log = logging.getLogger(__name__)
 
 REMEDIES = ("pixel", "patch_anchor", "down", "grad", "artifact", "flat", "fm", "adv")
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Stage 2's settings, checked at the edge (:meth:`from_args`)."""
+
+    schedule: Schedule
+    data: DataConfig
+    init: str | None = None  # the stage-1 checkpoint to start from (not needed to resume)
+    val: str = "../shared/data/benchmarks/Set5"
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    d_base: int = 16
+    pixel: float = 1.0
+    patch_anchor: float = 1.0
+    down: float = 1.0
+    down_kernel: str = "bicubic"
+    down_target: str = "clean"
+    grad: float = 0.5
+    artifact: float = 0.0
+    flat: float = 0.0
+    fm: float = 0.1
+    adv: float = 5e-3
+    gan: str = "ragan"
+    adv_inputs: str = "all"
+    ema: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.adv_inputs == "clean" and not self.data.pairs:
+            raise ConfigError("--adv-inputs clean needs a codec-aware pair cache (--pairs)")
+        if self.artifact and not self.ema:
+            raise ConfigError("--artifact needs the generator EMA (--ema > 0)")
+        if self.gan not in L.ADVERSARIAL or not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"--gan must be one of {sorted(L.ADVERSARIAL)} and --ema in [0, 1)")
+        if any(getattr(self, name) < 0 for name in REMEDIES):
+            raise ConfigError("loss weights must be >= 0 (0 switches a term off)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GanConfig:
+        schedule = Schedule(Path(args.out), args.steps, val_every=args.val_every, save_every=args.save_every,
+                            seed=args.seed, threads=args.threads, resume=args.resume)  # fmt: skip
+        data = DataConfig(args.data, args.pairs, args.patch, args.batch, args.limit_images,
+                          temporal=args.temporal, temporal_batch=args.temporal_batch)  # fmt: skip
+        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("schedule", "data")}
+        return cls(schedule, data, **own)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as one flat dict, as checkpoints keep them (``"args"``)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("schedule", "data")}
+        return {**asdict(self.schedule), "out": str(self.schedule.out), **asdict(self.data), **own}
+
+
+def parse_config(argv: list[str]) -> GanConfig:
+    """The command line's settings; :class:`ConfigError` when they do not fit together."""
+    return GanConfig.from_args(make_parser().parse_args(argv))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -150,9 +195,9 @@ def make_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def loss_weights(args: argparse.Namespace) -> dict[str, float]:
+def loss_weights(cfg: GanConfig) -> dict[str, float]:
     """Weights of the generator's loss terms; a term with weight 0 is not computed at all."""
-    return {name: float(getattr(args, name)) for name in REMEDIES}
+    return {name: float(getattr(cfg, name)) for name in REMEDIES}
 
 
 def generator_terms(
@@ -204,7 +249,7 @@ def generator_terms(
             terms["adv"] = L.ADVERSARIAL[gan][1](real_logits.detach(), fake_logits)
         if "fm" in w:
             terms["fm"] = L.feature_matching(fake_feats, real_feats)
-    terms["total"] = sum(w[k] * terms[k] for k in w)
+    terms["total"] = cast(torch.Tensor, sum(w[k] * terms[k] for k in w))
     return terms
 
 
@@ -226,202 +271,158 @@ def load_init(path: str | Path, device: torch.device) -> tuple[dict, dict]:
     return ckpt["config"], ckpt.get("ema") or ckpt["model"]
 
 
-def train_gan(args: argparse.Namespace, command: str = "") -> dict:
-    """Run (or resume) stage 2; returns per-step loss records, the best PSNR, steps and wall time."""
-    if args.temporal and not args.pairs:
-        raise SystemExit("--temporal needs consecutive coded frames: give --pairs (a cache with clips)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resume = args.resume and (out / "last.pt").is_file()
-    ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False) if resume else None
-    if ckpt is None:
-        if not args.init:
-            raise SystemExit("--init CKPT (a stage-1 checkpoint) is needed to start stage 2")
-        config, gen_state = load_init(args.init, device)
-    else:
-        config, gen_state = ckpt["config"], ckpt["model"]
+class GanStage:
+    """Stage 2 for the loop: the generator (with its EMA), the patch discriminator, and both optimisers.
 
-    gen = build(config).to(device)
-    gen.load_state_dict(gen_state)
-    ema = copy.deepcopy(gen).requires_grad_(False) if args.ema else None
-    disc = PatchDiscriminator(args.d_base).to(device)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr_g, betas=(0.9, 0.99))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
-    rng = np.random.default_rng(args.seed)
-    step, best, elapsed = 0, -math.inf, 0.0
-    weights = loss_weights(args)
-    if args.adv_inputs == "clean" and not args.pairs:
-        raise SystemExit("--adv-inputs clean needs a codec-aware pair cache (--pairs)")
-    if weights["artifact"] and ema is None:
-        raise SystemExit("--artifact needs the generator EMA (--ema > 0)")
-    if ckpt is not None:
+    Each step: D(HR) once with gradients (used detached by G, with gradients by D, as D does not change
+    in between), D(SR) for G with D frozen, D(SR.detach()) for D: three D passes, not four.
+    """
+
+    label = "gan"
+    headline = "total"
+
+    def __init__(self, cfg: GanConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        last = cfg.schedule.out / "last.pt"
+        if cfg.schedule.resume and last.is_file():
+            ckpt = torch.load(last, map_location=device, weights_only=False)
+            self.config, gen_state = ckpt["config"], ckpt["model"]
+        elif cfg.init:
+            self.config, gen_state = load_init(cfg.init, device)
+        else:
+            raise ConfigError("--init CKPT (a stage-1 checkpoint) is needed to start stage 2")
+        self.gen = build(self.config).to(device)
+        self.gen.load_state_dict(gen_state)
+        self.ema = copy.deepcopy(self.gen).requires_grad_(False) if cfg.ema else None
+        self.disc = PatchDiscriminator(cfg.d_base).to(device)
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr_g, betas=(0.9, 0.99))
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99))
+        self.rng = np.random.default_rng(cfg.schedule.seed)
+        self.weights = loss_weights(cfg)
+        plain = fused(self.gen).cpu()
+        log.info("generator %s: %d params at inference, %.3f GMAC at 640x360; discriminator %d params; "
+                 "weights %s, %s, EMA %s, device %s", self.config, count_params(plain), count_macs(plain) / 1e9,
+                 count_params(self.disc), {k: v for k, v in self.weights.items() if v}, cfg.gan, cfg.ema or "off",
+                 device)  # fmt: skip
+        self.data = load_training_data(cfg.data, cfg.schedule.seed)
+        self.val = load_samples(cfg.val) if cfg.val else []
+        self.val_name = Path(cfg.val).name
+        self.d_loss_fn = L.ADVERSARIAL[cfg.gan][0]
+        self.needs_disc = bool(self.weights["adv"] or self.weights["fm"])
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "model": self.gen.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "disc": self.disc.state_dict(),
+            "d_base": self.cfg.d_base,
+            "optimizer": self.opt_g.state_dict(),
+            "optimizer_d": self.opt_d.state_dict(),
+            "weights": self.weights,
+            "temporal": self.cfg.data.temporal,
+            "stage": "gan",
+            "init": self.cfg.init,
+        }
+
+    def load(self, ckpt: dict[str, Any]) -> None:
         if (
-            {k: ckpt["weights"].get(k, 0.0) for k in weights} != weights
-            or ckpt["d_base"] != args.d_base
-            or ckpt.get("temporal", 0.0) != args.temporal
+            {k: ckpt["weights"].get(k, 0.0) for k in self.weights} != self.weights
+            or ckpt["d_base"] != self.cfg.d_base
+            or ckpt.get("temporal", 0.0) != self.cfg.data.temporal
         ):
-            raise SystemExit(
+            raise ConfigError(
                 f"loss weights / --temporal / --d-base differ from the checkpoint's {ckpt['weights']}, "
                 f"temporal {ckpt.get('temporal', 0.0)}, d-base {ckpt['d_base']}"
             )
-        disc.load_state_dict(ckpt["disc"])
-        opt_g.load_state_dict(ckpt["optimizer"])
-        opt_d.load_state_dict(ckpt["optimizer_d"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"] or ckpt["model"])
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
-        command = ckpt.get("command", command)
-        log.info("resumed from %s at step %d", out / "last.pt", step)
+        self.gen.load_state_dict(ckpt["model"])
+        self.disc.load_state_dict(ckpt["disc"])
+        self.opt_g.load_state_dict(ckpt["optimizer"])
+        self.opt_d.load_state_dict(ckpt["optimizer_d"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"] or ckpt["model"])
 
-    plain = fused(gen).cpu()
-    log.info(
-        "generator %s: %d params at inference, %.3f GMAC at 640x360; discriminator %d params; "
-        "weights %s, %s, EMA %s, device %s",
-        config,
-        count_params(plain),
-        count_macs(plain) / 1e9,
-        count_params(disc),
-        {k: v for k, v in weights.items() if v},
-        args.gan,
-        args.ema or "off",
-        device,
-    )
-    data = load_training_data(args)
-    val = load_samples(args.val) if args.val else []
-    d_loss_fn = L.ADVERSARIAL[args.gan][0]
-    needs_disc = bool(weights["adv"] or weights["fm"])
+    def begin(self) -> float | None:
+        return None
 
-    def state(best: float) -> dict:
-        return {
-            "config": config,
-            "model": gen.state_dict(),
-            "ema": ema.state_dict() if ema else None,
-            "disc": disc.state_dict(),
-            "d_base": args.d_base,
-            "optimizer": opt_g.state_dict(),
-            "optimizer_d": opt_d.state_dict(),
-            "weights": weights,
-            "temporal": args.temporal,
-            "stage": "gan",
-            "init": args.init,
-            "rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "best_psnr": best,
-            "elapsed_s": elapsed + time.perf_counter() - t0,
-            "command": command,
-            "args": vars(args),
-        }
+    def set_rates(self, step: int, total: int) -> None:
+        for opt, peak in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, total, peak, 0.01 * peak)
 
-    def validate() -> float:
-        model = ema if ema is not None else gen
+    def step(self) -> dict[str, torch.Tensor]:
+        cfg, device, weights, disc = self.cfg, self.device, self.weights, self.disc
+        judged = None
+        if cfg.adv_inputs == "clean":
+            lr_b, hr_b, coded = self.data.sample_coded(cfg.data.batch, self.rng)
+            judged = ~coded.to(device)
+        else:
+            lr_b, hr_b = self.data.sample(cfg.data.batch, self.rng)
+        lr_b, hr_b = lr_b.to(device, non_blocking=True), hr_b.to(device, non_blocking=True)
+        judge = self.needs_disc and (judged is None or bool(judged.any()))
+        sr = self.gen(lr_b)
+        ema_sr = None
+        if weights["artifact"] and self.ema is not None:
+            with torch.no_grad():
+                ema_sr = self.ema(lr_b)
+        real = disc(judged_only(hr_b, judged)) if judge else None  # with D gradients: reused by the D step
+
+        disc.requires_grad_(False)
+        terms = generator_terms(sr, hr_b, lr_b, weights, disc, real, cfg.gan, cfg.down_kernel, cfg.down_target,
+                                ema_sr, judged)  # fmt: skip
+        if cfg.data.temporal:
+            terms["temporal"] = L.temporal_loss(self.gen, self.data, cfg.data.temporal_batch, self.rng, device)
+            terms["total"] = terms["total"] + cfg.data.temporal * terms["temporal"]
+        self.opt_g.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.opt_g.step()
+        disc.requires_grad_(True)
+        if self.ema is not None:
+            ema_update(self.ema, self.gen, cfg.ema)
+
+        record = {k: v.detach() for k, v in terms.items()}
+        if weights["adv"] and judge and real is not None:
+            fake_logits, _ = disc(judged_only(sr.detach(), judged))
+            loss_d = self.d_loss_fn(real[0], fake_logits)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+            record["d"] = loss_d.detach()
+        return record
+
+    def validate(self) -> float | None:
+        if not self.val:
+            return None
+        model = self.ema if self.ema is not None else self.gen
         model.eval()
-        psnr = evaluate(val, torch_upscaler(model, device))["model"]
-        gen.train()
+        psnr = evaluate(self.val, torch_upscaler(model, self.device))["model"]
+        self.gen.train()
         return psnr
 
-    records: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    t_rate, s_rate = t0, step
-    gen.train()
-    disc.train()
-    with (
-        logging_redirect_tqdm(),
-        tqdm(total=args.steps, initial=step, desc="gan", unit="step", dynamic_ncols=True) as bar,
-    ):
-        while step < args.steps:
-            for opt, peak in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(step, args.steps, peak, 0.01 * peak)
-            judged = None
-            if args.adv_inputs == "clean":
-                lr_b, hr_b, coded = data.sample_coded(args.batch, rng)
-                judged = ~coded.to(device)
-            else:
-                lr_b, hr_b = data.sample(args.batch, rng)
-            lr_b, hr_b = lr_b.to(device, non_blocking=True), hr_b.to(device, non_blocking=True)
-            judge = needs_disc and (judged is None or bool(judged.any()))
-            sr = gen(lr_b)
-            ema_sr = None
-            if weights["artifact"]:
-                with torch.no_grad():
-                    ema_sr = ema(lr_b)
-            # With D gradients: reused by the D step.
-            real = disc(judged_only(hr_b, judged)) if judge else None
 
-            disc.requires_grad_(False)
-            terms = generator_terms(
-                sr, hr_b, lr_b, weights, disc, real, args.gan, args.down_kernel, args.down_target, ema_sr, judged
-            )
-            if args.temporal:
-                terms["temporal"] = temporal_loss(gen, data, args.temporal_batch, rng, device)
-                terms["total"] = terms["total"] + args.temporal * terms["temporal"]
-            opt_g.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            opt_g.step()
-            disc.requires_grad_(True)
-            if ema is not None:
-                ema_update(ema, gen, args.ema)
-
-            record = {k: v.item() for k, v in terms.items()}
-            if weights["adv"] and judge:
-                fake_logits, _ = disc(judged_only(sr.detach(), judged))
-                loss_d = d_loss_fn(real[0], fake_logits)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                record["d"] = loss_d.item()
-            if not all(math.isfinite(v) for v in record.values()):
-                raise FloatingPointError(f"non-finite loss at step {step}: {record}")
-            records.append(record)
-            step += 1
-            bar.update(1)
-            if step % 20 == 0 or step == args.steps:
-                now = time.perf_counter()
-                rate = (step - s_rate) / max(now - t_rate, 1e-9)
-                t_rate, s_rate = now, step
-                recent = defaultdict(list)
-                for r in records[-100:]:
-                    for k, v in r.items():
-                        recent[k].append(v)
-                bar.set_postfix({k: f"{np.mean(v):.4g}" for k, v in recent.items()} | {"steps/s": f"{rate:.2f}"})
-            best = checkpoint(
-                step,
-                args,
-                out,
-                state,
-                validate if val else None,
-                best,
-                lambda psnr, top: (
-                    f"total {np.mean([r['total'] for r in records[-args.val_every :]]):.5f}, {Path(args.val).name} "
-                    f"PSNR-Y {psnr:.3f} dB (best {top:.3f}), "
-                    f"{len(records) / max(time.perf_counter() - t0, 1e-9):.2f} steps/s this session"
-                ),
-            )
-    wall = time.perf_counter() - t0
-    if not val:
-        save(out / "best.pt", **state(best))
-    log.info(
-        "done: %d steps, %.2f steps/s this session, %.1f min wall in total, best PSNR-Y %.3f dB",
-        step,
-        len(records) / max(wall, 1e-9),
-        (elapsed + wall) / 60,
-        best,
-    )
-    return {"records": records, "best_psnr": best, "steps": step, "wall_s": elapsed + wall}
+def train_gan(cfg: GanConfig, command: str = "") -> dict:
+    """Run (or resume) stage 2; returns per-step loss records, the best PSNR, steps and wall time."""
+    device = prepare(cfg.schedule)
+    stage = GanStage(cfg, device)
+    stage.gen.train()
+    stage.disc.train()
+    result = run(stage, cfg.schedule, cfg.record(), command)
+    return {"records": result.records, "best_psnr": result.best_psnr, "steps": result.steps, "wall_s": result.wall_s}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    try:
+        cfg = GanConfig.from_args(parser.parse_args(argv))
+    except ConfigError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     command = "python -m srtc.training.gan " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
-    train_gan(args, command)
+    try:
+        train_gan(cfg, command)
+    except ConfigError as exc:  # no checkpoint to start from, or one that does not fit these settings
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

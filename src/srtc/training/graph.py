@@ -18,6 +18,8 @@ Full-resolution generators (``srtc.training.fullres``) need no padding and keep 
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import onnx
 import torch
@@ -57,6 +59,7 @@ def _identity(name: str, source: str) -> onnx.GraphProto:
 
 def _conv(b: _Builder, name: str, x: str, conv: torch.nn.Conv2d) -> str:
     k = conv.kernel_size[0]
+    assert conv.bias is not None  # the generators' convs are built with a bias
     return b.node(
         "Conv",
         [x, b.const(f"{name}.weight", conv.weight), b.const(f"{name}.bias", conv.bias)],
@@ -103,17 +106,19 @@ def quarter_res_graph(model: QuarterResSR) -> onnx.ModelProto:
     shift = b.node("Constant", [], "shift", value=numpy_helper.from_array(np.array(model.shift, np.float32)))
     f = b.node("Sub", [lr4, shift], "shifted")  # a Constant node: initialisers are the learnt weights
     for name, conv in [("head", model.head), *((f"body.{i}", c) for i, c in enumerate(model.body))]:
-        f = _act(b, f"{name}_act", _conv(b, name, f, conv), model.slope)
+        # Not reparam (checked above): every conv of the net is a plain nn.Conv2d.
+        f = _act(b, f"{name}_act", _conv(b, name, f, cast(torch.nn.Conv2d, conv)), model.slope)
     if model.lr_tail:
         f = _act(b, "expand_act", _conv(b, "expand", f, model.expand), model.slope)
         # The file keeps the learnt tail (and one zero); onnxruntime gathers the dense kernel once, at load.
-        t = model.tail
+        t = cast(torch.nn.Conv2d, model.tail)
+        assert t.bias is not None  # built with a bias
         flat = b.const("tail.flat", torch.cat([t.weight.flatten(), t.bias, t.bias.new_zeros(1)]))
         kernel = b.node("Gather", [flat, b.const("tail.kernel_index", model.tail_kernel_index)], "tail.weight")
         bias = b.node("Gather", [flat, b.const("tail.bias_index", model.tail_bias_index)], "tail.bias")
         sub = b.node("Conv", [f, kernel, bias], "tail_out", kernel_shape=[3, 3], pads=[1] * 4)
     else:
-        sub = _conv(b, "tail", f, model.tail)
+        sub = _conv(b, "tail", f, cast(torch.nn.Conv2d, model.tail))
     nearest = b.node("Gather", [lr4, b.const("nearest_index", model.nearest_index.to(torch.int64))], "nearest", axis=1)
     hr = b.node("DepthToSpace", [b.node("Add", [sub, nearest], "sub_pixels")], "hr", blocksize=4, mode="DCR")
 

@@ -26,11 +26,12 @@ import argparse
 import copy
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
 
-from .arch import build, checkpoint_generator
+from .arch import FullResSR, build, checkpoint_generator
 from .reparam import ECB
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def set_identity(conv: nn.Module, offset: float = 0.0) -> None:
     """Make a square 3x3 conv (plain or ECB) compute its input unchanged, plus ``offset``."""
+    conv = cast("ECB | nn.Conv2d", conv)  # a generator's 3x3 conv is one or the other
     cout, cin = (conv.cout, conv.cin) if isinstance(conv, ECB) else (conv.out_channels, conv.in_channels)
     if cout != cin:
         raise ValueError(f"an identity conv needs as many outputs as inputs, got {cin}->{cout}")
@@ -46,9 +48,11 @@ def set_identity(conv: nn.Module, offset: float = 0.0) -> None:
     eye[:, :, 1, 1] = torch.eye(cout)
     if isinstance(conv, ECB):
         w, b = conv.weight_bias()
+        assert conv.conv3.bias is not None  # built with a bias
         conv.conv3.weight += eye.to(w) - w
         conv.conv3.bias += offset - b
     else:
+        assert conv.bias is not None  # built with a bias
         conv.weight.copy_(eye.to(conv.weight))
         conv.bias.fill_(offset)
 
@@ -56,8 +60,10 @@ def set_identity(conv: nn.Module, offset: float = 0.0) -> None:
 @torch.no_grad()
 def subtract_input_offset(conv: nn.Module, offset: float) -> None:
     """Change a 3x3 conv's bias so that it gives on ``x + offset`` what it gave on ``x`` (zero padding aside)."""
+    conv = cast("ECB | nn.Conv2d", conv)  # a generator's 3x3 conv is one or the other
     w = conv.weight_bias()[0] if isinstance(conv, ECB) else conv.weight
     bias = conv.conv3.bias if isinstance(conv, ECB) else conv.bias
+    assert bias is not None  # every conv is built with a bias
     bias -= offset * w.sum((1, 2, 3))
 
 
@@ -72,15 +78,17 @@ def deepen(ckpt: dict, at: int, seed: int = 0, offset: float = 0.0) -> dict:
     if not 0 <= at <= len(widths) - 1:
         raise ValueError(f"--at must be in 0..{len(widths) - 1} (body convs: {len(widths) - 1}), got {at}")
     width = widths[at]  # the new conv maps the features at that point to as many: the neighbours are unchanged
-    parent = checkpoint_generator(ckpt)  # the weights export would ship (EMA ones when there are any)
+    # Both are FullResSR: the config is a full-resolution one (checked above).
+    parent = cast(FullResSR, checkpoint_generator(ckpt))  # the weights export would ship (EMA ones when there are any)
     config["widths"] = widths[: at + 1] + [width] + widths[at + 1 :]
     torch.manual_seed(seed)
-    child = build(config)
+    child = cast(FullResSR, build(config))
     child.head.load_state_dict(parent.head.state_dict())
     for i, conv in enumerate(parent.body):
         child.body[i if i < at else i + 1].load_state_dict(conv.state_dict())
     child.tail.load_state_dict(parent.tail.state_dict())
     if parent.mix is not None:
+        assert child.mix is not None  # the same config, hence the same mix width
         child.mix.load_state_dict(parent.mix.state_dict())
     child.shift = parent.shift
     set_identity(child.body[at], offset)

@@ -46,13 +46,13 @@ def crop_to_multiple(img: Image.Image, scale: int) -> Image.Image:
 def downscale(img: Image.Image, scale: int) -> Image.Image:
     """Bicubic, antialiased downscale by an integer factor; the result stays uint8."""
     w, h = img.size
-    return img.resize((w // scale, h // scale), Image.BICUBIC)
+    return img.resize((w // scale, h // scale), Image.Resampling.BICUBIC)
 
 
 def upscale(img: Image.Image, scale: int) -> Image.Image:
     """PIL bicubic upscale: the bicubic baseline."""
     w, h = img.size
-    return img.resize((w * scale, h * scale), Image.BICUBIC)
+    return img.resize((w * scale, h * scale), Image.Resampling.BICUBIC)
 
 
 def luma(img: Image.Image) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,5 +49,6 @@ def count_macs(model: nn.Module, height: int = 360, width: int = 640) -> int:
         for h in handles:
             h.remove()
     if getattr(model, "dense_tail", False):  # its tail is a functional conv the hooks do not see
-        macs += 16 * 4 * model.lr_tail * 9 * ((height + 1) // 2) * ((width + 1) // 2)
+        lr_tail = cast(int, model.lr_tail)  # QuarterResSR's int, set whenever dense_tail is
+        macs += 16 * 4 * lr_tail * 9 * ((height + 1) // 2) * ((width + 1) // 2)
     return macs

@@ -9,6 +9,9 @@ All images are luma on the 0..1 scale, [N,1,H,W].
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +32,8 @@ def pixel_anchor(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 def patch_anchor(sr: torch.Tensor, hr: torch.Tensor, sizes: tuple[int, ...] = (4, 8)) -> torch.Tensor:
     """L1 between 4x4 / 8x8 patch means: fixes local brightness while leaving texture free."""
-    return sum(F.l1_loss(F.avg_pool2d(sr, s), F.avg_pool2d(hr, s)) for s in sizes) / len(sizes)
+    total = sum(F.l1_loss(F.avg_pool2d(sr, s), F.avg_pool2d(hr, s)) for s in sizes)
+    return cast(torch.Tensor, total) / len(sizes)  # a sum of tensors (no sizes: the division raises)
 
 
 def downscale2(img: torch.Tensor, kernel: str = "bicubic") -> torch.Tensor:
@@ -67,7 +71,8 @@ def temporal_change(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 def feature_matching(feats_sr: list[torch.Tensor], feats_hr: list[torch.Tensor]) -> torch.Tensor:
     """L1 between discriminator features of SR and HR (latent matching); HR features are targets."""
-    return sum(F.l1_loss(a, b.detach()) for a, b in zip(feats_sr, feats_hr)) / len(feats_sr)
+    total = sum(F.l1_loss(a, b.detach()) for a, b in zip(feats_sr, feats_hr))
+    return cast(torch.Tensor, total) / len(feats_sr)  # a sum of tensors (no features: the division raises)
 
 
 def local_variance(x: torch.Tensor, size: int = 7) -> torch.Tensor:
@@ -154,3 +159,19 @@ def vanilla_g(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 
 ADVERSARIAL = {"ragan": (ragan_d, ragan_g), "vanilla": (vanilla_d, vanilla_g)}
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": F.l1_loss,
+    "charbonnier": charbonnier,
+    "mse": F.mse_loss,
+}  # mse: a PSNR-oriented fine-tune
+
+
+def temporal_loss(model: torch.nn.Module, data, batch: int, rng, device: torch.device) -> torch.Tensor:
+    """:func:`temporal_change` of ``model`` on a batch of consecutive coded frames (``data``: a
+    ``CodecPatchPairs``, whose clip pairs keep the frame before)."""
+    lr, hr = data.sample_temporal(batch, rng)
+    b, _, h, w = lr.shape
+    sr = model(lr.to(device).reshape(2 * b, 1, h, w)).reshape(b, 2, *hr.shape[-2:])
+    return temporal_change(sr, hr.to(device))

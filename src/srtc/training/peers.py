@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -100,12 +101,16 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
             return value, i
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
-    """(field number, wire type, value) of one protobuf message: enough of the format for a GraphDef."""
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """(field number, wire type, value) of one protobuf message: enough of the format for a GraphDef.
+
+    The value is an int for a varint (wire type 0), else the field's bytes; which one a field is, its
+    message's schema says (the readers below cast accordingly)."""
     i = 0
     while i < len(buf):
         key, i = _varint(buf, i)
         num, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:
@@ -123,18 +128,26 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
 def _tensor(buf: bytes) -> np.ndarray:
     """A float or int32 TensorProto (dtype, shape, tensor_content, float_val or int_val) as float32 numpy."""
     dims: list[int] = []
-    content, floats, dtype = None, [], 1  # DataType: 1 float, 3 int32
+    content: bytes | None = None
+    floats: list[float] = []
+    dtype = 1  # DataType: 1 float, 3 int32
+    # TensorProto: dtype is a varint; shape, content and packed values are bytes, as is a float_val (fixed32).
     for num, wire, value in _fields(buf):
         if num == 1:
-            dtype = value
+            dtype = cast(int, value)
         elif num == 2:  # TensorShapeProto: repeated Dim {size = 1}
-            dims += [dict((n, v) for n, _, v in _fields(d)).get(1, 0) for n2, _, d in _fields(value) if n2 == 2]
+            dims += [
+                cast(int, dict((n, v) for n, _, v in _fields(cast(bytes, d))).get(1, 0))
+                for n2, _, d in _fields(cast(bytes, value))
+                if n2 == 2
+            ]
         elif num == 4:
-            content = value
+            content = cast(bytes, value)
         elif num == 5:
-            floats += list(np.frombuffer(value, "<f4")) if wire == 2 else [struct.unpack("<f", value)[0]]
+            raw_f = cast(bytes, value)
+            floats += list(np.frombuffer(raw_f, "<f4")) if wire == 2 else [struct.unpack("<f", raw_f)[0]]
         elif num == 7:  # int_val: only shape constants (the transpose permutation) use it
-            floats += [v for _, _, v in _fields(value)] if wire == 2 else [value]
+            floats += [cast(int, v) for _, _, v in _fields(cast(bytes, value))] if wire == 2 else [cast(int, value)]
     raw = "<i4" if dtype == 3 else "<f4"
     arr = np.frombuffer(content, raw).astype(np.float32) if content is not None else np.asarray(floats, np.float32)
     size = int(np.prod(dims)) if dims else 1
@@ -160,25 +173,26 @@ def read_graphdef(path: Path) -> list[GraphNode]:
         if num != 1:
             continue
         node = GraphNode("", "")
-        for n, _, v in _fields(body):
+        for n, _, field_value in _fields(cast(bytes, body)):  # GraphDef field 1: a NodeDef message
+            v = cast(bytes, field_value)  # every NodeDef field is length-delimited
             if n == 1:
                 node.name = v.decode()
             elif n == 2:
                 node.op = v.decode()
             elif n == 3:
                 node.inputs.append(v.decode())
-            elif n == 5:  # map<string, AttrValue>
-                entry = {k: val for k, _, val in _fields(v)}
+            elif n == 5:  # map<string, AttrValue>: key and value are length-delimited
+                entry = {k: cast(bytes, val) for k, _, val in _fields(v)}
                 for an, _wire, av in _fields(entry[2]):
                     key = entry[1].decode()
-                    if an == 8:
-                        node.attrs[key] = _tensor(av)
-                    elif an == 3:
+                    if an == 8:  # tensor (a message)
+                        node.attrs[key] = _tensor(cast(bytes, av))
+                    elif an == 3:  # i (a varint)
                         node.attrs[key] = av
-                    elif an == 2:
-                        node.attrs[key] = av.decode()
-                    elif an == 4:
-                        node.attrs[key] = struct.unpack("<f", av)[0]
+                    elif an == 2:  # s (bytes)
+                        node.attrs[key] = cast(bytes, av).decode()
+                    elif an == 4:  # f (fixed32)
+                        node.attrs[key] = struct.unpack("<f", cast(bytes, av))[0]
         nodes.append(node)
     return nodes
 
@@ -255,7 +269,7 @@ def pb_layers(nodes: list[GraphNode]) -> dict:
         if conv is None:
             break
         w = np.ascontiguousarray(const[conv.inputs[1]].transpose(3, 2, 0, 1))
-        layer = {"w": w, "b": None, "act": None, "alpha": None}
+        layer: dict = {"w": w, "b": None, "act": None, "alpha": None}
         cur = conv.name
         add = only(cur, "Add", "BiasAdd", "AddV2")
         if add is not None and add.inputs[1] in const and const[add.inputs[1]].size == w.shape[0] > 1:
@@ -265,13 +279,15 @@ def pb_layers(nodes: list[GraphNode]) -> dict:
         ops = {c.op for c in nexts}
         if {"Abs", "Relu"} <= ops:  # the PReLU decomposition
             relu = next(c for c in nexts if c.op == "Relu")
-            sub = only(next(c for c in nexts if c.op == "Abs").name, "Sub")
-            mul = only(sub.name, "Mul")
-            mul2 = only(mul.name, "Mul")
+            # Each node below is there in the decomposition; were one missing (None), reading its name or
+            # inputs would raise the AttributeError that export_peers reports as a skip, as it always has.
+            sub = cast(GraphNode, only(next(c for c in nexts if c.op == "Abs").name, "Sub"))
+            mul = cast(GraphNode, only(sub.name, "Mul"))
+            mul2 = cast(GraphNode, only(mul.name, "Mul"))
             alpha = next(const[i] for i in mul.inputs if i in const)
             k = float(next(const[i] for i in mul2.inputs if i in const))
             layer["act"], layer["alpha"] = "prelu", (alpha * 2.0 * k).reshape(-1).astype(np.float32)
-            cur = only(relu.name, "Add", "AddV2").name
+            cur = cast(GraphNode, only(relu.name, "Add", "AddV2")).name
         elif "Relu" in ops and len(nexts) == 1:
             layer["act"], cur = "relu", nexts[0].name
         layers.append(layer)
@@ -387,6 +403,7 @@ def peer_builders():
         return {"relu": nn.ReLU(), "tanh": nn.Tanh(), None: nn.Identity()}[layer["act"]]
 
     def module(w: torch.Tensor, b: torch.Tensor | None, deconv: bool = False) -> nn.Module:
+        m: nn.ConvTranspose2d | nn.Conv2d
         if deconv:  # FSRCNN-RGB: kernel 9, stride 2, padding 4, output_padding 1
             m = nn.ConvTranspose2d(
                 w.shape[0],
@@ -401,6 +418,7 @@ def peer_builders():
             m = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], padding=w.shape[-1] // 2, bias=b is not None)
         m.weight.data = w.clone()
         if b is not None:
+            assert m.bias is not None  # built with a bias when there is one
             m.bias.data = b.clone()
         return m
 
@@ -425,12 +443,14 @@ def peer_builders():
                 if rgb and i == 0:  # R=G=B: a conv on 3 identical channels is a conv on one, weights summed
                     w = w.sum(dim=1, keepdim=True)
                 if rgb and i == len(layers) - 1 and end in ("anchor", "deconv"):  # linear last: fold the Y mix
+                    assert b is not None  # every RGB peer's layer has a bias (_state_layers)
+                    # Sums of three tensors (not the int 0 that ``sum`` starts from).
                     if deconv:  # (in, 3, kh, kw) -> (in, 1, kh, kw)
-                        w = sum(k[c] * w[:, c : c + 1] for c in range(3))
-                        b = sum(k[c] * b[c : c + 1] for c in range(3))
+                        w = cast(torch.Tensor, sum(k[c] * w[:, c : c + 1] for c in range(3)))
+                        b = cast(torch.Tensor, sum(k[c] * b[c : c + 1] for c in range(3)))
                     else:  # colour-major 12 channels (c*4 + s) -> 4
-                        w = sum(k[c] * w[c * 4 : (c + 1) * 4] for c in range(3))
-                        b = sum(k[c] * b[c * 4 : (c + 1) * 4] for c in range(3))
+                        w = cast(torch.Tensor, sum(k[c] * w[c * 4 : (c + 1) * 4] for c in range(3)))
+                        b = cast(torch.Tensor, sum(k[c] * b[c * 4 : (c + 1) * 4] for c in range(3)))
                 convs.append(module(w, b, deconv))
                 acts.append(activation(layer))
             self.convs, self.acts = nn.ModuleList(convs), nn.ModuleList(acts)
@@ -649,7 +669,7 @@ class DnnLuma:
         import cv2
 
         cv2.setNumThreads(threads)
-        self.net = cv2.dnn.readNetFromTensorflow(str(path))
+        self.net = cv2.dnn.readNetFromTensorflow(str(path))  # type: ignore[attr-defined]  # not in OpenCV 5 stubs
         self.name = Path(path).stem
 
     def upscale_luma(self, y: np.ndarray) -> np.ndarray:

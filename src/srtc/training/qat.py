@@ -30,30 +30,25 @@ import math
 import shlex
 import sys
 import tempfile
-import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .arch import NEGATIVE_SLOPE, QuarterResSR
 from .evaluate import evaluate, load_samples
 from .export import load_checkpoint_model
 from .fullres import FullResSR
 from .graph import outer_scope_producers
-from .train import (
-    LOSSES,
-    checkpoint,
-    cosine_lr,
-    load_training_data,
-    save,
-    torch_upscaler,
-)
+from .loop import ConfigError, Schedule, cosine_lr, prepare, run, torch_upscaler
+from .losses import LOSSES
+from .sources import DataConfig, load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +111,9 @@ def grid_shift(net: Generator) -> Generator:
     Only the zero padding at the frame border sees the 0.002 difference.
     """
     delta = GRID_SHIFT - net.shift
-    net.head.bias.add_(net.head.weight.sum(dim=(1, 2, 3)) * delta)
+    head = cast(nn.Conv2d, net.head)  # the fused (plain-conv) net
+    assert head.bias is not None
+    head.bias.add_(head.weight.sum(dim=(1, 2, 3)) * delta)
     net.shift = GRID_SHIFT
     return net
 
@@ -200,7 +197,7 @@ class QuantSR(nn.Module):
         else:  # features at quarter resolution, each sub-pixel channel adds the LR channel it lies over
             x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
             lr4 = F.pixel_unshuffle(x, 2)
-            base = lr4.index_select(1, self.net.nearest_index)
+            base = lr4.index_select(1, cast(torch.Tensor, self.net.nearest_index))
             f = lr4 - self.net.shift
         f = self.q_shifted(f) if q else f
         rounded = self.points() if q else {}  # the float tail's tensors are not among them
@@ -230,8 +227,10 @@ class QuantSR(nn.Module):
         out = {"input": self.q_input, "shifted": self.q_shifted}
         if not self.float_tail:
             out["output"] = self.q_output
-        out.update({f"conv{i}": q for i, q in enumerate(self.q_conv) if i < n_int8})
-        out.update({f"act{i}": q for i, q in enumerate(self.q_act) if i + 1 < n_int8})  # an int8 conv's input
+        out.update({f"conv{i}": cast(FakeQuant, q) for i, q in enumerate(self.q_conv) if i < n_int8})
+        out.update(
+            {f"act{i}": cast(FakeQuant, q) for i, q in enumerate(self.q_act) if i + 1 < n_int8}
+        )  # an int8 conv's input
         return out
 
 
@@ -250,9 +249,9 @@ def start_ranges(qmodel: QuantSR, batches: list[torch.Tensor], percentile: float
         v = torch.cat(values)
         lo, hi = float(torch.quantile(v, lo_q)), float(torch.quantile(v, hi_q))
         i = int(name[4:])
-        qmodel.q_conv[i].set_range(lo, hi)
+        cast(FakeQuant, qmodel.q_conv[i]).set_range(lo, hi)
         if i < len(qmodel.q_act):  # the LeakyRelu of this conv output
-            qmodel.q_act[i].set_range(lo * qmodel.net.slope if lo < 0 else lo, hi)
+            cast(FakeQuant, qmodel.q_act[i]).set_range(lo * qmodel.net.slope if lo < 0 else lo, hi)
     qmodel.q_shifted.set_range(-GRID_SHIFT, 1.0 - GRID_SHIFT)  # scale 1/255, zero point 128: exact
     qmodel.q_input.set_range(0.0, 1.0)
     qmodel.q_output.set_range(0.0, 1.0)
@@ -455,111 +454,140 @@ def make_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def qat(args: argparse.Namespace, command: str = "") -> dict:
-    """Fine-tune with int8 rounding simulated; returns the QuantSR, the losses, and the simulated
-    validation PSNR before the first step (``start_psnr``, NaN on resume) and at its best."""
-    if args.temporal < 0 or (args.temporal and not args.pairs):
-        raise SystemExit(
-            "--temporal needs a weight >= 0 and consecutive coded frames: give --pairs (a cache with clips)"
+@dataclass(frozen=True)
+class QatConfig:
+    """Quantisation-aware fine-tuning's settings, checked at the edge (:meth:`from_args`)."""
+
+    schedule: Schedule
+    data: DataConfig
+    ckpt: str  # the fp32 model's checkpoint
+    base: str  # its manifest name (the gate's reference)
+    target: str = "hr"  # hr: the HR patch; teacher: the fp32 model's own output
+    loss: str = "l1"
+    val: str = "../shared/data/benchmarks/Set5"
+    lr: float = 1e-4
+    range_lr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup: int = 0
+    export: str | None = None
+    images: tuple[str, ...] = ()
+    register: bool = False
+    register_fallback: bool = False
+    float_tail: int = 0
+    calib_frames: int = 8
+
+    def __post_init__(self) -> None:
+        if self.target not in ("hr", "teacher") or self.loss not in ("l1", "mse"):
+            raise ConfigError(f"--target must be hr or teacher and --loss l1 or mse, got {self.target}, {self.loss}")
+        if self.warmup < 0 or self.float_tail < 0 or self.calib_frames < 1:
+            raise ConfigError("--warmup and --float-tail must be >= 0, --calib-frames >= 1")
+        if (self.register or self.register_fallback) and not (self.export and self.images):
+            raise ConfigError("--register and --register-fallback need --export and --images (the gate's folders)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> QatConfig:
+        schedule = Schedule(Path(args.out), args.steps, val_every=args.val_every, save_every=args.save_every,
+                            seed=args.seed, threads=args.threads, resume=args.resume)  # fmt: skip
+        data = DataConfig(args.data, args.pairs, args.patch, args.batch, args.limit_images,
+                          temporal=args.temporal, temporal_batch=args.temporal_batch)  # fmt: skip
+        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("schedule", "data")}
+        own["loss"] = args.loss or ("mse" if args.target == "teacher" else "l1")  # PSNR is an MSE measure
+        own["warmup"] = min(500, args.steps // 10) if args.warmup is None else args.warmup
+        own["images"] = tuple(args.images)
+        return cls(schedule, data, **own)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as one flat dict, as checkpoints keep them (``"args"``)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("schedule", "data")}
+        return {**asdict(self.schedule), "out": str(self.schedule.out), **asdict(self.data), **own}
+
+
+def parse_config(argv: list[str]) -> QatConfig:
+    """The command line's settings; :class:`ConfigError` when they do not fit together."""
+    return QatConfig.from_args(make_parser().parse_args(argv))
+
+
+class QatStage:
+    """Quantisation-aware fine-tuning for the loop: the net with int8 rounding simulated (on the CPU, where
+    it runs), its trained ranges, and the fp32 net as teacher."""
+
+    label = "qat"
+    headline = "loss"
+
+    def __init__(self, cfg: QatConfig) -> None:
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.schedule.seed)
+        net, _ = load_checkpoint_model(cfg.ckpt)
+        self.teacher = copy.deepcopy(net).eval().requires_grad_(False)
+        self.qmodel = QuantSR(cast(Generator, net.train()), cfg.float_tail)
+        self.data = load_training_data(cfg.data, cfg.schedule.seed)
+        weights = list(self.qmodel.net.parameters())
+        ranges = [p for n, p in self.qmodel.named_parameters() if n.startswith("q_") and p.requires_grad]
+        self.opt = torch.optim.Adam([{"params": weights, "peak": cfg.lr}, {"params": ranges, "peak": cfg.range_lr}])
+        self.val = load_samples(cfg.val) if cfg.val else []
+        self.val_name = f"int8-simulated {Path(cfg.val).name}"
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
+            F.mse_loss if cfg.loss == "mse" else LOSSES["l1"]
         )
-    if args.warmup is None:
-        args.warmup = min(500, args.steps // 10)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    net, _ = load_checkpoint_model(args.ckpt)
-    teacher = copy.deepcopy(net).eval().requires_grad_(False)
-    qmodel = QuantSR(net.train(), args.float_tail)
-    data = load_training_data(args)
-    weights = list(qmodel.net.parameters())
-    ranges = [p for n, p in qmodel.named_parameters() if n.startswith("q_") and p.requires_grad]
-    opt = torch.optim.Adam([{"params": weights, "peak": args.lr}, {"params": ranges, "peak": args.range_lr}])
-    step, best, elapsed = 0, -math.inf, 0.0
-    if args.resume and (out / "last.pt").is_file():
-        ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        qmodel.load_state_dict(ckpt["qmodel"])
-        opt.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
-        command = ckpt.get("command", command)
-        log.info("resumed from %s at step %d", out / "last.pt", step)
-    else:
-        start_ranges(qmodel, [data.sample(args.batch, rng)[0] for _ in range(8)])
-    val = load_samples(args.val) if args.val else []
-    loss_fn = F.mse_loss if (args.loss or ("mse" if args.target == "teacher" else "l1")) == "mse" else LOSSES["l1"]
+        self.start_psnr = math.nan
 
-    def state(best: float) -> dict:
-        return {
-            "qmodel": qmodel.state_dict(),
-            "config": qmodel_config(qmodel),
-            "optimizer": opt.state_dict(),
-            "rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "best_psnr": best,
-            "elapsed_s": elapsed + time.perf_counter() - t0,
-            "command": command,
-            "args": vars(args),
-        }
+    def state(self) -> dict[str, Any]:
+        return {"qmodel": self.qmodel.state_dict(), "config": qmodel_config(self.qmodel),
+                "optimizer": self.opt.state_dict()}  # fmt: skip
 
-    def validate() -> float:
-        qmodel.eval()
-        psnr = evaluate(val, torch_upscaler(qmodel, torch.device("cpu")))["model"]
-        qmodel.train()
+    def load(self, ckpt: dict[str, Any]) -> None:
+        self.qmodel.load_state_dict(ckpt["qmodel"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+
+    def begin(self) -> float | None:
+        """Ranges from a few batches, then the fp32 and the simulated int8 scores the run starts from."""
+        start_ranges(self.qmodel, [self.data.sample(self.cfg.data.batch, self.rng)[0] for _ in range(8)])
+        if not self.val:
+            return None
+        self.qmodel.quantize = False
+        log.info("fp32 start: %s PSNR-Y %.3f dB", Path(self.cfg.val).name, self.validate())
+        self.qmodel.quantize = True
+        self.start_psnr = self.validate() or math.nan
+        log.info("int8 simulated before QAT: %.3f dB", self.start_psnr)
+        return self.start_psnr
+
+    def set_rates(self, step: int, total: int) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = warmup_factor(step, self.cfg.warmup) * cosine_lr(step, total, group["peak"], self.cfg.min_lr)
+
+    def step(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        lr_b, hr_b = self.data.sample(cfg.data.batch, self.rng)
+        if cfg.target == "teacher":
+            with torch.no_grad():
+                hr_b = self.teacher(lr_b)
+        loss = self.loss_fn(self.qmodel(lr_b), hr_b)
+        if cfg.data.temporal:
+            teacher = self.teacher if cfg.target == "teacher" else None
+            loss = loss + cfg.data.temporal * change_loss(self.qmodel, teacher, self.data, cfg.data.temporal_batch,
+                                                          self.rng, self.loss_fn)  # fmt: skip
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+    def validate(self) -> float | None:
+        if not self.val:
+            return None
+        self.qmodel.eval()
+        psnr = evaluate(self.val, torch_upscaler(self.qmodel, torch.device("cpu")))["model"]
+        self.qmodel.train()
         return psnr
 
-    t0 = time.perf_counter()
-    start = math.nan
-    if val and step == 0:
-        qmodel.quantize = False
-        log.info("fp32 start: %s PSNR-Y %.3f dB", Path(args.val).name, validate())
-        qmodel.quantize = True
-        best = start = validate()
-        log.info("int8 simulated before QAT: %.3f dB", best)
-        save(out / "best.pt", **state(best))
-    losses: list[float] = []
-    with (
-        logging_redirect_tqdm(),
-        tqdm(total=args.steps, initial=step, desc="qat", unit="step", dynamic_ncols=True) as bar,
-    ):
-        while step < args.steps:
-            for group in opt.param_groups:
-                group["lr"] = warmup_factor(step, args.warmup) * cosine_lr(step, args.steps, group["peak"], args.min_lr)
-            lr_b, hr_b = data.sample(args.batch, rng)
-            if args.target == "teacher":
-                with torch.no_grad():
-                    hr_b = teacher(lr_b)
-            loss = loss_fn(qmodel(lr_b), hr_b)
-            if args.temporal:
-                loss = loss + args.temporal * change_loss(
-                    qmodel, teacher if args.target == "teacher" else None, data, args.temporal_batch, rng, loss_fn
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}")
-            best = checkpoint(
-                step,
-                args,
-                out,
-                state,
-                validate if val else None,
-                best,
-                lambda psnr, top: (
-                    f"loss {np.mean(losses[-args.val_every :]):.5f}, int8-simulated {Path(args.val).name} PSNR-Y "
-                    f"{psnr:.3f} dB (best {top:.3f})"
-                ),
-            )
-    wall = elapsed + time.perf_counter() - t0
-    log.info("done: %d steps, %.1f min, best simulated PSNR-Y %.3f dB", step, wall / 60, best)
-    return {"qmodel": qmodel, "losses": losses, "start_psnr": start, "best_psnr": best, "wall_s": wall}
+
+def qat(cfg: QatConfig, command: str = "") -> dict:
+    """Fine-tune with int8 rounding simulated; returns the QuantSR, the losses, and the simulated
+    validation PSNR before the first step (``start_psnr``, NaN on resume) and at its best."""
+    prepare(cfg.schedule)
+    stage = QatStage(cfg)
+    result = run(stage, cfg.schedule, cfg.record(), command)
+    return {"qmodel": stage.qmodel, "losses": [r["loss"] for r in result.records], "start_psnr": stage.start_psnr,
+            "best_psnr": result.best_psnr, "wall_s": result.wall_s}  # fmt: skip
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -608,6 +636,7 @@ def load_qmodel(path: str | Path) -> QuantSR:
     ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     config = ckpt["config"]
     slope = config.get("slope", NEGATIVE_SLOPE)
+    net: Generator
     if config.get("full_res"):
         net = FullResSR(tuple(config["widths"]), slope=slope, mix=config.get("mix", 0))
     else:
@@ -617,12 +646,13 @@ def load_qmodel(path: str | Path) -> QuantSR:
     return qmodel.eval()
 
 
-def export_and_gate(qmodel: QuantSR, args: argparse.Namespace, command: str) -> bool:
+def export_and_gate(qmodel: QuantSR, args: QatConfig, command: str) -> bool:
     """Export int8, compare with the fp32 base (PSNR per folder, speed), register if it passes."""
     from srtc.zoo import resolve
 
     from . import quantize as Q
 
+    assert args.export is not None, "export_and_gate runs with --export"
     out = Path(args.export)
     calib = Q.calibration_lumas(args.calib_frames, 0)
     export_int8(qmodel, out, calib)
@@ -631,8 +661,8 @@ def export_and_gate(qmodel: QuantSR, args: argparse.Namespace, command: str) -> 
     if not args.images:
         return False
     base_path = resolve(args.base)
-    ref = Q.Result("fp32", Q.measure_psnr(base_path, args.images))
-    res = Q.Result("qat int8", Q.measure_psnr(out, args.images))
+    ref = Q.Result("fp32", Q.measure_psnr(base_path, list(args.images)))
+    res = Q.Result("qat int8", Q.measure_psnr(out, list(args.images)))
     speed = Q.measure_speed({"fp32": base_path, "qat int8": out})
     ref.ms, res.ms = speed["fp32"], speed["qat int8"]
     log.info("%s (QAT) vs fp32 %s:\n%s", out, args.base, Q.table([res], ref))
@@ -672,7 +702,7 @@ def register_fallback(base: str, out: Path, res, ref, command: str) -> None:
     try:
         file = out.resolve().relative_to(MANIFEST_PATH.parent)
     except ValueError as err:
-        raise SystemExit(f"--export must lie inside {MANIFEST_PATH.parent} to be registered") from err
+        raise ConfigError(f"--export must lie inside {MANIFEST_PATH.parent} to be registered") from err
     losses = ", ".join(f"{k} {res.psnr[k] - ref.psnr[k]:+.2f} dB" for k in ref.psnr)
     name = out.stem
     update_manifest(
@@ -710,14 +740,21 @@ def simulation_agreement(qmodel: QuantSR, path: Path, luma: np.ndarray) -> float
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    try:
+        args = QatConfig.from_args(parser.parse_args(argv))
+    except ConfigError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
     command = "python -m srtc.training.qat " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
     result = qat(args, command)
     if args.export:
         # The end of the schedule, not the best validation step: Set5 is also what the gate measures.
-        export_and_gate(result["qmodel"].eval(), args, command)
+        try:
+            export_and_gate(result["qmodel"].eval(), args, command)
+        except ConfigError as exc:
+            raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

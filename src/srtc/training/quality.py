@@ -69,7 +69,7 @@ def mse_to_psnr(mse: float) -> float:
 def downscale_y(y: np.ndarray, scale: int = 2) -> np.ndarray:
     """Antialiased bicubic (PIL BICUBIC, as ``imaging.downscale``) on a float luma plane."""
     img = Image.fromarray(np.ascontiguousarray(y, np.float32))
-    return np.asarray(img.resize((img.width // scale, img.height // scale), Image.BICUBIC), np.float64)
+    return np.asarray(img.resize((img.width // scale, img.height // scale), Image.Resampling.BICUBIC), np.float64)
 
 
 def downsample_psnr(sr: np.ndarray, lr: np.ndarray, shave: int = 1, scale: int = 2) -> float:

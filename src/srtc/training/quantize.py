@@ -48,6 +48,7 @@ from srtc.shared import SHARED
 from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
 
 from . import imaging
+from .errors import ConfigError
 from .graph import outer_scope_producers
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def video_lumas(count: int, folder: Path = VIDEO_DIR, stride: int = 7) -> list[n
                 continue
             img = frame.to_image()
             if img.size != (2 * WIDTH, 2 * HEIGHT):
-                img = img.resize((2 * WIDTH, 2 * HEIGHT), Image.BICUBIC)
+                img = img.resize((2 * WIDTH, 2 * HEIGHT), Image.Resampling.BICUBIC)
             out.append(imaging.luma_u8(img.reduce(2)))
             taken += 1
     return out
@@ -234,7 +235,7 @@ def quantize(model_path: Path, out: Path, lumas: list[np.ndarray], variant: Vari
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=False)
         model = onnx.load(str(pre))
-        extra = {
+        extra: dict[str, bool | float] = {
             "ActivationSymmetric": variant.symmetric,
             "WeightSymmetric": True,
             "CalibTensorRangeSymmetric": variant.symmetric,
@@ -395,7 +396,7 @@ def register(
     try:
         file = out.resolve().relative_to(manifest_path.parent)
     except ValueError as err:
-        raise SystemExit(f"--out must lie inside {manifest_path.parent} to be registered") from err
+        raise ConfigError(f"--out must lie inside {manifest_path.parent} to be registered") from err
     params = src.get("params") or sum(
         int(np.prod(t.dims)) for t in onnx.load(str(out)).graph.initializer if t.data_type == onnx.TensorProto.INT8
     )
@@ -458,6 +459,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if (args.check or args.sweep or args.register) and not args.images:
         raise SystemExit("--check, --sweep and --register need --images (the folders the gate measures)")
 
+    variants: tuple[Variant, ...]
     if args.sweep:
         variants = VARIANTS
     else:
@@ -525,7 +527,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 *args.images,
                 "--register",
             ]
-            register(name, out, base, variant, "python -m srtc.training.quantize " + shlex.join(cmd_args))
+            try:
+                register(name, out, base, variant, "python -m srtc.training.quantize " + shlex.join(cmd_args))
+            except ConfigError as exc:
+                raise SystemExit(f"error: {exc}") from None
     return [ref, *results]
 
 

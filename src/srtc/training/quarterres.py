@@ -20,6 +20,8 @@ them into the plain QuarterResSR that is exported, so inference cost and ONNX gr
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,6 +76,11 @@ class QuarterResSR(nn.Module):
     Input [N,1,H,W] in 0..1, output [N,1,2H,2W]. Odd H or W are padded by replication and the
     output is cropped back, so any size works (the deployed 640x360 needs no padding).
     """
+
+    # Buffers, registered in __init__ (the two tail indices only with ``dense_tail``).
+    nearest_index: torch.Tensor
+    tail_kernel_index: torch.Tensor
+    tail_bias_index: torch.Tensor
 
     def __init__(
         self,
@@ -138,7 +145,9 @@ class QuarterResSR(nn.Module):
                 lr_f = F.pixel_shuffle(f, 2)  # [N, lr_tail, H, W]
                 sub = self.tail(lr_f) + x.expand(-1, 4, -1, -1)  # each LR pixel's 4 sub-pixels, nearest residual
                 return F.pixel_shuffle(sub, 2)[..., : 2 * h, : 2 * w]
-            flat = torch.cat([self.tail.weight.flatten(), self.tail.bias, self.tail.bias.new_zeros(1)])
+            tail = cast(nn.Conv2d, self.tail)  # the dense form reads a plain conv's weights
+            assert tail.bias is not None  # built with a bias
+            flat = torch.cat([tail.weight.flatten(), tail.bias, tail.bias.new_zeros(1)])
             sub = F.conv2d(f, flat[self.tail_kernel_index], flat[self.tail_bias_index], padding=1)
         else:
             sub = self.tail(f)

@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.model:
         medians = []
         for _ in range(args.repeats):
-            times = time_model(resolve(model), args.height, args.width, args.threads, args.runs)
-            q = statistics.quantiles(times, n=10)
-            medians.append(statistics.median(times))
+            run_times = time_model(resolve(model), args.height, args.width, args.threads, args.runs)
+            q = statistics.quantiles(run_times, n=10)
+            medians.append(statistics.median(run_times))
             log.info(
                 "%s: %.2f ms median (p10 %.2f, p90 %.2f) at %dx%d, %d threads, %d runs",
                 model,

@@ -1,74 +1,87 @@
-"""Train the x2 luma generator on random patches, validating PSNR-Y on Set5.
+"""Stage 1: train the x2 luma generator for fidelity on random patches, validating PSNR-Y on Set5.
 
 ``python -m srtc.training.train --data ../shared/data/train --out runs/NAME --steps N --seed S [--resume]``
 
 Writes ``last.pt`` (every ``--save-every`` steps and at the end; ``--resume`` continues from it
-with the same data order) and ``best.pt`` (best validation PSNR-Y) into ``--out``.
-L1 (or Charbonnier) loss, Adam, cosine learning-rate decay to ``--min-lr``.
-This is stage 1 (fidelity). ``--reparam`` trains the ECB re-parameterised form (``srtc.training.reparam``);
-its checkpoints export as the plain net. Stage 2, adversarial fine-tuning from a stage-1
-checkpoint, is ``python -m srtc.training.gan --init OUT/last.pt`` (see that module).
+with the same data order) and ``best.pt`` (best validation PSNR-Y) into ``--out`` (the loop:
+``srtc.training.loop``). L1 (or Charbonnier) loss, Adam, cosine learning-rate decay to ``--min-lr``.
+``--reparam`` trains the ECB re-parameterised form (``srtc.training.reparam``); its checkpoints export
+as the plain net. Stage 2, adversarial fine-tuning from a stage-1 checkpoint, is
+``python -m srtc.training.gan --init OUT/last.pt`` (see that module).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shlex
 import sys
-import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .arch import build, count_macs, count_params, fused
 from .data import DevicePatches, PatchPairs
 from .evaluate import evaluate, load_samples
-from .losses import temporal_change
+from .loop import ConfigError, Schedule, cosine_lr, prepare, run, torch_upscaler
+from .losses import LOSSES, temporal_loss
+from .sources import DataConfig, load_training_data
 
 log = logging.getLogger(__name__)
 
-
-def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Smooth L1 variant: behaves like L1 away from zero, differentiable at zero."""
-    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+SAMPLERS = ("auto", "host", "device")
 
 
-LOSSES = {"l1": F.l1_loss, "charbonnier": charbonnier, "mse": F.mse_loss}  # mse: a PSNR-oriented fine-tune
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stage 1's settings, checked at the edge (:meth:`from_args`)."""
+
+    schedule: Schedule
+    data: DataConfig
+    val: str = "../shared/data/benchmarks/Set5"  # validation folder ('' to skip)
+    init: str | None = None  # start from this checkpoint's weights (same generator config)
+    widths: tuple[int, ...] = (32, 32, 16, 16)
+    reparam: bool = False
+    full_res: bool = False
+    lr_tail: int = 0
+    mix: int = 0
+    slope: float = 0.1
+    slope_anneal: int = 0
+    lr: float = 3e-3
+    min_lr: float = 1e-5
+    loss: str = "l1"
+    sampler: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mix and not self.full_res:
+            raise ConfigError("--mix is an option of the full-resolution generator: add --full-res")
+        if self.loss not in LOSSES or self.sampler not in SAMPLERS:
+            raise ConfigError(f"--loss must be one of {sorted(LOSSES)} and --sampler one of {SAMPLERS}")
+        if not self.widths or min(self.widths) < 1:
+            raise ConfigError(f"--widths must be positive, got {self.widths}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        schedule = Schedule(Path(args.out), args.steps, args.minutes, args.stop_at, args.val_every, args.save_every,
+                            args.seed, args.threads, args.resume)  # fmt: skip
+        data = DataConfig(args.data, args.pairs, args.patch, args.batch, args.limit_images, args.teacher,
+                          args.teacher_weight, args.full_range, args.temporal, args.temporal_batch)  # fmt: skip
+        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("schedule", "data")}
+        return cls(schedule, data, **{**own, "widths": tuple(own["widths"])})
+
+    def record(self) -> dict[str, Any]:
+        """The settings as one flat dict, as checkpoints keep them (``"args"``)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("schedule", "data")}
+        return {**asdict(self.schedule), "out": str(self.schedule.out), **asdict(self.data), **own}
 
 
-def temporal_loss(
-    model: torch.nn.Module, data, batch: int, rng: np.random.Generator, device: torch.device
-) -> torch.Tensor:
-    """``srtc.training.losses.temporal_change`` of ``model`` on a batch of consecutive coded frames (``data``: a
-    ``CodecPatchPairs``, whose clip pairs keep the frame before)."""
-    lr, hr = data.sample_temporal(batch, rng)
-    b, _, h, w = lr.shape
-    sr = model(lr.to(device).reshape(2 * b, 1, h, w)).reshape(b, 2, *hr.shape[-2:])
-    return temporal_change(sr, hr.to(device))
-
-
-def cosine_lr(step: int, total: int, peak: float, floor: float) -> float:
-    """Cosine decay from ``peak`` at step 0 to ``floor`` at ``total``."""
-    t = min(step / max(total, 1), 1.0)
-    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * t))
-
-
-def torch_upscaler(model: torch.nn.Module, device: torch.device):
-    """Wrap the torch model in the evaluation's uint8-luma -> 0..1 interface."""
-
-    @torch.no_grad()
-    def run(lr_y: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(lr_y.astype(np.float32) / 255.0)[None, None].to(device)
-        return model(x)[0, 0].float().cpu().numpy()
-
-    return run
+def parse_config(argv: list[str]) -> TrainConfig:
+    """The command line's settings; :class:`ConfigError` when they do not fit together."""
+    return TrainConfig.from_args(make_parser().parse_args(argv))
 
 
 def annealed_slope(step: int, steps: int, final: float, start: float = 0.1) -> float:
@@ -197,291 +210,120 @@ def make_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def save(path: Path, **state) -> None:
-    """Write atomically so an interrupted save never corrupts the resume point."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def checkpoint(
-    step: int,
-    args: argparse.Namespace,
-    out: Path,
-    state: Callable[[float], dict],
-    validate: Callable[[], float] | None,
-    best: float,
-    report: Callable[[float, float], str],
-) -> float:
-    """The schedule's bookkeeping after an optimisation step, shared by every training stage.
-
-    On a validation step (``--val-every``, and the last step): validate, keep ``best.pt`` when it
-    improves, log ``report(psnr, best)``. On a save step (``--save-every``, and the last): ``last.pt``,
-    the resume point. ``state(best)`` is the checkpoint's content. Returns the best PSNR so far.
-    """
-    final = step == args.steps or step == getattr(args, "stop_at", 0)
-    if validate is not None and (step % args.val_every == 0 or final):
-        psnr = validate()
-        if psnr > best:
-            best = psnr
-            save(out / "best.pt", **state(best))
-        log.info("step %d: %s", step, report(psnr, best))
-    if step % args.save_every == 0 or final:
-        save(out / "last.pt", **state(best))
-    return best
-
-
-def train(args: argparse.Namespace, command: str = "") -> dict:
-    """Run (or resume) training; returns this session's losses, the best PSNR and the wall time."""
-    if args.steps <= 0 and args.minutes <= 0:
-        raise SystemExit("give --steps N or --minutes M")
-    if getattr(args, "temporal", 0.0) and not args.pairs:
-        raise SystemExit("--temporal needs consecutive coded frames: give --pairs (a cache with clips)")
-    if getattr(args, "mix", 0) and not getattr(args, "full_res", False):
-        raise SystemExit("--mix is an option of the full-resolution generator: add --full-res")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    sampler_state = None
-
-    config = model_config(args)
-    model = build(config).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    rng = np.random.default_rng(args.seed)
-    step, best, elapsed = 0, -math.inf, 0.0
-    history: list[list] = [[0, command]]
-    if args.resume and (out / "last.pt").is_file():
-        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
-        if ckpt["config"] != config:
-            raise SystemExit(f"--widths {config} differs from the checkpoint's {ckpt['config']}")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        step, best, elapsed = ckpt["step"], ckpt["best_psnr"], ckpt["elapsed_s"]
-        sampler_state = ckpt.get("sampler")
-        if args.minutes and ckpt.get("args", {}).get("steps"):
-            args.steps, args.minutes = ckpt["args"]["steps"], 0.0  # the budget was fixed as a step count
-        # A resumed run may change its settings (e.g. --steps): keep every command with the step it took over at.
-        history = ckpt.get("history") or [[0, ckpt.get("command", command)]]
-        if command and command != history[-1][1]:
-            history.append([step, command])
-        command = ckpt.get("command", command)
-        log.info("resumed from %s at step %d", out / "last.pt", step)
-    elif args.init:
-        init = torch.load(args.init, map_location=device, weights_only=False)
-        if init["config"] != config:
-            raise SystemExit(f"--init {args.init} has config {init['config']}, this run {config}")
-        model.load_state_dict(init["model"])
-        log.info(
-            "starting from the weights of %s (step %d there); new optimiser and schedule",
-            args.init,
-            init.get("step", 0),
-        )
-    elif args.resume:
-        log.info("no %s yet; starting fresh", out / "last.pt")
-
-    plain = fused(model).cpu()
-    log.info(
-        "%s %s: %d params at inference (%d while training), %.3f GMAC at 640x360, device %s",
-        type(model).__name__,
-        config,
-        count_params(plain),
-        count_params(model),
-        count_macs(plain) / 1e9,
-        device,
-    )
-    data = load_training_data(args, device)
-    on_device = args.sampler == "device" or (args.sampler == "auto" and device.type == "cuda")
-    if isinstance(data, PatchPairs) and on_device:
-        data = DevicePatches(data, device, args.seed)
-        if sampler_state is not None:
-            data.restore(sampler_state)
-    val = load_samples(args.val) if args.val else []
-    loss_fn = LOSSES[args.loss]
-
-    def state(best: float) -> dict:
-        extra = {"sampler": data.state()} if isinstance(data, DevicePatches) else {}
-        return {
-            "config": config,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "best_psnr": best,
-            "elapsed_s": elapsed + time.perf_counter() - t0,
-            "command": command,
-            "history": history,
-            "args": vars(args),
-            **extra,
-        }
-
-    def validate() -> float:
-        model.eval()
-        psnr = evaluate(val, torch_upscaler(model, device))["model"]
-        model.train()
-        return psnr
-
-    losses: list[float] = []
-    pending: list[torch.Tensor] = []  # this step's losses, read back in groups: a read per step stalls a GPU
-    budget = StepBudget(args.minutes, step) if args.minutes else None
-    if budget:
-        args.steps = budget.provisional
-    t0 = time.perf_counter()
-    model.train()
-    with (
-        logging_redirect_tqdm(),
-        tqdm(total=args.steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar,
-    ):
-        while step < args.steps and not (args.stop_at and step >= args.stop_at):
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, args.steps, args.lr, args.min_lr)
-            if args.slope_anneal:
-                model.slope = annealed_slope(step, args.slope_anneal, args.slope)
-            lr_b, hr_b = data.sample(args.batch, rng)
-            loss = loss_fn(model(lr_b.to(device)), hr_b.to(device))
-            if getattr(args, "temporal", 0.0):
-                loss = loss + args.temporal * temporal_loss(model, data, args.temporal_batch, rng, device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            pending.append(loss.detach())
-            if budget and budget.fixes(step):
-                args.steps = bar.total = budget.steps(step)
-                log.info("%.1f steps/s: %d steps fit the %.1f-minute budget", budget.rate, args.steps, args.minutes)
-            bar.update(1)
-            if step % 20 == 0 or step % args.val_every == 0 or step == args.steps:
-                losses.extend(torch.stack(pending).tolist())
-                pending.clear()
-                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.5f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-            best = checkpoint(
-                step,
-                args,
-                out,
-                state,
-                validate if val else None,
-                best,
-                lambda psnr, top: (
-                    f"loss {np.mean(losses[-args.val_every :]):.5f}, {Path(args.val).name} PSNR-Y {psnr:.3f} dB "
-                    f"(best {top:.3f})"
-                ),
-            )
-    wall = elapsed + time.perf_counter() - t0
-    if not val:
-        save(out / "best.pt", **state(best))
-    log.info("done: %d steps, %.1f min wall in total, best PSNR-Y %.3f dB", step, wall / 60, best)
-    return {"losses": losses, "best_psnr": best, "steps": step, "wall_s": wall}
-
-
-class StepBudget:
-    """Turns a wall-time budget into a step count, so the learning-rate schedule can end on time.
-
-    The rate is first measured over steps ``warmup``..``warmup + window`` of this session (the first steps
-    pay for cuDNN's algorithm search and the allocator's growth), then again every ``every`` steps (runs
-    sharing a GPU speed up or slow down as the others start and end); validation and saving are left a margin.
-    """
-
-    def __init__(
-        self,
-        minutes: float,
-        start_step: int,
-        warmup: int = 50,
-        window: int = 250,
-        margin: float = 0.95,
-        every: int = 2000,
-    ) -> None:
-        self.seconds = 60.0 * minutes
-        self.start_step, self.warmup, self.window, self.margin, self.every = start_step, warmup, window, margin, every
-        self.last_step = start_step
-        self.t_start = time.perf_counter()
-        self.t_warm = self.t_start
-        self.rate = 0.0
-        self.provisional = start_step + 10**9  # the schedule stays at its peak until the count is fixed
-
-    def fixes(self, step: int) -> bool:
-        """True at the steps where the count is (re)estimated."""
-        done = step - self.start_step
-        if done == self.warmup:
-            self.t_warm, self.last_step = time.perf_counter(), step
-        return done == self.warmup + self.window or (done > self.warmup + self.window and done % self.every == 0)
-
-    def steps(self, step: int) -> int:
-        now = time.perf_counter()
-        self.rate = (step - self.last_step) / max(now - self.t_warm, 1e-9)
-        self.t_warm, self.last_step = now, step
-        left = self.seconds * self.margin - (now - self.t_start)
-        return step + max(int(self.rate * left), 1)
-
-
-def model_config(args: argparse.Namespace) -> dict:
-    """The checkpoint's generator config; plain runs keep the old ``{"widths": ...}`` form."""
-    config: dict = {"widths": list(args.widths)}
-    if getattr(args, "full_res", False):
+def model_config(cfg: TrainConfig) -> dict:
+    """The checkpoint's generator config; plain runs keep the short ``{"widths": ...}`` form."""
+    config: dict = {"widths": list(cfg.widths)}
+    if cfg.full_res:
         config["full_res"] = True
-    if getattr(args, "reparam", False):
+    if cfg.reparam:
         config["reparam"] = True
-    if getattr(args, "slope", 0.1) != 0.1:
-        config["slope"] = args.slope
-    if getattr(args, "lr_tail", 0):
-        config["lr_tail"] = args.lr_tail
-    if getattr(args, "mix", 0):
-        config["mix"] = args.mix
+    if cfg.slope != 0.1:
+        config["slope"] = cfg.slope
+    if cfg.lr_tail:
+        config["lr_tail"] = cfg.lr_tail
+    if cfg.mix:
+        config["mix"] = cfg.mix
     return config
 
 
-def load_training_data(args: argparse.Namespace, device: torch.device | None = None):
-    """Clean bicubic pairs cut from --data, or the degraded (codec-aware) pairs of a --pairs cache."""
-    teacher_path = getattr(args, "teacher", None)  # srtc.training.gan's arguments have no teacher
-    full_range = getattr(args, "full_range", 0.0)  # nor a full-range share
-    if args.pairs:
-        if teacher_path:
-            raise SystemExit("--teacher works on --data (clean pairs), not on a --pairs cache")
-        if full_range:
-            raise SystemExit("--full-range works on --data (clean pairs), not on a --pairs cache")
-        from .degrade import (
-            CodecPatchPairs,  # imports PyAV; only needed for codec-aware training
-        )
+class FidelityStage:
+    """Stage 1 for the loop: the generator, Adam, and an L1-like loss (plus the temporal term)."""
 
-        return CodecPatchPairs(args.pairs, args.patch, args.limit_images, seed=args.seed)
-    if not 0.0 <= full_range <= 1.0:
-        raise SystemExit(f"--full-range is a share of patches, 0..1; got {full_range}")
-    if not teacher_path:
-        return PatchPairs(args.data, args.patch, args.limit_images, full_range=full_range)
-    if not 0.0 < args.teacher_weight <= 1.0:
-        raise SystemExit(f"--teacher-weight must be in (0, 1], got {args.teacher_weight}")
-    from .teacher import load_teacher
+    label = "train"
+    headline = "loss"
 
-    name, teacher = load_teacher(teacher_path, device)
-    t0 = time.perf_counter()
-    data = PatchPairs(
-        args.data,
-        args.patch,
-        args.limit_images,
-        teacher=teacher,
-        teacher_weight=args.teacher_weight,
-        full_range=full_range,
-    )
-    log.info(
-        "targets: %.0f%% %s, %.0f%% HR (teacher ran in %.0f s)",
-        100 * args.teacher_weight,
-        name,
-        100 * (1 - args.teacher_weight),
-        time.perf_counter() - t0,
-    )
-    return data
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.config = model_config(cfg)
+        self.model = build(self.config).to(device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.rng = np.random.default_rng(cfg.schedule.seed)
+        resuming = cfg.schedule.resume and (cfg.schedule.out / "last.pt").is_file()
+        if cfg.init and not resuming:
+            init = torch.load(cfg.init, map_location=device, weights_only=False)
+            if init["config"] != self.config:
+                raise ConfigError(f"--init {cfg.init} has config {init['config']}, this run {self.config}")
+            self.model.load_state_dict(init["model"])
+            log.info("starting from the weights of %s (step %d there); new optimiser and schedule", cfg.init,
+                     init.get("step", 0))  # fmt: skip
+        plain = fused(self.model).cpu()
+        log.info("%s %s: %d params at inference (%d while training), %.3f GMAC at 640x360, device %s",
+                 type(self.model).__name__, self.config, count_params(plain), count_params(self.model),
+                 count_macs(plain) / 1e9, device)  # fmt: skip
+        data = load_training_data(cfg.data, cfg.schedule.seed, device)
+        on_device = cfg.sampler == "device" or (cfg.sampler == "auto" and device.type == "cuda")
+        if isinstance(data, PatchPairs) and on_device:
+            data = DevicePatches(data, device, cfg.schedule.seed)
+        self.data = data
+        self.val = load_samples(cfg.val) if cfg.val else []
+        self.val_name = Path(cfg.val).name
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = LOSSES[cfg.loss]
+
+    def state(self) -> dict[str, Any]:
+        extra = {"sampler": self.data.state()} if isinstance(self.data, DevicePatches) else {}
+        return {"config": self.config, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), **extra}
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["config"] != self.config:
+            raise ConfigError(f"--widths {self.config} differs from the checkpoint's {ckpt['config']}")
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if isinstance(self.data, DevicePatches) and ckpt.get("sampler") is not None:
+            self.data.restore(ckpt["sampler"])
+
+    def begin(self) -> float | None:
+        return None
+
+    def set_rates(self, step: int, total: int) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = cosine_lr(step, total, self.cfg.lr, self.cfg.min_lr)
+        if self.cfg.slope_anneal:
+            self.model.slope = annealed_slope(step, self.cfg.slope_anneal, self.cfg.slope)
+
+    def step(self) -> dict[str, torch.Tensor]:
+        cfg, device = self.cfg, self.device
+        lr_b, hr_b = self.data.sample(cfg.data.batch, self.rng)
+        loss = self.loss_fn(self.model(lr_b.to(device)), hr_b.to(device))
+        if cfg.data.temporal:
+            loss = loss + cfg.data.temporal * temporal_loss(self.model, self.data, cfg.data.temporal_batch,
+                                                            self.rng, device)  # fmt: skip
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+    def validate(self) -> float | None:
+        if not self.val:
+            return None
+        self.model.eval()
+        psnr = evaluate(self.val, torch_upscaler(self.model, self.device))["model"]
+        self.model.train()
+        return psnr
+
+
+def train(cfg: TrainConfig, command: str = "") -> dict:
+    """Run (or resume) stage 1; returns this session's losses, the best PSNR, the steps and the wall time."""
+    device = prepare(cfg.schedule)
+    stage = FidelityStage(cfg, device)
+    stage.model.train()
+    result = run(stage, cfg.schedule, cfg.record(), command)
+    return {"losses": [r["loss"] for r in result.records], "best_psnr": result.best_psnr, "steps": result.steps,
+            "wall_s": result.wall_s}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    try:
+        cfg = TrainConfig.from_args(parser.parse_args(argv))
+    except ConfigError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     command = "python -m srtc.training.train " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
-    train(args, command)
+    try:
+        train(cfg, command)
+    except ConfigError as exc:  # the checkpoint to resume or start from does not fit these settings
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

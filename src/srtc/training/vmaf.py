@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class FrameBank:
     def __init__(self, width: int, height: int, limit: int = 300) -> None:
         self.width, self.height, self.limit = width, height, limit
         self._dir = Path(tempfile.mkdtemp(prefix="vmaf-bank-"))
-        self._files: dict[str, object] = {}
+        self._files: dict[str, BinaryIO] = {}
         self._index: dict[str, dict[int, int]] = {}  # series -> frame number -> its slot in the file
 
     def add(self, series: str, number: int, y: np.ndarray) -> bool:
@@ -143,7 +144,7 @@ class FrameBank:
         if series not in self._files:
             self._files[series] = open(self._dir / f"{len(self._files)}.y", "w+b")
         out = self._files[series]
-        out.write(np.ascontiguousarray(y, dtype=np.uint8).tobytes())  # type: ignore[attr-defined]
+        out.write(np.ascontiguousarray(y, dtype=np.uint8).tobytes())
         index[number] = len(index)
         return True
 
@@ -157,14 +158,14 @@ class FrameBank:
 
     def frame(self, series: str, number: int) -> np.ndarray:
         out = self._files[series]
-        out.flush()  # type: ignore[attr-defined]
+        out.flush()
         size = self.width * self.height
-        out.seek(self._index[series][number] * size)  # type: ignore[attr-defined]
-        data = out.read(size)  # type: ignore[attr-defined]
-        out.seek(0, 2)  # type: ignore[attr-defined]
+        out.seek(self._index[series][number] * size)
+        data = out.read(size)
+        out.seek(0, 2)
         return np.frombuffer(data, np.uint8).reshape(self.height, self.width)
 
-    def score(self, reference: str, versions: list[str], threads: int = 2) -> dict[str, dict]:
+    def score(self, reference: str, versions: list[str], threads: int = 2) -> dict[str, dict[str, float | int] | None]:
         """VMAF and VMAF-NEG of each of ``versions`` against ``reference`` on the frames all of them have."""
         numbers = self.common([reference, *versions])
         out = {}
@@ -180,7 +181,7 @@ class FrameBank:
 
     def close(self) -> None:
         for f in self._files.values():
-            f.close()  # type: ignore[attr-defined]
+            f.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
