@@ -2,8 +2,9 @@
 the real server over WebRTC and gets both streams back (SR-off 640x360, SR-on 1280x720).
 
 Needs Debian's /usr/bin/chromium and Playwright for Python (skipped with the reason otherwise).
-Everything talks to 127.0.0.1 only. A screenshot lands in test-artifacts/browser.png; with
-SRTC_UPDATE_SCREENSHOT=1 it is also copied to docs/screenshot.png when the test passes.
+Everything talks to 127.0.0.1 only. Screenshots land outside the work tree, in $SRTC_TEST_ARTIFACTS
+(default: srtc-test-artifacts in the system's temporary folder); with SRTC_UPDATE_SCREENSHOT=1 they are
+also copied to docs/ when the test passes.
 SRTC_TEST_MODEL, when set, is passed to the server as --model.
 """
 
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +27,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = Path(os.environ.get("SRTC_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "srtc-test-artifacts")
 SCREENSHOT = ARTIFACTS / "browser.png"
 DOCS_SCREENSHOT = ROOT / "docs" / "screenshot.png"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -197,7 +199,7 @@ def _wait_for_remb(server_url: str, session_id: str, timeout_s: float = 15.0) ->
 
 
 def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     page.goto(server_url + "/")
     assert page.locator("#source").input_value() == "sample", "the sample source must be the default"
@@ -403,7 +405,7 @@ LOUPES_JS = """
 def test_wipe_and_loupe_show_both_streams_on_the_same_frame(page, server_url):
     """Wipe: one picture, SR off left of a draggable divider, SR on right; loupe: the same spot of both at 2:1,
     under the pointer. Each SR-on frame is paired with the SR-off frame it was made from (closest thumbnail)."""
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.goto(server_url + "/")
     _start_and_wait_playing(page, "media did not flow")
 

@@ -29,7 +29,7 @@ def _row(name, kind, ms, set5, set14, threads=2, precision="fp32"):
     }
 
 
-# Figures of docs/BENCHMARKS.md's session-4 run (2 threads), so the picture is of a real table.
+# Figures of a real benchmark run (2 threads), so the picture is of a real table.
 RESULT = {
     "date": "2026-11-29T13:46:00Z",
     "machine": {"cpu": "AMD EPYC"},

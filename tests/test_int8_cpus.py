@@ -19,16 +19,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from srtc.server.engine import OnnxUpscaler
 from srtc.server.selfcheck import MAX_LOSS_DB, check, check_pairs
-from srtc.training.quantize import SAFE_WEIGHT_LEVEL, conv_weights, saturating_convs
 from srtc.zoo import MANIFEST_PATH, load_manifest
 
 from .conftest import REPO
+
+onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -e '.[train]')")
+from onnx import numpy_helper  # noqa: E402
+
+from srtc.training.quantize import SAFE_WEIGHT_LEVEL, conv_weights, saturating_convs  # noqa: E402
 
 QEMU = shutil.which("qemu-x86_64")
 EMULATED_CPU = "Haswell"  # AVX2 and FMA, no AVX-512, no VNNI
@@ -149,6 +151,7 @@ OPEN = """
 import json, sys
 from pathlib import Path
 from srtc.server.registry import open_fast_model, open_model
+
 manifest = Path(sys.argv[1])
 upscaler, info = open_model(sys.argv[2], 1, manifest)
 fast, fast_info = open_fast_model(sys.argv[2], info, 1, manifest)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
-from srtc.training import quantize as q
 from srtc.zoo import MANIFEST_PATH, load_manifest, resolve, sha256_of
 
 from .conftest import photo_frame, shared_or_skip
+
+onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -e '.[train]')")
+from srtc.training import quantize as q  # noqa: E402
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

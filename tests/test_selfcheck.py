@@ -8,10 +8,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from onnx import numpy_helper
 
 from srtc.server.app import create_app
 from srtc.server.config import ServerConfig
@@ -19,6 +17,9 @@ from srtc.server.engine import BicubicUpscaler, OnnxUpscaler
 from srtc.server.registry import open_fast_model, open_model
 from srtc.server.selfcheck import check, check_pairs, psnr_y
 from srtc.zoo import MANIFEST_PATH, load_manifest
+
+onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -e '.[train]')")
+from onnx import numpy_helper  # noqa: E402
 
 DEFAULT = load_manifest()["default"]
 

@@ -509,6 +509,21 @@ def comparison_table(comparison: list[dict]) -> str:
 # ---------------------------------------------------------------- output
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what onnxruntime's kernels choose by
+
+
+def cpu_flags() -> list[str]:
+    """The instruction sets among :data:`SIMD_FLAGS` this CPU reports (``lscpu`` flags), for every figure."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in SIMD_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
+
+
 def cpu_model() -> str:
     """``lscpu``'s model name, read from /proc/cpuinfo."""
     try:
@@ -550,6 +565,31 @@ def table(rows: list[Row], ceiling: dict) -> str:
     notes = [f"  {r.name}: {r.psnr_note}" for r in rows if r.psnr_note and r.threads == rows[0].threads]
     if notes:
         lines += ["PSNR not given:"] + notes
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    """The run as it goes into docs/BENCHMARKS.md: the machine, the table, and who beats whom."""
+    machine = result.get("machine", {})
+    isa = " ".join(machine.get("isa", [])) or "no AVX2"
+    lines = [
+        f"`{result.get('command', 'python -m srtc.tools.bench')}`, {result.get('date', '')}: "
+        f"{machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, {isa}; onnxruntime "
+        f"{machine.get('onnxruntime', '?')}. Full path: 640x360 yuv420p in, 1280x720 out.",
+        "",
+        "| model | prec | threads | params | GMAC | p50 ms | p95 ms | fps | % of matmul ceiling | Set5 | Set14 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in (Row(**row) for row in result["rows"]):
+        p = r.psnr or {}
+        lines.append(
+            f"| {r.name} | {r.precision} | {r.threads} | {_fmt(r.params, ',d')} "
+            f"| {_fmt(r.macs and r.macs / 1e9, '.2f')} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.fps:.1f} "
+            f"| {_fmt(r.ceiling_pct, '.0f')} | {_fmt(p.get('Set5'), '.2f')} | {_fmt(p.get('Set14'), '.2f')} |"
+        )
+    lines += ["", *[f"Skipped: {s['name']} ({s['reason']})." for s in result.get("skipped", [])]]
+    if result.get("comparison"):
+        lines += ["", "```", comparison_table(result["comparison"]), "```"]
     return "\n".join(lines)
 
 
@@ -616,6 +656,7 @@ def run(args: argparse.Namespace) -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {
             "cpu": cpu_model(),
+            "isa": cpu_flags(),
             "cpus": os.cpu_count(),
             "onnxruntime": _ort_version(),
             "opencv": cv2.__version__,
@@ -651,6 +692,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout, last")
+    ap.add_argument("--markdown", action="store_true", help="print the table as docs/BENCHMARKS.md has it")
     ap.add_argument("--peers", default=None, help="folder of published peer models (e.g. ../shared/peers)")
     ap.add_argument("--frames", type=int, default=60, help="frames per pass (default %(default)s)")
     ap.add_argument("--runs", type=int, default=3, help="timed passes over the frames (default %(default)s)")
@@ -692,11 +734,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     result = run(args)
     rows = [Row(**r) for r in result["rows"]]
-    print(table(rows, result["ceiling"]))
-    for s in result["skipped"]:
-        print(f"skipped {s['name']}: {s['reason']}")
-    if result["comparison"]:
-        print(comparison_table(result["comparison"]))
+    if args.markdown:
+        print(markdown(result))
+    else:
+        print(table(rows, result["ceiling"]))
+        for s in result["skipped"]:
+            print(f"skipped {s['name']}: {s['reason']}")
+        if result["comparison"]:
+            print(comparison_table(result["comparison"]))
     if args.plot:
         from .frontier import plot
 

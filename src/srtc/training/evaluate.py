@@ -33,7 +33,7 @@ frame into a ``--pan-frames`` clip, then the codec path above, each clip its own
 pixel ``--kbps`` gives 640x360; figures are means over the clips. Coded video of other content than the
 film clips (one of which trains the video-aware models).
 
-Models and peers run through onnxruntime (or cv2.dnn for .pb peers), as in the server. ``--peers``
+Models and peers run through onnxruntime (srtc.runtime), as in the server. ``--peers``
 adds the published models built by ``srtc.training.peers`` to every table; unrunnable ones are listed with
 the reason. ``--json`` prints one JSON object on stdout at the end; progress goes to stderr.
 """

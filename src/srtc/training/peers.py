@@ -21,7 +21,6 @@ torch and cv2 are imported only when peers are asked for.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import logging
 import struct
@@ -74,7 +73,6 @@ NOT_X2 = {
 }
 PEER_NOTE = "RGB net on Y replicated (R=G=B), Y of output; first conv folded to 1 ch"
 PB_NOTE = "Y-only .pb rebuilt from its GraphDef; limited->full-range Y in, back out; trained on cv2 INTER_CUBIC LR"
-DNN_NOTE = PB_NOTE  # kept for callers of the cv2.dnn path
 
 
 def peer_label(short: str) -> str:
@@ -617,13 +615,6 @@ def export_peers(
     return found, skipped
 
 
-def export_torch_peers(
-    peers: Path, workdir: Path, only: tuple[str, ...] | None = None
-) -> tuple[list[ExportedPeer], list[dict]]:
-    """Former name of ``export_peers`` (it now covers the .pb peers too)."""
-    return export_peers(peers, workdir, only)
-
-
 def max_error(model, reference, onnx_path: Path) -> float:
     """Largest |ONNX - reference| and |rebuild - reference| over real-ish sizes (odd ones included)."""
     import torch
@@ -640,58 +631,6 @@ def max_error(model, reference, onnx_path: Path) -> float:
             rebuilt = model(x).numpy()[0, 0]
         worst = max(worst, float(np.abs(run(y_u8) - ref).max()), float(np.abs(rebuilt - ref).max()))
     return worst
-
-
-# ---------------------------------------------------------------- OpenCV .pb through cv2.dnn (cross-check)
-
-
-@contextlib.contextmanager
-def quiet_opencv() -> Iterator[None]:
-    """OpenCV logs each failed importer attempt at ERROR level; the skip line says it once."""
-    import cv2
-
-    utils = getattr(getattr(cv2, "utils", None), "logging", None)
-    if utils is None:
-        yield
-        return
-    level = utils.getLogLevel()
-    utils.setLogLevel(utils.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        utils.setLogLevel(level)
-
-
-class DnnLuma:
-    """A Y-only ``.pb`` in cv2.dnn (full-range Y uint8 in and out), where opencv-contrib makes it runnable."""
-
-    def __init__(self, path: Path, threads: int) -> None:
-        import cv2
-
-        cv2.setNumThreads(threads)
-        self.net = cv2.dnn.readNetFromTensorflow(str(path))  # type: ignore[attr-defined]  # not in OpenCV 5 stubs
-        self.name = Path(path).stem
-
-    def upscale_luma(self, y: np.ndarray) -> np.ndarray:
-        self.net.setInput((y.astype(np.float32) / 255.0)[None, None])
-        out = self.net.forward()[0, 0]
-        return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def dnn_runnable(path: Path) -> str | None:
-    """None when cv2.dnn can run the ``.pb``, else why not (headless OpenCV lacks DepthToSpace; OpenCV 5.1
-    dropped the TensorFlow importer from cv2.dnn altogether)."""
-    import cv2
-
-    if not hasattr(cv2.dnn, "readNetFromTensorflow"):
-        return f"OpenCV {cv2.__version__} has no TensorFlow importer in cv2.dnn"
-    try:
-        with quiet_opencv():
-            DnnLuma(path, 1).upscale_luma(np.full((24, 32), 128, np.uint8))
-    except cv2.error as exc:
-        lines = [ln.strip(" >") for ln in str(exc).splitlines() if ln.strip(" >")]
-        return next((ln for ln in lines if "required" in ln), lines[-1] if lines else repr(exc)).rstrip(":")
-    return None
 
 
 # ---------------------------------------------------------------- for quality evaluation
