@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from aiohttp import web
@@ -29,6 +30,11 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
         prog="python -m server",
         description="Serve the demo page and the WebRTC receiver that super-resolves every frame it receives "
         "(640x360 in, 1280x720 out) and sends both streams back.",
+        epilog="Who may do what: a session's routes need the secret its offer's answer carried; the simulated "
+        "network and every session's figures in /stats are the operator's, that is requests from this machine, "
+        "or carrying the token of the SRTC_OPERATOR_TOKEN environment variable (16+ characters) in the "
+        "X-Operator-Token header. One other address may hold --max-sessions-per-address sessions and make "
+        "--offers-per-minute offers (429 beyond).",
     )
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default %(default)s)")
@@ -42,6 +48,18 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     )
     parser.add_argument(
         "--max-sessions", type=int, default=defaults.max_sessions, help="concurrent clients (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-sessions-per-address",
+        type=int,
+        default=defaults.max_sessions_per_address,
+        help="sessions one address other than this machine may hold (default %(default)s)",
+    )
+    parser.add_argument(
+        "--offers-per-minute",
+        type=int,
+        default=defaults.offers_per_minute,
+        help="offers one address other than this machine may make a minute (default %(default)s)",
     )
     parser.add_argument(
         "--sr-headroom",
@@ -117,6 +135,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
             model=args.model,
             threads=args.threads,
             max_sessions=args.max_sessions,
+            max_sessions_per_address=args.max_sessions_per_address,
+            offers_per_minute=args.offers_per_minute,
+            operator_token=os.environ.get("SRTC_OPERATOR_TOKEN") or None,
             resilient_receiver=not args.stock_receiver,
             sr_headroom=args.sr_headroom,
             fast_model=args.fast_model,

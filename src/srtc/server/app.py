@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from .access import OPERATOR_HEADER, Admission, is_loopback_peer, is_operator
 from .config import CLIENT_DIR, ConfigError, NetworkConfig, ServerConfig
 from .engine import Upscaler
 from .governor import GovernorPolicy
@@ -32,6 +34,8 @@ MODEL = web.AppKey("model", ModelInfo)
 CONFIG = web.AppKey("config", ServerConfig)
 NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
 SECRET_HEADER = "X-Session-Secret"  # a session's routes need the secret its offer's answer carried
+ADMISSION = web.AppKey("admission", Admission)
+ADDRESSES = web.AppKey("addresses", dict)  # session id -> the address that opened it
 # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
 FAST = web.AppKey[tuple[Upscaler | None, ModelInfo | None]]("fast")
 
@@ -50,10 +54,13 @@ def create_app(
     ``fast``: the faster model the governor steps down to before bicubic (``fast_info`` describes it).
     """
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors, _same_site])
+    app.on_response_prepare.append(_plain_server_header)
     app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model
     app[NETWORK] = NetworkControl(network)
     app[FAST] = (fast, fast_info)
     app[SESSIONS] = {}
+    app[ADDRESSES] = {}
+    app[ADMISSION] = Admission(config.max_sessions_per_address, config.offers_per_minute)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
     app.router.add_get("/stats", stats)
@@ -74,12 +81,27 @@ async def offer(request: web.Request) -> web.Response:
     """Signaling: an SDP offer in, an answer out; the new session is registered under its id."""
     app = request.app
     sessions: dict[str, Session] = app[SESSIONS]
+    addresses: dict[str, str] = app[ADDRESSES]
     description, sr_enabled = parse_offer(await _read_json(request))
     if len(sessions) >= app[CONFIG].max_sessions:
         raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
+    address = request.remote or "unknown"
+    if not is_loopback_peer(request.remote):  # the operator's own machine opens many sessions on purpose
+        held = sum(1 for a in addresses.values() if a == address)
+        refusal = app[ADMISSION].check(address, held)
+        if refusal is not None:
+            headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s else None
+            raise web.HTTPTooManyRequests(
+                text=json.dumps({"error": refusal.message}), content_type="application/json", headers=headers
+            )
+
+    def closed(s: Session) -> None:
+        sessions.pop(s.id, None)
+        addresses.pop(s.id, None)
+
     session = Session(
         app[UPSCALER],
-        on_closed=lambda s: sessions.pop(s.id, None),
+        on_closed=closed,
         connect_timeout_s=app[CONFIG].connect_timeout_s,
         network=app[NETWORK],
         resilient=app[CONFIG].resilient_receiver,
@@ -89,6 +111,7 @@ async def offer(request: web.Request) -> web.Response:
         viewer_kbps=app[CONFIG].viewer_kbps,
     )
     sessions[session.id] = session
+    addresses[session.id] = address
     try:
         answer = await session.answer(description, sr_enabled)
     except BaseException:
@@ -115,15 +138,43 @@ async def close_session(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """Live figures for the page and the probe: the model, and every session (or ``?id=`` one)."""
+    """Live figures for the page and the probe: the model, the totals, and the sessions the caller may see.
+
+    The operator sees every session (or ``?id=`` one); a client sees its own, named by ``?id=`` with its
+    secret in the ``X-Session-Secret`` header, and the totals; nobody else's ids or figures."""
     sessions: dict[str, Session] = request.app[SESSIONS]
     wanted = request.query.get("id")
-    chosen = [s for s in sessions.values() if wanted in (None, s.id)]
+    if _operator(request):
+        chosen = [s for s in sessions.values() if wanted in (None, s.id)]
+    else:
+        own = sessions.get(wanted or "")
+        secret = request.headers.get(SECRET_HEADER, "")
+        chosen = [own] if own is not None and hmac.compare_digest(secret.encode(), own.secret.encode()) else []
     fast_info = request.app[FAST][1]
-    model = {**request.app[MODEL].to_json(), "fast": fast_info.to_json() if fast_info else None}
+    model = {**_public(request.app[MODEL].to_json()), "fast": _public(fast_info.to_json()) if fast_info else None}
     return web.json_response(
-        {"model": model, "process": process_stats(len(sessions)), "sessions": [s.stats() for s in chosen]}
+        {
+            "model": model,
+            "process": process_stats(len(sessions)),
+            "totals": totals([s.stats() for s in sessions.values()]),
+            "sessions": [s.stats() for s in chosen],
+        }
     )
+
+
+def totals(figures: list[dict]) -> dict:
+    """Every session's figures summed, without ids: what anyone may know of the others."""
+    return {
+        "sessions": len(figures),
+        "frames_in": sum(f.get("frames_in", 0) for f in figures),
+        "frames_out": sum(f.get("frames_out", 0) for f in figures),
+        "fps_out": round(sum(f.get("fps_out", 0.0) for f in figures), 1),
+    }
+
+
+def _public(model: dict) -> dict:
+    """A model's figures without where it lives on the server's disk (its file name is enough)."""
+    return {**model, "path": Path(model["path"]).name if model.get("path") else model.get("path")}
 
 
 def process_stats(sessions: int) -> dict:
@@ -145,12 +196,13 @@ async def get_network(request: web.Request) -> web.Response:
 async def set_network(request: web.Request) -> web.Response:
     """Change the network settings at runtime for every live session: a partial JSON object of fields.
 
-    It changes every client's link, so it is an operator's action: only from the server's own machine."""
-    if not _is_loopback_peer(request.remote):
+    It changes every client's link, so it is the operator's action: from the server's own machine, or with
+    the operator token (``X-Operator-Token``)."""
+    if not _operator(request):
         raise _error(
             web.HTTPForbidden,
-            "the simulated network is the operator's: change it from the server's "
-            "own machine (POST /network over loopback, or the command line)",
+            "the simulated network is the operator's: change it from the server's own machine "
+            f"(POST /network over loopback, or the command line), or send the operator token in {OPERATOR_HEADER}",
         )
     control = request.app[NETWORK]
     try:
@@ -222,6 +274,8 @@ async def _same_site(request: web.Request, handler) -> web.StreamResponse:
     """
     if _on_loopback(request.app[CONFIG].host) and _hostname(request.host) not in LOOPBACK_NAMES:
         raise _error(web.HTTPForbidden, f"host {request.host!r} is not served here (the server listens on loopback)")
+    if request.method == "OPTIONS":  # a CORS preflight: no other site may call this server's routes
+        raise _error(web.HTTPForbidden, "cross-origin requests are not allowed (this server grants no CORS)")
     if request.method in ("POST", "DELETE"):
         origin = request.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != request.host:
@@ -239,11 +293,13 @@ def _hostname(host: str | None) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _is_loopback_peer(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        return False
+def _operator(request: web.Request) -> bool:
+    return is_operator(request.remote, request.headers.get(OPERATOR_HEADER), request.app[CONFIG].operator_token)
+
+
+async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """No versions in the ``Server`` header (aiohttp would name itself and Python's version)."""
+    response.headers["Server"] = "srtc"
 
 
 def _on_loopback(bind: str) -> bool:

@@ -27,8 +27,13 @@ class ServerConfig:
     # thread had been the better choice: 94% of frames returned against 85%.)
     threads: int = max(1, min(4, os.cpu_count() or 2))
     max_sessions: int = 8
+    max_sessions_per_address: int = 4  # sessions one (non-loopback) address may hold at once
+    offers_per_minute: int = 20  # offers one (non-loopback) address may make in a minute
+    # Grants operator rights (the simulated network, every session in /stats) to requests that carry it
+    # in X-Operator-Token, from any address; None: only the server's own machine is the operator.
+    operator_token: str | None = None
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few kB; anything larger is refused with 413
-    connect_timeout_s: float = 30.0  # a peer that never connects is closed after this long
+    connect_timeout_s: float = 10.0  # a peer that never connects is closed after this long, freeing its slot
     resilient_receiver: bool = True  # False: aiortc's stock jitter buffer and NACK (for comparisons)
     # Share of the frame interval the generator may take per frame before the SR stage sends bicubic on
     # some frames (srtc/server/governor.py). 1.0 = the whole interval.
@@ -52,6 +57,12 @@ class ServerConfig:
             raise ConfigError(f"threads must be in 1..64, got {self.threads}")
         if not 1 <= self.max_sessions <= 256:
             raise ConfigError(f"max_sessions must be in 1..256, got {self.max_sessions}")
+        if not 1 <= self.max_sessions_per_address <= 256:
+            raise ConfigError(f"max_sessions_per_address must be in 1..256, got {self.max_sessions_per_address}")
+        if not 1 <= self.offers_per_minute <= 10_000:
+            raise ConfigError(f"offers_per_minute must be in 1..10000, got {self.offers_per_minute}")
+        if self.operator_token is not None and len(self.operator_token) < 16:
+            raise ConfigError("the operator token must be at least 16 characters")
         if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
             raise ConfigError(f"max_body_bytes must be in 1024..16777216, got {self.max_body_bytes}")
         if not 1.0 <= self.connect_timeout_s <= 600.0:

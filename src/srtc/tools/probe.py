@@ -298,10 +298,14 @@ async def fetch_process(http: aiohttp.ClientSession, url: str) -> dict | None:
     return process if isinstance(process, dict) and "cpu_s" in process else None
 
 
-async def fetch_session_stats(http: aiohttp.ClientSession, url: str, session_id: str | None) -> dict | None:
-    """This session's entry in GET /stats, or None (logged) when it cannot be had."""
+async def fetch_session_stats(
+    http: aiohttp.ClientSession, url: str, session_id: str | None, secret: str | None = None
+) -> dict | None:
+    """This session's entry in GET /stats (asked for by id, with its secret, as any client may), or None
+    (logged) when it cannot be had."""
+    headers = {"X-Session-Secret": secret} if secret else {}
     try:
-        async with http.get(url.rstrip("/") + "/stats") as resp:
+        async with http.get(url.rstrip("/") + "/stats", params={"id": str(session_id)}, headers=headers) as resp:
             if resp.status >= 400:
                 log.warning("GET /stats answered %d", resp.status)
                 return None
@@ -471,7 +475,7 @@ async def run_probe(
             await wait_sent(pc, uplink, seconds + connect_timeout_s)
             server_cpu = cpu_between(cpu_before, await fetch_process(http, url))
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
-            server_session = await fetch_session_stats(http, url, session_id)
+            server_session = await fetch_session_stats(http, url, session_id, secret)
             network = await network_report(http, url, pc, uplink)
             if (
                 network_change is not None

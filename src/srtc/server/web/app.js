@@ -553,7 +553,9 @@
 
   async function pollServer() {
     try {
-      const resp = await fetch('/stats', { cache: 'no-store' });
+      // Its own session's figures need its id and secret; without a session the page gets the totals.
+      const query = state.sessionId ? `?id=${encodeURIComponent(state.sessionId)}` : '';
+      const resp = await fetch(`/stats${query}`, { cache: 'no-store', headers: secretHeaders() });
       if (!resp.ok) return;
       const body = await resp.json();
       state.serverStats = body;
