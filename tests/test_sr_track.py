@@ -118,3 +118,39 @@ async def test_sr_time_is_the_worker_s_not_the_event_loop_s_delay_in_resuming(up
         await fanout.stop()
     sr_ms = sr.sr_ms.summary()
     assert 18 < sr_ms["p50"] <= sr_ms["max"] < 150  # the upscale itself, not the 200 ms stall
+
+
+class FailingUpscaler:
+    """The generator raising on chosen calls mid-stream, as an onnxruntime error on a bad frame would."""
+
+    def __init__(self, inner, fail_on: set[int]) -> None:
+        self.inner, self.name, self.fail_on, self.calls = inner, inner.name, fail_on, 0
+
+    def upscale_luma(self, y):
+        return self.inner.upscale_luma(y)
+
+    def upscale(self, frame: av.VideoFrame) -> av.VideoFrame:
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise RuntimeError("injected generator failure")
+        return self.inner.upscale(frame)
+
+
+async def test_a_generator_error_mid_stream_costs_that_frame_not_the_stream(upscaler):
+    """Each failing call is answered with bicubic for that frame; the frames before and after are the
+    generator's, in order, at the same size, and every failure is counted."""
+    source = FastSource(total=60, interval_s=0.01)
+    fanout = FrameFanout(source)
+    failing = FailingUpscaler(upscaler, fail_on={3, 4, 9})
+    with ThreadPoolExecutor(1) as executor:
+        sr = SuperResolutionTrack(fanout.subscribe(), failing, executor)
+        frames = []
+        for _ in range(14):
+            frames.append(await asyncio.wait_for(sr.recv(), timeout=2.0))
+        stats = sr.stats()
+        sr.stop()
+        await fanout.stop()
+    assert all((f.width, f.height) == (640, 360) for f in frames)
+    pts = [f.pts for f in frames]
+    assert pts == sorted(pts) and len(set(pts)) == len(pts)
+    assert failing.calls >= 12 and stats["errors"] == 3 and stats["upscaler"] == upscaler.name

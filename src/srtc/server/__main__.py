@@ -12,6 +12,7 @@ from aiohttp import web
 from .app import create_app
 from .config import ConfigError, NetworkConfig, ServerConfig
 from .engine import ModelError
+from .memory import limit_arenas
 from .priority import per_thread_nice
 from .registry import open_fast_model, open_model
 
@@ -162,6 +163,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
 
 def main(argv: list[str] | None = None) -> int:
     config, network = parse_command_line(argv)
+    limit_arenas()
     try:
         upscaler, info = open_model(config.model, config.threads)
         fast, fast_info = open_fast_model(config.fast_model, info, config.threads)

@@ -33,6 +33,7 @@ from .forward import ForwardTrack
 from .governor import GovernorPolicy, LoadGovernor
 from .impairment import NetworkControl, SessionPath
 from .jitter import Policy
+from .memory import release_freed_memory
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
 from .return_rate import ReturnBitrates
 from .sr_track import RawTrack, SlotTrack, SuperResolutionTrack
@@ -276,6 +277,7 @@ class Session:
         if self.netpath is not None:
             self.netpath.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        release_freed_memory()
         log.info("session %s: closed", self.id)
         self._on_closed(self)
 
