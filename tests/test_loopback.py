@@ -104,3 +104,31 @@ async def test_two_concurrent_clients_each_get_their_own_streams(upscaler, defau
         assert report.streams["sr"]["width"] == FULL_W and report.streams["sr"]["numbered"] >= 10
         assert report.streams["sr"]["out_of_order"] == 0
     assert summary["median"]["sr"]["fps"] > 0
+
+
+async def test_a_frame_that_fails_on_the_return_path_costs_that_frame_not_the_stream(
+    upscaler, default_model_path, monkeypatch
+):
+    """Fault injection: the SR track raises on two frames mid-stream. aiortc's sender would stop the stream
+    for good; the server skips those frames, asks for a keyframe, counts them, and the stream goes on."""
+    from srtc.server.sr_track import SuperResolutionTrack
+
+    real_recv = SuperResolutionTrack.recv
+    calls = {"n": 0}
+
+    async def failing_recv(self):
+        calls["n"] += 1
+        if calls["n"] in (20, 21):
+            raise RuntimeError("injected failure on the return path")
+        return await real_recv(self)
+
+    monkeypatch.setattr(SuperResolutionTrack, "recv", failing_recv)
+    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
+    async with serving(app) as url:
+        report = await run_probe(url, seconds=4.0, fps=15.0, psnr_every=5)
+    sr = report.streams["sr"]
+    assert calls["n"] > 40, calls  # the stream went on well past the failures
+    assert sr["numbered"] >= 40 and sr["trailing_gap_ms"] <= 1000, sr
+    assert sr["freezes"]["longestGapMs"] <= 1000, sr["freezes"]  # each failure cost at most a second
+    assert report.server_session["return_errors"]["sr"]["frame_errors"] == 2
+    assert "injected" in report.server_session["return_errors"]["sr"]["last_frame_error"]

@@ -16,6 +16,7 @@ settings plus :data:`OPTIONS`; aiortc's ``encode`` then finds a matching context
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import multiprocessing
@@ -27,6 +28,7 @@ from typing import Any
 
 import av
 from aiortc.codecs.vpx import MAX_FRAME_RATE, Vp8Encoder, number_of_threads
+from aiortc.mediastreams import MediaStreamError
 from av.frame import Frame
 
 from .metrics import ByteRate
@@ -252,18 +254,51 @@ def install(sender: Any, codec: Any, nice: int = 0, ceiling: Callable[[], int | 
     return True
 
 
-def use_return_encoder(sender: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None) -> None:
-    """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame);
-    ``nice``: its encoding threads' priority below the process's (:mod:`srtc.server.priority`); ``ceiling``: the
-    viewer link's share for this stream (:meth:`srtc.server.return_rate.ReturnBitrates.ceiling`)."""
+class FrameGuard:
+    """Counts the frames a return stream lost to an error, so one bad frame never ends the stream.
+
+    aiortc's sender loop ends for good on any exception from fetching or encoding a frame (the stream then
+    stays silent while the call looks connected). The guard turns such an error into one skipped frame and
+    a keyframe request for the next, so the viewer's decoder resynchronises at once."""
+
+    PAUSE_S = 0.02  # after an error, so a source that fails every time cannot spin the event loop
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def stats(self) -> dict:
+        return {"frame_errors": self.errors, "last_frame_error": self.last_error}
+
+
+def use_return_encoder(
+    sender: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None, guard: FrameGuard | None = None
+) -> FrameGuard:
+    """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame),
+    and survive a failing frame (:class:`FrameGuard`, returned); ``nice``: its encoding threads' priority below
+    the process's (:mod:`srtc.server.priority`); ``ceiling``: the viewer link's share for this stream
+    (:meth:`srtc.server.return_rate.ReturnBitrates.ceiling`)."""
     inner = sender._next_encoded_frame
     installed = False
+    guard = guard or FrameGuard()
 
     async def next_encoded_frame(codec: Any) -> Any:
         nonlocal installed
         if not installed:
             installed = True
             install(sender, codec, nice, ceiling)
-        return await inner(codec)
+        try:
+            return await inner(codec)
+        except (asyncio.CancelledError, MediaStreamError):
+            raise  # the call or the track ended: the sender stops, as it should
+        except Exception as exc:
+            guard.errors += 1
+            guard.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning("return stream: frame lost to %s (%d so far); asking for a keyframe", guard.last_error,
+                        guard.errors)  # fmt: skip
+            sender._RTCRtpSender__force_keyframe = True
+            await asyncio.sleep(guard.PAUSE_S)
+            return None  # aiortc's loop skips a None frame and fetches the next
 
     sender._next_encoded_frame = next_encoded_frame
+    return guard

@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from .bandwidth import RembCap, with_bandwidth
 from .budget import ArrivalLog, time_encoding
-from .encoder import use_return_encoder
+from .encoder import FrameGuard, use_return_encoder
 from .engine import Upscaler
 from .fanout import FrameFanout, LatestFrame
 from .forward import ForwardTrack
@@ -102,6 +102,7 @@ class Session:
         self.encoder_nice = encoder_nice  # the return encoders' threads, below the SR stage (srtc.server.priority)
         # How the returned streams share the viewer's link (``viewer_kbps``) and the client's REMB.
         self.return_rates = ReturnBitrates(None if viewer_kbps is None else int(viewer_kbps * 1000))
+        self.guards: dict[str, FrameGuard] = {}  # per encoded return stream: the frames lost to errors
         self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
         self._blackhole = MediaBlackhole()
@@ -146,7 +147,7 @@ class Session:
             baseline=baseline,
             fast=self.fast,
         )
-        _send(
+        self.guards["sr"] = _send(
             sr_out,
             self.sr_track,
             keep_receiving=sr_out is uplink,
@@ -155,7 +156,7 @@ class Session:
             nice=self.encoder_nice,
         )
         if self.raw_track is not None and raw_out is not None:
-            _send(
+            self.guards["raw"] = _send(
                 raw_out,
                 self.raw_track,
                 keep_receiving=False,
@@ -225,6 +226,7 @@ class Session:
             "budget_ms": sr.get("budget_ms"),
             "streams": {"sr": sr, "raw": raw},
             "return_bitrate": self.return_rates.stats(),
+            "return_errors": {name: guard.stats() for name, guard in self.guards.items()},
             "network": self.netpath.stats() if self.netpath else None,
             "receiver": self.receiver.stats() if self.receiver else None,
         }
@@ -309,10 +311,12 @@ def _send(
     rates: ReturnBitrates,
     name: str,
     nice: int = 0,
-) -> None:
+) -> FrameGuard:
     transceiver.sender.replaceTrack(track)
-    # VP8 without the denoiser, within the viewer link's share (or the resolution's limits without one)
-    use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name))
+    # VP8 without the denoiser, within the viewer link's share (or the resolution's limits without one);
+    # a frame that fails is skipped with a keyframe request, never the end of the stream
+    guard = use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name))
     rates.add(name, transceiver.sender)  # its share of the client's REMB
     time_encoding(transceiver.sender, track.encoded)  # the encode and send stages of the latency budget
     transceiver.direction = "sendrecv" if keep_receiving else "sendonly"
+    return guard
