@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from srtc.server.app import create_app
-from srtc.server.config import ConfigError, ServerConfig
+from srtc.server.config import ConfigError, NetworkConfig, ServerConfig
 from srtc.server.registry import describe
 
 
@@ -46,7 +46,12 @@ async def test_malformed_json_is_a_400(client):
             },
             "no video",
         ),
-        ({"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}, "cannot apply the offer"),
+        ({"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}, "no DTLS fingerprint"),
+        ({"sdp": "v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=fingerprint:sha-256 AB\r\n", "type": "offer"}, "port 0"),
+        (
+            {"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=fingerprint:sha-256 AB:CD\r\n", "type": "offer"},
+            "cannot apply the offer",
+        ),
         ({"sdp": "v=0\r\nm=video 9\r\n", "type": "offer", "sr": "yes"}, '"sr" must be'),
     ],
 )
@@ -82,6 +87,9 @@ def test_out_of_range_settings_are_refused():
         ServerConfig(encoder_nice=20)
     with pytest.raises(ConfigError, match="encoder_nice"):
         ServerConfig(encoder_nice=-1)
+    for seed in (-1, 2**32, 10**400):  # a seed is stored and echoed: only what the generators take
+        with pytest.raises(ConfigError, match="seed"):
+            NetworkConfig(seed=seed)
 
 
 async def test_only_the_client_that_opened_a_session_can_switch_it_or_end_it(client):

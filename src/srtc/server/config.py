@@ -130,8 +130,8 @@ class NetworkConfig:
             if not low <= value <= high:
                 extra = " (or 0 = unlimited)" if name == "kbps" else ""
                 raise ConfigError(f"{name} must be in {_number_text(low)}..{_number_text(high)}{extra}, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in 0..4294967295, got {self.seed!r}")
         for name in ("reorder", "impair_rtcp"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

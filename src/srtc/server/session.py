@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -58,12 +59,16 @@ def parse_offer(body: object) -> tuple[RTCSessionDescription, bool]:
     sdp, kind, sr = body.get("sdp"), body.get("type"), body.get("sr", True)
     if kind != "offer":
         raise OfferError(f'"type" must be "offer", got {kind!r}')
+    if not isinstance(sr, bool):
+        raise OfferError(f'"sr" must be true or false, got {sr!r}')
     if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
         raise OfferError('"sdp" must be an SDP session description starting with "v=0"')
     if "m=video" not in sdp:
         raise OfferError("the offer has no video m-line; send a video track")
-    if not isinstance(sr, bool):
-        raise OfferError(f'"sr" must be true or false, got {sr!r}')
+    if re.search(r"^m=video 0 ", sdp, re.MULTILINE):
+        raise OfferError("the offer rejects a video m-line (port 0); offer the three video transceivers")
+    if not re.search(r"^a=fingerprint:\S+ \S+", sdp, re.MULTILINE):
+        raise OfferError("the offer has no DTLS fingerprint (a=fingerprint); WebRTC media must be encrypted")
     return RTCSessionDescription(sdp=sdp, type="offer"), sr
 
 
