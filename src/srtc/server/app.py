@@ -35,7 +35,6 @@ CONFIG = web.AppKey("config", ServerConfig)
 NETWORK = web.AppKey("network", NetworkControl)  # the impairment settings shared by all sessions
 SECRET_HEADER = "X-Session-Secret"  # a session's routes need the secret its offer's answer carried
 ADMISSION = web.AppKey("admission", Admission)
-ADDRESSES = web.AppKey("addresses", dict)  # session id -> the address that opened it
 # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
 FAST = web.AppKey[tuple[Upscaler | None, ModelInfo | None]]("fast")
 
@@ -59,7 +58,6 @@ def create_app(
     app[NETWORK] = NetworkControl(network)
     app[FAST] = (fast, fast_info)
     app[SESSIONS] = {}
-    app[ADDRESSES] = {}
     app[ADMISSION] = Admission(config.max_sessions_per_address, config.offers_per_minute)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
@@ -81,27 +79,22 @@ async def offer(request: web.Request) -> web.Response:
     """Signaling: an SDP offer in, an answer out; the new session is registered under its id."""
     app = request.app
     sessions: dict[str, Session] = app[SESSIONS]
-    addresses: dict[str, str] = app[ADDRESSES]
     description, sr_enabled = parse_offer(await _read_json(request))
     if len(sessions) >= app[CONFIG].max_sessions:
         raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
     address = request.remote or "unknown"
     if not is_loopback_peer(request.remote):  # the operator's own machine opens many sessions on purpose
-        held = sum(1 for a in addresses.values() if a == address)
+        held = sum(1 for s in sessions.values() if s.peer_address == address)
         refusal = app[ADMISSION].check(address, held)
         if refusal is not None:
             headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s else None
             raise web.HTTPTooManyRequests(
                 text=json.dumps({"error": refusal.message}), content_type="application/json", headers=headers
             )
-
-    def closed(s: Session) -> None:
-        sessions.pop(s.id, None)
-        addresses.pop(s.id, None)
-
     session = Session(
         app[UPSCALER],
-        on_closed=closed,
+        on_closed=lambda s: sessions.pop(s.id, None),
+        peer_address=address,
         connect_timeout_s=app[CONFIG].connect_timeout_s,
         network=app[NETWORK],
         resilient=app[CONFIG].resilient_receiver,
@@ -111,7 +104,6 @@ async def offer(request: web.Request) -> web.Response:
         viewer_kbps=app[CONFIG].viewer_kbps,
     )
     sessions[session.id] = session
-    addresses[session.id] = address
     try:
         answer = await session.answer(description, sr_enabled)
     except BaseException:
@@ -144,20 +136,21 @@ async def stats(request: web.Request) -> web.Response:
     secret in the ``X-Session-Secret`` header, and the totals; nobody else's ids or figures."""
     sessions: dict[str, Session] = request.app[SESSIONS]
     wanted = request.query.get("id")
+    figures = {sid: s.stats() for sid, s in sessions.items()}  # once per session: the page polls every second
     if _operator(request):
-        chosen = [s for s in sessions.values() if wanted in (None, s.id)]
+        chosen = [sid for sid in figures if wanted in (None, sid)]
     else:
         own = sessions.get(wanted or "")
         secret = request.headers.get(SECRET_HEADER, "")
-        chosen = [own] if own is not None and hmac.compare_digest(secret.encode(), own.secret.encode()) else []
+        chosen = [own.id] if own is not None and hmac.compare_digest(secret.encode(), own.secret.encode()) else []
     fast_info = request.app[FAST][1]
     model = {**_public(request.app[MODEL].to_json()), "fast": _public(fast_info.to_json()) if fast_info else None}
     return web.json_response(
         {
             "model": model,
             "process": process_stats(len(sessions)),
-            "totals": totals([s.stats() for s in sessions.values()]),
-            "sessions": [s.stats() for s in chosen],
+            "totals": totals(list(figures.values())),
+            "sessions": [figures[sid] for sid in chosen],
         }
     )
 

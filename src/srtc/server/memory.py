@@ -3,52 +3,44 @@
 A session allocates many short-lived buffers of frame size (decoded planes, upscaled frames, encoder
 input) from several threads. glibc keeps what they free in its per-thread arenas instead of returning it,
 so the server's resident memory climbs with every session and stays up between them: about 65 MiB per
-cycle of four 4-second sessions, measured (python -m server.probe --clients 4, six cycles). ``malloc_trim``
-after each session returns the free pages. Elsewhere than glibc it does nothing.
+cycle of four 4-second sessions, measured (python -m server.probe --clients 4, six cycles). Fewer arenas
+(:func:`limit_arenas`, at start) and ``malloc_trim`` after each session (:func:`release_freed_memory`)
+return it. Elsewhere than glibc both do nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
-from collections.abc import Callable
 from functools import cache
+from typing import Any
 
-log = logging.getLogger(__name__)
+M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _glibc_call(name: str) -> Any:
+    """A function of the C library by name, or None where it has none (musl, macOS, Windows)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim
+        return getattr(ctypes.CDLL(library), name)
     except (OSError, AttributeError):
         return None
 
 
 def release_freed_memory() -> bool:
     """Return the C heap's free pages to the system; True if the C library could (glibc)."""
-    trim = _malloc_trim()
+    trim = _glibc_call("malloc_trim")
     if trim is None:
         return False
     trim(0)
     return True
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
 def limit_arenas(count: int = 2) -> bool:
     """Let glibc keep at most ``count`` malloc arenas (one per thread by default, up to 8 per core): fewer
     arenas hold less freed memory between sessions. True if the C library took the setting."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        return bool(ctypes.CDLL(name).mallopt(M_ARENA_MAX, count))
-    except (OSError, AttributeError):
-        return False
+    mallopt = _glibc_call("mallopt")
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, count))

@@ -86,10 +86,12 @@ class Session:
         fast: Upscaler | None = None,
         encoder_nice: int = 0,
         viewer_kbps: float | None = None,
+        peer_address: str | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.secret = secrets.token_urlsafe(18)  # only the client that opened the session can change or end it
         self.created = time.monotonic()
+        self.peer_address = peer_address  # who opened it: the per-address limits count by it
         self.pc = RTCPeerConnection()
         self.upscaler = upscaler
         self.fast = fast  # the governor's faster model (int8), or None
