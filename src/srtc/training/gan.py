@@ -45,9 +45,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import shlex
-import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,8 +56,18 @@ from torch import nn
 from . import losses as L
 from .arch import build, count_macs, count_params, fused
 from .discriminator import PatchDiscriminator
-from .evaluate import evaluate, load_samples
-from .loop import ConfigError, Schedule, cosine_lr, prepare, run, torch_upscaler
+from .evaluate import load_samples
+from .loop import (
+    ConfigError,
+    Schedule,
+    cosine_lr,
+    prepare,
+    run,
+    settings_record,
+    stage_command,
+    stage_settings,
+    validation_psnr,
+)
 from .sources import DataConfig, load_training_data
 
 log = logging.getLogger(__name__)
@@ -108,13 +116,7 @@ class GanConfig:
                             seed=args.seed, threads=args.threads, resume=args.resume)  # fmt: skip
         data = DataConfig(args.data, args.pairs, args.patch, args.batch, args.limit_images,
                           temporal=args.temporal, temporal_batch=args.temporal_batch)  # fmt: skip
-        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("schedule", "data")}
-        return cls(schedule, data, **own)
-
-    def record(self) -> dict[str, Any]:
-        """The settings as one flat dict, as checkpoints keep them (``"args"``)."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("schedule", "data")}
-        return {**asdict(self.schedule), "out": str(self.schedule.out), **asdict(self.data), **own}
+        return cls(schedule, data, **stage_settings(cls, args))
 
 
 def parse_config(argv: list[str]) -> GanConfig:
@@ -391,13 +393,7 @@ class GanStage:
         return record
 
     def validate(self) -> float | None:
-        if not self.val:
-            return None
-        model = self.ema if self.ema is not None else self.gen
-        model.eval()
-        psnr = evaluate(self.val, torch_upscaler(model, self.device))["model"]
-        self.gen.train()
-        return psnr
+        return validation_psnr(self.ema if self.ema is not None else self.gen, self.val, self.device)
 
 
 def train_gan(cfg: GanConfig, command: str = "") -> dict:
@@ -406,23 +402,12 @@ def train_gan(cfg: GanConfig, command: str = "") -> dict:
     stage = GanStage(cfg, device)
     stage.gen.train()
     stage.disc.train()
-    result = run(stage, cfg.schedule, cfg.record(), command)
+    result = run(stage, cfg.schedule, settings_record(cfg), command)
     return {"records": result.records, "best_psnr": result.best_psnr, "steps": result.steps, "wall_s": result.wall_s}
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = make_parser()
-    try:
-        cfg = GanConfig.from_args(parser.parse_args(argv))
-    except ConfigError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    command = "python -m srtc.training.gan " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
-    try:
-        train_gan(cfg, command)
-    except ConfigError as exc:  # no checkpoint to start from, or one that does not fit these settings
-        raise SystemExit(f"error: {exc}") from None
+    stage_command("srtc.training.gan", make_parser, GanConfig.from_args, train_gan, argv)
 
 
 if __name__ == "__main__":

@@ -150,13 +150,12 @@ def main(argv: list[str] | None = None) -> None:
         at,
     )
     if args.val:
-        from .evaluate import evaluate, load_samples
-        from .train import torch_upscaler
+        from .evaluate import load_samples
+        from .loop import validation_psnr
 
         samples = load_samples(args.val)
         for name, c in (("parent", ckpt), ("grown", grown)):
-            model = checkpoint_generator(c).eval()
-            psnr = evaluate(samples, torch_upscaler(model, torch.device("cpu")))["model"]
+            psnr = validation_psnr(checkpoint_generator(c), samples, torch.device("cpu"))
             log.info("%s on %s: %.3f dB", name, args.val, psnr)
 
 

@@ -13,13 +13,17 @@ one optimisation step (:class:`Stage`); the loop owns the rest, the same for all
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
+import shlex
+import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -27,10 +31,25 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import ConfigError
+from .evaluate import evaluate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConfigError", "LoopResult", "Schedule", "Stage", "cosine_lr", "prepare", "run", "save", "torch_upscaler"]
+__all__ = [
+    "ConfigError",
+    "LoopResult",
+    "Schedule",
+    "Stage",
+    "cosine_lr",
+    "prepare",
+    "run",
+    "save",
+    "settings_record",
+    "stage_command",
+    "stage_settings",
+    "torch_upscaler",
+    "validation_psnr",
+]
 
 READ_EVERY = 20  # steps between reading the losses back: a read per step stalls a GPU
 
@@ -139,10 +158,9 @@ class _Progress:
 
 def run(stage: Stage, schedule: Schedule, record: dict[str, Any], command: str = "") -> LoopResult:
     """Run (or resume) ``stage`` under ``schedule``. ``record``: the settings saved in each checkpoint
-    (``"args"``; ``steps`` in it is kept current when a time budget fixes the count)."""
+    (``"args"``, see :func:`settings_record`; its ``steps`` is the schedule's current count)."""
     progress = _Progress(steps=schedule.steps, command=command, history=[[0, command]])
     resumed = _resume(stage, schedule, progress, command)
-    record = {**record, "steps": progress.steps}
     t0 = time.perf_counter()
 
     def state(best: float) -> dict[str, Any]:
@@ -155,7 +173,7 @@ def run(stage: Stage, schedule: Schedule, record: dict[str, Any], command: str =
             "elapsed_s": progress.elapsed + time.perf_counter() - t0,
             "command": progress.command,
             "history": progress.history,
-            "args": record,
+            "args": {**record, "steps": progress.steps},  # a time budget fixes the count as it goes
         }
 
     if not resumed:
@@ -178,7 +196,7 @@ def run(stage: Stage, schedule: Schedule, record: dict[str, Any], command: str =
             pending.append(stage.step())
             progress.step += 1
             if budget and budget.fixes(progress.step):
-                progress.steps = bar.total = record["steps"] = budget.steps(progress.step)
+                progress.steps = bar.total = budget.steps(progress.step)
                 log.info("%.1f steps/s: %d steps fit the %.1f-minute budget", budget.rate, progress.steps,
                          schedule.minutes)  # fmt: skip
             bar.update(1)
@@ -308,3 +326,61 @@ def torch_upscaler(model: torch.nn.Module, device: torch.device):
         return model(x)[0, 0].float().cpu().numpy()
 
     return run
+
+
+def validation_psnr(model: torch.nn.Module, samples: list, device: torch.device) -> float | None:
+    """PSNR-Y of ``model`` on the validation ``samples`` (None without any), in eval mode, its mode kept."""
+    if not samples:
+        return None
+    training = model.training
+    model.eval()
+    psnr = evaluate(samples, torch_upscaler(model, device))["model"]
+    model.train(training)
+    return psnr
+
+
+# ---------------------------------------------------------------- settings at the command-line edge
+
+
+def stage_settings(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """A stage config's own fields (all but its nested ``schedule`` and ``data``), read from the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("schedule", "data")}
+
+
+def settings_record(cfg: Any) -> dict[str, Any]:
+    """A stage config as one flat dict of plain values, nested configs spliced in: what checkpoints keep."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            out.update(settings_record(value))
+        else:
+            out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+C = TypeVar("C")
+
+
+def stage_command(
+    module: str,
+    make_parser: Callable[[], argparse.ArgumentParser],
+    from_args: Callable[[argparse.Namespace], C],
+    run_stage: Callable[[C, str], dict],
+    argv: list[str] | None,
+) -> tuple[C, dict, str]:
+    """A stage's command line: settings checked at the edge (usage and exit status 2 when they do not fit),
+    logging, the command recorded in checkpoints (without ``--resume``), and a one-line error when the
+    checkpoint it starts from or resumes does not fit. Returns the settings, the result and the command."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = make_parser()
+    try:
+        cfg = from_args(parser.parse_args(argv))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    command = f"python -m {module} " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
+    try:
+        return cfg, run_stage(cfg, command), command
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None

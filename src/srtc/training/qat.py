@@ -27,11 +27,9 @@ import argparse
 import copy
 import logging
 import math
-import shlex
-import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,11 +40,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import NEGATIVE_SLOPE, QuarterResSR
-from .evaluate import evaluate, load_samples
+from .evaluate import load_samples
 from .export import load_checkpoint_model
 from .fullres import FullResSR
 from .graph import outer_scope_producers
-from .loop import ConfigError, Schedule, cosine_lr, prepare, run, torch_upscaler
+from .loop import (
+    ConfigError,
+    Schedule,
+    cosine_lr,
+    prepare,
+    run,
+    settings_record,
+    stage_command,
+    stage_settings,
+    torch_upscaler,
+    validation_psnr,
+)
 from .losses import LOSSES
 from .sources import DataConfig, load_training_data
 
@@ -490,16 +499,11 @@ class QatConfig:
                             seed=args.seed, threads=args.threads, resume=args.resume)  # fmt: skip
         data = DataConfig(args.data, args.pairs, args.patch, args.batch, args.limit_images,
                           temporal=args.temporal, temporal_batch=args.temporal_batch)  # fmt: skip
-        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("schedule", "data")}
+        own = stage_settings(cls, args)
         own["loss"] = args.loss or ("mse" if args.target == "teacher" else "l1")  # PSNR is an MSE measure
         own["warmup"] = min(500, args.steps // 10) if args.warmup is None else args.warmup
         own["images"] = tuple(args.images)
         return cls(schedule, data, **own)
-
-    def record(self) -> dict[str, Any]:
-        """The settings as one flat dict, as checkpoints keep them (``"args"``)."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("schedule", "data")}
-        return {**asdict(self.schedule), "out": str(self.schedule.out), **asdict(self.data), **own}
 
 
 def parse_config(argv: list[str]) -> QatConfig:
@@ -572,12 +576,7 @@ class QatStage:
         return {"loss": loss.detach()}
 
     def validate(self) -> float | None:
-        if not self.val:
-            return None
-        self.qmodel.eval()
-        psnr = evaluate(self.val, torch_upscaler(self.qmodel, torch.device("cpu")))["model"]
-        self.qmodel.train()
-        return psnr
+        return validation_psnr(self.qmodel, self.val, torch.device("cpu"))
 
 
 def qat(cfg: QatConfig, command: str = "") -> dict:
@@ -585,7 +584,7 @@ def qat(cfg: QatConfig, command: str = "") -> dict:
     validation PSNR before the first step (``start_psnr``, NaN on resume) and at its best."""
     prepare(cfg.schedule)
     stage = QatStage(cfg)
-    result = run(stage, cfg.schedule, cfg.record(), command)
+    result = run(stage, cfg.schedule, settings_record(cfg), command)
     return {"qmodel": stage.qmodel, "losses": [r["loss"] for r in result.records], "start_psnr": stage.start_psnr,
             "best_psnr": result.best_psnr, "wall_s": result.wall_s}  # fmt: skip
 
@@ -738,23 +737,18 @@ def simulation_agreement(qmodel: QuantSR, path: Path, luma: np.ndarray) -> float
     return psnr(to_display(real), to_display(sim), 0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = make_parser()
-    try:
-        args = QatConfig.from_args(parser.parse_args(argv))
-    except ConfigError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
-    command = "python -m srtc.training.qat " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
-    result = qat(args, command)
-    if args.export:
+def qat_and_export(cfg: QatConfig, command: str) -> dict:
+    """The fine-tuning, then (with ``--export``) the int8 file, its gate and its registration."""
+    result = qat(cfg, command)
+    if cfg.export:
         # The end of the schedule, not the best validation step: Set5 is also what the gate measures.
-        try:
-            export_and_gate(result["qmodel"].eval(), args, command)
-        except ConfigError as exc:
-            raise SystemExit(f"error: {exc}") from None
+        export_and_gate(result["qmodel"].eval(), cfg, command)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+    stage_command("srtc.training.qat", make_parser, QatConfig.from_args, qat_and_export, argv)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,18 @@ import torch
 
 from .arch import build, count_macs, count_params, fused
 from .data import DevicePatches, PatchPairs
-from .evaluate import evaluate, load_samples
-from .loop import ConfigError, Schedule, cosine_lr, prepare, run, torch_upscaler
+from .evaluate import load_samples
+from .loop import (
+    ConfigError,
+    Schedule,
+    cosine_lr,
+    prepare,
+    run,
+    settings_record,
+    stage_command,
+    stage_settings,
+    validation_psnr,
+)
 from .losses import LOSSES, temporal_loss
 from .sources import DataConfig, load_training_data
 
@@ -70,13 +78,8 @@ class TrainConfig:
                             args.seed, args.threads, args.resume)  # fmt: skip
         data = DataConfig(args.data, args.pairs, args.patch, args.batch, args.limit_images, args.teacher,
                           args.teacher_weight, args.full_range, args.temporal, args.temporal_batch)  # fmt: skip
-        own = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in ("schedule", "data")}
+        own = stage_settings(cls, args)
         return cls(schedule, data, **{**own, "widths": tuple(own["widths"])})
-
-    def record(self) -> dict[str, Any]:
-        """The settings as one flat dict, as checkpoints keep them (``"args"``)."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("schedule", "data")}
-        return {**asdict(self.schedule), "out": str(self.schedule.out), **asdict(self.data), **own}
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
@@ -293,12 +296,7 @@ class FidelityStage:
         return {"loss": loss.detach()}
 
     def validate(self) -> float | None:
-        if not self.val:
-            return None
-        self.model.eval()
-        psnr = evaluate(self.val, torch_upscaler(self.model, self.device))["model"]
-        self.model.train()
-        return psnr
+        return validation_psnr(self.model, self.val, self.device)
 
 
 def train(cfg: TrainConfig, command: str = "") -> dict:
@@ -306,24 +304,13 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     device = prepare(cfg.schedule)
     stage = FidelityStage(cfg, device)
     stage.model.train()
-    result = run(stage, cfg.schedule, cfg.record(), command)
+    result = run(stage, cfg.schedule, settings_record(cfg), command)
     return {"losses": [r["loss"] for r in result.records], "best_psnr": result.best_psnr, "steps": result.steps,
             "wall_s": result.wall_s}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = make_parser()
-    try:
-        cfg = TrainConfig.from_args(parser.parse_args(argv))
-    except ConfigError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    command = "python -m srtc.training.train " + " ".join(shlex.quote(a) for a in argv if a != "--resume")
-    try:
-        train(cfg, command)
-    except ConfigError as exc:  # the checkpoint to resume or start from does not fit these settings
-        raise SystemExit(f"error: {exc}") from None
+    stage_command("srtc.training.train", make_parser, TrainConfig.from_args, train, argv)
 
 
 if __name__ == "__main__":
