@@ -233,6 +233,77 @@ def test_deadlines_follow_rtt_with_a_floor_and_a_ceiling():
     assert asm.give_up_ms == 1000.0
 
 
+# ---------------------------------------------------------------------------------------------- budget
+
+
+def _looped(encoded: list[Encoded], times: int) -> list[Encoded]:
+    """The clip repeated ``times`` times with timestamps running on: a long stream for counting (not decoding)."""
+    span = len(encoded) * 3000
+    return [
+        Encoded(e.payloads, (e.timestamp + k * span) & 0xFFFFFFFF, e.keyframe) for k in range(times) for e in encoded
+    ]
+
+
+def test_retransmission_requests_stay_within_the_budget_under_heavy_loss(vp8):
+    stream = _looped(vp8, 10)
+    frames = packetize(stream)
+    rng = np.random.default_rng(7)
+    lost = {p.sequence_number for packets in frames for p in packets if rng.random() < 0.4}
+    sim = Sim(rtt_ms=30.0)
+    sim.feed(frames, skip=lost)
+    sim.until(len(frames) * FRAME_MS + 1500.0)
+    s, policy = sim.stats, Policy()
+    budget = policy.retransmit_burst + policy.retransmit_share * s["packetsReceived"]
+    assert s["retransmissionsRequested"] <= budget, f"{s['retransmissionsRequested']} requests, budget {budget:.0f}"
+    assert s["retransmissionsRequested"] >= 0.8 * budget, "the budget is spent, not hoarded, while packets are missing"
+    assert s["retransmissionsWithheld"] > 0 and s["pliCount"] > 0, "past the budget: keyframes instead"
+    assert s["missingPackets"] == 0, "every gap ends: recovered or given up"
+
+
+def test_a_gap_the_budget_cannot_ask_for_is_given_up_at_once_with_a_pli(vp8):
+    frames = packetize(vp8)
+    m = first_multi_packet_inter(frames, vp8)
+    lost = frames[m][0]
+    sim = Sim(policy=Policy(retransmit_burst=0.0, retransmit_share=0.0))  # no retransmissions at all
+    sim.feed(frames[: m + 5], skip={lost.sequence_number})
+    sim.until(m * FRAME_MS + 500.0)
+    detected = m * FRAME_MS  # its frame's second packet shows the gap (all packets of a frame come at once)
+    give_up, rtt = 2.5 * 100 + FRAME_MS, 100.0
+    assert sim.nacks == [], "nothing may be requested without budget"
+    assert sim.stats["retransmissionsWithheld"] == 1 and sim.plis and sim.stats["packetsLost"] == 1
+    # too late to ask once a NACK sent now could not be answered before the give-up time
+    assert detected + give_up - rtt <= sim.plis[0] < detected + give_up - rtt + 10.1, "keyframe asked early"
+
+
+def test_no_nack_whose_answer_would_come_after_the_give_up(vp8):
+    frames = packetize(vp8)
+    m = first_multi_packet_inter(frames, vp8)
+    sim = Sim(rtt_ms=100.0)  # give-up 283 ms: NACKs at 0 and 100 ms; one at 200 ms could only land at 300
+    lost = frames[m][0]
+    sim.feed(frames[: m + 3], skip={lost.sequence_number})
+    sim.until(m * FRAME_MS + 600.0)
+    times = [t - m * FRAME_MS for t, seqs in sim.nacks if lost.sequence_number in seqs]
+    assert len(times) == 2 and times[0] == 0.0 and 100.0 <= times[1] < 110.1, times
+    assert sim.stats["packetsLost"] == 1
+
+
+def test_the_measured_retransmission_delay_sets_the_deadlines_and_expires(vp8):
+    frames = packetize(vp8)
+    sim = Sim(rtt_ms=10.0)  # RTCP says 10 ms, but the uplink queue holds each retransmission 400 ms
+    lost = frames[2][0]
+    sim.feed(frames[:5], skip={lost.sequence_number})
+    assert sim.nacks[0][1] == [lost.sequence_number]
+    nacked_at = sim.nacks[0][0]
+    sim.until(nacked_at + 400.0)
+    assert sim.stats["packetsLost"] == 1, "given up after 100 ms, as RTCP's RTT says"
+    sim.add(lost, at=nacked_at + 400.0)  # late: but it tells how long a retransmission really takes
+    assert sim.asm.retransmit_delay_ms == pytest.approx(400.0)
+    assert sim.asm.rtt_ms == pytest.approx(400.0) and sim.asm.give_up_ms == 1000.0
+    assert sim.asm.renack_ms == pytest.approx(400.0) and sim.asm.pli_interval_ms == pytest.approx(800.0)
+    sim.until(nacked_at + 400.0 + Policy().response_window_ms + 20.0)
+    assert sim.asm.retransmit_delay_ms is None and sim.asm.rtt_ms == 10.0, "a stale measurement expires"
+
+
 # ---------------------------------------------------------------------------------------------- give up
 
 
@@ -568,7 +639,9 @@ async def test_real_peer_connections_recover_losses_with_nack_and_pli():
             if s["keyframesReceived"] >= 2 and s["framesAssembled"] >= 45:
                 break
         s = resilient.stats()
-        assert s["codec"] == "VP8" and s["rttMs"] == 100.0, "RTT unknown (no sender here): the default"
+        assert s["codec"] == "VP8"
+        # no RTCP RTT here (no sender on this side): the retransmissions' own delay on loopback stands in
+        assert s["retransmitDelayMs"] is not None and s["rttMs"] == s["retransmitDelayMs"] < 50.0, s
         assert state["black_hole"], "the stream never reached the black-holed packet"
         assert s["nackCount"] >= 1 and s["packetsRecovered"] >= 1, s
         assert s["framesGivenUp"] >= 1 and s["pliCount"] >= 1, s

@@ -11,6 +11,7 @@ import asyncio
 from srtc.server.app import SESSIONS, create_app
 from srtc.server.config import ServerConfig
 from srtc.server.registry import describe
+from srtc.tools import probe as probe_module
 from srtc.tools.probe import FULL_H, FULL_W, clients_summary, run_clients, run_probe
 
 from .conftest import serving
@@ -132,3 +133,75 @@ async def test_a_frame_that_fails_on_the_return_path_costs_that_frame_not_the_st
     assert sr["freezes"]["longestGapMs"] <= 1000, sr["freezes"]  # each failure cost at most a second
     assert report.server_session["return_errors"]["sr"]["frame_errors"] == 2
     assert "injected" in report.server_session["return_errors"]["sr"]["last_frame_error"]
+
+
+async def test_a_decoder_exception_mid_stream_costs_frames_not_the_stream(upscaler, default_model_path, monkeypatch):
+    """Fault injection: every VP8 decoder (the server's uplink and the probe's two) raises a plain
+    exception on its 30th and 31st frame. aiortc's decoder thread survives only FFmpeg errors; here the
+    error costs those frames, the receiver asks for a keyframe, and every stream goes on."""
+    from aiortc.codecs.vpx import Vp8Decoder
+
+    real_decode = Vp8Decoder.decode
+    calls: dict[int, int] = {}
+
+    def failing_decode(self, encoded_frame):
+        calls[id(self)] = n = calls.get(id(self), 0) + 1
+        if n in (30, 31):
+            raise RuntimeError("injected decoder failure")
+        return real_decode(self, encoded_frame)
+
+    monkeypatch.setattr(Vp8Decoder, "decode", failing_decode)
+    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
+    async with serving(app) as url:
+        report = await run_probe(url, seconds=4.0, fps=15.0, psnr_every=5)
+    assert len(calls) >= 2 and all(n > 40 for n in calls.values()), calls  # each decoder went on
+    receiver = report.server_session["receiver"]
+    assert receiver["decodeErrors"] == 2 and receiver["pliCount"] >= 1, receiver
+    assert receiver["keyframesReceived"] >= 2, "the keyframe asked for arrived and decoding resumed"
+    for name in ("sr", "raw"):
+        stream = report.streams[name]
+        assert stream["numbered"] >= 40 and stream["trailing_gap_ms"] <= 1000, (name, stream)
+        assert stream["freezes"]["longestGapMs"] <= 1000, (name, stream["freezes"])  # at most a second lost
+
+
+async def test_a_return_stream_that_stops_is_restarted_within_a_second(upscaler, default_model_path, monkeypatch):
+    """Fault injection: the SR track ends by mistake once (aiortc's sender loop exits) and later hangs in
+    recv() for good. Each time the watchdog sees input flowing and nothing sent, restarts the stream on a
+    fresh track within a second, continuing its sequence numbers, and counts it."""
+    from aiortc.mediastreams import MediaStreamError
+
+    from srtc.server.sr_track import SuperResolutionTrack
+
+    real_recv = SuperResolutionTrack.recv
+    calls = {"n": 0}
+
+    async def stopping_recv(self):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise MediaStreamError  # the sender loop takes this for the end of the track
+        if calls["n"] == 45:
+            await asyncio.Event().wait()  # never returns
+        return await real_recv(self)
+
+    monkeypatch.setattr(SuperResolutionTrack, "recv", stopping_recv)
+    attached = []  # the probe's receivers, to see the restarted stream as a viewer's jitter buffer does
+    real_attach = probe_module.attach_resilient
+
+    def recording_attach(*args, **kwargs):
+        attached.append(real_attach(*args, **kwargs))
+        return attached[-1]
+
+    monkeypatch.setattr(probe_module, "attach_resilient", recording_attach)
+    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
+    async with serving(app) as url:
+        report = await run_probe(url, seconds=5.0, fps=15.0, psnr_every=5)
+    sr, raw = report.streams["sr"], report.streams["raw"]
+    for receiver in attached:  # the sequence numbers ran on: no reset, nothing taken for old duplicates
+        stats = receiver.stats()
+        assert stats["resets"] == 0 and stats["packetsDuplicated"] + stats["packetsLate"] <= 5, stats
+    assert calls["n"] > 60, calls  # the stream went on after both
+    assert report.server_session["return_restarts"] == {"sr": 2, "raw": 0}
+    assert sr["numbered"] >= 55 and sr["trailing_gap_ms"] <= 1000, sr
+    assert sr["freezes"]["longestGapMs"] <= 1000, sr["freezes"]  # each stop cost at most a second
+    assert sr["out_of_order"] == 0 and sr["unreadable"] == 0
+    assert raw["freezes"]["longestGapMs"] < 500, "the other stream is not disturbed"

@@ -335,8 +335,12 @@ def test_recovery_after_a_network_change() -> None:
     rec = probe_report.recovery_after(times, change_at=10.0, fps=30)
     assert rec["recovery_ms"] == pytest.approx(600.0, abs=1)
     assert rec["fps_from_1s_after"] == pytest.approx(30.0, abs=0.5)
+    later = [i / 30 for i in range(320)] + [11.5 + i / 30 for i in range(60)]  # a hole after the change
+    rec = probe_report.recovery_after(later, change_at=10.0, fps=30)
+    assert rec["recovery_ms"] == pytest.approx(1500.0, abs=1)
+    assert rec["last_gaps"] == [[pytest.approx(1.5), pytest.approx(1500.0 - 319 / 30 * 1000 + 10_000, abs=1)]]
     steady = probe_report.recovery_after([i / 30 for i in range(600)], change_at=10.0, fps=30)
-    assert steady["recovery_ms"] == pytest.approx(0.0, abs=34)
+    assert steady["recovery_ms"] == pytest.approx(0.0, abs=34) and steady["last_gaps"] == []
 
 
 # ----------------------------------------------------------------- bad sources

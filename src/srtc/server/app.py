@@ -20,8 +20,10 @@ from aiohttp import web
 
 from .access import OPERATOR_HEADER, Admission, is_loopback_peer, is_operator
 from .config import CLIENT_DIR, ConfigError, NetworkConfig, ServerConfig
+from .decoder import guard_decoders
 from .engine import Upscaler
 from .governor import GovernorPolicy
+from .ice import bind_media
 from .impairment import NetworkControl
 from .registry import ModelInfo
 from .session import OfferError, Session, parse_offer
@@ -52,6 +54,8 @@ def create_app(
     ``network``: the inbound path's impairment at start (default: none); ``POST /network`` changes it.
     ``fast``: the faster model the governor steps down to before bicubic (``fast_info`` describes it).
     """
+    guard_decoders()  # a decoder exception costs a frame, not the receiver's decoder thread
+    bind_media(config.host)  # media sockets on the listening address, not on every interface
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors, _same_site])
     app.on_response_prepare.append(_plain_server_header)
     app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model

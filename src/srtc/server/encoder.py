@@ -279,13 +279,10 @@ def use_return_encoder(
     the process's (:mod:`srtc.server.priority`); ``ceiling``: the viewer link's share for this stream
     (:meth:`srtc.server.return_rate.ReturnBitrates.ceiling`)."""
     inner = sender._next_encoded_frame
-    installed = False
     guard = guard or FrameGuard()
 
     async def next_encoded_frame(codec: Any) -> Any:
-        nonlocal installed
-        if not installed:
-            installed = True
+        if getattr(sender, "_RTCRtpSender__encoder", None) is None:  # the first frame, or a restarted stream
             install(sender, codec, nice, ceiling)
         try:
             return await inner(codec)

@@ -91,6 +91,12 @@ class FrameFanout:
             self._task = asyncio.ensure_future(self._run())
         return slot
 
+    def unsubscribe(self, slot: LatestFrame) -> None:
+        """Stop feeding ``slot`` (a replaced track's) and end it."""
+        if slot in self._slots:
+            self._slots.remove(slot)
+        slot.end()
+
     async def _run(self) -> None:
         try:
             while True:

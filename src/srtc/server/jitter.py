@@ -10,6 +10,20 @@ clock in milliseconds) so every policy below can be unit-tested with packet sequ
 * **NACK, and NACK again.** A missing sequence number is NACKed as soon as a later packet reveals the
   gap, then again every ``max(RTT, 20 ms)`` (libwebrtc resends at one RTT: an earlier resend cannot
   have been answered yet), at most 10 times (libwebrtc's ``kMaxNackRetries``).
+* **Spend only what the link can carry.** Retransmission requests draw on a budget: every packet that
+  arrives earns ``retransmit_share`` of a request (0.2: retransmissions stay within a quarter of the
+  media, the room the server's REMB leaves on a capped link), saved up to ``retransmit_burst``
+  requests. The oldest gaps are asked for first. A request is sent only while its answer can still
+  arrive before the packet is given up (now + RTT <= detection + give-up time). Unbudgeted
+  retransmissions are what turns a lossy, capped uplink into a collapse: each lost retransmission is
+  asked for again, the requests fill the bottleneck queue, the queue drops more, and the link stays
+  full of repairs long after the loss has stopped. Past the budget, a keyframe is cheaper: a gap
+  that could not be asked for in time is given up at once, and the PLI follows.
+* **RTT as retransmissions see it.** The RTT is the larger of the RTCP estimate and the median time,
+  over the last 2 s, from a packet's first NACK to its arrival (late arrivals included). RTCP reports
+  cross the same queue late or not at all when the uplink is full; the retransmissions' own delay is
+  the figure every deadline below needs. A sample is too long when the first retransmission was lost
+  and a re-NACK's answer arrived; the median is right while fewer than half of them are.
 * **Give up on time.** The frame at the decode head is abandoned when its oldest missing packet has
   been missing for ``clamp(2.5 * RTT + frame interval, 100 ms, 1000 ms)``. Why 2.5 RTT: the first
   NACK leaves when the gap is seen and its retransmission lands ~1 RTT later; if that one is lost as
@@ -79,6 +93,9 @@ class Policy:
     max_give_up_ms: float = 1000.0
     min_renack_ms: float = 20.0
     max_nacks_per_packet: int = 10  # libwebrtc's kMaxNackRetries
+    retransmit_share: float = 0.2  # requests earned per packet received: at most share / (1 - share) of the media
+    retransmit_burst: float = 20.0  # requests that can be saved up, for a burst of loss
+    response_window_ms: float = 2000.0  # how long a measured NACK-to-retransmission delay counts
     pli_rtt_factor: float = 2.0
     min_pli_interval_ms: float = 300.0
     default_frame_interval_ms: float = 1000.0 / 30
@@ -127,8 +144,10 @@ class _Packet:
 @dataclass
 class _Missing:
     detected_ms: float
+    first_nack_ms: float = 0.0
     last_nack_ms: float = 0.0
     nacks: int = 0
+    withheld: bool = False  # was due a NACK when the budget had none left
 
 
 COUNTERS = (
@@ -140,6 +159,7 @@ COUNTERS = (
     "packetsDiscarded",  # arrived but thrown away: parts of frames that were abandoned or dropped
     "nackCount",  # NACK packets requested (one per Actions with a non-empty nack list)
     "retransmissionsRequested",  # sequence numbers in those NACKs, repeats included
+    "retransmissionsWithheld",  # missing packets that were due a NACK when the retransmission budget was spent
     "pliCount",
     "framesAssembled",  # complete, decodable frames handed to the decoder
     "keyframesReceived",  # of which keyframes
@@ -167,6 +187,8 @@ class FrameAssembler:
         self.policy = policy or Policy()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._rtt_ms: float | None = None
+        self._responses: deque[tuple[float, float]] = deque()  # (arrival, ms since its first NACK)
+        self._tokens = self.policy.retransmit_burst
         self._frame_interval_ms = self.policy.default_frame_interval_ms
         # sequence numbers: the decode head is the lowest not yet consumed; highest is the newest seen
         self._last_seq16: int | None = None
@@ -179,8 +201,7 @@ class FrameAssembler:
         self._missing: dict[int, _Missing] = {}  # insertion order is ascending sequence order
         self._key_starts: set[int] = set()
         self._last_consumed: tuple[int, int, bool] | None = None  # (seq, timestamp, marker), for H.264 starts
-        self._lost_recent: deque[int] = deque()
-        self._lost_recent_set: set[int] = set()
+        self._lost_recent: dict[int, float | None] = {}  # given up: seq -> its first NACK's time (None: none)
         # decode state
         self._need_keyframe = True  # nothing decodes before the first keyframe
         self._last_pli_ms: float | None = None
@@ -192,10 +213,22 @@ class FrameAssembler:
 
     @property
     def rtt_ms(self) -> float:
-        return self.policy.default_rtt_ms if self._rtt_ms is None else self._rtt_ms
+        """The larger of the RTCP estimate and the measured retransmission delay (the default if neither)."""
+        measured = self.retransmit_delay_ms
+        if self._rtt_ms is None:
+            return self.policy.default_rtt_ms if measured is None else measured
+        return self._rtt_ms if measured is None else max(self._rtt_ms, measured)
+
+    @property
+    def retransmit_delay_ms(self) -> float | None:
+        """Median time from a packet's first NACK to its arrival, over the last ``response_window_ms``."""
+        if not self._responses:
+            return None
+        delays = sorted(d for _, d in self._responses)
+        return delays[len(delays) // 2]
 
     def set_rtt(self, rtt_ms: float | None) -> None:
-        """Latest round-trip time estimate; ``None`` (unknown) means the 100 ms default."""
+        """Latest RTCP round-trip time estimate; ``None`` (unknown) means the 100 ms default."""
         self._rtt_ms = None if rtt_ms is None or rtt_ms <= 0 else float(rtt_ms)
 
     @property
@@ -230,7 +263,7 @@ class FrameAssembler:
         if ext < self._next and not self._consumed_any and self._next - ext <= _STARTUP_REORDER:
             self._extend_back(ext, now_ms)  # the stream's first packets came reordered: keep them
         if ext < self._next:
-            self._count_stale(ext)
+            self._count_stale(ext, now_ms)
         elif ext in self._buf:
             self.counters["packetsDuplicated"] += 1
         else:
@@ -255,6 +288,8 @@ class FrameAssembler:
             **self.counters,
             "codec": self.codec,
             "rttMs": round(self.rtt_ms, 1),
+            "retransmitDelayMs": _round(self.retransmit_delay_ms),
+            "retransmitBudget": round(self._tokens, 1),
             "giveUpMs": round(self.give_up_ms, 1),
             "frameIntervalMs": round(self._frame_interval_ms, 1),
             "bufferedPackets": len(self._buf),
@@ -323,10 +358,16 @@ class FrameAssembler:
             missing = self._missing.pop(p.seq, None)
             if missing is not None and missing.nacks:
                 self.counters["packetsRecovered"] += 1
+                self._responded(now_ms, now_ms - missing.first_nack_ms)
         self._buf[p.seq] = p
         if p.key_start:
             self._key_starts.add(p.seq)
         self.counters["packetsReceived"] += 1
+        self._tokens = min(self.policy.retransmit_burst, self._tokens + self.policy.retransmit_share)
+
+    def _responded(self, now_ms: float, delay_ms: float) -> None:
+        """A retransmission arrived ``delay_ms`` after the first NACK that asked for it."""
+        self._responses.append((now_ms, delay_ms))
 
     def _extend_back(self, ext: int, now_ms: float) -> None:
         """Before anything was consumed, move the head back to a packet older than the first one seen."""
@@ -351,9 +392,12 @@ class FrameAssembler:
         log.info("buffer full (%d packets): abandoning the oldest frames", capacity)
         self._abandon_until(seq - capacity + 1, reason="overflow")
 
-    def _count_stale(self, ext: int) -> None:
-        if ext in self._lost_recent_set:
+    def _count_stale(self, ext: int, now_ms: float) -> None:
+        if ext in self._lost_recent:
             self.counters["packetsLate"] += 1
+            nacked_ms = self._lost_recent.pop(ext)
+            if nacked_ms is not None:  # how long the answer really took: the next deadlines need it
+                self._responded(now_ms, now_ms - nacked_ms)
             log.debug("late packet %d (already given up): ignored", ext & 0xFFFF)
         else:
             self.counters["packetsDuplicated"] += 1
@@ -361,6 +405,8 @@ class FrameAssembler:
     # ------------------------------------------------------------------ frames out
 
     def _actions(self, now_ms: float) -> Actions:
+        while self._responses and now_ms - self._responses[0][0] > self.policy.response_window_ms:
+            self._responses.popleft()
         frames = self._advance(now_ms)
         return Actions(frames=frames, nack=self._due_nacks(now_ms), pli=self._due_pli(now_ms))
 
@@ -478,11 +524,20 @@ class FrameAssembler:
     # ------------------------------------------------------------------ when the head is blocked
 
     def _head_expired(self, now_ms: float) -> bool:
-        """The oldest missing packet (the one blocking the head) has waited its give-up time."""
+        """The oldest missing packet (the one blocking the head) cannot arrive in time any more."""
         if not self._missing:
             return False
-        first = self._missing[next(iter(self._missing))]
-        return now_ms - first.detected_ms >= self.give_up_ms
+        return self._expired(self._missing[next(iter(self._missing))], now_ms, self.give_up_ms)
+
+    def _expired(self, m: _Missing, now_ms: float, give_up_ms: float) -> bool:
+        """Waited its give-up time, or never asked for and too late to ask now (the budget ran out)."""
+        if now_ms - m.detected_ms >= give_up_ms:
+            return True
+        return m.nacks == 0 and not self._nack_in_time(m, now_ms, give_up_ms)
+
+    def _nack_in_time(self, m: _Missing, now_ms: float, give_up_ms: float) -> bool:
+        """A NACK sent now would be answered before the packet is given up."""
+        return now_ms + self.rtt_ms <= m.detected_ms + give_up_ms
 
     def _give_up(self, now_ms: float) -> None:
         """Abandon the head frame: skip to the next frame start, stopping short of gaps still in time."""
@@ -494,7 +549,7 @@ class FrameAssembler:
             if p is not None and not p.padding and self._is_start(p):
                 break
             missing = self._missing.get(seq)
-            if missing is not None and now_ms - missing.detected_ms < give_up_ms:
+            if missing is not None and not self._expired(missing, now_ms, give_up_ms):
                 break
             seq += 1
         log.info(
@@ -568,9 +623,9 @@ class FrameAssembler:
                     timestamps.add(p.timestamp)
                     discarded += 1
                 self._consume(p)
-            elif self._missing.pop(seq, None) is not None:
+            elif (missing := self._missing.pop(seq, None)) is not None:
                 lost += 1
-                self._remember_lost(seq)
+                self._remember_lost(seq, missing.first_nack_ms if missing.nacks else None)
         self._next = max(self._next, stop)
         self.counters["packetsLost"] += lost
         self.counters["packetsDiscarded"] += discarded
@@ -591,22 +646,33 @@ class FrameAssembler:
         count = (after.picture_id - pid_before - 1) % (1 << 15)
         return count if count < 1000 else 0
 
-    def _remember_lost(self, seq: int) -> None:
-        self._lost_recent.append(seq)
-        self._lost_recent_set.add(seq)
+    def _remember_lost(self, seq: int, nacked_ms: float | None) -> None:
+        self._lost_recent[seq] = nacked_ms
         if len(self._lost_recent) > self.policy.late_memory:
-            self._lost_recent_set.discard(self._lost_recent.popleft())
+            del self._lost_recent[next(iter(self._lost_recent))]
 
     # ------------------------------------------------------------------ feedback due
 
     def _due_nacks(self, now_ms: float) -> list[int]:
-        interval, limit = self.renack_ms, self.policy.max_nacks_per_packet
+        """Oldest first, while the budget lasts and the answer can still arrive in time."""
+        interval, limit, give_up_ms = self.renack_ms, self.policy.max_nacks_per_packet, self.give_up_ms
         due = []
         for seq, m in self._missing.items():
-            if m.nacks < limit and (m.nacks == 0 or now_ms - m.last_nack_ms >= interval):
-                m.nacks += 1
-                m.last_nack_ms = now_ms
-                due.append(seq & 0xFFFF)
+            if m.nacks >= limit or (m.nacks and now_ms - m.last_nack_ms < interval):
+                continue
+            if not self._nack_in_time(m, now_ms, give_up_ms):
+                continue
+            if self._tokens < 1.0:
+                if not m.withheld:
+                    m.withheld = True
+                    self.counters["retransmissionsWithheld"] += 1
+                continue
+            self._tokens -= 1.0
+            if not m.nacks:
+                m.first_nack_ms = now_ms
+            m.nacks += 1
+            m.last_nack_ms = now_ms
+            due.append(seq & 0xFFFF)
         if due:
             self.counters["nackCount"] += 1
             self.counters["retransmissionsRequested"] += len(due)
@@ -622,6 +688,10 @@ class FrameAssembler:
         self.counters["pliCount"] += 1
         log.info("requesting a keyframe (PLI #%d)", self.counters["pliCount"])
         return True
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _picture_id_follows(previous: int, current: int) -> bool:

@@ -30,7 +30,8 @@ aiortc internals relied on (aiortc == 1.16.0, the pin in pyproject.toml; ``attac
   ``__codecs`` (payload type -> ``RTCRtpCodecParameters``), ``__kind`` and ``__started``.
 * ``_send_rtcp_nack(media_ssrc, lost)`` (its packer needs ascending uint16 numbers) and
   ``_send_rtcp_pli(media_ssrc)``; both are no-ops until aiortc has set the receiver's RTCP SSRC.
-* ``aiortc.jitterbuffer.JitterFrame(data, timestamp)`` is what the decoder thread decodes.
+* ``aiortc.jitterbuffer.JitterFrame(data, timestamp)`` is what the decoder thread decodes, with a
+  decoder from ``aiortc.rtcrtpreceiver.get_decoder`` (wrapped by :mod:`srtc.server.decoder`).
 * :func:`sender_rtt_ms` reads ``RTCRtpSender._RTCRtpSender__rtt`` (seconds, smoothed from the peer's
   receiver reports); aiortc's receiver measures no RTT of its own.
 
@@ -57,6 +58,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpreceiver import NackGenerator
 
 from .budget import ArrivalLog
+from .decoder import guard_decoders
 from .jitter import (
     COUNTERS,
     SUPPORTED_CODECS,
@@ -87,6 +89,8 @@ _REQUIRED = tuple(
 _STATE_KEYS = (
     "codec",
     "rttMs",
+    "retransmitDelayMs",
+    "retransmitBudget",
     "giveUpMs",
     "frameIntervalMs",
     "bufferedPackets",
@@ -374,6 +378,7 @@ def attach(
         raise ValueError(f"attach() is for video receivers, this one is {kind!r}")
     if isinstance(getattr(receiver, _P + "jitter_buffer"), _JitterShim):
         raise RuntimeError("a resilient receiver is already attached to this receiver")
+    guard_decoders()
     return ResilientReceiver(
         receiver,
         rtt_ms,

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiortc import (
     MediaStreamTrack,
@@ -38,6 +39,7 @@ from .memory import release_freed_memory
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
 from .return_rate import ReturnBitrates
 from .sr_track import RawTrack, SlotTrack, SuperResolutionTrack
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ class Session:
         # How the returned streams share the viewer's link (``viewer_kbps``) and the client's REMB.
         self.return_rates = ReturnBitrates(None if viewer_kbps is None else int(viewer_kbps * 1000))
         self.guards: dict[str, FrameGuard] = {}  # per encoded return stream: the frames lost to errors
+        # a return stream that stops while frames come in is restarted (srtc.server.watchdog)
+        self.streams_watch = Watchdog(lambda: self.fanout.frames if self.fanout is not None else 0)
+        self._baseline: LatestFrame | None = None  # the SR track's reference for drops (see SuperResolutionTrack)
         self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
         self._blackhole = MediaBlackhole()
@@ -142,18 +147,11 @@ class Session:
             self.forward = self._forward_track(uplink, raw_out)
             # Without forwarding (the stock receiver, or codecs that differ), SR off is decoded and re-encoded.
             self.raw_track = RawTrack(self.fanout.subscribe()) if self.forward is None else None
-        baseline = self.raw_track.slot if self.raw_track else self.fanout.subscribe()
+        self._baseline = self.raw_track.slot if self.raw_track else self.fanout.subscribe()
         if self.raw_track is None:
-            self._pacer = asyncio.ensure_future(_drain(baseline))  # a consumer that never lags: the input's own drops
-        self.sr_track = SuperResolutionTrack(
-            self.fanout.subscribe(),
-            self.upscaler,
-            self._executor,
-            sr_enabled,
-            LoadGovernor(self.governor_policy, fast=self.fast is not None),
-            baseline=baseline,
-            fast=self.fast,
-        )
+            # a consumer that never lags: the input's own drops
+            self._pacer = asyncio.ensure_future(_drain(self._baseline))
+        self.sr_track = self._new_sr_track(sr_enabled)
         self.guards["sr"] = _send(
             sr_out,
             self.sr_track,
@@ -162,6 +160,7 @@ class Session:
             name="sr",
             nice=self.encoder_nice,
         )
+        self.streams_watch.watch("sr", sr_out.sender, self._restart_sr_track)
         if self.raw_track is not None and raw_out is not None:
             self.guards["raw"] = _send(
                 raw_out,
@@ -171,11 +170,14 @@ class Session:
                 name="raw",
                 nice=self.encoder_nice,
             )
+            self.streams_watch.watch("raw", raw_out.sender, self._restart_raw_track)
         elif self.forward is not None and raw_out is not None:
-            _forward(raw_out, self.forward, self.return_rates)
+            _forward(raw_out, self._current_forward, self.return_rates)
+            self.streams_watch.watch("raw", raw_out.sender, self._restart_forward)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._blackhole.start()
         self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
+        self.streams_watch.start()
         log.info("session %s: answered (%d video m-lines, sr=%s)", self.id, 3 if raw_out else 1, sr_enabled)
         answer = self.pc.localDescription
         kbps = self.network.config.kbps if self.network is not None else None
@@ -191,8 +193,56 @@ class Session:
             log.info("session %s: SR off is re-encoded (uplink %s, return %s)", self.id, upcodec, codec)
             return None
         forward = ForwardTrack(codec, self.receiver.request_keyframe)
-        self.receiver.on_frame(lambda name, frame: forward.push(name, frame.data, frame.timestamp, frame.keyframe))
+        # the current forward track (a restart replaces it) gets every frame the receiver assembles
+        self.receiver.on_frame(lambda name, frame: self._current_forward().push(name, frame.data, frame.timestamp,
+                                                                              frame.keyframe))  # fmt: skip
         return forward
+
+    def _current_forward(self) -> ForwardTrack:
+        assert self.forward is not None  # only wired when there is one
+        return self.forward
+
+    def _new_sr_track(self, enabled: bool) -> SuperResolutionTrack:
+        assert self.fanout is not None  # the offer's uplink made it before any track is wired
+        return SuperResolutionTrack(
+            self.fanout.subscribe(),
+            self.upscaler,
+            self._executor,
+            enabled,
+            LoadGovernor(self.governor_policy, fast=self.fast is not None),
+            baseline=self._baseline,
+            fast=self.fast,
+        )
+
+    def _restart_sr_track(self) -> SuperResolutionTrack:
+        """A fresh SR track with the old one's setting, for the watchdog; the old one's input slot is let go."""
+        old = self.sr_track
+        self.sr_track = self._new_sr_track(old.enabled if old is not None else True)
+        if old is not None:
+            self._retire(old)
+        return self.sr_track
+
+    def _restart_raw_track(self) -> RawTrack:
+        assert self.fanout is not None
+        old, self.raw_track = self.raw_track, RawTrack(self.fanout.subscribe())
+        self._baseline = self.raw_track.slot
+        if self.sr_track is not None:
+            self.sr_track.baseline = self._baseline
+        if old is not None:
+            self._retire(old)
+        return self.raw_track
+
+    def _restart_forward(self) -> ForwardTrack:
+        old = self._current_forward()
+        old.stop()
+        assert self.receiver is not None  # forwarding needs the resilient receiver
+        self.forward = ForwardTrack(old.codec, self.receiver.request_keyframe)
+        return self.forward
+
+    def _retire(self, track: SlotTrack) -> None:
+        track.stop()
+        if self.fanout is not None:
+            self.fanout.unsubscribe(track.slot)
 
     def set_sr(self, enabled: bool) -> None:
         if self.sr_track is not None:
@@ -234,6 +284,7 @@ class Session:
             "streams": {"sr": sr, "raw": raw},
             "return_bitrate": self.return_rates.stats(),
             "return_errors": {name: guard.stats() for name, guard in self.guards.items()},
+            "return_restarts": self.streams_watch.stats(),
             "network": self.netpath.stats() if self.netpath else None,
             "receiver": self.receiver.stats() if self.receiver else None,
         }
@@ -270,6 +321,7 @@ class Session:
     async def _teardown(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        self.streams_watch.stop()
         for track in (self.sr_track, self.raw_track, self.forward):
             if track is not None:
                 track.stop()
@@ -301,13 +353,14 @@ async def _drain(slot: LatestFrame) -> None:
         pass  # the uplink ended
 
 
-def _forward(transceiver: RTCRtpTransceiver, track: ForwardTrack, rates: ReturnBitrates) -> None:
-    """Send ``track``'s frames as they are; the viewer's keyframe requests go to the uplink's sender."""
+def _forward(transceiver: RTCRtpTransceiver, current: Callable[[], ForwardTrack], rates: ReturnBitrates) -> None:
+    """Send the ``current()`` forward track's frames as they are; the viewer's keyframe requests go to the
+    uplink's sender. (``current``, not one track: the watchdog may replace it.)"""
     sender = transceiver.sender
-    sender.replaceTrack(track)
+    sender.replaceTrack(current())
     # aiortc calls it on a PLI or FIR for this stream
-    sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]  # replaces an aiortc private method
-    rates.add_forwarded("raw", sender, track.bitrate_bps)
+    sender._send_keyframe = lambda: current().request_keyframe()  # type: ignore[method-assign]  # aiortc private
+    rates.add_forwarded("raw", sender, lambda: current().bitrate_bps())
     transceiver.direction = "sendonly"
 
 
@@ -324,6 +377,13 @@ def _send(
     # a frame that fails is skipped with a keyframe request, never the end of the stream
     guard = use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name))
     rates.add(name, transceiver.sender)  # its share of the client's REMB
-    time_encoding(transceiver.sender, track.encoded)  # the encode and send stages of the latency budget
+    # the encode and send stages of the latency budget, on whichever track the sender has now (see watchdog)
+    time_encoding(transceiver.sender, lambda at: _encoded(transceiver.sender, at))
     transceiver.direction = "sendrecv" if keep_receiving else "sendonly"
     return guard
+
+
+def _encoded(sender: Any, at: float) -> None:
+    track = sender.track
+    if isinstance(track, SlotTrack):
+        track.encoded(at)

@@ -405,7 +405,7 @@ async def run_probe(
     psnr_every: int = 5,
     grace_s: float = 1.5,
     connect_timeout_s: float = 20.0,
-    network_change: tuple[float, dict] | None = None,
+    network_changes: Sequence[tuple[float, dict]] = (),
     sr: bool = True,
     vmaf: bool | None = False,
     vmaf_frames: int = 300,
@@ -469,25 +469,22 @@ async def run_probe(
             log.info("connected (session %s), sending for %g s", session_id, seconds)
             cpu_before = await fetch_process(http, url)
             tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
-            if network_change is not None:
-                change = asyncio.ensure_future(change_network(http, url, *network_change))
-                tasks.append(change)
+            changes = [asyncio.ensure_future(change_network(http, url, *c)) for c in network_changes]
+            tasks += changes
             await wait_sent(pc, uplink, seconds + connect_timeout_s)
             server_cpu = cpu_between(cpu_before, await fetch_process(http, url))
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id, secret)
             network = await network_report(http, url, pc, uplink)
-            if (
-                network_change is not None
-                and change.done()
-                and not change.cancelled()
-                and (changed_at := change.result())
-            ):
-                network["change"] = {
-                    "after_s": network_change[0],
-                    "settings": network_change[1],
+            network["changes"] = [
+                {
+                    "after_s": after_s,
+                    "settings": settings,
                     "streams": {n: recovery_after(st.times, changed_at, fps) for n, st in streams.items()},
                 }
+                for (after_s, settings), task in zip(network_changes, changes)
+                if task.done() and not task.cancelled() and (changed_at := task.result())
+            ]
         finally:
             for receiver in resilient:
                 receiver.stop()
@@ -556,7 +553,7 @@ async def run_clients(
     source: str | Path | Source | None = None,
     fps: float = 30.0,
     psnr_every: int = 5,
-    network_change: tuple[float, dict] | None = None,
+    network_changes: Sequence[tuple[float, dict]] = (),
     vmaf: bool | None = False,
     generator: Upscaler | None = None,
 ) -> list[ProbeReport]:
@@ -572,7 +569,7 @@ async def run_clients(
                     source=src,
                     fps=fps,
                     psnr_every=psnr_every,
-                    network_change=network_change if i == 0 else None,
+                    network_changes=network_changes if i == 0 else (),
                     vmaf=vmaf,
                     generator=generator if i == 0 else None,
                 )
@@ -623,21 +620,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--network-change",
         metavar="SECONDS:JSON",
-        default=None,
-        help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery",
+        action="append",
+        default=[],
+        help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery;"
+        " repeat it for a schedule of changes",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1 or not 1 <= args.clients <= 64:
         parser.error("need --seconds > 0, --fps in 1..120, --psnr-every >= 1 and --clients in 1..64")
-    if args.network_change is not None:
-        when, _, body = args.network_change.partition(":")
+    changes = []
+    for change in args.network_change:
+        when, _, body = change.partition(":")
         try:
-            args.network_change = (float(when), json.loads(body))
+            after_s, settings = float(when), json.loads(body)
         except ValueError:
             parser.error("--network-change takes SECONDS:JSON, for example '20:{\"loss\": 0}'")
-        if not isinstance(args.network_change[1], dict):
-            parser.error("--network-change: the JSON must be an object")
+        if not isinstance(settings, dict) or not 0 <= after_s <= args.seconds:
+            parser.error("--network-change: SECONDS must lie within --seconds and the JSON must be an object")
+        changes.append((after_s, settings))
+    args.network_change = sorted(changes, key=lambda c: c[0])
     return args
 
 
@@ -674,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source=args.source,
                 fps=args.fps,
                 psnr_every=args.psnr_every,
-                network_change=args.network_change,
+                network_changes=args.network_change,
                 vmaf={"auto": None, "on": True, "off": False}[args.vmaf],
                 generator=open_generator(args.model),
             )

@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -40,20 +40,22 @@ def frame_rate(times: Sequence[float]) -> float:
     return (len(times) - 1) / span if span > 0 else 0.0
 
 
-def recovery_after(times: Sequence[float], change_at: float, fps: float) -> dict[str, float | int | None]:
+def recovery_after(times: Sequence[float], change_at: float, fps: float) -> dict[str, Any]:
     """How the stream behaved after a network change at ``change_at`` (monotonic seconds).
 
     ``recovery_ms``: from the change to the first received frame after which no gap between frames
     exceeds the freeze threshold at the sent rate (max(3 / fps, 1 / fps + 0.15) s); None if it never
-    settles. Also the frame rate over the time after the change plus one second.
+    settles. ``last_gaps``: the last five such gaps, as (seconds after the change that they ended,
+    length in ms). Also the frame rate over the time after the change plus one second.
     """
     threshold = max(3.0 / fps, 1.0 / fps + 0.150)
     after = [t for t in times if t >= change_at]
-    long_gaps = [b for a, b in zip(after, after[1:]) if b - a >= threshold]
-    settled_at = long_gaps[-1] if long_gaps else (after[0] if after else None)
+    long_gaps = [(a, b) for a, b in zip(after, after[1:]) if b - a >= threshold]
+    settled_at = long_gaps[-1][1] if long_gaps else (after[0] if after else None)
     late = [t for t in after if t >= change_at + 1.0]
     return {
         "recovery_ms": rounded((settled_at - change_at) * 1000.0) if settled_at is not None else None,
+        "last_gaps": [[rounded(b - change_at), rounded((b - a) * 1000.0)] for a, b in long_gaps[-5:]],
         "frames_after": len(after),
         "fps_from_1s_after": rounded(frame_rate(late)),
     }
@@ -195,8 +197,7 @@ class ProbeReport:
             ]
             if server:
                 lines.append(f"  server's impairment: {json.dumps(server, sort_keys=True)}")
-            change = net.get("change")
-            if change:
+            for change in net.get("changes") or []:
                 lines.append(f"  network changed to {change['settings']} after {change['after_s']:g} s:")
                 for name, rec in change["streams"].items():
                     lines.append(
