@@ -205,3 +205,24 @@ async def test_a_return_stream_that_stops_is_restarted_within_a_second(upscaler,
     assert sr["freezes"]["longestGapMs"] <= 1000, sr["freezes"]  # each stop cost at most a second
     assert sr["out_of_order"] == 0 and sr["unreadable"] == 0
     assert raw["freezes"]["longestGapMs"] < 500, "the other stream is not disturbed"
+
+
+async def test_a_replayed_uplink_is_measured_like_a_live_one(upscaler, default_model_path):
+    """The probe's cheap mode: the uplink encoded once before the run. On a clean link it stays a replay
+    (nothing asks for a keyframe), and both streams come back numbered, in order, at their sizes."""
+    from srtc.tools.probe_replay import pre_encode
+    from srtc.tools.probe_source import load_source
+
+    source = load_source(None, fps=15.0, psnr_every=5)
+    replay = pre_encode(source, fps=15.0, duration_s=3.0, kbps=800.0)
+    app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
+    async with serving(app) as url:
+        report = await run_probe(url, seconds=3.0, source=source, fps=15.0, psnr_every=5, replay=replay)
+    assert report.network["uplink"]["mode"] == "replay" and report.network["uplink"]["live_from_s"] is None
+    assert 400 < report.network["uplink"]["encoded_kbps"] < 1600
+    for name, size in (("sr", (FULL_W, FULL_H)), ("raw", (FULL_W // 2, FULL_H // 2))):
+        stream = report.streams[name]
+        assert stream["numbered"] >= 38 and stream["out_of_order"] == 0, (name, stream)
+        assert (stream["width"], stream["height"]) == size
+        assert stream["psnr_y"] > 30, (name, stream["psnr_y"])
+    assert report.probe_cpu is not None and report.probe_cpu["cores_used"] > 0

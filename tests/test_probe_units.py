@@ -8,6 +8,7 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from srtc.server.config import CLIENT_DIR
 from srtc.shared import SHARED
-from srtc.tools import framecode, probe, probe_report, probe_source
+from srtc.tools import framecode, probe, probe_replay, probe_report, probe_source
 
 SAMPLES = CLIENT_DIR / "samples"
 SET14 = SHARED / "data" / "benchmarks" / "Set14"
@@ -186,6 +187,33 @@ async def test_numbered_track_numbers_and_clock(small_source: probe.Source) -> N
         assert framecode.read(y) == number
         assert number in track.sent
     assert track.count == 4
+    track.stop()
+
+
+def test_the_pre_encoded_uplink_decodes_to_the_numbered_frames(small_source: probe.Source) -> None:
+    encoded = probe_replay.pre_encode(small_source, fps=30.0, duration_s=0.5, kbps=800.0)
+    assert len(encoded) == 15
+    decoder = av.CodecContext.create("libvpx", "r")
+    numbers = []
+    for data in encoded:
+        for frame in decoder.decode(av.Packet(data)):
+            assert (frame.width, frame.height) == (640, 360)
+            numbers.append(framecode.read(probe.luma_plane(frame)))
+    assert numbers == list(range(15))
+    kbps = sum(map(len, encoded)) * 8 / 0.5 / 1000
+    assert 200 < kbps < 2000, kbps  # near the rate asked for (the first keyframe weighs in a short clip)
+
+
+async def test_the_replay_track_sends_packets_until_a_keyframe_request_then_frames(small_source) -> None:
+    encoded = probe_replay.pre_encode(small_source, fps=50.0, duration_s=1.0, kbps=800.0)
+    track = probe_replay.ReplayTrack(small_source, fps=50.0, duration_s=1.0, encoded=encoded)
+    first = [await track.recv() for _ in range(3)]
+    assert all(isinstance(p, av.Packet) for p in first) and bytes(first[1]) == encoded[1]
+    assert sorted(track.sent) == [0, 1, 2] and track.live_from_s is None
+    track.request_keyframe()
+    live = await track.recv()
+    assert isinstance(live, av.VideoFrame) and framecode.read(probe.luma_plane(live)) == 3, "numbers run on"
+    assert track.live_from_s is not None and live.pts > first[-1].pts
     track.stop()
 
 

@@ -149,10 +149,13 @@ async def stats(request: web.Request) -> web.Response:
         chosen = [own.id] if own is not None and hmac.compare_digest(secret.encode(), own.secret.encode()) else []
     fast_info = request.app[FAST][1]
     model = {**_public(request.app[MODEL].to_json()), "fast": _public(fast_info.to_json()) if fast_info else None}
+    process = process_stats(len(sessions))
+    if _operator(request):
+        process["pid"] = os.getpid()  # for profiling on the server's machine (srtc.tools.cpu_budget)
     return web.json_response(
         {
             "model": model,
-            "process": process_stats(len(sessions)),
+            "process": process,
             "totals": totals(list(figures.values())),
             "sessions": [figures[sid] for sid in chosen],
         }

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,12 +29,14 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from srtc.server.bandwidth import TARGET_SHARE
 from srtc.server.engine import Upscaler, plane_view
 from srtc.server.receiver import attach as attach_resilient
 from srtc.server.receiver import sender_rtt_ms
 from srtc.training.vmaf import FrameBank, VmafUnavailable, ffmpeg_with_libvmaf
 
 from . import framecode
+from .probe_replay import ReplayTrack, follow_keyframe_requests, pre_encode
 from .probe_report import (
     ProbeReport,
     StreamStats,
@@ -59,6 +62,9 @@ from .probe_source import (
 log = logging.getLogger("server.probe")
 
 STREAM_INDEX = {1: "sr", 2: "raw"}  # transceiver index -> stream name (0 is the uplink)
+
+
+DEFAULT_REPLAY_KBPS = 1000.0  # the replayed uplink without a link cap: about what aiortc settles at on loopback
 
 
 class ProbeError(RuntimeError):
@@ -286,6 +292,11 @@ async def post_offer(http: aiohttp.ClientSession, url: str, sdp: str, sr: bool =
     return answer
 
 
+def own_process() -> dict:
+    """This process's CPU time and clock, in the server's ``process`` format (for :func:`cpu_between`)."""
+    return {"cpu_s": time.process_time(), "monotonic_s": time.monotonic(), "cores": os.cpu_count(), "sessions": 1}
+
+
 async def fetch_process(http: aiohttp.ClientSession, url: str) -> dict | None:
     """The server's ``process`` block of GET /stats (its CPU time), or None when it cannot be had."""
     try:
@@ -356,6 +367,31 @@ async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConne
     return report
 
 
+def uplink_report(uplink: NumberedTrack, replay: list[bytes] | None) -> dict:
+    """How the uplink was encoded: live, or replayed (and whether a keyframe request made it live)."""
+    if not isinstance(uplink, ReplayTrack) or replay is None:
+        return {"mode": "live"}
+    span = len(replay) / uplink.fps
+    return {
+        "mode": "replay",
+        "encoded_kbps": rounded(sum(map(len, replay)) * 8 / span / 1000.0, 1) if span else None,
+        "live_from_s": rounded(uplink.live_from_s),
+    }
+
+
+async def server_cap_kbps(url: str) -> float | None:
+    """The link cap the server simulates (GET /network), or None without one or when it cannot be read."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url.rstrip("/") + "/network") as resp:
+            body = await resp.json(content_type=None) if resp.status < 400 else {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        log.warning("GET /network failed: %s", exc)
+        return None
+    settings = body.get("settings", body) if isinstance(body, dict) else {}
+    return float(settings["kbps"]) if isinstance(settings, dict) and settings.get("kbps") else None
+
+
 async def delete_session(http: aiohttp.ClientSession, url: str, session_id: str, secret: str | None = None) -> None:
     """DELETE /sessions/{id} with the session's secret; failures are logged, never raised (this runs on the way out)."""
     headers = {"X-Session-Secret": secret} if secret else {}
@@ -410,6 +446,7 @@ async def run_probe(
     vmaf: bool | None = False,
     vmaf_frames: int = 300,
     generator: Upscaler | None = None,
+    replay: list[bytes] | None = None,
 ) -> ProbeReport:
     """Connect to the server, send numbered frames for ``seconds``, and measure both returned streams.
 
@@ -417,11 +454,13 @@ async def run_probe(
     ``vmaf``: score both streams in VMAF and VMAF-NEG too (on up to ``vmaf_frames`` of the frames PSNR is
     measured on): True requires libvmaf (:class:`ProbeError` without it), None uses it when present.
     ``generator``: the server's model, run here on the SR-off frames as received (:class:`GeneratorGain`).
+    ``replay``: the uplink's frames pre-encoded (:func:`~srtc.tools.probe_replay.pre_encode`), replayed
+    instead of encoded live.
 
     The peer connection is closed and the session deleted on every exit path.
     """
     src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
-    uplink = NumberedTrack(src, fps, seconds)
+    uplink = NumberedTrack(src, fps, seconds) if replay is None else ReplayTrack(src, fps, seconds, replay)
     streams = {name: StreamStats(name) for name in STREAM_INDEX.values()}
     gain = GeneratorGain(generator) if generator is not None else None
     bank = FrameBank(FULL_W, FULL_H, limit=vmaf_frames) if vmaf_available(vmaf) else None
@@ -436,6 +475,7 @@ async def run_probe(
     network: dict | None = None
     resilient: list = []
     server_cpu: dict | None = None
+    probe_cpu: dict | None = None
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -454,7 +494,9 @@ async def run_probe(
     timeout = aiohttp.ClientTimeout(total=15)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         try:
-            pc.addTransceiver(uplink, direction="sendonly")
+            sending = pc.addTransceiver(uplink, direction="sendonly")
+            if isinstance(uplink, ReplayTrack):
+                follow_keyframe_requests(sending.sender, uplink)
             pc.addTransceiver("video", direction="recvonly")
             pc.addTransceiver("video", direction="recvonly")
             await pc.setLocalDescription(await pc.createOffer())
@@ -468,11 +510,13 @@ async def run_probe(
             await wait_connected(pc, connect_timeout_s)
             log.info("connected (session %s), sending for %g s", session_id, seconds)
             cpu_before = await fetch_process(http, url)
+            own_before = own_process()
             tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
             changes = [asyncio.ensure_future(change_network(http, url, *c)) for c in network_changes]
             tasks += changes
             await wait_sent(pc, uplink, seconds + connect_timeout_s)
             server_cpu = cpu_between(cpu_before, await fetch_process(http, url))
+            probe_cpu = cpu_between(own_before, own_process())
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id, secret)
             network = await network_report(http, url, pc, uplink)
@@ -485,6 +529,7 @@ async def run_probe(
                 for (after_s, settings), task in zip(network_changes, changes)
                 if task.done() and not task.cancelled() and (changed_at := task.result())
             ]
+            network["uplink"] = uplink_report(uplink, replay)
         finally:
             for receiver in resilient:
                 receiver.stop()
@@ -498,6 +543,7 @@ async def run_probe(
         await score_vmaf(bank, streams, gain)
     report = build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
     report.server_cpu = server_cpu
+    report.probe_cpu = probe_cpu
     report.generator_gain = gain.report() if gain is not None else None
     report.paired = paired_psnr(streams, gain)
     return report
@@ -556,10 +602,21 @@ async def run_clients(
     network_changes: Sequence[tuple[float, dict]] = (),
     vmaf: bool | None = False,
     generator: Upscaler | None = None,
+    uplink: str = "live",
+    uplink_kbps: float | None = None,
 ) -> list[ProbeReport]:
     """``clients`` probes at once against one server, sharing one pre-rendered source (so the probe's own
-    CPU cost stays small), each with its own session; their reports in client order."""
+    CPU cost stays small), each with its own session; their reports in client order.
+
+    ``uplink``: "live" encodes each client's uplink as it sends (aiortc, following the server's REMB), "replay"
+    sends frames encoded once before the run at ``uplink_kbps`` (default: the REMB's 70% of the server's
+    link cap, else 1000 kbps)."""
     src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
+    replay = None
+    if uplink == "replay":
+        cap = await server_cap_kbps(url)
+        kbps = uplink_kbps or (TARGET_SHARE * cap if cap else DEFAULT_REPLAY_KBPS)
+        replay = await asyncio.get_running_loop().run_in_executor(None, pre_encode, src, fps, seconds, kbps)
     return list(
         await asyncio.gather(
             *(
@@ -572,6 +629,7 @@ async def run_clients(
                     network_changes=network_changes if i == 0 else (),
                     vmaf=vmaf,
                     generator=generator if i == 0 else None,
+                    replay=replay,
                 )
                 for i in range(clients)
             )
@@ -625,8 +683,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery;"
         " repeat it for a schedule of changes",
     )
+    parser.add_argument(
+        "--uplink",
+        choices=("live", "replay"),
+        default="live",
+        help="live: encode the uplink while sending, as a browser does (default); replay: encode it once before"
+        " the run and replay it, so the probe costs the machine little (a keyframe request makes it live)",
+    )
+    parser.add_argument(
+        "--uplink-kbps",
+        type=float,
+        default=None,
+        help="the replayed uplink's bitrate (default: 70%% of the server's link cap, else 1000)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the probe this many nice levels below normal (0..19), so the server's figures on a shared"
+        " machine are the server's own",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if not 0 <= args.nice <= 19 or (args.uplink_kbps is not None and not 50 <= args.uplink_kbps <= 20000):
+        parser.error("need --nice in 0..19 and --uplink-kbps in 50..20000")
     if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1 or not 1 <= args.clients <= 64:
         parser.error("need --seconds > 0, --fps in 1..120, --psnr-every >= 1 and --clients in 1..64")
     changes = []
@@ -659,6 +739,8 @@ def open_generator(choice: str) -> Upscaler | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)  # this process and the threads it starts from now on
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -679,6 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 network_changes=args.network_change,
                 vmaf={"auto": None, "on": True, "off": False}[args.vmaf],
                 generator=open_generator(args.model),
+                uplink=args.uplink,
+                uplink_kbps=args.uplink_kbps,
             )
         )
     except (ProbeError, SourceError) as exc:
@@ -693,7 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps({**summary, "reports": [r.to_dict() for r in reports]}), flush=True)
         else:
-            print(json.dumps({"median": summary["median"], "server_cpu": summary["server_cpu"]}), flush=True)
+            shown = ("median", "server_cpu", "probe_cpu")
+            print(json.dumps({key: summary[key] for key in shown}), flush=True)
         return 0
     report = reports[0]
     if args.json:

@@ -102,6 +102,7 @@ class ProbeReport:
     server_session: dict | None = None
     network: dict | None = None  # the cap, the probe's achieved send bitrate, the server's /network counters
     server_cpu: dict | None = None  # the server process's cores in use while the probe sent (see cpu_between)
+    probe_cpu: dict | None = None  # this probe process's own, over the same time (all its clients together)
     generator_gain: dict | None = None  # the model's own gain on SR off as received (server.probe.GeneratorGain)
     paired: dict | None = None  # mean PSNR-Y of each stream (and the generator) on the frames all of them have
 
@@ -187,6 +188,9 @@ class ProbeReport:
                 f" {cpu['sessions']} session(s): {cpu['cores_per_session']} cores per session,"
                 f" {_fmt(cpu['sessions_per_core'])} sessions per core"
             )
+        if self.probe_cpu:
+            cores = self.probe_cpu["cores_used"]
+            lines.append(f"probe's own CPU over the same time: {cores:.2f} cores (all its clients)")
         net = self.network or {}
         if net:
             server = net.get("server") or {}
@@ -382,8 +386,10 @@ def clients_summary(reports: Sequence[ProbeReport]) -> dict:
                 k: gov.get(k)
                 for k in ("mode", "tier", "share", "generator_frames", "fast_frames", "bicubic_frames", "switches")
             }
+            by_model, by_bicubic = gov.get("generator_frames") or 0, gov.get("bicubic_frames") or 0
+            row["generator_share"] = rounded(by_model / (by_model + by_bicubic), 4) if by_model + by_bicubic else None
         rows.append(row)
-    medians = {}
+    medians: dict[str, Any] = {}
     for name in ("sr", "raw"):
         fps = [r[name]["fps"] for r in rows if name in r]
         p95 = [r[name]["latency_ms"]["p95"] for r in rows if name in r and r[name]["latency_ms"]["p95"] is not None]
@@ -393,12 +399,15 @@ def clients_summary(reports: Sequence[ProbeReport]) -> dict:
             "latency_p95_ms": rounded(percentile(p95, 50)),
             "psnr_y": rounded(percentile(psnr, 50)),
         }
+    shares = [r["generator_share"] for r in rows if r.get("generator_share") is not None]
+    medians["generator_share"] = rounded(percentile(shares, 50), 4)
     # Client 0's sending window; the others sent over the same seconds.
     return {
         "clients": len(reports),
         "per_client": rows,
         "median": medians,
         "server_cpu": reports[0].server_cpu if reports else None,
+        "probe_cpu": reports[0].probe_cpu if reports else None,
     }
 
 
