@@ -72,6 +72,7 @@ class ForwardTrack(MediaStreamTrack):
         self._waiting_for_keyframe = True
         self._last_request = -float("inf")
         self.frames_in = 0
+        self.queued = 0  # frames put in the queue to be sent (the watchdog's measure of "something to send")
         self.frames_out = 0
         self.keyframes = 0
         self.dropped = 0  # frames not forwarded: before the first keyframe, or after the queue overflowed
@@ -103,6 +104,7 @@ class ForwardTrack(MediaStreamTrack):
         packet.pts = self._unwrap(timestamp)
         packet.time_base = RTP_VIDEO_CLOCK
         self._queue.put_nowait(packet)
+        self.queued += 1
 
     def request_keyframe(self) -> None:
         """Ask the sender for a keyframe (the viewer lost the picture, or the forward is (re)starting)."""

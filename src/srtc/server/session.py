@@ -113,7 +113,7 @@ class Session:
         self.return_rates = ReturnBitrates(None if viewer_kbps is None else int(viewer_kbps * 1000))
         self.guards: dict[str, FrameGuard] = {}  # per encoded return stream: the frames lost to errors
         # a return stream that stops while frames come in is restarted (srtc.server.watchdog)
-        self.streams_watch = Watchdog(lambda: self.fanout.frames if self.fanout is not None else 0)
+        self.streams_watch = Watchdog()
         self._baseline: LatestFrame | None = None  # the SR track's reference for drops (see SuperResolutionTrack)
         self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
@@ -160,7 +160,7 @@ class Session:
             name="sr",
             nice=self.encoder_nice,
         )
-        self.streams_watch.watch("sr", sr_out.sender, self._restart_sr_track)
+        self.streams_watch.watch("sr", sr_out.sender, self._restart_sr_track, lambda: _offered(self.sr_track))
         if self.raw_track is not None and raw_out is not None:
             self.guards["raw"] = _send(
                 raw_out,
@@ -170,10 +170,10 @@ class Session:
                 name="raw",
                 nice=self.encoder_nice,
             )
-            self.streams_watch.watch("raw", raw_out.sender, self._restart_raw_track)
+            self.streams_watch.watch("raw", raw_out.sender, self._restart_raw_track, lambda: _offered(self.raw_track))
         elif self.forward is not None and raw_out is not None:
             _forward(raw_out, self._current_forward, self.return_rates)
-            self.streams_watch.watch("raw", raw_out.sender, self._restart_forward)
+            self.streams_watch.watch("raw", raw_out.sender, self._restart_forward, lambda: _offered(self.forward))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._blackhole.start()
         self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
@@ -387,3 +387,10 @@ def _encoded(sender: Any, at: float) -> None:
     track = sender.track
     if isinstance(track, SlotTrack):
         track.encoded(at)
+
+
+def _offered(track: SlotTrack | ForwardTrack | None) -> int:
+    """Frames handed to a return track so far: its input slot's, or what the forward queued to send."""
+    if isinstance(track, ForwardTrack):
+        return track.queued
+    return track.slot.received if track is not None else 0

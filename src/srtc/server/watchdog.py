@@ -4,9 +4,12 @@ Every return stream is one aiortc ``RTCRtpSender`` loop: fetch a frame from the 
 send its packets. :class:`srtc.server.encoder.FrameGuard` keeps one failing frame from ending that
 loop, but nothing inside the loop can notice the loop itself stopping: an exception outside the
 guarded call, a track that ends by mistake, or a ``recv()`` that never returns. The call then looks
-connected while the viewer's picture is frozen for good. The watchdog looks from outside: when the
-session's input has delivered frames within the last :data:`STALL_S` and a stream has sent none in
-that time, it cancels that stream's loop, gives the sender a fresh track and starts the loop again.
+connected while the viewer's picture is frozen for good. The watchdog looks from outside: when a
+frame has been waiting for a stream's track for :data:`STALL_S` and the stream has sent nothing since,
+it cancels that stream's loop, gives the sender a fresh track and starts the loop again. "Waiting" is
+each track's own measure (a new frame in the SR track's input slot, a frame in the forward queue), so
+a stream with nothing to send (a paused camera, a forward waiting for its keyframe) is never taken for
+a stopped one.
 The new loop continues the old one's RTP sequence numbers and timestamps, so to the viewer the
 restart is a short gap followed by a keyframe from a fresh encoder, not a new stream (a receiver
 would take a random jump backwards in sequence numbers for old, duplicate packets).
@@ -32,7 +35,7 @@ from aiortc import MediaStreamTrack
 
 log = logging.getLogger(__name__)
 
-STALL_S = 0.5  # no frame sent for this long while the input flows: the stream has stopped
+STALL_S = 0.5  # a frame waited this long and nothing was sent: the stream has stopped
 CHECK_S = 0.1  # how often the streams are looked at: a stop is acted on within STALL_S + CHECK_S
 _S = "_RTCRtpSender__"
 
@@ -41,13 +44,21 @@ class StreamWatch:
     """One return stream: when it last sent a frame, and how to give it a fresh track."""
 
     def __init__(
-        self, name: str, sender: Any, make_track: Callable[[], MediaStreamTrack], clock: Callable[[], float]
+        self,
+        name: str,
+        sender: Any,
+        make_track: Callable[[], MediaStreamTrack],
+        offered: Callable[[], int],
+        clock: Callable[[], float],
     ) -> None:
         self.name = name
         self.sender = sender
         self.make_track = make_track
+        self.offered = offered  # frames handed to the stream's current track so far (grows; restarts at a restart)
         self.last_sent: float | None = None  # None until its first frame: a stream that never started is not "stopped"
         self.restarts = 0
+        self._offered_at_send = 0  # ``offered()`` when the last frame went out
+        self._waiting_since: float | None = None  # when a frame offered after that was first seen
         self._codec: Any = None
         self._frame_timestamp: int | None = None  # the encoder's timestamp of the last frame (before the origin)
         self._clock = clock
@@ -57,11 +68,28 @@ class StreamWatch:
             self._codec = codec
             encoded = await inner(codec)
             if encoded is not None:
-                self.last_sent = self._clock()
+                self.sent()
                 self._frame_timestamp = encoded.timestamp
             return encoded
 
         sender._next_encoded_frame = counted
+
+    def sent(self) -> None:
+        """A frame went out (or the stream was just restarted): nothing is waiting any more."""
+        self.last_sent = self._clock()
+        self._offered_at_send = self.offered()
+        self._waiting_since = None
+
+    def stalled(self, now: float, stall_s: float) -> bool:
+        """A frame has waited ``stall_s`` for this stream and nothing was sent since; call it periodically."""
+        if self.last_sent is None:
+            return False
+        if self.offered() == self._offered_at_send:
+            self._waiting_since = None  # nothing new to send
+            return False
+        if self._waiting_since is None:
+            self._waiting_since = now
+        return now - self._waiting_since >= stall_s
 
     async def restart(self) -> None:
         """End the stream's loop (stopping its old track), hand it a fresh track, and start the loop again."""
@@ -77,7 +105,7 @@ class StreamWatch:
         resumed = _resume(sender, self._codec, self._continuation())
         setattr(sender, _S + "rtp_task", asyncio.ensure_future(resumed))
         self.restarts += 1
-        self.last_sent = self._clock()  # a grace of STALL_S for the fresh loop's first frame
+        self.sent()  # the fresh track's count starts over, and the fresh loop gets STALL_S for its first frame
 
     def _continuation(self) -> tuple[int, int] | None:
         """(next sequence number, timestamp origin) that continue what the loop sent; None if unknown."""
@@ -113,34 +141,24 @@ async def _resume(sender: Any, codec: Any, continuation: tuple[int, int] | None)
 class Watchdog:
     """Watches a session's return streams against its input; see the module docstring."""
 
-    def __init__(
-        self,
-        input_frames: Callable[[], int],
-        clock: Callable[[], float] = time.monotonic,
-        stall_s: float = STALL_S,
-    ) -> None:
-        self._input_frames = input_frames
+    def __init__(self, clock: Callable[[], float] = time.monotonic, stall_s: float = STALL_S) -> None:
         self._clock = clock
         self.stall_s = stall_s
         self.streams: dict[str, StreamWatch] = {}
-        self._input_count = -1
-        self._input_at: float | None = None  # when the input count last moved
         self._task: asyncio.Task[None] | None = None
 
-    def watch(self, name: str, sender: Any, make_track: Callable[[], MediaStreamTrack]) -> StreamWatch:
-        """Watch ``sender``'s stream; ``make_track()`` builds its replacement track on a restart."""
-        watch = self.streams[name] = StreamWatch(name, sender, make_track, self._clock)
+    def watch(
+        self, name: str, sender: Any, make_track: Callable[[], MediaStreamTrack], offered: Callable[[], int]
+    ) -> StreamWatch:
+        """Watch ``sender``'s stream: ``offered()`` counts the frames handed to its current track, and
+        ``make_track()`` builds the replacement track on a restart."""
+        watch = self.streams[name] = StreamWatch(name, sender, make_track, offered, self._clock)
         return watch
 
     def stalled(self) -> list[StreamWatch]:
-        """The streams that sent nothing for ``stall_s`` while the input moved within it."""
+        """The streams for which a frame has waited ``stall_s`` with nothing sent since."""
         now = self._clock()
-        count = self._input_frames()
-        if count != self._input_count:
-            self._input_count, self._input_at = count, now
-        if self._input_at is None or now - self._input_at > self.stall_s:
-            return []  # no input: nothing to send, nothing stopped
-        return [w for w in self.streams.values() if w.last_sent is not None and now - w.last_sent > self.stall_s]
+        return [w for w in self.streams.values() if w.stalled(now, self.stall_s)]
 
     def start(self) -> None:
         if self._task is None:
@@ -159,7 +177,7 @@ class Watchdog:
                 await asyncio.sleep(CHECK_S)
                 for watch in self.stalled():
                     idle_ms = (self._clock() - (watch.last_sent or 0.0)) * 1000.0
-                    log.warning("return stream %s sent nothing for %.0f ms while input flows: restarting it",
+                    log.warning("return stream %s: a frame waited, nothing sent for %.0f ms: restarting it",
                                 watch.name, idle_ms)  # fmt: skip
                     await watch.restart()
         except asyncio.CancelledError:
