@@ -28,7 +28,9 @@ def test_python_thread_names_are_read_from_a_py_spy_dump():
 
 
 def test_samples_are_placed_by_thread_then_library():
+    assert stage_of("video-decoder", "libvpx-edb6de90.so.12.0.0") == "decode"  # aiortc names it so
     assert stage_of("Thread-3 (decoder_worker)", "libvpx-edb6de90.so.12.0.0") == "decode"
+    assert stage_of(None, "cv2.abi3.so") == "SR"  # OpenCV's pool: the chroma resize
     assert stage_of("sr-5f2c9a1b0d3e_0", "libopencv_imgproc.so") == "SR"
     assert stage_of(None, "libonnxruntime.so.1.32.0") == "SR"  # onnxruntime's own pool
     assert stage_of("asyncio_0", "libvpx-edb6de90.so.12.0.0") == "return encode"

@@ -6,9 +6,9 @@ Run it while clients are connected (``python -m server.probe --uplink replay --n
 shell). It samples every thread of the server with ``perf`` (Linux; user space, 499 Hz), names the
 Python threads with ``py-spy dump`` (``pip install py-spy``), and sorts the samples into stages:
 
-* **decode**: aiortc's decoder thread (``decoder_worker``);
-* **SR**: the session's SR worker thread (``sr-*``: onnxruntime's call, the chroma and colour work) and
-  onnxruntime's own pool threads;
+* **decode**: aiortc's decoder thread (``video-decoder``);
+* **SR**: the session's SR worker thread (``sr-*``: onnxruntime's call, the chroma and colour work),
+  onnxruntime's own pool threads and OpenCV's;
 * **return encode**: the threads aiortc encodes in (``asyncio_*``) and libvpx's worker threads;
 * **SRTP**: the event loop's time in libsrtp and OpenSSL (encrypting what is sent, decrypting what
   arrives);
@@ -80,7 +80,7 @@ def perf_samples(pid: int, seconds: float) -> Counter[tuple[int, str]]:
         if run.returncode != 0 or not data.exists():
             raise BudgetError(f"perf record failed: {run.stderr.strip()[:300]}")
         script = subprocess.run(
-            ["perf", "script", "-i", str(data), "-F", "tid,dso"], capture_output=True, text=True, timeout=300
+            ["perf", "script", "-i", str(data), "-F", "tid,ip,dso"], capture_output=True, text=True, timeout=300
         )
     counts: Counter[tuple[int, str]] = Counter()
     for line in script.stdout.splitlines():
@@ -95,12 +95,12 @@ def perf_samples(pid: int, seconds: float) -> Counter[tuple[int, str]]:
 def stage_of(thread: str | None, dso: str) -> str:
     """The stage a sample belongs to, from its thread's Python name (None: not a Python thread) and object."""
     if thread is None:  # threads the libraries started themselves
-        if "onnxruntime" in dso:
+        if "onnxruntime" in dso or dso.startswith("cv2"):
             return "SR"
         if "vpx" in dso:
             return "return encode"  # the uplink's decoder runs single-threaded (one token partition)
         return "other threads"
-    if "decoder_worker" in thread:
+    if thread == "video-decoder" or "decoder_worker" in thread:
         return "decode"
     if thread.startswith("sr-"):
         return "SR"
@@ -147,8 +147,14 @@ def measure(url: str, seconds: float) -> dict:
     after = server_stats(url)
     frames = frames_in(after) - frames_in(before)
     by_stage: Counter[str] = Counter()
+    unplaced: Counter[tuple[str, str]] = Counter()
     for (tid, dso), n in counts.items():
-        by_stage[stage_of(names.get(tid), dso)] += n
+        if dso.startswith("[kernel"):
+            continue  # system time is read from /proc whole ("kernel"), not sampled in part
+        stage = stage_of(names.get(tid), dso)
+        by_stage[stage] += n
+        if stage == "other threads":
+            unplaced[(names.get(tid, "(not a Python thread)"), dso)] += n
     total = sum(by_stage.values())
     user_cores = (user1 - user0) / wall
     cores = {stage: user_cores * n / total for stage, n in by_stage.items()}
@@ -168,6 +174,10 @@ def measure(url: str, seconds: float) -> dict:
             for stage in STAGES
         },
         "samples": total,
+        "other_threads": [  # what "other threads" holds, largest first, so nothing is hidden
+            {"thread": thread, "object": dso, "cores": round(user_cores * n / total, 3)}
+            for (thread, dso), n in unplaced.most_common(8)
+        ],
     }
 
 
