@@ -248,6 +248,29 @@ def test_measure_frame_sr_and_raw(small_source: probe.Source) -> None:
     assert report["fps"] == pytest.approx(4 / 0.45, abs=0.01)
 
 
+def test_frames_scored_after_the_run_score_as_at_once_and_thin_evenly(small_source: probe.Source) -> None:
+    sent = {n: probe_source.SentFrame(time=100.0 + n / 30, index=(n * 2) % 6) for n in range(40)}
+    now, later = probe_report.StreamStats("raw"), probe_report.StreamStats("raw")
+    kept = probe.LaterScores()
+    for n in range(40):
+        y = _with_code(small_source, sent[n].index, n)
+        probe.measure_frame(now, y, 100.05 + n / 30, sent, small_source)
+        probe.measure_frame(later, y, 100.05 + n / 30, sent, small_source, later=kept)
+    assert later.psnr == [] and len(later.latencies) == 40, "timing now, scores later"
+    kept.score({"raw": later}, small_source, None)
+    assert later.psnr_of == pytest.approx(now.psnr_of) and len(later.psnr) == 40
+    # a budget of 10 frames: the kept numbers thin to every 4th, evenly over the run, the same on each stream
+    frame_bytes = 360 * 640
+    small = probe.LaterScores(limit_bytes=10 * frame_bytes)
+    for n in range(40):
+        for name in ("raw", "sr"):
+            small.keep(name, n, _with_code(small_source, sent[n].index, n), sent[n].index)
+    assert small.stride == 8 and small.bytes <= 10 * frame_bytes
+    streams = {name: probe_report.StreamStats(name) for name in ("raw", "sr")}
+    small.score(streams, small_source, None)
+    assert sorted(streams["raw"].psnr_of) == sorted(streams["sr"].psnr_of) == [0, 8, 16, 24, 32]
+
+
 def test_report_json_shape(small_source: probe.Source) -> None:
     stats = probe_report.StreamStats("sr")
     stats.psnr.append(math.inf)

@@ -175,6 +175,41 @@ class GeneratorGain:
         }
 
 
+class LaterScores:
+    """Returned frames kept to be scored after the run, so PSNR-Y, the generator's gain and VMAF cost the
+    probe nothing while it times the streams (it shares the cores with the server it measures).
+
+    At most ``limit_bytes`` are kept. When full, every other kept frame number is let go and only every
+    other one is kept from then on: the sample stays spread over the whole run, and both streams keep the
+    same numbers, so paired figures stay paired."""
+
+    def __init__(self, limit_bytes: int = 512 << 20) -> None:
+        self.limit_bytes = limit_bytes
+        self.stride = 1
+        self.bytes = 0
+        self._frames: dict[tuple[int, str], tuple[np.ndarray, int]] = {}  # (number, stream) -> (luma, source index)
+
+    def keep(self, stream: str, number: int, y: np.ndarray, index: int) -> None:
+        if number % self.stride:
+            return
+        self._frames[(number, stream)] = (y.copy(), index)  # the decoder's buffer is not ours to hold
+        self.bytes += y.nbytes
+        while self.bytes > self.limit_bytes and self._frames:
+            self._thin()
+
+    def _thin(self) -> None:
+        self.stride *= 2
+        for key in [k for k in self._frames if k[0] % self.stride]:
+            self.bytes -= self._frames.pop(key)[0].nbytes
+
+    def score(self, streams: dict[str, StreamStats], source: Source, gain: GeneratorGain | None) -> None:
+        """Score every kept frame, SR off before SR on of each number (the generator's gain pairs them)."""
+        for number, name in sorted(self._frames, key=lambda key: (key[0], key[1] != "raw")):
+            y, index = self._frames.pop((number, name))
+            score_frame(streams[name], number, y, source.originals[index], gain)
+        self.bytes = 0
+
+
 def measure_frame(
     stats: StreamStats,
     y: np.ndarray,
@@ -183,8 +218,10 @@ def measure_frame(
     source: Source,
     arrived: float | None = None,
     gain: GeneratorGain | None = None,
+    later: LaterScores | None = None,
 ) -> None:
-    """Count one returned frame, its latency, and its PSNR-Y when its original is kept.
+    """Count one returned frame, its latency, and its PSNR-Y when its original is kept (now, or with
+    ``later`` after the run).
 
     ``received`` is when the decoded frame came out of the track; ``arrived`` (optional) when its
     last RTP packet reached the probe.
@@ -215,18 +252,29 @@ def measure_frame(
     if arrived is not None:
         stats.arrival_latencies.append((arrived - record.time) * 1000.0)
     original = source.originals.get(record.index)
-    if original is not None:
-        full = to_full_size(y)
-        box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
-        stats.psnr.append(psnr_y(full, original, box))
-        stats.psnr_of[number] = stats.psnr[-1]
-        if gain is not None:
-            if stats.name == "raw":
-                gain.sr_off(number, y, stats.psnr[-1], original, box)
-            else:
-                gain.sr_on(number, y, box)
-        if stats.vmaf_bank is not None:
-            keep_for_vmaf(stats.vmaf_bank, stats.name, number, full, original, box)
+    if original is None:
+        return
+    if later is not None:
+        later.keep(stats.name, number, y, record.index)
+    else:
+        score_frame(stats, number, y, original, gain)
+
+
+def score_frame(
+    stats: StreamStats, number: int, y: np.ndarray, original: np.ndarray, gain: GeneratorGain | None
+) -> None:
+    """PSNR-Y of returned frame ``number`` against its original; the generator's gain and VMAF's frames too."""
+    full = to_full_size(y)
+    box = framecode.region(FULL_W, FULL_H, margin=CODE_MARGIN)
+    stats.psnr.append(psnr_y(full, original, box))
+    stats.psnr_of[number] = stats.psnr[-1]
+    if gain is not None:
+        if stats.name == "raw":
+            gain.sr_off(number, y, stats.psnr[-1], original, box)
+        else:
+            gain.sr_on(number, y, box)
+    if stats.vmaf_bank is not None:
+        keep_for_vmaf(stats.vmaf_bank, stats.name, number, full, original, box)
 
 
 def keep_for_vmaf(
@@ -256,8 +304,9 @@ async def consume(
     source: Source,
     watch: ArrivalWatch | None = None,
     gain: GeneratorGain | None = None,
+    later: LaterScores | None = None,
 ) -> None:
-    """Read a returned track until it ends, measuring every frame as soon as it is out of the decoder."""
+    """Read a returned track until it ends, timing every frame as soon as it is out of the decoder."""
     while True:
         try:
             frame = cast(av.VideoFrame, await track.recv())  # the returned streams are video tracks
@@ -265,7 +314,7 @@ async def consume(
             return
         received = time.monotonic()
         arrived = watch.arrival_of(frame.pts) if watch is not None else None
-        measure_frame(stats, luma_plane(frame), received, uplink.sent, source, arrived, gain)
+        measure_frame(stats, luma_plane(frame), received, uplink.sent, source, arrived, gain, later)
 
 
 # --------------------------------------------------------------------------- signaling and the run
@@ -464,6 +513,7 @@ async def run_probe(
     streams = {name: StreamStats(name) for name in STREAM_INDEX.values()}
     gain = GeneratorGain(generator) if generator is not None else None
     bank = FrameBank(FULL_W, FULL_H, limit=vmaf_frames) if vmaf_available(vmaf) else None
+    later = LaterScores()
     holders: list[StreamStats | GeneratorGain] = [*streams.values(), *([gain] if gain is not None else [])]
     for holder in holders:
         holder.vmaf_bank = bank
@@ -489,7 +539,7 @@ async def run_probe(
         watch = ArrivalWatch(receiver)
         # Receive like a browser: each frame released at its last packet, losses NACKed, no stall.
         resilient.append(attach_resilient(receiver, rtt_ms=sender_rtt_ms(pc)))
-        tasks.append(asyncio.ensure_future(consume(track, streams[name], uplink, src, watch, gain)))
+        tasks.append(asyncio.ensure_future(consume(track, streams[name], uplink, src, watch, gain, later)))
 
     timeout = aiohttp.ClientTimeout(total=15)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -539,6 +589,7 @@ async def run_probe(
             await asyncio.gather(*tasks, return_exceptions=True)
             if session_id is not None:
                 await delete_session(http, url, session_id, secret)
+    later.score(streams, src, gain)
     if bank is not None:
         await score_vmaf(bank, streams, gain)
     report = build_report(url, session_id, uplink, fps, streams, src, server_session, src.psnr_every, network)
