@@ -223,24 +223,29 @@ class ReturnVp8Encoder(Vp8Encoder):
         codec.pix_fmt = "yuv420p"
         codec.gop_size = 3000
         codec.qmin, codec.qmax = 2, 56
-        bitrate = str(self.target_bitrate)
-        codec.options = {
-            "bufsize": bitrate,
-            "cpu-used": "-6",
-            "deadline": "realtime",
-            "lag-in-frames": "0",
-            "minrate": bitrate,
-            "maxrate": bitrate,
-            "overshoot-pct": "15",
-            "partitions": "0",
-            "static-thresh": "1",
-            "undershoot-pct": "100",
-            **OPTIONS,
-        }
+        codec.options = {**realtime_options(self.target_bitrate), **OPTIONS}
         codec.thread_count = number_of_threads(frame.width * frame.height, multiprocessing.cpu_count())
         self._opened_at = time.monotonic()
         self._opened_on_request = self.requested is not None
         return codec
+
+
+def realtime_options(bitrate_bps: int) -> dict[str, str]:
+    """aiortc's libvpx settings for real-time VP8 at ``bitrate_bps`` (``aiortc.codecs.vpx.Vp8Encoder``), with
+    its temporal denoiser ("noise-sensitivity" 4, aiortc's default) left to the caller."""
+    bitrate = str(bitrate_bps)
+    return {
+        "bufsize": bitrate,
+        "cpu-used": "-6",
+        "deadline": "realtime",
+        "lag-in-frames": "0",
+        "minrate": bitrate,
+        "maxrate": bitrate,
+        "overshoot-pct": "15",
+        "partitions": "0",
+        "static-thresh": "1",
+        "undershoot-pct": "100",
+    }
 
 
 def install(sender: Any, codec: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None) -> bool:

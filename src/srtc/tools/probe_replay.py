@@ -22,6 +22,8 @@ from typing import Any
 
 import av
 
+from srtc.server.encoder import realtime_options
+
 from . import framecode
 from .probe_source import CLOCK_RATE, SENT_H, SENT_W, NumberedTrack, SentFrame, Source
 
@@ -38,20 +40,7 @@ def encode_uplink(source: Source, fps: float, count: int, kbps: float) -> Iterat
     codec.time_base = Fraction(1, CLOCK_RATE)
     codec.gop_size = 3000
     codec.qmin, codec.qmax = 2, 56
-    bitrate = str(codec.bit_rate)
-    codec.options = {  # aiortc's real-time settings (aiortc.codecs.vpx.Vp8Encoder)
-        "bufsize": bitrate,
-        "cpu-used": "-6",
-        "deadline": "realtime",
-        "lag-in-frames": "0",
-        "minrate": bitrate,
-        "maxrate": bitrate,
-        "noise-sensitivity": "4",
-        "overshoot-pct": "15",
-        "partitions": "0",
-        "static-thresh": "1",
-        "undershoot-pct": "100",
-    }
+    codec.options = {**realtime_options(codec.bit_rate), "noise-sensitivity": "4"}  # as aiortc's sender does
     for number in range(count):
         yuv = source.sent[source.index_for(number / fps)].copy()
         framecode.embed(yuv[:SENT_H], number % framecode.MODULUS)
