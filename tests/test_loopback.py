@@ -226,3 +226,34 @@ async def test_a_replayed_uplink_is_measured_like_a_live_one(upscaler, default_m
         assert (stream["width"], stream["height"]) == size
         assert stream["psnr_y"] > 30, (name, stream["psnr_y"])
     assert report.probe_cpu is not None and report.probe_cpu["cores_used"] > 0
+
+
+async def test_a_stopped_sr_off_stream_is_restarted_forwarded_or_re_encoded(upscaler, default_model_path, monkeypatch):
+    """The watchdog on the other stream: SR off, forwarded (the resilient receiver) or re-encoded (aiortc's stock
+    receiver), hangs in recv() once; it is restarted on a fresh track and the viewer's picture goes on."""
+    from srtc.server.forward import ForwardTrack
+    from srtc.server.sr_track import RawTrack
+
+    for track_class, config in (
+        (ForwardTrack, ServerConfig(port=0)),
+        (RawTrack, ServerConfig(port=0, resilient_receiver=False)),
+    ):
+        real_recv = track_class.recv
+        calls = {"n": 0}
+
+        async def hanging_recv(self, real_recv=real_recv, calls=calls):
+            calls["n"] += 1
+            if calls["n"] == 20:
+                await asyncio.Event().wait()  # never returns
+            return await real_recv(self)
+
+        monkeypatch.setattr(track_class, "recv", hanging_recv)
+        app = create_app(config, upscaler, describe(str(default_model_path)))
+        async with serving(app) as url:
+            report = await run_probe(url, seconds=4.0, fps=15.0, psnr_every=5)
+        raw = report.streams["raw"]
+        assert report.server_session["return_restarts"] == {"sr": 0, "raw": 1}, track_class.__name__
+        assert calls["n"] > 40 and raw["numbered"] >= 40, (track_class.__name__, calls, raw)
+        assert raw["freezes"]["longestGapMs"] <= 1000 and raw["trailing_gap_ms"] <= 1000, raw["freezes"]
+        assert raw["out_of_order"] == 0
+        monkeypatch.undo()
