@@ -121,6 +121,19 @@ def test_codec_path_runs_and_gives_sane_figures(clip, model):
     assert r["model"]["ds_psnr"] > r["bicubic"]["ds_psnr"]
 
 
+def test_the_coded_path_covers_a_grid_of_codecs_and_bitrates():
+    """Several codecs and bitrates in one run: one entry each, in order; more bits, a cleaner decode."""
+    result = evaluate.main(
+        ["--video", str(shared_or_skip(*CLIP)), "--frames", "4", "--codec", "vp8", "h264", "--kbps", "300", "1000"]
+    )
+    grid = result["video_grid"]
+    assert [(e["codec"], e["kbps"]) for e in grid] == [("vp8", 300), ("vp8", 1000), ("h264", 300), ("h264", 1000)]
+    assert result["video"] == grid[0]
+    for low, high in ((grid[0], grid[1]), (grid[2], grid[3])):
+        assert low["decoded_lr_psnr"] < high["decoded_lr_psnr"], (low["codec"], low["decoded_lr_psnr"])
+        assert set(low["results"]) == {"bicubic", "default"}
+
+
 def test_the_video_aware_default_beats_the_clean_trained_model_on_coded_video(clip, model):
     """Why the default is the video-aware GAN: on frames like those the server receives (the held-out clip,
     400 kbps VP8) it is above bicubic, where the same generator trained on clean LR is level with it, and

@@ -352,8 +352,20 @@ def make_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--images", nargs="*", default=[], help="benchmark folders")
     ap.add_argument("--video", default=None, help="a 720p clip for the codec path")
-    ap.add_argument("--codec", choices=sorted(VIDEO_CODECS), default="vp8")
-    ap.add_argument("--kbps", type=float, default=400.0, help="encoder bitrate for the 640x360 stream")
+    ap.add_argument(
+        "--codec",
+        nargs="+",
+        choices=sorted(VIDEO_CODECS),
+        default=["vp8"],
+        help="codec(s) of the coded path; several give a grid with --kbps (--pan takes the first)",
+    )
+    ap.add_argument(
+        "--kbps",
+        nargs="+",
+        type=float,
+        default=[400.0],
+        help="encoder bitrate(s) for the 640x360 stream, e.g. 300 400 600 1000 (--pan takes the first)",
+    )
     ap.add_argument("--frames", type=int, default=30, help="video frames to use (default %(default)s)")
     ap.add_argument("--start", type=int, default=None, help="first video frame (default: after the fade-in)")
     ap.add_argument("--kernel", choices=("area", "bicubic"), default="area", help="sender's 720p->360p scaler")
@@ -371,6 +383,42 @@ def make_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
     return ap
+
+
+def _listed(value: object) -> list:
+    """An option that takes one value or several, as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def coded_video(args: argparse.Namespace, codec: str, kbps: float, upscalers: dict, vmaf: bool) -> dict:
+    """The clip through ``codec`` at ``kbps``, each upscaler and bicubic scored on the decoded frames."""
+    log.info("video %s: %d frames, %s at %g kbps, %s downscale", args.video, args.frames, codec, kbps, args.kernel)
+    clip = load_clip(args.video, args.frames, codec, kbps, args.kernel, args.start)
+    summary = clip_summary(clip)
+    log.info("  decoded: LR PSNR %.2f dB vs encoder input, frame types %s", summary["decoded_lr_psnr"],
+             summary["frame_types"])  # fmt: skip
+    table = evaluate_clip(clip, {"bicubic": bicubic_luma, **upscalers}, vmaf=vmaf)
+    log_table(
+        f"video {clip.name} ({codec} {kbps:g} kbps, {len(clip.hr_y)} frames)",
+        table,
+        METRICS[:2] + ("tpsnr",) + (("vmaf", "vmaf_neg") if vmaf else ()) + METRICS[2:],
+    )
+    entry = {"codec": codec, "kbps": kbps, "kernel": args.kernel, "fps": 30, "results": rounded(table)}
+    return {**rounded(summary), **entry}
+
+
+def log_grid(grid: list[dict], models: list[str]) -> None:
+    """Each model's margin over bicubic at every codec and bitrate: PSNR-Y, and VMAF-NEG when scored."""
+    log.info("margin over bicubic (PSNR-Y dB / VMAF-NEG) by codec and bitrate:")
+    for name in models:
+        cells = []
+        for entry in grid:
+            model, base = entry["results"][name], entry["results"]["bicubic"]
+            cell = f"{model['psnr'] - base['psnr']:+.2f}"
+            if "vmaf_neg" in model and "vmaf_neg" in base:
+                cell += f" / {model['vmaf_neg'] - base['vmaf_neg']:+.1f}"
+            cells.append(f"{entry['codec']} {entry['kbps']:g}: {cell}")
+        log.info("  %-28s %s", name, "   ".join(cells))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -392,6 +440,7 @@ def run(args: argparse.Namespace) -> dict:
         "compare": {name: str(p) for name, p in compare.items()},
         "clean": {},
         "video": None,
+        "video_grid": None,
         "pan": None,
         "peers": None,
     }
@@ -423,46 +472,20 @@ def run(args: argparse.Namespace) -> dict:
             result["clean"][name] = {"images": len(samples), "results": rounded(table)}
             log_table(f"{name} ({len(samples)} images)", table, METRICS)
         if args.video:
-            log.info(
-                "video %s: %d frames, %s at %g kbps, %s downscale",
-                args.video,
-                args.frames,
-                args.codec,
-                args.kbps,
-                args.kernel,
-            )
-            clip = load_clip(args.video, args.frames, args.codec, args.kbps, args.kernel, args.start)
-            summary = clip_summary(clip)
-            log.info(
-                "  decoded: LR PSNR %.2f dB vs encoder input, frame types %s",
-                summary["decoded_lr_psnr"],
-                summary["frame_types"],
-            )
-            table = evaluate_clip(clip, {"bicubic": bicubic_luma, **upscalers}, vmaf=getattr(args, "vmaf", False))
-            result["video"] = {
-                **rounded(summary),
-                "codec": args.codec,
-                "kbps": args.kbps,
-                "kernel": args.kernel,
-                "fps": 30,
-                "results": rounded(table),
-            }
-            log_table(
-                f"video {clip.name} ({args.codec} {args.kbps:g} kbps, {len(clip.hr_y)} frames)",
-                table,
-                METRICS[:2] + ("tpsnr",) + (("vmaf", "vmaf_neg") if getattr(args, "vmaf", False) else ()) + METRICS[2:],
-            )
+            vmaf = getattr(args, "vmaf", False)
+            combos = [(codec, kbps) for codec in _listed(args.codec) for kbps in _listed(args.kbps)]
+            result["video_grid"] = [coded_video(args, codec, kbps, upscalers, vmaf) for codec, kbps in combos]
+            result["video"] = result["video_grid"][0]
         if getattr(args, "pan", None):
-            clips = load_panned_clips(
-                args.pan, args.pan_frames, args.codec, args.kbps, args.kernel, limit=args.pan_limit
-            )
+            codec, kbps = _listed(args.codec)[0], _listed(args.kbps)[0]
+            clips = load_panned_clips(args.pan, args.pan_frames, codec, kbps, args.kernel, limit=args.pan_limit)
             log.info(
                 "panned clips: %d images of %s, %d frames each, %s at %g kbps",
                 len(clips),
                 args.pan,
                 args.pan_frames,
-                args.codec,
-                args.kbps,
+                codec,
+                kbps,
             )
             table = evaluate_clips(clips, {"bicubic": bicubic_luma, **upscalers})
             result["pan"] = {
@@ -470,17 +493,19 @@ def run(args: argparse.Namespace) -> dict:
                 "clips": len(clips),
                 "frames": args.pan_frames,
                 "pan_px": list(PAN_PX),
-                "codec": args.codec,
-                "kbps": args.kbps,
+                "codec": codec,
+                "kbps": kbps,
                 "kernel": args.kernel,
                 "decoded_lr_psnr": round(float(np.mean([clip_summary(c)["decoded_lr_psnr"] for c in clips])), 4),
                 "results": rounded(table),
             }
             log_table(
-                f"panned {Path(args.pan).name} ({len(clips)} clips, {args.codec} {args.kbps:g} kbps)",
+                f"panned {Path(args.pan).name} ({len(clips)} clips, {codec} {kbps:g} kbps)",
                 table,
                 METRICS[:2] + ("tpsnr",) + METRICS[2:],
             )
+    if len(result.get("video_grid") or []) > 1:
+        log_grid(result["video_grid"], [name for name in upscalers])
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     log.info("done in %.1f s", result["wall_s"])
     return result
