@@ -141,7 +141,8 @@ async def stats(request: web.Request) -> web.Response:
     sessions: dict[str, Session] = request.app[SESSIONS]
     wanted = request.query.get("id")
     figures = {sid: s.stats() for sid, s in sessions.items()}  # once per session: the page polls every second
-    if _operator(request):
+    operator = _operator(request)
+    if operator:
         chosen = [sid for sid in figures if wanted in (None, sid)]
     else:
         own = sessions.get(wanted or "")
@@ -150,7 +151,7 @@ async def stats(request: web.Request) -> web.Response:
     fast_info = request.app[FAST][1]
     model = {**_public(request.app[MODEL].to_json()), "fast": _public(fast_info.to_json()) if fast_info else None}
     process = process_stats(len(sessions))
-    if _operator(request):
+    if operator:
         process["pid"] = os.getpid()  # for profiling on the server's machine (srtc.tools.cpu_budget)
     return web.json_response(
         {

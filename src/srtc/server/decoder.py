@@ -30,7 +30,6 @@ class GuardedDecoder:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.errors = 0
 
     def decode(self, encoded_frame: Any) -> list[Any]:
         try:
@@ -38,7 +37,6 @@ class GuardedDecoder:
         except FFmpegError:
             raise
         except Exception as exc:
-            self.errors += 1
             log.warning("decoder raised %s on one frame: %s (the frame is dropped)", type(exc).__name__, exc)
             raise InvalidDataError(errno.EINVAL, f"decoder raised {type(exc).__name__}: {exc}") from exc
 

@@ -276,15 +276,13 @@ class FrameGuard:
         return {"frame_errors": self.errors, "last_frame_error": self.last_error}
 
 
-def use_return_encoder(
-    sender: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None, guard: FrameGuard | None = None
-) -> FrameGuard:
+def use_return_encoder(sender: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None) -> FrameGuard:
     """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame),
     and survive a failing frame (:class:`FrameGuard`, returned); ``nice``: its encoding threads' priority below
     the process's (:mod:`srtc.server.priority`); ``ceiling``: the viewer link's share for this stream
     (:meth:`srtc.server.return_rate.ReturnBitrates.ceiling`)."""
     inner = sender._next_encoded_frame
-    guard = guard or FrameGuard()
+    guard = FrameGuard()
 
     async def next_encoded_frame(codec: Any) -> Any:
         if getattr(sender, "_RTCRtpSender__encoder", None) is None:  # the first frame, or a restarted stream

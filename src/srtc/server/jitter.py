@@ -188,6 +188,7 @@ class FrameAssembler:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._rtt_ms: float | None = None
         self._responses: deque[tuple[float, float]] = deque()  # (arrival, ms since its first NACK)
+        self._response_median: float | None = None  # of ``_responses``, updated when they change
         self._tokens = self.policy.retransmit_burst
         self._frame_interval_ms = self.policy.default_frame_interval_ms
         # sequence numbers: the decode head is the lowest not yet consumed; highest is the newest seen
@@ -222,10 +223,12 @@ class FrameAssembler:
     @property
     def retransmit_delay_ms(self) -> float | None:
         """Median time from a packet's first NACK to its arrival, over the last ``response_window_ms``."""
-        if not self._responses:
-            return None
+        return self._response_median
+
+    def _responses_changed(self) -> None:
+        """Every deadline reads the median, up to once per missing packet per packet: compute it here, once."""
         delays = sorted(d for _, d in self._responses)
-        return delays[len(delays) // 2]
+        self._response_median = delays[len(delays) // 2] if delays else None
 
     def set_rtt(self, rtt_ms: float | None) -> None:
         """Latest RTCP round-trip time estimate; ``None`` (unknown) means the 100 ms default."""
@@ -368,6 +371,7 @@ class FrameAssembler:
     def _responded(self, now_ms: float, delay_ms: float) -> None:
         """A retransmission arrived ``delay_ms`` after the first NACK that asked for it."""
         self._responses.append((now_ms, delay_ms))
+        self._responses_changed()
 
     def _extend_back(self, ext: int, now_ms: float) -> None:
         """Before anything was consumed, move the head back to a packet older than the first one seen."""
@@ -405,8 +409,12 @@ class FrameAssembler:
     # ------------------------------------------------------------------ frames out
 
     def _actions(self, now_ms: float) -> Actions:
+        expired = False
         while self._responses and now_ms - self._responses[0][0] > self.policy.response_window_ms:
             self._responses.popleft()
+            expired = True
+        if expired:
+            self._responses_changed()
         frames = self._advance(now_ms)
         return Actions(frames=frames, nack=self._due_nacks(now_ms), pli=self._due_pli(now_ms))
 

@@ -29,6 +29,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from srtc.server.app import process_stats
 from srtc.server.bandwidth import TARGET_SHARE
 from srtc.server.engine import Upscaler, plane_view
 from srtc.server.receiver import attach as attach_resilient
@@ -341,11 +342,6 @@ async def post_offer(http: aiohttp.ClientSession, url: str, sdp: str, sr: bool =
     return answer
 
 
-def own_process() -> dict:
-    """This process's CPU time and clock, in the server's ``process`` format (for :func:`cpu_between`)."""
-    return {"cpu_s": time.process_time(), "monotonic_s": time.monotonic(), "cores": os.cpu_count(), "sessions": 1}
-
-
 async def fetch_process(http: aiohttp.ClientSession, url: str) -> dict | None:
     """The server's ``process`` block of GET /stats (its CPU time), or None when it cannot be had."""
     try:
@@ -400,10 +396,7 @@ async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConne
         async with http.get(url.rstrip("/") + "/network") as resp:
             if resp.status < 400:
                 report["server"] = await resp.json(content_type=None)
-                settings = (
-                    report["server"].get("settings", report["server"]) if isinstance(report["server"], dict) else {}
-                )
-                report["cap_kbps"] = settings.get("kbps") or None
+                report["cap_kbps"] = cap_of(report["server"])
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         log.warning("GET /network failed: %s", exc)
     sender = pc.getTransceivers()[0].sender
@@ -416,16 +409,22 @@ async def network_report(http: aiohttp.ClientSession, url: str, pc: RTCPeerConne
     return report
 
 
-def uplink_report(uplink: NumberedTrack, replay: list[bytes] | None) -> dict:
+def uplink_report(uplink: NumberedTrack) -> dict:
     """How the uplink was encoded: live, or replayed (and whether a keyframe request made it live)."""
-    if not isinstance(uplink, ReplayTrack) or replay is None:
+    if not isinstance(uplink, ReplayTrack):
         return {"mode": "live"}
-    span = len(replay) / uplink.fps
+    span = len(uplink.encoded) / uplink.fps
     return {
         "mode": "replay",
-        "encoded_kbps": rounded(sum(map(len, replay)) * 8 / span / 1000.0, 1) if span else None,
+        "encoded_kbps": rounded(sum(map(len, uplink.encoded)) * 8 / span / 1000.0, 1) if span else None,
         "live_from_s": rounded(uplink.live_from_s),
     }
+
+
+def cap_of(network: object) -> float | None:
+    """The link cap in a ``GET /network`` answer (kbps), or None without one."""
+    settings = network.get("settings", network) if isinstance(network, dict) else {}
+    return float(settings["kbps"]) if isinstance(settings, dict) and settings.get("kbps") else None
 
 
 async def server_cap_kbps(url: str) -> float | None:
@@ -437,8 +436,7 @@ async def server_cap_kbps(url: str) -> float | None:
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         log.warning("GET /network failed: %s", exc)
         return None
-    settings = body.get("settings", body) if isinstance(body, dict) else {}
-    return float(settings["kbps"]) if isinstance(settings, dict) and settings.get("kbps") else None
+    return cap_of(body)
 
 
 async def delete_session(http: aiohttp.ClientSession, url: str, session_id: str, secret: str | None = None) -> None:
@@ -560,13 +558,13 @@ async def run_probe(
             await wait_connected(pc, connect_timeout_s)
             log.info("connected (session %s), sending for %g s", session_id, seconds)
             cpu_before = await fetch_process(http, url)
-            own_before = own_process()
+            own_before = process_stats(1)
             tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
             changes = [asyncio.ensure_future(change_network(http, url, *c)) for c in network_changes]
             tasks += changes
             await wait_sent(pc, uplink, seconds + connect_timeout_s)
             server_cpu = cpu_between(cpu_before, await fetch_process(http, url))
-            probe_cpu = cpu_between(own_before, own_process())
+            probe_cpu = cpu_between(own_before, process_stats(1))
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
             server_session = await fetch_session_stats(http, url, session_id, secret)
             network = await network_report(http, url, pc, uplink)
@@ -579,7 +577,7 @@ async def run_probe(
                 for (after_s, settings), task in zip(network_changes, changes)
                 if task.done() and not task.cancelled() and (changed_at := task.result())
             ]
-            network["uplink"] = uplink_report(uplink, replay)
+            network["uplink"] = uplink_report(uplink)
         finally:
             for receiver in resilient:
                 receiver.stop()
