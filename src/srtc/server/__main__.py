@@ -90,6 +90,22 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
         "and never exceeds it (a forwarded SR-off stream's rate comes off it first); the default "
         "suits a viewer on the same machine or LAN (default %(default)s)",
     )
+    relay = parser.add_argument_group("relay: others watch a sender's stream (POST /streams/ID/watch)")
+    relay.add_argument(
+        "--max-viewers", type=int, default=defaults.max_viewers, help="viewers in all, 0..1024 (default %(default)s)"
+    )
+    relay.add_argument(
+        "--max-viewers-per-stream",
+        type=int,
+        default=defaults.max_viewers_per_stream,
+        help="viewers of one stream, 0..1024 (default %(default)s)",
+    )
+    relay.add_argument(
+        "--relay-floor-kbps",
+        type=float,
+        default=defaults.relay_floor_kbps,
+        help="the least a relayed SR-on encode gets, whatever a congested viewer reports (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
         "--stock-receiver",
@@ -144,6 +160,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
             fast_model=args.fast_model,
             encoder_nice=args.encoder_nice,
             viewer_kbps=args.viewer_kbps,
+            max_viewers=args.max_viewers,
+            max_viewers_per_stream=args.max_viewers_per_stream,
+            relay_floor_kbps=args.relay_floor_kbps,
         )
         network = NetworkConfig(
             loss=args.loss,

@@ -1,5 +1,6 @@
-"""The aiohttp application: the page, signaling (``POST /offer``), SR control, ``GET /stats`` and the
-simulated network (``GET``/``POST /network``).
+"""The aiohttp application: the page, signaling (``POST /offer``), SR control, ``GET /stats``, the relay
+(``POST /streams/{id}/watch``, ``GET /streams``, ``/viewers/{id}``) and the simulated network
+(``GET``/``POST /network``).
 
 The app's registry of sessions is the only shared mutable state. Every handler answers a bad request
 with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never disturbs other sessions.
@@ -26,11 +27,14 @@ from .governor import GovernorPolicy
 from .ice import bind_media
 from .impairment import NetworkControl
 from .registry import ModelInfo
+from .relay import Relay
 from .session import OfferError, Session, parse_offer
+from .viewer import Viewer
 
 log = logging.getLogger(__name__)
 
 SESSIONS = web.AppKey("sessions", dict)
+VIEWERS = web.AppKey("viewers", dict)  # viewers of relayed streams, by viewer id
 UPSCALER = web.AppKey("upscaler", Upscaler)
 MODEL = web.AppKey("model", ModelInfo)
 CONFIG = web.AppKey("config", ServerConfig)
@@ -62,12 +66,18 @@ def create_app(
     app[NETWORK] = NetworkControl(network)
     app[FAST] = (fast, fast_info)
     app[SESSIONS] = {}
+    app[VIEWERS] = {}
     app[ADMISSION] = Admission(config.max_sessions_per_address, config.offers_per_minute)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
     app.router.add_get("/stats", stats)
     app.router.add_post("/sessions/{id}/sr", set_sr)
     app.router.add_delete("/sessions/{id}", close_session)
+    app.router.add_get("/streams", list_streams)
+    app.router.add_get("/streams/{stream}", get_stream)
+    app.router.add_post("/streams/{stream}/watch", watch)
+    app.router.add_get("/viewers/{id}", get_viewer)
+    app.router.add_delete("/viewers/{id}", close_viewer)
     app.router.add_get("/network", get_network)
     app.router.add_post("/network", set_network)
     app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
@@ -86,15 +96,7 @@ async def offer(request: web.Request) -> web.Response:
     description, sr_enabled = parse_offer(await _read_json(request))
     if len(sessions) >= app[CONFIG].max_sessions:
         raise _error(web.HTTPServiceUnavailable, f"server is full ({len(sessions)} sessions); try again later")
-    address = request.remote or "unknown"
-    if not is_loopback_peer(request.remote):  # the operator's own machine opens many sessions on purpose
-        held = sum(1 for s in sessions.values() if s.peer_address == address)
-        refusal = app[ADMISSION].check(address, held)
-        if refusal is not None:
-            headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s else None
-            raise web.HTTPTooManyRequests(
-                text=json.dumps({"error": refusal.message}), content_type="application/json", headers=headers
-            )
+    address = _admit(request)
     session = Session(
         app[UPSCALER],
         on_closed=lambda s: sessions.pop(s.id, None),
@@ -106,6 +108,7 @@ async def offer(request: web.Request) -> web.Response:
         fast=app[FAST][0],
         encoder_nice=app[CONFIG].encoder_nice,
         viewer_kbps=app[CONFIG].viewer_kbps,
+        relay_floor_kbps=app[CONFIG].relay_floor_kbps,
     )
     sessions[session.id] = session
     try:
@@ -113,7 +116,117 @@ async def offer(request: web.Request) -> web.Response:
     except BaseException:
         await session.close()
         raise
-    return web.json_response({"sdp": answer.sdp, "type": answer.type, "id": session.id, "secret": session.secret})
+    stream = session.relay.id if session.relay is not None else None
+    return web.json_response(
+        {"sdp": answer.sdp, "type": answer.type, "id": session.id, "secret": session.secret, "stream": stream}
+    )
+
+
+def _admit(request: web.Request) -> str:
+    """The caller's address, once its offer is within the per-address limits (429 else). The operator's own
+    machine opens many sessions and viewers on purpose, and is not counted."""
+    app = request.app
+    address = request.remote or "unknown"
+    if is_loopback_peer(request.remote):
+        return address
+    held = sum(1 for s in app[SESSIONS].values() if s.peer_address == address)
+    held += sum(1 for v in app[VIEWERS].values() if v.peer_address == address)
+    refusal = app[ADMISSION].check(address, held)
+    if refusal is not None:
+        headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s else None
+        raise web.HTTPTooManyRequests(
+            text=json.dumps({"error": refusal.message}), content_type="application/json", headers=headers
+        )
+    return address
+
+
+async def watch(request: web.Request) -> web.Response:
+    """A viewer's receive-only offer for a stream: SR on (and SR off) of its sender, relayed."""
+    app = request.app
+    relay = _relay(request)
+    description, _ = parse_offer(await _read_json(request))
+    viewers: dict[str, Viewer] = app[VIEWERS]
+    config = app[CONFIG]
+    if len(viewers) >= config.max_viewers:
+        raise _error(web.HTTPServiceUnavailable, f"the server has its most viewers ({config.max_viewers}); try later")
+    if len(relay.viewers) >= config.max_viewers_per_stream:
+        raise _error(
+            web.HTTPServiceUnavailable,
+            f"this stream has its most viewers ({config.max_viewers_per_stream}); try again later",
+        )
+    address = _admit(request)
+    viewer = Viewer(
+        relay,
+        on_closed=lambda v: viewers.pop(v.id, None),
+        connect_timeout_s=config.connect_timeout_s,
+        peer_address=address,
+    )
+    viewers[viewer.id] = viewer
+    try:
+        answer = await viewer.answer(description)
+    except BaseException:
+        await viewer.close()
+        raise
+    return web.json_response(
+        {"sdp": answer.sdp, "type": answer.type, "id": viewer.id, "secret": viewer.secret, "stream": relay.id}
+    )
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    """The live streams. Their ids are what lets one watch, so only the operator sees them listed; anyone
+    sees how many there are, and the viewer limits."""
+    relays = _relays(request.app)
+    config = request.app[CONFIG]
+    return web.json_response(
+        {
+            "streams": [r.listing() for r in relays] if _operator(request) else [],
+            "count": len(relays),
+            "viewers": len(request.app[VIEWERS]),
+            "max_viewers": config.max_viewers,
+            "max_viewers_per_stream": config.max_viewers_per_stream,
+        }
+    )
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    """One stream's figures, for whoever has its id (its watch page asks every second: 404 once it ended)."""
+    return web.json_response(_relay(request).listing())
+
+
+async def get_viewer(request: web.Request) -> web.Response:
+    return web.json_response(_viewer(request).stats())
+
+
+async def close_viewer(request: web.Request) -> web.Response:
+    viewer = _viewer(request)
+    await viewer.close()
+    return web.json_response({"id": viewer.id, "closed": True})
+
+
+def _relays(app: web.Application) -> list[Relay]:
+    return [s.relay for s in app[SESSIONS].values() if s.relay is not None and not s.relay.ended]
+
+
+def _relay(request: web.Request) -> Relay:
+    wanted = request.match_info["stream"]
+    for relay in _relays(request.app):
+        if hmac.compare_digest(relay.id.encode(), wanted.encode()):
+            return relay
+    raise _error(web.HTTPNotFound, "no such stream: it has ended, or the link is wrong")
+
+
+def _viewer(request: web.Request) -> Viewer:
+    """The viewer the route names, for its own page only (its secret; 403 else)."""
+    viewer = request.app[VIEWERS].get(request.match_info["id"])
+    if viewer is None:
+        raise _error(web.HTTPNotFound, f"no viewer {request.match_info['id']!r} (closed or never opened)")
+    if not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), viewer.secret.encode()):
+        raise _error(
+            web.HTTPForbidden,
+            f"viewer {viewer.id!r} belongs to the page that opened it: send the "
+            f'"secret" of its watch answer in the {SECRET_HEADER} header',
+        )
+    return viewer
 
 
 async def set_sr(request: web.Request) -> web.Response:
@@ -150,7 +263,7 @@ async def stats(request: web.Request) -> web.Response:
         chosen = [own.id] if own is not None and hmac.compare_digest(secret.encode(), own.secret.encode()) else []
     fast_info = request.app[FAST][1]
     model = {**_public(request.app[MODEL].to_json()), "fast": _public(fast_info.to_json()) if fast_info else None}
-    process = process_stats(len(sessions))
+    process = process_stats(len(sessions), len(request.app[VIEWERS]))
     if operator:
         process["pid"] = os.getpid()  # for profiling on the server's machine (srtc.tools.cpu_budget)
     return web.json_response(
@@ -178,7 +291,7 @@ def _public(model: dict) -> dict:
     return {**model, "path": Path(model["path"]).name if model.get("path") else model.get("path")}
 
 
-def process_stats(sessions: int) -> dict:
+def process_stats(sessions: int, viewers: int = 0) -> dict:
     """This server's CPU time so far (user + system, all threads): two readings give its cores in use."""
     times = os.times()
     return {
@@ -186,6 +299,7 @@ def process_stats(sessions: int) -> dict:
         "monotonic_s": round(time.monotonic(), 3),
         "cores": os.cpu_count(),
         "sessions": sessions,
+        "viewers": viewers,
     }
 
 
@@ -318,3 +432,5 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
 async def _close_all(app: web.Application) -> None:
     for session in list(app[SESSIONS].values()):
         await session.close()
+    for viewer in list(app[VIEWERS].values()):
+        await viewer.close()

@@ -49,6 +49,13 @@ class ServerConfig:
     # off it first. The default suits a viewer on the same machine or LAN, where the 720p encode can be
     # near transparent; set the viewer's real downlink for remote viewers (docs/VIEWER.md has the table).
     viewer_kbps: float = 8000.0
+    # Viewers of relayed streams (srtc/server/relay.py): in all, and of one stream. A viewer costs
+    # packetisation and SRTP, not an encode (docs/BENCHMARKS.md has the per-viewer cost).
+    max_viewers: int = 64
+    max_viewers_per_stream: int = 32
+    # The least a relayed SR-on encode is given, whatever one congested viewer reports (kbps): below
+    # about 1.5 Mbps a 720p VP8 encode spends the generator's gain, for every viewer.
+    relay_floor_kbps: float = 1500.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -73,6 +80,12 @@ class ServerConfig:
             raise ConfigError(f"encoder_nice must be in 0..19, got {self.encoder_nice}")
         if not 300.0 <= self.viewer_kbps <= 100_000.0:
             raise ConfigError(f"viewer_kbps must be in 300..100000, got {self.viewer_kbps}")
+        if not 0 <= self.max_viewers <= 1024:
+            raise ConfigError(f"max_viewers must be in 0..1024, got {self.max_viewers}")
+        if not 0 <= self.max_viewers_per_stream <= 1024:
+            raise ConfigError(f"max_viewers_per_stream must be in 0..1024, got {self.max_viewers_per_stream}")
+        if not 250.0 <= self.relay_floor_kbps <= 100_000.0:
+            raise ConfigError(f"relay_floor_kbps must be in 250..100000, got {self.relay_floor_kbps}")
         if not self.fast_model.strip():
             raise ConfigError('fast_model must be "auto", "none", a manifest name or a path')
 

@@ -74,6 +74,11 @@ class ReturnVp8Encoder(Vp8Encoder):
         self._pts_shift = 0  # added to the source's pts since it last went back (see _monotonic)
         self.pts_shifts = 0  # times the source's pts went back
         self.errors = 0  # encodes that failed and were recovered by a fresh context
+        # The viewers' rate for a relayed stream (bps, srtc.server.relay): the encode never exceeds it.
+        # given the rate it would use without them (srtc.server.relay.Relay.rate_cap)
+        self.relay_cap: Callable[[int], int | None] | None = None
+        self.relay_capped: int | None = None  # what the relay's viewers allowed at the last frame
+        self.encoded: bytes | None = None  # the last frame as libvpx coded it, before packetisation (the relay's)
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -100,6 +105,7 @@ class ReturnVp8Encoder(Vp8Encoder):
         if self._needs_context(frame):
             self.reopens += self.codec is not None
             self.codec = self._open(frame)
+        self.encoded = None
         try:
             payloads, timestamp = super().encode(frame, force_keyframe)
         except (av.error.FFmpegError, ValueError) as exc:
@@ -145,6 +151,11 @@ class ReturnVp8Encoder(Vp8Encoder):
             self.codec = None
             return [], 0
 
+    def _packetize(self, buffer: bytes, picture_id: int) -> list[bytes]:  # type: ignore[override]
+        """aiortc's packetisation, keeping the whole coded frame for viewers of a relayed stream."""
+        self.encoded = buffer
+        return Vp8Encoder._packetize(buffer, picture_id)
+
     def sent_bps(self) -> float:
         """What this stream sent over the last :data:`SENT_WINDOW_S` (0 before two frames)."""
         return self._sent.bps()
@@ -163,6 +174,7 @@ class ReturnVp8Encoder(Vp8Encoder):
             "pts_shifts": self.pts_shifts,
             "reopens": self.reopens,
             "nice": self.nice,
+            "relay_cap_kbps": None if self.relay_capped is None else round(self.relay_capped / 1000),
         }
 
     def _next_target(self, frame: av.VideoFrame) -> int:
@@ -174,6 +186,9 @@ class ReturnVp8Encoder(Vp8Encoder):
             wanted = self._viewer_target(bounds)
         else:
             wanted = bounds.default if self.requested is None else bounds.clamp(self.requested)
+        self.relay_capped = cap = self.relay_cap(wanted) if self.relay_cap is not None else None
+        if cap is not None:
+            wanted = min(wanted, max(bounds.minimum, cap))
         codec = self.codec
         if codec is None or self.size != (frame.width, frame.height):
             return wanted
@@ -248,13 +263,20 @@ def realtime_options(bitrate_bps: int) -> dict[str, str]:
     }
 
 
-def install(sender: Any, codec: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None) -> bool:
+def install(
+    sender: Any,
+    codec: Any,
+    nice: int = 0,
+    ceiling: Callable[[], int | None] | None = None,
+    relay_cap: Callable[[int], int | None] | None = None,
+) -> bool:
     """Give ``sender`` a :class:`ReturnVp8Encoder` before aiortc makes its own; False for other codecs."""
     if getattr(codec, "mimeType", "").lower() != "video/vp8":
         return False
     if getattr(sender, "_RTCRtpSender__encoder", None) is None:
         encoder = ReturnVp8Encoder(nice)
         encoder.ceiling = ceiling
+        encoder.relay_cap = relay_cap
         sender._RTCRtpSender__encoder = encoder
     return True
 
@@ -276,17 +298,23 @@ class FrameGuard:
         return {"frame_errors": self.errors, "last_frame_error": self.last_error}
 
 
-def use_return_encoder(sender: Any, nice: int = 0, ceiling: Callable[[], int | None] | None = None) -> FrameGuard:
+def use_return_encoder(
+    sender: Any,
+    nice: int = 0,
+    ceiling: Callable[[], int | None] | None = None,
+    relay_cap: Callable[[int], int | None] | None = None,
+) -> FrameGuard:
     """Make ``sender`` encode VP8 with :class:`ReturnVp8Encoder` once its codec is known (its first frame),
     and survive a failing frame (:class:`FrameGuard`, returned); ``nice``: its encoding threads' priority below
     the process's (:mod:`srtc.server.priority`); ``ceiling``: the viewer link's share for this stream
-    (:meth:`srtc.server.return_rate.ReturnBitrates.ceiling`)."""
+    (:meth:`srtc.server.return_rate.ReturnBitrates.ceiling`); ``relay_cap``: the relay's rate for its other
+    viewers (:meth:`srtc.server.relay.Relay.rate_cap`)."""
     inner = sender._next_encoded_frame
     guard = FrameGuard()
 
     async def next_encoded_frame(codec: Any) -> Any:
         if getattr(sender, "_RTCRtpSender__encoder", None) is None:  # the first frame, or a restarted stream
-            install(sender, codec, nice, ceiling)
+            install(sender, codec, nice, ceiling, relay_cap)
         try:
             return await inner(codec)
         except (asyncio.CancelledError, MediaStreamError):

@@ -37,6 +37,7 @@ from .impairment import NetworkControl, SessionPath
 from .jitter import Policy
 from .memory import release_freed_memory
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
+from .relay import Relay, tap
 from .return_rate import ReturnBitrates
 from .sr_track import RawTrack, SlotTrack, SuperResolutionTrack
 from .watchdog import Watchdog
@@ -89,6 +90,7 @@ class Session:
         encoder_nice: int = 0,
         viewer_kbps: float | None = None,
         peer_address: str | None = None,
+        relay_floor_kbps: float = 1500.0,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.secret = secrets.token_urlsafe(18)  # only the client that opened the session can change or end it
@@ -114,6 +116,8 @@ class Session:
         self.guards: dict[str, FrameGuard] = {}  # per encoded return stream: the frames lost to errors
         # a return stream that stops while frames come in is restarted (srtc.server.watchdog)
         self.streams_watch = Watchdog()
+        self.relay: Relay | None = None  # its viewers: the SR-on encode and the uplink's frames, shared
+        self._relay_floor_bps = int(relay_floor_kbps * 1000)
         self._baseline: LatestFrame | None = None  # the SR track's reference for drops (see SuperResolutionTrack)
         self.arrivals = ArrivalLog()  # the receive-side times of each frame, for the latency budget
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sr-{self.id}")
@@ -159,7 +163,9 @@ class Session:
             rates=self.return_rates,
             name="sr",
             nice=self.encoder_nice,
+            relay_cap=lambda wanted: self.relay.rate_cap(wanted) if self.relay is not None else None,
         )
+        self.relay = self._new_relay(uplink, sr_out)
         self.streams_watch.watch("sr", sr_out.sender, self._restart_sr_track, lambda: _offered(self.sr_track))
         if self.raw_track is not None and raw_out is not None:
             self.guards["raw"] = _send(
@@ -182,6 +188,35 @@ class Session:
         answer = self.pc.localDescription
         kbps = self.network.config.kbps if self.network is not None else None
         return RTCSessionDescription(sdp=with_bandwidth(answer.sdp, kbps), type=answer.type)
+
+    def _new_relay(self, uplink: RTCRtpTransceiver, sr_out: RTCRtpTransceiver) -> Relay:
+        """The stream others may watch: the SR-on encode (when VP8, the codec it can be tapped in) and the
+        uplink's own frames (when the resilient receiver assembles them)."""
+        sr_codec = sr_out._codecs[0].name if sr_out._codecs else None
+        raw_codec = uplink._codecs[0].name if uplink._codecs and self.receiver is not None else None
+        relay = Relay(
+            sr_codec if sr_codec and sr_codec.upper() == "VP8" else None,
+            raw_codec,
+            request_sr_keyframe=lambda: setattr(sr_out.sender, "_RTCRtpSender__force_keyframe", True),
+            request_raw_keyframe=self.receiver.request_keyframe if self.receiver is not None else None,
+            figures=self._stream_figures,
+            floor_bps=self._relay_floor_bps,
+        )
+        tap(sr_out.sender, relay.publish_sr)
+        if self.receiver is not None:
+            self.receiver.on_frame(lambda name, frame: relay.publish_raw(name, frame.data, frame.timestamp,
+                                                                         frame.keyframe))  # fmt: skip
+        return relay
+
+    def _stream_figures(self) -> dict:
+        sr = self.sr_track.stats() if self.sr_track else {}
+        return {
+            "width": sr.get("width", 0),
+            "height": sr.get("height", 0),
+            "fps": sr.get("fps", 0.0),
+            "model": sr.get("upscaler"),
+            "sr_enabled": self.sr_enabled,
+        }
 
     def _forward_track(self, uplink: RTCRtpTransceiver, raw_out: RTCRtpTransceiver) -> ForwardTrack | None:
         """A track forwarding the uplink's own frames to ``raw_out``, when its negotiated codec is the uplink's
@@ -287,6 +322,7 @@ class Session:
             "return_restarts": self.streams_watch.stats(),
             "network": self.netpath.stats() if self.netpath else None,
             "receiver": self.receiver.stats() if self.receiver else None,
+            "relay": self.relay.stats() if self.relay else None,
         }
 
     def _transceivers(self) -> tuple[RTCRtpTransceiver, RTCRtpTransceiver, RTCRtpTransceiver | None]:
@@ -319,6 +355,8 @@ class Session:
             self.close()
 
     async def _teardown(self) -> None:
+        if self.relay is not None:
+            self.relay.end()  # its viewers' tracks end now, their calls a moment later
         if self._watchdog is not None:
             self._watchdog.cancel()
         self.streams_watch.stop()
@@ -371,11 +409,12 @@ def _send(
     rates: ReturnBitrates,
     name: str,
     nice: int = 0,
+    relay_cap: Callable[[int], int | None] | None = None,
 ) -> FrameGuard:
     transceiver.sender.replaceTrack(track)
     # VP8 without the denoiser, within the viewer link's share (or the resolution's limits without one);
     # a frame that fails is skipped with a keyframe request, never the end of the stream
-    guard = use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name))
+    guard = use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name), relay_cap=relay_cap)
     rates.add(name, transceiver.sender)  # its share of the client's REMB
     # the encode and send stages of the latency budget, on whichever track the sender has now (see watchdog)
     time_encoding(transceiver.sender, lambda at: _encoded(transceiver.sender, at))
