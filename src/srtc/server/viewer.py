@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 STREAMS = ("sr", "raw")  # the watch offer's m-lines, in order
 END_GRACE_S = 1.0  # after its stream ends, a viewer's call stays open this long so its page can read why
 REMB_TTL_S = 5.0  # a viewer's REMB older than this no longer limits the shared encode (browsers send ~1/s)
+# A connected viewer whose RTCP (receiver reports, sent about once a second) stops this long has gone: its
+# call is closed, rather than packetising for it until ICE's consent checks fail (about 30 s).
+SILENT_S = 5.0
 
 
 class Viewer:
@@ -54,6 +57,7 @@ class Viewer:
         self.stream_ended = False
         self._clock = clock
         self._remb: tuple[float, float] | None = None  # (SR on's share of the last REMB in bps, when)
+        self.last_heard: float | None = None  # the viewer's last RTCP, or when it connected
         self._on_closed = on_closed
         self._connect_timeout_s = connect_timeout_s
         self._timers: list[asyncio.TimerHandle | asyncio.Task[None]] = []
@@ -92,8 +96,7 @@ class Viewer:
         sender.replaceTrack(self.tracks[name])
         # aiortc calls it on this viewer's PLI or FIR: the shared encode (or the sender) makes the keyframe
         sender._send_keyframe = lambda: self.tracks[name].request_keyframe()  # type: ignore[method-assign]
-        if name == "sr":
-            self._take_remb(sender)
+        self._listen(sender, remb=name == "sr")
         transceiver.direction = "sendonly"
         self.streams_watch.watch(name, sender, lambda: self._restart(name), lambda: self.tracks[name].queued)
 
@@ -104,13 +107,15 @@ class Viewer:
         self.tracks[name] = ForwardTrack(old.codec, lambda: self.relay.request_keyframe(name))
         return self.tracks[name]
 
-    def _take_remb(self, sender: Any) -> None:
-        """Keep SR on's share of this viewer's REMBs for the relay's rate (aiortc 1.16.0, pinned: the DTLS
-        transport hands every RTCP packet for this sender to ``_handle_rtcp_packet``)."""
+    def _listen(self, sender: Any, remb: bool) -> None:
+        """Note when the viewer last sent RTCP for ``sender``, and with ``remb`` keep SR on's share of its
+        REMBs for the relay's rate (aiortc 1.16.0, pinned: the DTLS transport hands every RTCP packet for
+        this sender to ``_handle_rtcp_packet``)."""
         inner = sender._handle_rtcp_packet
 
         async def handle(packet: Any) -> None:
-            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            self.last_heard = self._clock()
+            if remb and isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                 self._on_remb(sender, packet)
                 return
             await inner(packet)
@@ -189,8 +194,20 @@ class Viewer:
     async def _on_state(self) -> None:
         state = self.pc.connectionState
         log.info("viewer %s: connection %s", self.id, state)
+        if state == "connected" and self.last_heard is None:
+            self.last_heard = self._clock()
+            self._timers.append(asyncio.ensure_future(self._close_when_silent()))
         if state in ("failed", "closed"):
             self.close()
+
+    async def _close_when_silent(self) -> None:
+        """Close the call once the viewer has sent no RTCP for :data:`SILENT_S` (a crashed page or process)."""
+        while True:
+            await asyncio.sleep(SILENT_S / 5)
+            if self.last_heard is not None and self._clock() - self.last_heard > SILENT_S:
+                log.warning("viewer %s: no RTCP for %.0f s, closing", self.id, self._clock() - self.last_heard)
+                self.close()
+                return
 
     async def _close_if_never_connected(self) -> None:
         await asyncio.sleep(self._connect_timeout_s)
