@@ -1,5 +1,6 @@
 """End to end in a real browser: headless Chromium opens the demo page, streams the sample source to
-the real server over WebRTC and gets both streams back (SR-off 640x360, SR-on 1280x720).
+the real server over WebRTC and gets both streams back (SR-off 640x360, SR-on 1280x720); a second page
+watches that stream as a viewer (/?watch=ID) until the sender leaves.
 
 Needs Debian's /usr/bin/chromium and Playwright for Python (skipped with the reason otherwise).
 Everything talks to 127.0.0.1 only. Screenshots land outside the work tree, in $SRTC_TEST_ARTIFACTS
@@ -449,3 +450,136 @@ def test_wipe_and_loupe_show_both_streams_on_the_same_frame(page, server_url):
     if os.environ.get("SRTC_UPDATE_SCREENSHOT") == "1":
         for name in ("wipe.png", "loupe.png"):
             shutil.copyfile(ARTIFACTS / name, ROOT / "docs" / f"screenshot-{name}")
+
+
+PICTURE_JS = """
+(id) => {
+  const v = document.getElementById(id), c = document.createElement('canvas');
+  c.width = 160; c.height = 90;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(v, 0, 0, 160, 90);
+  const d = ctx.getImageData(0, 0, 160, 90).data;
+  let n = 0, sum = 0, sq = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    const g = (d[i] + d[i + 1] + d[i + 2]) / 3; n += 1; sum += g; sq += g * g;
+  }
+  const mean = sum / n;
+  return {w: v.videoWidth, h: v.videoHeight, frames: v.getVideoPlaybackQuality().totalVideoFrames,
+          mean, std: Math.sqrt(Math.max(0, sq / n - mean * mean))};
+}
+"""
+
+ENDED_TEXT = "The stream has ended: its sender left."
+
+
+def _watch_context(viewer) -> str:
+    state = viewer.evaluate("() => ({watch: window.srtcWatch, status: document.getElementById('status').textContent})")
+    return f"watch page state: {state}\n" + "\n".join(viewer.messages[-30:])
+
+
+def _watch_and_wait_playing(viewer, server_url: str, stream: str) -> tuple[dict, dict]:
+    """Open the watch page of ``stream``; wait until it is connected and both videos play; (sr, raw) sizes."""
+    viewer.goto(f"{server_url}/?watch={stream}")
+    try:
+        viewer.wait_for_function("() => window.srtcWatch && window.srtcWatch.connected", timeout=MEDIA_TIMEOUT_MS)
+        return _wait_playing(viewer, "video-sr"), _wait_playing(viewer, "video-raw")
+    except Exception:
+        pytest.fail(f"the viewer's media did not flow:\n{_watch_context(viewer)}")
+
+
+def test_a_viewer_watches_the_senders_stream_until_the_sender_leaves(open_page, server_url):
+    """Page 1 sends; page 2 opens /?watch=<its stream> and plays SR on at 1280x720 and SR off at 640x360, real
+    pictures, frames advancing; another viewer's Leave closes it on the server; when page 1 stops, page 2 says
+    the stream has ended and stops its videos."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    sender = open_page()
+    sender.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server_url)
+    sender.goto(server_url + "/")
+    _start_and_wait_playing(sender, "the sender's media did not flow")
+
+    # The sender's page names its stream and offers the viewer link.
+    sender.wait_for_function("() => document.getElementById('share').dataset.stream", timeout=MEDIA_TIMEOUT_MS)
+    stream = sender.get_attribute("#share", "data-stream")
+    link = f"{server_url}/?watch={stream}"
+    assert sender.input_value("#share-link") == link
+    sender.click("#share-copy")
+    sender.wait_for_function("() => document.getElementById('share-status').textContent", timeout=5_000)
+    status = sender.text_content("#share-status")
+    if status == "copied":
+        assert sender.evaluate("() => navigator.clipboard.readText()") == link
+    else:  # no clipboard here: the link is left selected to copy by hand
+        assert sender.evaluate("() => window.getSelection().toString() || document.activeElement.value") == link
+    # The operator's page (loopback) lists the stream with a link to watch it.
+    sender.wait_for_selector(f"#live-list a[href='{link}']", timeout=10_000)
+
+    viewer = open_page()
+    sr, raw = _watch_and_wait_playing(viewer, server_url, stream)
+    for selector in ("#start", "#source", "#sr-toggle", "#video-local"):
+        assert not viewer.locator(selector).is_visible(), f"{selector} shows in watch mode"
+    assert viewer.locator("#leave").is_enabled()
+    assert viewer.text_content("#status") == f"Watching stream {stream}"
+    assert (sr["w"], sr["h"]) == (1280, 720), sr
+    assert (raw["w"], raw["h"]) == (640, 360), raw
+
+    # Real pictures (the sample photographs, not black), and new frames keep coming on both.
+    first = {v: viewer.evaluate(PICTURE_JS, v) for v in ("video-sr", "video-raw")}
+    viewer.wait_for_timeout(1000)
+    second = {v: viewer.evaluate(PICTURE_JS, v) for v in ("video-sr", "video-raw")}
+    for v in ("video-sr", "video-raw"):
+        assert first[v]["std"] > 10 and second[v]["std"] > 10, (v, first[v], second[v])
+        assert second[v]["frames"] >= first[v]["frames"] + 10, (v, first[v], second[v])
+
+    # The server's figures for this viewer and its stream reach the page.
+    info = _get_json(f"{server_url}/streams/{stream}")
+    assert info["viewers"] == 1 and info["sr_enabled"] is True, info
+    viewer.wait_for_function(
+        """(size) => /[1-9]\\d* \\/ [1-9]/.test(document.getElementById('wt-frames').textContent)
+                 && document.getElementById('wt-input').textContent === size
+                 && document.getElementById('wt-viewers').textContent === '1'""",
+        arg=f"{info['width']}×{info['height']}",
+        timeout=MEDIA_TIMEOUT_MS,
+    )
+    viewer.wait_for_timeout(500)
+    viewer.screenshot(path=str(ARTIFACTS / "watch.png"))
+
+    # A second viewer's Leave closes it on the server; the first watches on.
+    other = open_page()
+    _watch_and_wait_playing(other, server_url, stream)
+    other_id = other.evaluate("() => window.srtcWatch.viewerId")
+    assert _get_json(f"{server_url}/streams/{stream}")["viewers"] == 2
+    with other.expect_response(lambda r: r.request.method == "DELETE" and other_id in r.url) as response_info:
+        other.click("#leave")
+    assert response_info.value.ok, response_info.value.status
+    other.wait_for_function("() => window.srtcWatch.phase === 'stopped'", timeout=5_000)
+    assert _get_json(f"{server_url}/streams/{stream}")["viewers"] == 1
+    assert viewer.evaluate("() => window.srtcWatch.connected") is True
+
+    # The sender leaves: the watch page says so within a few seconds and stops its videos.
+    sender.click("#stop")
+    left = time.monotonic()
+    try:
+        viewer.wait_for_function("() => window.srtcWatch.ended", timeout=10_000)
+    except Exception:
+        pytest.fail(f"the watch page did not see the end:\n{_watch_context(viewer)}")
+    seen_after = time.monotonic() - left
+    assert viewer.text_content("#status") == ENDED_TEXT
+    assert viewer.evaluate("() => ['video-sr', 'video-raw'].every((id) => !document.getElementById(id).srcObject)")
+    assert viewer.locator("#leave").is_disabled()
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        _get_json(f"{server_url}/streams/{stream}")
+    assert gone.value.code == 404
+    viewer.screenshot(path=str(ARTIFACTS / "watch-ended.png"))
+    for page in (sender, viewer, other):
+        assert not [m for m in page.messages if m.startswith("pageerror")], page.messages
+    print(f"watch test: ended seen {seen_after:.1f} s after the sender left; {time.monotonic() - started:.1f} s in all")
+
+
+def test_watching_an_unknown_stream_shows_the_servers_error(page, server_url):
+    """A watch link to no stream: the page shows the server's 404 text and offers no video."""
+    page.goto(server_url + "/?watch=no-such-stream")
+    page.wait_for_function("() => window.srtcWatch && window.srtcWatch.error", timeout=MEDIA_TIMEOUT_MS)
+    assert page.evaluate("() => window.srtcWatch.errorStatus") == 404
+    status = page.text_content("#status")
+    assert status.startswith("Error: ") and "no such stream" in status, status
+    assert page.evaluate("() => window.srtcWatch.connected") is False

@@ -1,6 +1,8 @@
 // SRTC demo page: sends a 640x360 video (camera or a sample animation) to the
 // receiver over WebRTC and shows the two streams it sends back side by side:
 // SR-off (as received, 640x360) and SR-on (super-resolved, 1280x720).
+// Opened as /?watch=ID the page is a viewer of that sender's stream instead
+// (watch.js); this file then only lends it the helpers in window.srtcKit.
 //
 // Plain JS, no build step, no external resources.
 'use strict';
@@ -11,6 +13,8 @@
   const FPS = 30;
   const STATS_INTERVAL_MS = 1000;
   const ICE_GATHER_TIMEOUT_MS = 3000;
+  const LIVE_LIST_INTERVAL_MS = 5000;
+  const WATCH_ID = new URLSearchParams(location.search).get('watch');
   const SAMPLES = [
     '/static/samples/astronaut.jpg',
     '/static/samples/coffee.jpg',
@@ -38,6 +42,12 @@
     uplinkInfo: $('uplink-info'),
     sessionId: $('session-id'),
     modelName: $('model-name'),
+    share: $('share'),
+    shareLink: $('share-link'),
+    shareCopy: $('share-copy'),
+    shareStatus: $('share-status'),
+    live: $('live-streams'),
+    liveList: $('live-list'),
     st: {
       p50: $('st-p50'),
       p95: $('st-p95'),
@@ -54,6 +64,7 @@
   const state = {
     connected: false,
     sessionId: null,
+    streamId: null, // what viewers watch: /?watch=streamId
     error: null,
     phase: 'idle', // idle | connecting | connected | error | stopped
     srEnabled: ui.srToggle.checked,
@@ -396,7 +407,10 @@
       if (!answer || !answer.sdp) throw new Error('the receiver sent no answer');
       state.sessionId = answer.id || null;
       state.sessionSecret = answer.secret || null;
+      state.streamId = answer.stream || null;
       state.srEnabled = ui.srToggle.checked;
+      showShare(state.streamId);
+      pollLiveStreams();
       ui.sessionId.textContent = state.sessionId ? `session ${state.sessionId}` : 'session ?';
       await pc.setRemoteDescription({ type: answer.type || 'answer', sdp: answer.sdp });
       setStatus('connecting', 'Connecting: establishing the media path…');
@@ -453,6 +467,8 @@
     state.connected = false;
     state.sessionId = null;
     state.sessionSecret = null;
+    state.streamId = null;
+    showShare(null);
     lastInbound.clear();
     ui.start.disabled = false;
     ui.source.disabled = false;
@@ -498,6 +514,68 @@
     document.body.dataset.sr = enabled ? 'on' : 'off';
   }
 
+  // ---------------------------------------------------- viewers: link, list
+
+  const watchUrl = (stream) => `${location.origin}/?watch=${encodeURIComponent(stream)}`;
+
+  // The link to this sender's stream, once the server has named it; hidden without one.
+  function showShare(stream) {
+    ui.share.hidden = !stream;
+    ui.share.dataset.stream = stream || '';
+    ui.shareLink.value = stream ? watchUrl(stream) : '';
+    ui.shareStatus.textContent = '';
+    ui.shareStatus.dataset.state = '';
+  }
+
+  async function copyShareLink() {
+    const link = ui.shareLink.value;
+    if (!link) return;
+    try {
+      if (!navigator.clipboard || !window.isSecureContext) throw new Error('no clipboard here');
+      await navigator.clipboard.writeText(link);
+      ui.shareStatus.textContent = 'copied';
+      ui.shareStatus.dataset.state = 'ok';
+    } catch (_) {
+      // Without clipboard access (plain http off localhost, or refused), leave the link selected to copy by hand.
+      ui.shareLink.focus();
+      ui.shareLink.select();
+      ui.shareStatus.textContent = 'select the link and copy it (Ctrl+C)';
+      ui.shareStatus.dataset.state = '';
+    }
+  }
+
+  function liveItem(stream) {
+    const li = document.createElement('li');
+    const a = document.createElement('a');
+    a.href = watchUrl(stream.id);
+    a.target = '_blank';
+    a.rel = 'noopener';
+    a.textContent = `watch ${stream.id}`;
+    li.appendChild(a);
+    const viewers = isNum(stream.viewers) ? ` · ${stream.viewers} watching` : '';
+    li.appendChild(document.createTextNode(` ${fmtRes(stream)}${viewers}`));
+    if (stream.id === state.streamId) {
+      const mine = document.createElement('span');
+      mine.className = 'mine';
+      mine.textContent = ' (yours)';
+      li.appendChild(mine);
+    }
+    return li;
+  }
+
+  // GET /streams names the streams only to the operator (the server's own machine); others see none here.
+  async function pollLiveStreams() {
+    try {
+      const resp = await fetch('/streams', { cache: 'no-store' });
+      const body = resp.ok ? await resp.json() : null;
+      const streams = body && Array.isArray(body.streams) ? body.streams.filter((s) => s && s.id) : [];
+      ui.liveList.replaceChildren(...streams.map(liveItem));
+      ui.live.hidden = streams.length === 0;
+    } catch (_) {
+      ui.live.hidden = true;
+    }
+  }
+
   // ----------------------------------------------------------------- stats
 
   function resetLabels() {
@@ -511,7 +589,7 @@
     el.textContent = video.videoWidth ? `${video.videoWidth}×${video.videoHeight}` : '—';
   }
 
-  async function receiverFps(peer, index, counter) {
+  async function receiverFps(peer, index, counter, memo = lastInbound) {
     let fps = null;
     try {
       const t = peer.getTransceivers()[index];
@@ -521,11 +599,11 @@
         if (isNum(s.framesPerSecond)) {
           fps = s.framesPerSecond;
         } else if (isNum(s.framesDecoded)) {
-          const prev = lastInbound.get(index);
+          const prev = memo.get(index);
           if (prev && s.timestamp > prev.timestamp) {
             fps = ((s.framesDecoded - prev.frames) * 1000) / (s.timestamp - prev.timestamp);
           }
-          lastInbound.set(index, { frames: s.framesDecoded, timestamp: s.timestamp });
+          memo.set(index, { frames: s.framesDecoded, timestamp: s.timestamp });
         }
       });
     } catch (_) { /* stats are best effort */ }
@@ -672,15 +750,28 @@
 
   // ----------------------------------------------------------------- wiring
 
-  ui.start.addEventListener('click', () => { start(); });
-  ui.stop.addEventListener('click', () => { stop(); });
-  ui.srToggle.addEventListener('change', () => { onSrToggle(); });
+  // Both modes: the returned videos' labels and placeholders.
   ui.videoRaw.addEventListener('resize', () => updateResolution(ui.videoRaw, ui.resRaw));
   ui.videoSr.addEventListener('resize', () => updateResolution(ui.videoSr, ui.resSr));
   for (const v of [ui.videoRaw, ui.videoSr]) {
     v.addEventListener('playing', () => v.closest('.panel').classList.add('live'));
     v.addEventListener('emptied', () => v.closest('.panel').classList.remove('live'));
   }
+
+  // Helpers the viewer (watch.js) shares with the sender.
+  window.srtcKit = {
+    ui, isNum, fmt, fmtCount, fmtRes, sleep, setStatus, errorFromResponse, waitIceGathering,
+    FrameCounter, receiverFps, renderSrLabels, watchId: WATCH_ID,
+  };
+  document.body.dataset.mode = WATCH_ID !== null ? 'watch' : 'send';
+  // Show the model name before the first session, if the server is up.
+  pollServer();
+  if (WATCH_ID !== null) return; // watch.js runs the page
+
+  ui.start.addEventListener('click', () => { start(); });
+  ui.stop.addEventListener('click', () => { stop(); });
+  ui.srToggle.addEventListener('change', () => { onSrToggle(); });
+  ui.shareCopy.addEventListener('click', () => { copyShareLink(); });
   window.addEventListener('pagehide', () => {
     if (state.sessionId) {
       fetch(`/sessions/${encodeURIComponent(state.sessionId)}`,
@@ -691,8 +782,8 @@
 
   renderSrLabels(ui.srToggle.checked);
   setStatus('idle', 'Idle: press Start');
-  // Show the model name before the first session, if the server is up.
-  pollServer();
+  pollLiveStreams();
+  setInterval(pollLiveStreams, LIVE_LIST_INTERVAL_MS);
 
   // Exposed for debugging from the console.
   window.srtc = { start, stop, sleep };
