@@ -3,16 +3,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the suite uses when present: chromium (the browser test) and qemu-user (the int8 tests
-# emulate an AVX2 CPU without VNNI with qemu-x86_64, whatever CPU runs the suite).
+# Debian packages the suite uses when present: chromium (the browser test), qemu-user (the int8 tests
+# emulate an AVX2 CPU without VNNI with qemu-x86_64, whatever CPU runs the suite) and coturn (the TURN test
+# runs its own turnserver on loopback).
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
+command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}"
+  if [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; then
+    as_root apt-get update -qq && as_root apt-get install -y -qq "${missing[@]}"
+    # Debian starts coturn as a system service on install (on all interfaces): the test needs none of it.
+    if [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now coturn.service || true
+    fi
   else
     echo "cannot install ${missing[*]} without root: the tests that need them will skip and say why" >&2
   fi

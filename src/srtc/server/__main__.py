@@ -106,6 +106,32 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
         default=defaults.relay_floor_kbps,
         help="the least a relayed SR-on encode gets, whatever a congested viewer reports (default %(default)s)",
     )
+    turn = parser.add_argument_group(
+        "TURN for clients behind NATs and firewalls (GET /ice-servers); the secret shared with the TURN "
+        "server (coturn's use-auth-secret, 16+ characters) comes from the SRTC_TURN_SECRET environment variable"
+    )
+    turn.add_argument(
+        "--turn-url",
+        dest="turn_urls",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a TURN server URL, e.g. turn:turn.example.org:3478?transport=udp (repeatable)",
+    )
+    turn.add_argument(
+        "--stun-url",
+        dest="stun_urls",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a STUN server URL handed out with the TURN ones, e.g. stun:turn.example.org:3478 (repeatable)",
+    )
+    turn.add_argument(
+        "--turn-ttl-s",
+        type=int,
+        default=defaults.turn_ttl_s,
+        help="how long a handed-out TURN credential can open relays, 60..86400 s (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
         "--stock-receiver",
@@ -163,6 +189,10 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
             max_viewers=args.max_viewers,
             max_viewers_per_stream=args.max_viewers_per_stream,
             relay_floor_kbps=args.relay_floor_kbps,
+            turn_urls=tuple(args.turn_urls),
+            turn_secret=os.environ.get("SRTC_TURN_SECRET") or None,
+            turn_ttl_s=args.turn_ttl_s,
+            stun_urls=tuple(args.stun_urls),
         )
         network = NetworkConfig(
             loss=args.loss,
@@ -196,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("--encoder-nice needs per-thread priorities (Linux); the encoders run at the server's priority")
     if network.active:
         log.info("simulated network on the inbound path: %s", network.to_json())
+    if config.turn_urls:
+        log.info("TURN for clients: %s (credentials valid %d s)", ", ".join(config.turn_urls), config.turn_ttl_s)
     app = create_app(config, upscaler, info, network, fast=fast, fast_info=fast_info)
     try:
         web.run_app(app, host=config.host, port=config.port, print=lambda msg: log.info("%s", msg.strip()))

@@ -1,6 +1,6 @@
 """The aiohttp application: the page, signaling (``POST /offer``), SR control, ``GET /stats``, the relay
-(``POST /streams/{id}/watch``, ``GET /streams``, ``/viewers/{id}``) and the simulated network
-(``GET``/``POST /network``).
+(``POST /streams/{id}/watch``, ``GET /streams``, ``/viewers/{id}``), the STUN/TURN servers for the page
+(``GET /ice-servers``) and the simulated network (``GET``/``POST /network``).
 
 The app's registry of sessions is the only shared mutable state. Every handler answers a bad request
 with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never disturbs other sessions.
@@ -29,6 +29,7 @@ from .impairment import NetworkControl
 from .registry import ModelInfo
 from .relay import Relay
 from .session import OfferError, Session, parse_offer
+from .turn import IceServers
 from .viewer import Viewer
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ SECRET_HEADER = "X-Session-Secret"  # a session's routes need the secret its off
 ADMISSION = web.AppKey("admission", Admission)
 # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
 FAST = web.AppKey[tuple[Upscaler | None, ModelInfo | None]]("fast")
+ICE = web.AppKey("ice", IceServers)  # STUN/TURN for the page and for the server's own peer connections
 
 
 def create_app(
@@ -65,6 +67,7 @@ def create_app(
     app[CONFIG], app[UPSCALER], app[MODEL] = config, upscaler, model
     app[NETWORK] = NetworkControl(network)
     app[FAST] = (fast, fast_info)
+    app[ICE] = IceServers.from_config(config)
     app[SESSIONS] = {}
     app[VIEWERS] = {}
     app[ADMISSION] = Admission(config.max_sessions_per_address, config.offers_per_minute)
@@ -78,6 +81,7 @@ def create_app(
     app.router.add_post("/streams/{stream}/watch", watch)
     app.router.add_get("/viewers/{id}", get_viewer)
     app.router.add_delete("/viewers/{id}", close_viewer)
+    app.router.add_get("/ice-servers", ice_servers)
     app.router.add_get("/network", get_network)
     app.router.add_post("/network", set_network)
     app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
@@ -109,6 +113,7 @@ async def offer(request: web.Request) -> web.Response:
         encoder_nice=app[CONFIG].encoder_nice,
         viewer_kbps=app[CONFIG].viewer_kbps,
         relay_floor_kbps=app[CONFIG].relay_floor_kbps,
+        ice_servers=app[ICE].rtc(),
     )
     sessions[session.id] = session
     try:
@@ -160,6 +165,7 @@ async def watch(request: web.Request) -> web.Response:
         on_closed=lambda v: viewers.pop(v.id, None),
         connect_timeout_s=config.connect_timeout_s,
         peer_address=address,
+        ice_servers=app[ICE].rtc(),
     )
     viewers[viewer.id] = viewer
     try:
@@ -301,6 +307,13 @@ def process_stats(sessions: int, viewers: int = 0) -> dict:
         "sessions": sessions,
         "viewers": viewers,
     }
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """The STUN and TURN servers for the page's peer connection, with TURN credentials made for this request
+    (the secret stays here); an empty list without any. Never cached: the credentials expire."""
+    servers = request.app[ICE].listing()
+    return web.json_response({"iceServers": servers}, headers={"Cache-Control": "no-store"})
 
 
 async def get_network(request: web.Request) -> web.Response:

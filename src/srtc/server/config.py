@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CLIENT_DIR = Path(__file__).resolve().parent / "web"  # the page, shipped as package data
+
+# RFC 7064/7065 URIs: a host name, IPv4 or [IPv6] address, an optional port, and for TURN the transport.
+_HOST_PORT = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?"
+_TURN_URL = re.compile(rf"turns?:{_HOST_PORT}(?:\?transport=(?:udp|tcp))?")
+_STUN_URL = re.compile(rf"stuns?:{_HOST_PORT}")
 
 
 class ConfigError(ValueError):
@@ -56,6 +62,15 @@ class ServerConfig:
     # The least a relayed SR-on encode is given, whatever one congested viewer reports (kbps): below
     # about 1.5 Mbps a 720p VP8 encode spends the generator's gain, for every viewer.
     relay_floor_kbps: float = 1500.0
+    # TURN for clients behind NATs and firewalls (srtc/server/turn.py): the TURN server's URLs, the secret it
+    # shares with this server (coturn's use-auth-secret), and how long a handed-out credential opens relays.
+    # An hour: a credential is checked when a relay is allocated, not while a call uses it, so it only has to
+    # outlast the wait between loading the page and connecting (or an ICE restart); a shorter one is worth
+    # less to whoever copies it off a page.
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: int = 3600
+    stun_urls: tuple[str, ...] = ()  # STUN servers handed out with the TURN ones (no credentials)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -88,6 +103,29 @@ class ServerConfig:
             raise ConfigError(f"relay_floor_kbps must be in 250..100000, got {self.relay_floor_kbps}")
         if not self.fast_model.strip():
             raise ConfigError('fast_model must be "auto", "none", a manifest name or a path')
+        self._check_ice()
+
+    def _check_ice(self) -> None:
+        """The TURN and STUN settings: well-formed URLs, and a secret long enough that it cannot be guessed."""
+        _check_urls("turn_urls", self.turn_urls, _TURN_URL, "turn:HOST[:PORT][?transport=udp|tcp] or turns:...")
+        _check_urls("stun_urls", self.stun_urls, _STUN_URL, "stun:HOST[:PORT] or stuns:...")
+        if self.turn_urls and (self.turn_secret is None or len(self.turn_secret) < 16):
+            raise ConfigError("turn_urls need the TURN server's secret (turn_secret, SRTC_TURN_SECRET), 16+ characters")
+        if self.turn_secret is not None and not self.turn_urls:
+            raise ConfigError("a TURN secret (SRTC_TURN_SECRET) is set but there are no turn_urls to use it with")
+        if isinstance(self.turn_ttl_s, bool) or not isinstance(self.turn_ttl_s, int):
+            raise ConfigError(f"turn_ttl_s must be an integer number of seconds, got {self.turn_ttl_s!r}")
+        if not 60 <= self.turn_ttl_s <= 86_400:
+            raise ConfigError(f"turn_ttl_s must be in 60..86400, got {self.turn_ttl_s}")
+
+
+def _check_urls(name: str, urls: object, pattern: re.Pattern[str], form: str) -> None:
+    if not isinstance(urls, tuple) or not all(isinstance(url, str) for url in urls):
+        raise ConfigError(f"{name} must be a tuple of URLs, got {urls!r}")
+    for url in urls:
+        match = pattern.fullmatch(url)
+        if match is None or int(match["port"] or 1) not in range(1, 65536):
+            raise ConfigError(f"{name}: {url!r} is not a URL of the form {form}")
 
 
 # --------------------------------------------------------------------------------------------------

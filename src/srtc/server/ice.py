@@ -6,6 +6,8 @@ interface address but loopback, and binds a UDP socket on each. A server started
 makes the list the listening address itself: loopback only for a loopback host, that one address for
 a specific one, and aioice's full list only for a wildcard host (``0.0.0.0`` or ``::``). It is one
 setting per process, as the listening address is; aioice 0.13 looks the function up on every gather.
+Relay candidates (``--turn-url``) are not limited by it: aioice's socket to the TURN server is connected to
+that server, from whichever address routes there, and the relayed address is the TURN server's.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from typing import Any
 
 from aiortc import (
     MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -91,12 +93,14 @@ class Session:
         viewer_kbps: float | None = None,
         peer_address: str | None = None,
         relay_floor_kbps: float = 1500.0,
+        ice_servers: list[RTCIceServer] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.secret = secrets.token_urlsafe(18)  # only the client that opened the session can change or end it
         self.created = time.monotonic()
         self.peer_address = peer_address  # who opened it: the per-address limits count by it
-        self.pc = RTCPeerConnection()
+        # STUN/TURN (srtc/server/turn.py): with TURN, this side gathers relay candidates too; None: aiortc's default
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers) if ice_servers else None)
         self.upscaler = upscaler
         self.fast = fast  # the governor's faster model (int8), or None
         self.fanout: FrameFanout | None = None

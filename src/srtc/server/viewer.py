@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from .forward import ForwardTrack
@@ -45,13 +45,15 @@ class Viewer:
         connect_timeout_s: float = 30.0,
         peer_address: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ice_servers: list[RTCIceServer] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.secret = secrets.token_urlsafe(18)  # only this viewer's own page can read or end it
         self.relay = relay
         self.peer_address = peer_address
         self.created = clock()
-        self.pc = RTCPeerConnection()
+        # STUN/TURN (srtc/server/turn.py), as for a sending session; None: aiortc's default
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers) if ice_servers else None)
         self.tracks: dict[str, ForwardTrack] = {}  # by stream name; the watchdog may replace one
         self.streams_watch = Watchdog()
         self.stream_ended = False
