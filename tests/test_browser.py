@@ -11,6 +11,7 @@ SRTC_TEST_MODEL, when set, is passed to the server as --model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from .conftest import TURN_SECRET
 
 pytestmark = pytest.mark.browser
 
@@ -70,16 +73,15 @@ def sync_playwright_api():
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
+@contextlib.contextmanager
+def running_server(log_path: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
     """The real server as a subprocess on a free port; yields its base URL, stops it at the end."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "server", "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "server", "--host", HOST, "--port", str(port), *extra_args]
     if os.environ.get("SRTC_TEST_MODEL"):
         cmd += ["--model", os.environ["SRTC_TEST_MODEL"]]
     log_file = open(log_path, "w+b")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     base = f"http://{HOST}:{port}"
 
     def log_tail() -> str:
@@ -110,6 +112,12 @@ def server_url(tmp_path_factory):
                 proc.kill()
                 proc.wait(timeout=5)
         log_file.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("server") / "server.log") as base:
+        yield base
 
 
 @pytest.fixture
@@ -583,3 +591,31 @@ def test_watching_an_unknown_stream_shows_the_servers_error(page, server_url):
     status = page.text_content("#status")
     assert status.startswith("Error: ") and "no such stream" in status, status
     assert page.evaluate("() => window.srtcWatch.connected") is False
+
+
+SELECTED_CANDIDATE_TYPES_JS = """
+async () => {
+  const stats = await window.srtc.peer().getStats();
+  const byId = new Map();
+  stats.forEach((r) => byId.set(r.id, r));
+  const transport = [...byId.values()].find((r) => r.type === 'transport' && r.selectedCandidatePairId);
+  const pair = transport && byId.get(transport.selectedCandidatePairId);
+  if (!pair) return null;
+  return {local: byId.get(pair.localCandidateId).candidateType, remote: byId.get(pair.remoteCandidateId).candidateType};
+}
+"""
+
+
+def test_a_relay_only_page_gets_both_streams_through_coturn(open_page, coturn, tmp_path):
+    """The page with ?relay=1 gathers only TURN candidates (iceTransportPolicy "relay"), with credentials from
+    GET /ice-servers; both streams still come back, through Debian's coturn on loopback."""
+    env = {**os.environ, "SRTC_TURN_SECRET": TURN_SECRET}
+    with running_server(tmp_path / "server.log", ("--turn-url", coturn.url), env) as base:
+        page = open_page()
+        page.goto(base + "/?relay=1")
+        raw, sr = _start_and_wait_playing(page, "a relay-only page got no video through coturn")
+        assert (sr["w"], sr["h"]) == (1280, 720) and (raw["w"], raw["h"]) == (640, 360)
+        pair = page.evaluate(SELECTED_CANDIDATE_TYPES_JS)
+        assert pair is not None and pair["local"] == "relay", pair
+        assert coturn.granted("srtc-client") >= 1, coturn.log.read_text()[-3000:]
+        page.click("#stop")

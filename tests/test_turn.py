@@ -8,13 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -37,9 +31,9 @@ from srtc.server.turn import IceServers, turn_credential
 from srtc.tools import framecode
 from srtc.tools.probe_source import NumberedTrack, load_source
 
+from .conftest import TURN_SECRET as SECRET
 from .conftest import serving
 
-SECRET = "correct-horse-battery-staple"
 TURN_URL = "turn:127.0.0.1:3478?transport=udp"
 
 # ------------------------------------------------------------------------------------------ credentials
@@ -143,87 +137,6 @@ async def test_get_ice_servers_hands_out_fresh_credentials_and_an_empty_list_wit
 
 
 # ------------------------------------------------------------------------------ through coturn, relay-only
-
-
-@dataclass
-class Coturn:
-    url: str
-    log: Path
-
-    def granted(self, label: str, request: str = "ALLOCATE") -> int:
-        """Requests of credentials labelled ``label`` that coturn granted (its verbose log)."""
-        lines = self.log.read_text(errors="replace").splitlines()
-        return sum(1 for line in lines if f":{label}>" in line and f"{request} processed, success" in line)
-
-
-def coturn_config(port: int, log: Path, directory: Path) -> str:
-    """A loopback-only coturn for one test: shared-secret auth, relays on 127.0.0.1, peers on loopback allowed."""
-    return "\n".join(
-        [
-            "listening-ip=127.0.0.1",
-            "relay-ip=127.0.0.1",
-            f"listening-port={port}",
-            "use-auth-secret",
-            f"static-auth-secret={SECRET}",
-            "realm=srtc.test",
-            "allow-loopback-peers",  # denied by default: the call's peers are all on 127.0.0.1
-            "no-tls",
-            "no-dtls",
-            "no-cli",
-            "no-tcp-relay",
-            "verbose",
-            f"log-file={log}",
-            "simple-log",
-            "no-stdout-log",
-            f"pidfile={directory / 'turnserver.pid'}",
-            f"userdb={directory / 'turndb'}",
-            "",
-        ]
-    )
-
-
-def free_port() -> int:
-    """A loopback port free for both UDP and TCP (coturn listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            try:
-                tcp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no loopback port free for both UDP and TCP")
-
-
-@pytest.fixture
-def coturn(tmp_path) -> Iterator[Coturn]:
-    """Debian's coturn on a free loopback port with its own config, stopped at the end (not the system service)."""
-    binary = shutil.which("turnserver")
-    if binary is None:
-        pytest.skip("turnserver is not installed: `apt-get install coturn` (scripts/test.sh does it as root)")
-    port, log = free_port(), tmp_path / "turnserver.log"
-    config = tmp_path / "turnserver.conf"
-    config.write_text(coturn_config(port, log, tmp_path))
-    process = subprocess.Popen(
-        [binary, "-c", str(config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        ready = f"UDP listener opened on: 127.0.0.1:{port}"
-        deadline = time.monotonic() + 15.0
-        while not (log.is_file() and ready in log.read_text(errors="replace")):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-2000:] if log.is_file() else "(no log)"
-                pytest.fail(f"coturn did not start (exit {process.poll()}):\n{tail}")
-            time.sleep(0.05)
-        yield Coturn(f"turn:127.0.0.1:{port}?transport=udp", log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(5.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5.0)
 
 
 async def until(condition, timeout_s: float) -> bool:

@@ -300,6 +300,20 @@
   let counters = null;
   const lastInbound = new Map();
 
+  // The peer connection's settings: the server's STUN/TURN servers with fresh credentials (GET /ice-servers;
+  // none on loopback), and relay-only ICE with ?relay=1, which checks a TURN setup end to end.
+  async function peerConfig() {
+    let iceServers = [];
+    try {
+      const res = await fetch('/ice-servers', { cache: 'no-store' });
+      if (res.ok) iceServers = (await res.json()).iceServers || [];
+    } catch (err) {
+      console.warn('no ICE servers from the server:', err);
+    }
+    const relayOnly = new URLSearchParams(location.search).get('relay') === '1';
+    return { iceServers, iceTransportPolicy: relayOnly ? 'relay' : 'all' };
+  }
+
   function waitIceGathering(peer, timeoutMs) {
     if (peer.iceGatheringState === 'complete') return Promise.resolve();
     return new Promise((resolve) => {
@@ -359,7 +373,7 @@
       ui.videoLocal.play().catch(() => {});
 
       setStatus('connecting', 'Connecting: negotiating with the receiver…');
-      pc = new RTCPeerConnection({ iceServers: [] });
+      pc = new RTCPeerConnection(await peerConfig());
       const peer = pc;
 
       // Exactly three transceivers, in this order (the server's contract):
@@ -760,7 +774,7 @@
 
   // Helpers the viewer (watch.js) shares with the sender.
   window.srtcKit = {
-    ui, isNum, fmt, fmtCount, fmtRes, sleep, setStatus, errorFromResponse, waitIceGathering,
+    ui, isNum, fmt, fmtCount, fmtRes, sleep, setStatus, errorFromResponse, waitIceGathering, peerConfig,
     FrameCounter, receiverFps, renderSrLabels, watchId: WATCH_ID,
   };
   document.body.dataset.mode = WATCH_ID !== null ? 'watch' : 'send';
@@ -786,5 +800,5 @@
   setInterval(pollLiveStreams, LIVE_LIST_INTERVAL_MS);
 
   // Exposed for debugging from the console.
-  window.srtc = { start, stop, sleep };
+  window.srtc = { start, stop, sleep, peer: () => pc };
 })();

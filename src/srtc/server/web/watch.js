@@ -126,8 +126,8 @@
     video.play().catch(() => { /* autoplay: muted videos play anyway */ });
   }
 
-  function newPeer() {
-    const peer = new RTCPeerConnection({ iceServers: [] });
+  function newPeer(config) {
+    const peer = new RTCPeerConnection(config);
     // Two receive-only m-lines, in the server's order: 0 = SR on, 1 = SR off.
     peer.addTransceiver('video', { direction: 'recvonly' });
     peer.addTransceiver('video', { direction: 'recvonly' });
@@ -145,7 +145,9 @@
     el.leave.disabled = false;
     setPanels('no video');
     setPhase('connecting', `Connecting: asking the server for stream ${STREAM}…`);
-    const peer = newPeer();
+    const config = await kit.peerConfig();
+    if (el.leave.disabled) return; // left while the page asked for the ICE servers
+    const peer = newPeer(config);
     pc = peer;
     try {
       await peer.setLocalDescription(await peer.createOffer());
