@@ -12,7 +12,8 @@ from srtc.server.app import SESSIONS, create_app
 from srtc.server.config import ServerConfig
 from srtc.server.registry import describe
 from srtc.tools import probe as probe_module
-from srtc.tools.probe import FULL_H, FULL_W, clients_summary, run_clients, run_probe
+from srtc.tools.probe import FULL_H, FULL_W, run_clients, run_probe
+from srtc.tools.probe_report import clients_summary
 
 from .conftest import serving
 

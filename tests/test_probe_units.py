@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from srtc.server.config import CLIENT_DIR
 from srtc.shared import SHARED
-from srtc.tools import framecode, probe, probe_replay, probe_report, probe_source
+from srtc.tools import framecode, probe, probe_cli, probe_replay, probe_report, probe_source
 
 SAMPLES = CLIENT_DIR / "samples"
 SET14 = SHARED / "data" / "benchmarks" / "Set14"
@@ -217,6 +217,30 @@ async def test_the_replay_track_sends_packets_until_a_keyframe_request_then_fram
     track.stop()
 
 
+async def test_a_replay_with_keyframes_goes_live_on_a_request_only_until_its_next_keyframe(small_source) -> None:
+    """The viewers mode's uplink: a keyframe request makes a few frames live (the first a keyframe), and the
+    replay resumes at its next pre-encoded keyframe; pts follow the frame numbers (steady_pts)."""
+    encoded = probe_replay.pre_encode(small_source, fps=50.0, duration_s=1.0, kbps=800.0, keyframe_every=5)
+    assert [i for i, d in enumerate(encoded) if probe_replay.is_vp8_keyframe(d)] == list(range(0, 50, 5))
+    track = probe_replay.ReplayTrack(small_source, fps=50.0, duration_s=1.0, encoded=encoded)
+    track.steady_pts = True
+    sent = [await track.recv() for _ in range(3)]
+    track.request_keyframe()
+    sent += [await track.recv() for _ in range(3)]  # frames 3 and 4 live, 5 the replay's keyframe
+    assert [type(p).__name__ for p in sent] == ["Packet"] * 3 + ["VideoFrame"] * 2 + ["Packet"]
+    live = sent[3]
+    assert live.pict_type == av.video.frame.PictureType.I, "the first live frame after replayed ones is a keyframe"
+    assert framecode.read(probe.luma_plane(live)) == 3 and framecode.read(probe.luma_plane(sent[4])) == 4
+    assert bytes(sent[5]) == encoded[5]
+    assert [p.pts for p in sent] == [n * 1800 for n in range(6)]  # 90 kHz / 50 fps, whenever each went out
+    track.request_keyframe()  # the very next replayed frame is not a keyframe: live again until frame 10
+    assert not track.replaying()
+    sent = [await track.recv() for _ in range(5)]
+    assert [type(p).__name__ for p in sent] == ["VideoFrame"] * 4 + ["Packet"]
+    assert (track.keyframe_requests, track.live_frames) == (2, 6) and track.live_from_s is not None
+    track.stop()
+
+
 def _with_code(source: probe.Source, index: int, number: int) -> np.ndarray:
     y = source.sent[index][:360].copy()
     framecode.embed(y, number)
@@ -410,7 +434,7 @@ def test_a_missing_or_empty_source_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_the_cli_reports_a_bad_source_and_exits_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    code = probe.main(["--url", "http://127.0.0.1:9", "--seconds", "1", "--source", str(tmp_path / "none.mp4")])
+    code = probe_cli.main(["--url", "http://127.0.0.1:9", "--seconds", "1", "--source", str(tmp_path / "none.mp4")])
     assert code == 2
     assert any("source not found" in r.getMessage() for r in caplog.records)
 

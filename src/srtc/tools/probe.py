@@ -1,6 +1,7 @@
 """Headless probe: send numbered 640x360 frames to the server and measure both streams it returns.
 
     python -m server.probe --url http://127.0.0.1:8080 --seconds 20 [--json] [--source PATH] [--fps 30]
+    python -m server.probe --viewers 1 5 20 [--phase-seconds 20] [--kill-viewers 5]   (srtc.tools.probe_viewers)
 
 Each sent frame carries its number in its pixels (:mod:`srtc.tools.framecode`), because nothing else
 survives the server's decode / upscale / re-encode. That number gives, per returned frame, the
@@ -11,14 +12,12 @@ by default), pre-rendered once so the probe costs little CPU while it measures.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
-import os
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -42,7 +41,6 @@ from .probe_report import (
     ProbeReport,
     StreamStats,
     build_report,
-    clients_summary,
     cpu_between,
     finite_mean,
     recovery_after,
@@ -55,7 +53,6 @@ from .probe_source import (
     NumberedTrack,
     SentFrame,
     Source,
-    SourceError,
     load_source,
     psnr_y,
 )
@@ -418,6 +415,8 @@ def uplink_report(uplink: NumberedTrack) -> dict:
         "mode": "replay",
         "encoded_kbps": rounded(sum(map(len, uplink.encoded)) * 8 / span / 1000.0, 1) if span else None,
         "live_from_s": rounded(uplink.live_from_s),
+        "keyframe_requests": uplink.keyframe_requests,
+        "live_frames": uplink.live_frames,
     }
 
 
@@ -472,6 +471,35 @@ async def wait_sent(pc: RTCPeerConnection, uplink: NumberedTrack, timeout_s: flo
         await asyncio.sleep(0.1)
 
 
+@dataclass
+class SenderLink:
+    """What runs alongside the sender (``run_probe(alongside=...)``) may use: its HTTP session, the server,
+    the offer's answer (``stream`` names its relay stream), and the uplink (when each numbered frame went out)."""
+
+    http: aiohttp.ClientSession
+    url: str
+    answer: dict
+    uplink: NumberedTrack
+    pc: RTCPeerConnection
+
+
+async def run_alongside(link: SenderLink, work: Awaitable[None]) -> None:
+    """Run ``work`` while the sender sends; a lost connection or an uplink that ran out first is a ProbeError."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            if link.pc.connectionState in ("failed", "closed"):
+                raise ProbeError(f"the sender's peer connection {link.pc.connectionState} while viewers watched")
+            if link.uplink.done.is_set():
+                raise ProbeError(f"the uplink ran out ({link.uplink.count} frames) before the viewers' phases ended")
+            await asyncio.wait({task}, timeout=0.1)
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 async def log_progress(uplink: NumberedTrack, streams: dict[str, StreamStats]) -> None:
     """Once a second: frames sent and received, so a stalled run is visible while it runs."""
     while True:
@@ -494,6 +522,8 @@ async def run_probe(
     vmaf_frames: int = 300,
     generator: Upscaler | None = None,
     replay: list[bytes] | None = None,
+    alongside: Callable[[SenderLink], Awaitable[None]] | None = None,
+    steady_pts: bool = False,
 ) -> ProbeReport:
     """Connect to the server, send numbered frames for ``seconds``, and measure both returned streams.
 
@@ -503,11 +533,15 @@ async def run_probe(
     ``generator``: the server's model, run here on the SR-off frames as received (:class:`GeneratorGain`).
     ``replay``: the uplink's frames pre-encoded (:func:`~srtc.tools.probe_replay.pre_encode`), replayed
     instead of encoded live.
+    ``alongside``: run this with the connected sender (:class:`SenderLink`) instead of sending for ``seconds``:
+    the sender stops when it returns (``seconds`` then only bounds the uplink; the viewers' phases use it).
+    ``steady_pts``: stamp the uplink's frames from their numbers (see ``NumberedTrack.steady_pts``).
 
     The peer connection is closed and the session deleted on every exit path.
     """
     src = source if isinstance(source, Source) else load_source(source, fps, psnr_every)
     uplink = NumberedTrack(src, fps, seconds) if replay is None else ReplayTrack(src, fps, seconds, replay)
+    uplink.steady_pts = steady_pts
     streams = {name: StreamStats(name) for name in STREAM_INDEX.values()}
     gain = GeneratorGain(generator) if generator is not None else None
     bank = FrameBank(FULL_W, FULL_H, limit=vmaf_frames) if vmaf_available(vmaf) else None
@@ -562,7 +596,11 @@ async def run_probe(
             tasks.append(asyncio.ensure_future(log_progress(uplink, streams)))
             changes = [asyncio.ensure_future(change_network(http, url, *c)) for c in network_changes]
             tasks += changes
-            await wait_sent(pc, uplink, seconds + connect_timeout_s)
+            if alongside is not None:
+                link = SenderLink(http, url, answer, uplink, pc)
+                await run_alongside(link, alongside(link))
+            else:
+                await wait_sent(pc, uplink, seconds + connect_timeout_s)
             server_cpu = cpu_between(cpu_before, await fetch_process(http, url))
             probe_cpu = cpu_between(own_before, process_stats(1))
             await asyncio.sleep(grace_s)  # let frames still in flight arrive
@@ -698,80 +736,6 @@ def _error_text(body: str) -> str:
     return str(message) if message else body[:500].strip()
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server.probe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
-    parser.add_argument("--seconds", type=float, default=20.0, help="how long to send")
-    parser.add_argument("--fps", type=float, default=30.0, help="frames per second sent")
-    parser.add_argument(
-        "--source", default=None, help="video file, image or folder of images (default: Big Buck Bunny)"
-    )
-    parser.add_argument("--psnr-every", type=int, default=5, help="PSNR on every Nth source frame")
-    parser.add_argument(
-        "--vmaf",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="also score both streams in VMAF and VMAF-NEG (libvmaf: pip install -e '.[vmaf]'); "
-        "auto: when libvmaf is present (default %(default)s)",
-    )
-    parser.add_argument(
-        "--model",
-        default="default",
-        help="the server's model, run here on the SR-off frames as received to measure its own gain "
-        "and the return path's transparency: a manifest name or path, 'default', or 'none'",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument(
-        "--clients", type=int, default=1, help="concurrent clients, each with its own session (default 1)"
-    )
-    parser.add_argument(
-        "--network-change",
-        metavar="SECONDS:JSON",
-        action="append",
-        default=[],
-        help="after SECONDS of sending, POST JSON to /network, e.g. '20:{\"loss\": 0}', and report the recovery;"
-        " repeat it for a schedule of changes",
-    )
-    parser.add_argument(
-        "--uplink",
-        choices=("live", "replay"),
-        default="live",
-        help="live: encode the uplink while sending, as a browser does (default); replay: encode it once before"
-        " the run and replay it, so the probe costs the machine little (a keyframe request makes it live)",
-    )
-    parser.add_argument(
-        "--uplink-kbps",
-        type=float,
-        default=None,
-        help="the replayed uplink's bitrate (default: 70%% of the server's link cap, else 1000)",
-    )
-    parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="run the probe this many nice levels below normal (0..19), so the server's figures on a shared"
-        " machine are the server's own",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    if not 0 <= args.nice <= 19 or (args.uplink_kbps is not None and not 50 <= args.uplink_kbps <= 20000):
-        parser.error("need --nice in 0..19 and --uplink-kbps in 50..20000")
-    if args.seconds <= 0 or not 1 <= args.fps <= 120 or args.psnr_every < 1 or not 1 <= args.clients <= 64:
-        parser.error("need --seconds > 0, --fps in 1..120, --psnr-every >= 1 and --clients in 1..64")
-    changes = []
-    for change in args.network_change:
-        when, _, body = change.partition(":")
-        try:
-            after_s, settings = float(when), json.loads(body)
-        except ValueError:
-            parser.error("--network-change takes SECONDS:JSON, for example '20:{\"loss\": 0}'")
-        if not isinstance(settings, dict) or not 0 <= after_s <= args.seconds:
-            parser.error("--network-change: SECONDS must lie within --seconds and the JSON must be an object")
-        changes.append((after_s, settings))
-    args.network_change = sorted(changes, key=lambda c: c[0])
-    return args
-
-
 def open_generator(choice: str) -> Upscaler | None:
     """The model ``--model`` names (one thread: the probe shares the machine), or None for 'none'."""
     if choice == "none":
@@ -784,59 +748,3 @@ def open_generator(choice: str) -> Upscaler | None:
         return OnnxUpscaler(path, threads=1, name=path.stem)
     except (FileNotFoundError, KeyError, ModelError) as exc:
         raise ProbeError(f"--model {choice}: {exc}") from exc
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.nice:
-        os.nice(args.nice)  # this process and the threads it starts from now on
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        for noisy in ("aioice", "aiortc"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        reports = asyncio.run(
-            run_clients(
-                args.url,
-                args.seconds,
-                args.clients,
-                source=args.source,
-                fps=args.fps,
-                psnr_every=args.psnr_every,
-                network_changes=args.network_change,
-                vmaf={"auto": None, "on": True, "off": False}[args.vmaf],
-                generator=open_generator(args.model),
-                uplink=args.uplink,
-                uplink_kbps=args.uplink_kbps,
-            )
-        )
-    except (ProbeError, SourceError) as exc:
-        log.error("%s", exc)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    if args.clients > 1:
-        for i, report in enumerate(reports):
-            print(f"--- client {i}\n{report.to_text()}\n", file=sys.stderr if args.json else sys.stdout, flush=True)
-        summary = clients_summary(reports)
-        if args.json:
-            print(json.dumps({**summary, "reports": [r.to_dict() for r in reports]}), flush=True)
-        else:
-            shown = ("median", "server_cpu", "probe_cpu")
-            print(json.dumps({key: summary[key] for key in shown}), flush=True)
-        return 0
-    report = reports[0]
-    if args.json:
-        print(report.to_text(), file=sys.stderr, flush=True)  # stdout stays one JSON object
-        print(report.to_json(), flush=True)
-    else:
-        print(report.to_text(), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

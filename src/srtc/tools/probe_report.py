@@ -512,3 +512,154 @@ class StreamStats:
             "sizes": dict(self.sizes),
             "freezes": self.freezes.stats(),
         }
+
+
+@dataclass
+class ViewersReport:
+    """The viewers mode's findings (``server.probe --viewers``): per phase the server's and the probe's cores
+    and every viewer's figures, the server's cost per viewer, and the sender's own report."""
+
+    url: str
+    stream: str | None
+    counts: list[int]
+    phase_seconds: float
+    settle_seconds: float
+    kill: int
+    kill_mode: str
+    phases: list[dict]
+    viewers: list[dict]
+    server_cost: dict
+    probe_cost: dict
+    anchoring: dict
+    viewer0: dict | None
+    sender: dict
+    sender_text: str = ""
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        del out["sender_text"]
+        return _finite(out)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def to_text(self) -> str:
+        kills = f", then {self.kill} vanish ({self.kill_mode})" if self.kill else ""
+        lines = [
+            f"viewers of stream {self.stream} at {self.url}: {' -> '.join(map(str, self.counts))}{kills};"
+            f" each phase measured for {self.phase_seconds:g} s, {self.settle_seconds:g} s after its joins",
+            "viewer 0 decodes both streams; the others (light) take frames as assembled from RTP, decode only"
+            " keyframes, and number frames from RTP timestamps",
+            "",
+            "phase  viewers  joins s  server cores  probe cores  other cores  server counts  light viewers: fps sr"
+            " (median/min), latency p95 sr ms (median/max), freezes, same bytes min",
+        ]
+        for p in self.phases:
+            change = f"+{p['joined']}" + (f" ({p['failed']} failed)" if p["failed"] else "")
+            if p["kind"] == "kill":
+                change = f"-{p['killed']}"
+            light = p.get("light") or {}
+            sr = light.get("sr") or {}
+            lines.append(
+                f"{p['phase']:>5}  {p['viewers']:>3} {change:<5}{_fmt(p['joins_s']):>6}"
+                f"  {_fmt(p['server_cores'], 3):>12}"
+                f"  {_fmt(p['probe_cores'], 3):>11}  {_fmt(p['other_cores'], 3):>11}"
+                f"  {_fmt(p['server_listed_viewers']):>13}"
+                + (
+                    f"  {_fmt(sr.get('fps_median'))}/{_fmt(sr.get('fps_min'))},"
+                    f" {_fmt(sr.get('latency_p95_median_ms'))}/{_fmt(sr.get('latency_p95_max_ms'))},"
+                    f" {sr.get('freezes_total')}, {_pct(sr.get('same_bytes_min'))}"
+                    if sr
+                    else "  -"
+                )
+            )
+            if p["kind"] == "kill":
+                dropped = p.get("server_dropped_after_s")
+                lines.append(
+                    f"{'':>7}the server counted the survivors only "
+                    + (f"{_fmt(dropped)} s after the kills" if dropped is not None else "never, by the phase's end")
+                )
+        lines.append(
+            "  (other cores: the machine's busy CPU, /proc/stat, less the server's and the probe's: load that was"
+            " not this run's; near 0, the server's figures are its own)"
+        )
+        for p in self.phases:
+            full = next((r for r in p["per_viewer"] if r["kind"] == "full"), None)
+            rate = p.get("sr_encode") or {}
+            setter = (
+                f"the viewers' cap {_fmt(rate.get('relay_cap_kbps'))} kbps ({rate.get('limiting_viewers')} limiting)"
+                if rate.get("relay_cap_kbps")
+                else "the sender's REMB (congested)"
+                if rate.get("sender_congested")
+                else "the sender's link"
+            )
+            lag = p.get("probe_loop_lag_ms") or {}
+            lines.append(
+                f"  phase {p['phase']}: SR on at {_fmt(full['sr']['kbps'] if full else None, 0)} kbps as viewer 0"
+                f" got it (the encode's target at the end {_fmt(rate.get('target_kbps'))} kbps, set by {setter});"
+                f" the probe's event loop late by p95 {_fmt(lag.get('p95'))} / max {_fmt(lag.get('max'))} ms"
+            )
+        cost = self.server_cost
+        if cost.get("marginal_cores_per_viewer") is not None:
+            lines.append(
+                f"server's cost per viewer: {_fmt(cost['marginal_cores_per_viewer'], 4)} cores"
+                f" ({cost['from_viewers']} -> {cost['to_viewers']} viewers);"
+                f" CPU({cost['to_viewers']}) / CPU({cost['from_viewers']}) = {_fmt(cost['ratio'], 3)}"
+            )
+        probe = self.probe_cost
+        if probe.get("marginal_cores_per_viewer") is not None:
+            lines.append(
+                f"probe's own cost per viewer: {_fmt(probe['marginal_cores_per_viewer'], 4)} cores"
+                f" (CPU ratio {_fmt(probe['ratio'], 3)})"
+            )
+        anchoring = self.anchoring
+        lines.append(
+            f"frame numbers from RTP timestamps ({_fmt(anchoring.get('ticks_per_frame'))} ticks a frame), checked on"
+            " viewer 0 against every decoded frame: "
+            + "; ".join(
+                f"{name} {a.get('mismatches')} wrong of {a.get('checked')}"
+                f" (ticks a frame seen {_fmt(a.get('ticks_per_frame_seen'))}, {a.get('anchors')} keyframes read)"
+                for name, a in anchoring.items()
+                if isinstance(a, dict)
+            )
+        )
+        for p in self.phases:
+            lines += ["", f"phase {p['phase']}: {p['viewers']} viewer(s), {_fmt(p['seconds'])} s"]
+            lines.append(
+                "viewer kind   SR-on size  frames sr/raw  fps sr/raw    latency p50/p95 sr ms / raw ms"
+                "   freezes sr/raw  join ms  PSNR-Y sr/raw  same bytes sr/raw"
+            )
+            for r in p["per_viewer"]:
+                sr, raw = r["sr"], r["raw"]
+                note = f"  ERROR {r['error']}" if r.get("error") else ""
+                lines.append(
+                    f"{r['viewer']:>6} {r['kind']:<5}  {_fmt(sr.get('size')):<10}"
+                    f"  {sr['frames']:>6}/{raw['frames']:<6}"
+                    f"  {_fmt(sr['fps']):>5}/{_fmt(raw['fps']):<5}"
+                    f"  {_fmt(sr['latency_ms']['p50']):>6}/{_fmt(sr['latency_ms']['p95']):<6}"
+                    f" / {_fmt(raw['latency_ms']['p50']):>5}/{_fmt(raw['latency_ms']['p95']):<6}"
+                    f"  {sr['freezes']['freezeCount']:>5}/{raw['freezes']['freezeCount']:<3}"
+                    f"    {_fmt(r['join_ms']):>7}"
+                    f"  {_fmt(sr['psnr_y'], 2):>6}/{_fmt(raw['psnr_y'], 2):<6}"
+                    f"  {_pct(sr['same_bytes']):>6}/{_pct(raw['same_bytes'])}{note}"
+                )
+            full = next((r for r in p["per_viewer"] if r["kind"] == "full"), None)
+            if full is not None:
+                decoded = {name: full[name]["decoded_latency_ms"] for name in ("sr", "raw")}
+                lines.append(
+                    f"  viewer 0 after decoding: latency p50/p95 sr {_fmt(decoded['sr']['p50'])}/"
+                    f"{_fmt(decoded['sr']['p95'])} ms,"
+                    f" raw {_fmt(decoded['raw']['p50'])}/{_fmt(decoded['raw']['p95'])} ms"
+                )
+            shares = [r["sr"]["same_bytes"] for r in p["per_viewer"] if r["kind"] == "light"]
+            shares = [s for s in shares if s is not None]
+            if shares:
+                lines.append(
+                    f"  light viewers' PSNR-Y: from viewer 0, on the frames with the same bytes (same bytes on"
+                    f" {_pct(min(shares))} of frames or more)"
+                )
+        return "\n".join(lines)
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100.0 * share:.1f}%"

@@ -265,6 +265,15 @@ class NumberedTrack(VideoStreamTrack):
         self.last_time: float | None = None
         self.done = asyncio.Event()
         self._next: float | None = None
+        # pts from the frame number (a camera's steady clock) rather than from the time each frame went out: the
+        # RTP timestamps then step by exactly 90000 / fps per frame, so a viewer can number frames from them.
+        self.steady_pts = False
+
+    def pts_of(self, elapsed_s: float) -> int:
+        """The pts (90 kHz) of the frame being sent now, ``elapsed_s`` after the first one."""
+        if self.steady_pts:
+            return int(round(self.count * CLOCK_RATE * self.period))
+        return int(round(elapsed_s * CLOCK_RATE))
 
     async def recv(self) -> av.VideoFrame:
         now = time.monotonic()
@@ -291,7 +300,7 @@ class NumberedTrack(VideoStreamTrack):
         number = self.count % framecode.MODULUS
         framecode.embed(yuv[:SENT_H], number)
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        frame.pts = int(round(elapsed * CLOCK_RATE))
+        frame.pts = self.pts_of(elapsed)
         frame.time_base = Fraction(1, CLOCK_RATE)
         self.count += 1
         sent_at = time.monotonic()
