@@ -20,7 +20,7 @@ from srtc.server.app import SESSIONS, VIEWERS, create_app
 from srtc.server.config import ConfigError, ServerConfig
 from srtc.server.encoder import ReturnVp8Encoder
 from srtc.server.registry import describe
-from srtc.server.relay import KEYFRAME_INTERVAL_S, Relay, is_vp8_keyframe
+from srtc.server.relay import CONGESTION_HOLD_S, KEYFRAME_INTERVAL_S, Relay, is_vp8_keyframe
 from srtc.tools import framecode
 from srtc.tools.probe import load_source, wait_connected
 from srtc.tools.probe_source import NumberedTrack
@@ -109,14 +109,22 @@ def test_many_viewers_asking_for_keyframes_cost_one_per_interval_per_stream():
 
 
 def test_the_encode_follows_the_slowest_congested_viewer_but_never_below_the_floor():
-    relay = make_relay(Clock(), [], floor_bps=1_500_000)
+    clock = Clock()
+    relay = make_relay(clock, [], floor_bps=1_500_000)
     wanted = 5_000_000
     fine = FakeViewer(estimate=5_400_000, received=5_000_000)  # its REMB is above what it gets: no limit
     relay.add(fine)
     assert relay.rate_cap(wanted) is None
-    slow = FakeViewer(estimate=3_000_000, received=5_000_000)  # under 85% of what it gets: congested
+    slow = FakeViewer(estimate=3_000_000, received=5_000_000)  # under 85% of what it gets
     relay.add(slow)
-    assert relay.rate_cap(wanted) == 3_000_000
+    assert relay.rate_cap(wanted) is None, "one low REMB is not congestion yet"
+    clock.now += CONGESTION_HOLD_S / 2
+    slow.estimate = 4_900_000  # a dip that recovered: its clock starts again
+    assert relay.rate_cap(wanted) is None
+    slow.estimate = 3_000_000
+    assert relay.rate_cap(wanted) is None
+    clock.now += CONGESTION_HOLD_S
+    assert relay.rate_cap(wanted) == 3_000_000, "under its share for the hold: congested"
     # its REMB then follows what it receives: it stays the limit until it is back at what the encode wants
     slow.estimate, slow.received = 3_200_000, 3_000_000
     assert relay.rate_cap(wanted) == 3_200_000
@@ -125,6 +133,8 @@ def test_the_encode_follows_the_slowest_congested_viewer_but_never_below_the_flo
     # a viewer far below the floor does not take everyone else down with it
     poor = FakeViewer(estimate=400_000, received=5_000_000)
     relay.add(poor)
+    relay.rate_cap(wanted)
+    clock.now += CONGESTION_HOLD_S
     assert relay.rate_cap(wanted) == 1_500_000
     relay.remove(poor)
     assert relay.rate_cap(wanted) is None

@@ -14,11 +14,12 @@ asks the one shared encoder (SR on) or the sender (SR off) for a keyframe, at mo
 
 Rate (encode once has one rate for all): the SR-on encode follows the slowest *congested* viewer, but
 never below a floor. A viewer is congested when its REMB (its share of it: the forwarded SR-off rate
-comes off) falls under :data:`CONGESTION_SHARE` of what it receives; it then limits the encode until its
-REMB climbs back to what the encode would use without viewers. The floor (``floor_bps``, default
-1.5 Mbps, where a 720p VP8 encode still keeps the generator's gain) keeps one poor link from taking the
-picture of all the others down with it: a viewer below the floor gets the floor's rate and its losses,
-repaired by NACK and keyframes. The sender's own REMB and viewer link limit the encode as before.
+comes off) stays under :data:`CONGESTION_SHARE` of what it receives for :data:`CONGESTION_HOLD_S`; it
+then limits the encode until its REMB climbs back to what the encode would use without viewers. The
+floor (``floor_bps``, default 1.5 Mbps, where a 720p VP8 encode still keeps the generator's gain) keeps
+one poor link from taking the picture of all the others down with it: a viewer below the floor gets the
+floor's rate and its losses, repaired by NACK and keyframes. The sender's own REMB and viewer link limit
+the encode as before.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 KEYFRAME_INTERVAL_S = 0.5  # at most two keyframes a second per stream, whatever the number of viewers
 CONGESTION_SHARE = 0.85  # a viewer's REMB under this share of what it receives is congestion
+# ... when it stays there this long: one low REMB (a receiver's estimate dips on a burst of late packets,
+# or on its own busy CPU) would otherwise cost every viewer a reopened encoder, a keyframe and bits
+CONGESTION_HOLD_S = 2.0
 
 
 class Watcher(Protocol):
@@ -81,6 +85,7 @@ class Relay:
             "raw": _Limited(request_raw_keyframe, clock) if request_raw_keyframe else None,
         }
         self._limiting: set[int] = set()  # ids of the viewers whose congestion sets the rate
+        self._below_since: dict[int, float] = {}  # since when a viewer's REMB has been under its share
         self.cap_bps: int | None = None  # the last rate the viewers set (None: they set none)
         self.sr_frames = 0
         self.raw_frames = 0
@@ -93,6 +98,7 @@ class Relay:
         if viewer in self.viewers:
             self.viewers.remove(viewer)
             self._limiting.discard(id(viewer))
+            self._below_since.pop(id(viewer), None)
             log.info("stream %s: a viewer left (%d watching)", self.id, len(self.viewers))
 
     def publish_sr(self, data: bytes, timestamp: int, keyframe: bool) -> None:
@@ -119,13 +125,19 @@ class Relay:
         ``wanted_bps``: what the encode would use without viewers; a limiting viewer whose REMB is back at
         it stops limiting."""
         caps: list[float] = []
+        now = self._clock()
         for viewer in self.viewers:
             key, estimate = id(viewer), viewer.sr_estimate_bps()
             if estimate is None or estimate >= wanted_bps:
                 self._limiting.discard(key)
+                self._below_since.pop(key, None)
                 continue
             if estimate < CONGESTION_SHARE * viewer.sr_received_bps():
-                self._limiting.add(key)
+                since = self._below_since.setdefault(key, now)
+                if now - since >= CONGESTION_HOLD_S:
+                    self._limiting.add(key)
+            elif key not in self._limiting:
+                self._below_since.pop(key, None)
             if key in self._limiting:
                 caps.append(estimate)
         self.cap_bps = int(max(self.floor_bps, min(caps))) if caps else None
