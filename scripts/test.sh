@@ -4,12 +4,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the suite uses when present: chromium (the browser test), qemu-user (the int8 tests
-# emulate an AVX2 CPU without VNNI with qemu-x86_64, whatever CPU runs the suite) and coturn (the TURN test
-# runs its own turnserver on loopback).
+# emulate an AVX2 CPU without VNNI with qemu-x86_64, whatever CPU runs the suite), coturn (the TURN test
+# runs its own turnserver on loopback) and janus (the SR worker tests run their own Janus, configured as
+# deploy/janus).
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
+command -v janus >/dev/null 2>&1 || missing+=(janus)
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; then
@@ -17,6 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     # Debian starts coturn as a system service on install (on all interfaces): the test needs none of it.
     if [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
       as_root systemctl disable --now coturn.service || true
+    fi
+    # ...and Janus likewise (on port 8088): the tests start their own.
+    if [[ " ${missing[*]} " == *" janus "* ]] && [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now janus.service || true
     fi
   else
     echo "cannot install ${missing[*]} without root: the tests that need them will skip and say why" >&2

@@ -1,4 +1,5 @@
-"""The commands users know: ``python -m server`` (the SR server) and ``python -m server.probe`` (its probe).
+"""The commands users know: ``python -m server`` (the SR server), ``python -m server.probe`` (its probe) and
+``python -m server.worker`` (an SR worker in a Janus room).
 
-The code lives in :mod:`srtc`; this package only keeps those two commands.
+The code lives in :mod:`srtc`; this package only keeps those commands.
 """

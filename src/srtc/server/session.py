@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from aiortc import (
     MediaStreamTrack,
@@ -26,11 +25,10 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaBlackhole
-from aiortc.mediastreams import MediaStreamError
 
 from .bandwidth import RembCap, with_bandwidth
-from .budget import ArrivalLog, time_encoding
-from .encoder import FrameGuard, use_return_encoder
+from .budget import ArrivalLog
+from .encoder import FrameGuard
 from .engine import Upscaler
 from .fanout import FrameFanout, LatestFrame
 from .forward import ForwardTrack
@@ -38,6 +36,7 @@ from .governor import GovernorPolicy, LoadGovernor
 from .impairment import NetworkControl, SessionPath
 from .jitter import Policy
 from .memory import release_freed_memory
+from .pipeline import drain, offered, send_encoded
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
 from .relay import Relay, tap
 from .return_rate import ReturnBitrates
@@ -158,9 +157,9 @@ class Session:
         self._baseline = self.raw_track.slot if self.raw_track else self.fanout.subscribe()
         if self.raw_track is None:
             # a consumer that never lags: the input's own drops
-            self._pacer = asyncio.ensure_future(_drain(self._baseline))
+            self._pacer = asyncio.ensure_future(drain(self._baseline))
         self.sr_track = self._new_sr_track(sr_enabled)
-        self.guards["sr"] = _send(
+        self.guards["sr"] = send_encoded(
             sr_out,
             self.sr_track,
             keep_receiving=sr_out is uplink,
@@ -170,9 +169,9 @@ class Session:
             relay_cap=lambda wanted: self.relay.rate_cap(wanted) if self.relay is not None else None,
         )
         self.relay = self._new_relay(uplink, sr_out)
-        self.streams_watch.watch("sr", sr_out.sender, self._restart_sr_track, lambda: _offered(self.sr_track))
+        self.streams_watch.watch("sr", sr_out.sender, self._restart_sr_track, lambda: offered(self.sr_track))
         if self.raw_track is not None and raw_out is not None:
-            self.guards["raw"] = _send(
+            self.guards["raw"] = send_encoded(
                 raw_out,
                 self.raw_track,
                 keep_receiving=False,
@@ -180,10 +179,10 @@ class Session:
                 name="raw",
                 nice=self.encoder_nice,
             )
-            self.streams_watch.watch("raw", raw_out.sender, self._restart_raw_track, lambda: _offered(self.raw_track))
+            self.streams_watch.watch("raw", raw_out.sender, self._restart_raw_track, lambda: offered(self.raw_track))
         elif self.forward is not None and raw_out is not None:
             _forward(raw_out, self._current_forward, self.return_rates)
-            self.streams_watch.watch("raw", raw_out.sender, self._restart_forward, lambda: _offered(self.forward))
+            self.streams_watch.watch("raw", raw_out.sender, self._restart_forward, lambda: offered(self.forward))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._blackhole.start()
         self._watchdog = asyncio.ensure_future(self._close_if_never_connected())
@@ -385,16 +384,6 @@ class Session:
         self._on_closed(self)
 
 
-async def _drain(slot: LatestFrame) -> None:
-    """Take every frame from ``slot`` as it comes: its skips are then the input's bursts alone, the
-    baseline the SR stage's own drops are measured against."""
-    try:
-        while True:
-            await slot.get()
-    except MediaStreamError:
-        pass  # the uplink ended
-
-
 def _forward(transceiver: RTCRtpTransceiver, current: Callable[[], ForwardTrack], rates: ReturnBitrates) -> None:
     """Send the ``current()`` forward track's frames as they are; the viewer's keyframe requests go to the
     uplink's sender. (``current``, not one track: the watchdog may replace it.)"""
@@ -404,36 +393,3 @@ def _forward(transceiver: RTCRtpTransceiver, current: Callable[[], ForwardTrack]
     sender._send_keyframe = lambda: current().request_keyframe()  # type: ignore[method-assign]  # aiortc private
     rates.add_forwarded("raw", sender, lambda: current().bitrate_bps())
     transceiver.direction = "sendonly"
-
-
-def _send(
-    transceiver: RTCRtpTransceiver,
-    track: SlotTrack,
-    keep_receiving: bool,
-    rates: ReturnBitrates,
-    name: str,
-    nice: int = 0,
-    relay_cap: Callable[[int], int | None] | None = None,
-) -> FrameGuard:
-    transceiver.sender.replaceTrack(track)
-    # VP8 without the denoiser, within the viewer link's share (or the resolution's limits without one);
-    # a frame that fails is skipped with a keyframe request, never the end of the stream
-    guard = use_return_encoder(transceiver.sender, nice, ceiling=lambda: rates.ceiling(name), relay_cap=relay_cap)
-    rates.add(name, transceiver.sender)  # its share of the client's REMB
-    # the encode and send stages of the latency budget, on whichever track the sender has now (see watchdog)
-    time_encoding(transceiver.sender, lambda at: _encoded(transceiver.sender, at))
-    transceiver.direction = "sendrecv" if keep_receiving else "sendonly"
-    return guard
-
-
-def _encoded(sender: Any, at: float) -> None:
-    track = sender.track
-    if isinstance(track, SlotTrack):
-        track.encoded(at)
-
-
-def _offered(track: SlotTrack | ForwardTrack | None) -> int:
-    """Frames handed to a return track so far: its input slot's, or what the forward queued to send."""
-    if isinstance(track, ForwardTrack):
-        return track.queued
-    return track.slot.received if track is not None else 0
