@@ -37,7 +37,7 @@ def test_the_wheel_is_small_and_carries_what_the_server_runs(wheel: Path) -> Non
     manifest = json.loads(zipfile.ZipFile(wheel).read("srtc/zoo/manifest.json"))
     for entry in manifest["models"].values():
         assert f"srtc/zoo/{entry['file']}" in names
-    for page in ("index.html", "app.js", "compare.js", "watch.js", "style.css"):
+    for page in ("index.html", "app.js", "compare.js", "watch.js", "sfu.js", "style.css"):
         assert f"srtc/server/web/{page}" in names
     assert any(n.startswith("srtc/server/web/samples/") and n.endswith(".jpg") for n in names)
     assert {"server/__main__.py", "server/probe.py"} <= names  # the commands users know

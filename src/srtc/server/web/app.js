@@ -2,7 +2,8 @@
 // receiver over WebRTC and shows the two streams it sends back side by side:
 // SR-off (as received, 640x360) and SR-on (super-resolved, 1280x720).
 // Opened as /?watch=ID the page is a viewer of that sender's stream instead
-// (watch.js); this file then only lends it the helpers in window.srtcKit.
+// (watch.js), and as /?sfu=JANUS_URL&room=N it publishes to and watches a Janus
+// room (sfu.js); this file then only lends them the helpers in window.srtcKit.
 //
 // Plain JS, no build step, no external resources.
 'use strict';
@@ -14,7 +15,14 @@
   const STATS_INTERVAL_MS = 1000;
   const ICE_GATHER_TIMEOUT_MS = 3000;
   const LIVE_LIST_INTERVAL_MS = 5000;
-  const WATCH_ID = new URLSearchParams(location.search).get('watch');
+  const PARAMS = new URLSearchParams(location.search);
+  const WATCH_ID = PARAMS.get('watch');
+  // SFU mode (sfu.js): the page talks to a Janus room instead of this server.
+  const SFU = PARAMS.get('sfu') ? {
+    url: PARAMS.get('sfu').replace(/\/+$/, ''),
+    room: Number(PARAMS.get('room') || 1234),
+    feed: PARAMS.get('feed') ? Number(PARAMS.get('feed')) : null,
+  } : null;
   const SAMPLES = [
     '/static/samples/astronaut.jpg',
     '/static/samples/coffee.jpg',
@@ -342,6 +350,12 @@
     }
     sample = new SampleSource(SAMPLES, WIDTH, HEIGHT, FPS);
     return sample.start();
+  }
+
+  // Stop the sample animation, if one runs (the tracks themselves are stopped by whoever holds the stream).
+  function closeSource() {
+    if (sample) sample.stop();
+    sample = null;
   }
 
   function attachTrack(index, track) {
@@ -775,12 +789,12 @@
   // Helpers the viewer (watch.js) shares with the sender.
   window.srtcKit = {
     ui, isNum, fmt, fmtCount, fmtRes, sleep, setStatus, errorFromResponse, waitIceGathering, peerConfig,
-    FrameCounter, receiverFps, renderSrLabels, watchId: WATCH_ID,
+    FrameCounter, receiverFps, renderSrLabels, openSource, closeSource, watchId: WATCH_ID, sfu: SFU,
   };
-  document.body.dataset.mode = WATCH_ID !== null ? 'watch' : 'send';
+  document.body.dataset.mode = WATCH_ID !== null ? 'watch' : SFU !== null ? 'sfu' : 'send';
   // Show the model name before the first session, if the server is up.
   pollServer();
-  if (WATCH_ID !== null) return; // watch.js runs the page
+  if (WATCH_ID !== null || SFU !== null) return; // watch.js or sfu.js runs the page
 
   ui.start.addEventListener('click', () => { start(); });
   ui.stop.addEventListener('click', () => { stop(); });
