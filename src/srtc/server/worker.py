@@ -7,12 +7,13 @@ publisher of its own, displayed as ``sr:<feed id of the original>``. Viewers sub
 through Janus, as to any other: each stream is encoded once, whatever the number of viewers.
 
 Who takes a publisher (several workers in one room): the display name is the claim everyone sees. A
-worker claims a publisher no one has claimed by joining the room as ``sr:<its feed id>`` (before it
-subscribes or encodes anything). When two workers claimed the same publisher at once, the claim with the
-lower Janus feed id keeps it and the other worker leaves. Every worker applies the rule (:func:`plan`) to
-the room's participant list every ``reconcile_s``; a claim whose worker died disappears when Janus drops
-that worker's session (``session_timeout`` in janus.jcfg), and the publisher is claimed again. docs/SFU.md
-has the rule, the failover time and how to run Janus for it.
+worker claims a publisher no live worker has claimed by joining the room as ``sr:<its feed id>#<beat>``
+(before it subscribes or encodes anything), and renames each of its claims every ``heartbeat_s`` with the
+next beat. A claim whose beat has stood still for ``stale_s`` is dead: its worker died, and Janus, which
+only drops the session after ``session_timeout``, still lists it. Every worker applies the rule
+(:func:`plan`) to the room's participant list every ``reconcile_s``: a publisher with no live claim is
+claimed again, and when several live claims hold one publisher, the lowest Janus feed id keeps it and the
+other workers leave. docs/SFU.md has the rule, the failover time and how to run Janus for it.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ class WorkerConfig:
     encoder_nice: int = 0
     feed_kbps: float = 4000.0  # the SR feed's encode rate, at most (Janus's REMB may lower it)
     keepalive_s: float = 3.0  # below Janus's session_timeout
-    reconcile_s: float = 1.0  # how often the room's participants are read and the claim rule applied
+    reconcile_s: float = 0.5  # how often the room's participants are read and the claim rule applied
+    heartbeat_s: float = 1.0  # how often each claim's display name takes the next beat
+    stale_s: float = 2.5  # a claim whose beat stood still this long is dead (its worker is)
     timeout_s: float = 10.0  # every Janus request and answer
 
     def __post_init__(self) -> None:
@@ -102,6 +105,15 @@ class WorkerConfig:
             raise ConfigError(f"keepalive_s must be in 0.5..55 (below Janus's session_timeout), got {self.keepalive_s}")
         if not 0.1 <= self.reconcile_s <= 30.0:
             raise ConfigError(f"reconcile_s must be in 0.1..30, got {self.reconcile_s}")
+        if not 0.2 <= self.heartbeat_s <= 10.0:
+            raise ConfigError(f"heartbeat_s must be in 0.2..10, got {self.heartbeat_s}")
+        # a live claim's beat is seen to change at least every heartbeat_s + reconcile_s; slack beyond that
+        # keeps a slow beat (a loaded machine, a slow Janus answer) from passing for a dead worker
+        if not self.heartbeat_s + self.reconcile_s < self.stale_s <= 120.0:
+            raise ConfigError(
+                f"stale_s must exceed heartbeat_s + reconcile_s ({self.heartbeat_s + self.reconcile_s:g}) "
+                f"and be at most 120, got {self.stale_s}"
+            )
         if not 1.0 <= self.timeout_s <= 120.0:
             raise ConfigError(f"timeout_s must be in 1..120, got {self.timeout_s}")
 
@@ -126,43 +138,95 @@ class Plan:
     release: tuple[int, ...]
 
 
-def sr_display(original: int) -> str:
-    return f"{SR_PREFIX}{original}"
+def sr_display(original: int, beat: int = 0) -> str:
+    """A claim's display name: the publisher it upscales and its worker's heartbeat."""
+    return f"{SR_PREFIX}{original}#{beat}"
 
 
-def sr_target(display: str) -> int | None:
-    """The publisher an SR feed's display name claims, or None for a display that is no claim."""
+def parse_claim(display: str) -> tuple[int, int] | None:
+    """``(publisher, beat)`` of a claim's display name (``sr:<id>`` alone is beat 0), or None for no claim."""
     if not display.startswith(SR_PREFIX):
         return None
+    target, _, beat = display[len(SR_PREFIX) :].partition("#")
     try:
-        return int(display[len(SR_PREFIX) :])
+        return int(target), int(beat or 0)
     except ValueError:
         return None
 
 
+def sr_target(display: str) -> int | None:
+    """The publisher an SR feed's display name claims, or None for a display that is no claim."""
+    claim = parse_claim(display)
+    return claim[0] if claim is not None else None
+
+
+class ClaimBeats:
+    """Which claims are dead, as one observer sees the room: a claim whose beat has not changed for ``stale_s``
+    of this observer's readings. Only the observer's clock counts (workers' clocks need not agree); a claim
+    first seen, or whose beat moved, is live from that reading on."""
+
+    def __init__(self, stale_s: float) -> None:
+        self.stale_s = stale_s
+        self._seen: dict[int, tuple[int, float]] = {}  # claim's feed id -> (its beat, when that beat was first seen)
+
+    def observe(self, participants: Iterable[Participant], now: float) -> frozenset[int]:
+        """Record one reading of the room; the feed ids of the claims that are dead at ``now``."""
+        seen: dict[int, tuple[int, float]] = {}
+        dead = set()
+        for p in participants:
+            claim = parse_claim(p.display)
+            if claim is None:
+                continue
+            beat = claim[1]
+            last = self._seen.get(p.id)
+            since = last[1] if last is not None and last[0] == beat else now
+            seen[p.id] = (beat, since)
+            if now - since >= self.stale_s:
+                dead.add(p.id)
+        self._seen = seen  # claims gone from the room are forgotten
+        return frozenset(dead)
+
+
+def live_claims(participants: Iterable[Participant], original: int, dead: frozenset[int]) -> list[int]:
+    """The feed ids of the live claims on ``original``, lowest (the one that keeps it) first."""
+    return sorted(p.id for p in participants if sr_target(p.display) == original and p.id not in dead)
+
+
+def keeper(participants: Iterable[Participant], original: int, dead: frozenset[int]) -> int | None:
+    """The SR feed a viewer of ``original`` watches: the lowest live claim that publishes, if any."""
+    people = [p for p in participants if p.publishing]
+    feeds = live_claims(people, original, dead)
+    return feeds[0] if feeds else None
+
+
 def plan(
-    participants: Iterable[Participant], mine: dict[int, int | None], capacity: int, order: Callable[[int], int]
+    participants: Iterable[Participant],
+    mine: dict[int, int | None],
+    capacity: int,
+    order: Callable[[int], int],
+    dead: frozenset[int] = frozenset(),
 ) -> Plan:
     """The claim rule, for one worker.
 
     ``mine``: the publishers this worker holds, each with its SR feed's id (None while its join is under
-    way). A publisher is an *original* when it publishes and its display does not start with ``sr:``. A
-    publisher this worker holds is given up when it is no longer an original in the room, or when another
-    claim on it has a lower feed id (the lower id keeps it). Originals nobody claims are claimed, as far as
-    ``capacity`` allows, in ``order`` (which spreads workers over the publishers)."""
+    way); ``dead``: the claims whose beat stood still (:class:`ClaimBeats`), which count for nothing. A
+    publisher is an *original* when it publishes and its display does not start with ``sr:``. A publisher
+    this worker holds is given up when it is no longer an original in the room, or when another live claim
+    on it has a lower feed id (the lower id keeps it). Originals without a live claim are claimed, as far
+    as ``capacity`` allows, in ``order`` (which spreads workers over the publishers)."""
     people = list(participants)
     originals = {p.id for p in people if p.publishing and sr_target(p.display) is None}
-    claims: dict[int, list[int]] = {}
+    live: dict[int, list[int]] = {}
     for p in people:
         target = sr_target(p.display)
-        if target is not None:
-            claims.setdefault(target, []).append(p.id)
+        if target is not None and p.id not in dead:
+            live.setdefault(target, []).append(p.id)
     release = []
     for original, feed in mine.items():
-        rivals = claims.get(original, [])
+        rivals = live.get(original, [])
         if original not in originals or (feed is not None and any(rival < feed for rival in rivals)):
             release.append(original)
-    free = sorted((o for o in originals if o not in claims and o not in mine), key=order)
+    free = sorted((o for o in originals if o not in live and o not in mine), key=order)
     room = max(0, capacity - (len(mine) - len(release)))
     return Plan(tuple(free[:room]), tuple(sorted(release)))
 
@@ -186,6 +250,7 @@ class SrFeed:
         self.worker = worker
         self.original = original
         self.feed_id: int | None = None  # the SR feed's Janus id, once joined: the claim
+        self.display = sr_display(original)  # the claim's display name, with its latest beat
         self.state = "joining"
         self.failed = False  # Janus or a peer connection hung up: the worker gives it up
         self.started = time.monotonic()
@@ -207,11 +272,20 @@ class SrFeed:
         self._publisher.on_event = self._on_janus_event
         room = self.worker.config.room
         reply = await self._publisher.message(
-            {"request": "join", "ptype": "publisher", "room": room, "display": sr_display(self.original)}
+            {"request": "join", "ptype": "publisher", "room": room, "display": self.display}
         )
         self.feed_id = int(reply.data["id"])
         log.info("claimed publisher %d as SR feed %d", self.original, self.feed_id)
         return self.feed_id
+
+    async def beat(self, beat: int) -> None:
+        """Rename the claim with the worker's next beat: the other workers see it is alive. Joined or not yet
+        publishing alike (Janus takes a display change from any participant)."""
+        if self._publisher is None or self.feed_id is None or self._stopped:
+            return
+        display = sr_display(self.original, beat)
+        await self._publisher.message({"request": "configure", "display": display})
+        self.display = display
 
     async def start(self) -> None:
         """Subscribe to the original, wire the SR pipeline, and publish its output."""
@@ -295,7 +369,7 @@ class SrFeed:
         return {
             "original": self.original,
             "sr_feed": self.feed_id,
-            "display": sr_display(self.original),
+            "display": self.display,
             "state": self.state,
             "age_s": round(time.monotonic() - self.started, 1),
             # from the claim to the SR feed's publication answered by Janus
@@ -348,6 +422,11 @@ class Worker:
         self.feeds: dict[int, SrFeed] = {}  # by the original's feed id
         self._tasks: dict[int, asyncio.Task[None]] = {}  # a feed's claim and start, while under way
         self._salt = random.getrandbits(63)  # this worker's order over the free publishers
+        self.beats = ClaimBeats(config.stale_s)
+        self.dead: frozenset[int] = frozenset()  # the claims found dead at the latest reading of the room
+        self.beat = 0
+        self.late_beats = 0  # heartbeats Janus did not confirm in time
+        self._beating: set[asyncio.Task[None]] = set()  # heartbeats under way
         self.cores = CoreMeter()
         self.sessions = 0  # Janus sessions opened (more than one: Janus dropped one)
         self.taken = 0  # publishers taken so far
@@ -381,17 +460,50 @@ class Worker:
         self.sessions += 1
         self._control = control = await self.janus.attach(VIDEOROOM)  # reads the room; never joins it
         log.info("worker on room %d: up to %d publishers", self.config.room, self.config.max_publishers)
-        while not self._stopping.is_set():
-            participants = await self._participants(control)
-            await self._apply(plan(participants, self._mine(), self.config.max_publishers, self._order))
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.config.reconcile_s)
-            except asyncio.TimeoutError:
-                pass
+        heart = asyncio.ensure_future(self._heartbeat())
+        try:
+            while not self._stopping.is_set():
+                participants = await self._participants(control)
+                mine = self._mine()
+                await self._apply(plan(participants, mine, self.config.max_publishers, self._order, self.dead))
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self.config.reconcile_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            heart.cancel()
+            await asyncio.gather(heart, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        """Every ``heartbeat_s``, rename every claim with the next beat, each on its own (one slow answer
+        must not hold the others' beats back), keeping to the cadence."""
+        period = self.config.heartbeat_s
+        next_at = time.monotonic()
+        while True:
+            next_at += period
+            self.beat += 1
+            for feed in list(self.feeds.values()):
+                task = asyncio.ensure_future(self._beat(feed, self.beat, period))
+                self._beating.add(task)
+                task.add_done_callback(self._beating.discard)
+            next_at = max(next_at, time.monotonic())  # after a stall, beat at once, then on the cadence again
+            await asyncio.sleep(next_at - time.monotonic())
+
+    async def _beat(self, feed: SrFeed, beat: int, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(feed.beat(beat), max(timeout_s, 1.0))
+        except (JanusError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if feed.state == "stopped":
+                return  # given up meanwhile: its handle is gone, and so is the claim
+            self.late_beats += 1
+            log.warning("publisher %d: heartbeat %d: %s", feed.original, beat, exc or type(exc).__name__)
 
     async def _participants(self, control: JanusHandle) -> list[Participant]:
+        """One reading of the room; it also tells which claims' beats stood still too long."""
         data = await control.request({"request": "listparticipants", "room": self.config.room})
-        return parse_participants(data)
+        participants = parse_participants(data)
+        self.dead = self.beats.observe(participants, time.monotonic())
+        return participants
 
     def _mine(self) -> dict[int, int | None]:
         return {original: feed.feed_id for original, feed in self.feeds.items()}
@@ -415,8 +527,8 @@ class Worker:
             feed_id = await feed.join()
             if self._control is not None:  # before any work: a claim that loses a race costs a join only
                 participants = await self._participants(self._control)
-                if any(p.id < feed_id for p in participants if sr_target(p.display) == feed.original):
-                    log.info("publisher %d: a lower claim keeps it; leaving", feed.original)
+                if any(rival < feed_id for rival in live_claims(participants, feed.original, self.dead)):
+                    log.info("publisher %d: a lower live claim keeps it; leaving", feed.original)
                     feed.failed = True
                     return
             await feed.start()
@@ -460,6 +572,9 @@ class Worker:
                 "full": len(self.feeds) >= self.config.max_publishers,
                 "taken": self.taken,
                 "released": self.released,
+                "beat": self.beat,
+                "late_beats": self.late_beats,
+                "dead_claims": len(self.dead),
                 "cores": round(self.cores.read(), 2),
                 "cpu_count": os.cpu_count(),
                 "model": self.upscaler.name,
@@ -544,6 +659,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerConfig, str]:
         default=defaults.reconcile_s,
         help="how often the room is read (default %(default)s)",
     )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=defaults.heartbeat_s,
+        help="how often each claim's display takes the next beat (default %(default)s)",
+    )
+    parser.add_argument(
+        "--stale-s",
+        type=float,
+        default=defaults.stale_s,
+        help="a claim whose beat stood still this long is dead and its publisher is taken over; above "
+        "heartbeat + reconcile (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     try:
@@ -562,6 +690,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerConfig, str]:
             feed_kbps=args.feed_kbps,
             keepalive_s=args.keepalive_s,
             reconcile_s=args.reconcile_s,
+            heartbeat_s=args.heartbeat_s,
+            stale_s=args.stale_s,
         )
     except ConfigError as exc:
         parser.error(str(exc))
