@@ -1,7 +1,8 @@
 """Quality of a model against bicubic (and published peers): clean x2 benchmarks and the real codec path.
 
 ``python -m srtc.training.evaluate --model NAME_OR_PATH [--compare NAME_OR_PATH...] --images DIR [DIR...]
-[--video CLIP --codec vp8|h264 --kbps N --frames N] [--pan DIR] [--peers DIR] [--json]``
+[--video CLIP --codec vp8|h264 --kbps N --frames N [--vmaf] [--targets]] [--pan DIR] [--peers DIR] [--json]
+[--json-out FILE]``
 
 ``--compare`` scores more models on the very same images and decoded frames (libvpx's real-time mode
 does not encode a clip exactly alike twice, so separate runs differ by a few hundredths of a dB).
@@ -32,6 +33,12 @@ Panned clips (``--pan DIR``): each image of DIR (cropped to at most 1280x720) pa
 frame into a ``--pan-frames`` clip, then the codec path above, each clip its own stream at the bits per
 pixel ``--kbps`` gives 640x360; figures are means over the clips. Coded video of other content than the
 film clips (one of which trains the video-aware models).
+
+Targets (``--targets``): at each coded point, the ``--model``'s margins against ``TARGETS``: VMAF-NEG
+>= +4.0 over bicubic and >= +1.5 over the best compared fidelity model (kind "fidelity" in the manifest),
+PSNR-Y >= +0.1 dB over bicubic, temporal PSNR no worse than bicubic's; each line says met or missed, and
+whether the model is at least ordered above each reference. ``srtc.training.gain_plot`` draws a grid's
+margins against bitrate from the JSON (``--json-out``).
 
 Models and peers run through onnxruntime (srtc.runtime), as in the server. ``--peers``
 adds the published models built by ``srtc.training.peers`` to every table; unrunnable ones are listed with
@@ -70,6 +77,14 @@ MIN_LUMA_STD = 20.0  # a frame flatter than this is a fade or a fill, not conten
 VIDEO_CODECS = {"vp8": ("libvpx", "6"), "h264": ("libx264", "ultrafast")}  # name -> (encoder, speed)
 PAN_PX = (4, 2)  # HR px per frame for --pan clips: 2 / 1 LR px, a slow diagonal camera move
 METRICS = ("psnr", "ssim", "ds_psnr", "grad_ratio", "grad_hist_l1", "flat_noise")
+# The perceptual-quality targets (``--targets``) for the --model on each coded point: (metric, against, margin).
+# "fidelity" is the best of the compared models the manifest lists as kind "fidelity", by VMAF-NEG at that point.
+TARGETS = (
+    ("vmaf_neg", "bicubic", 4.0),
+    ("vmaf_neg", "fidelity", 1.5),
+    ("psnr", "bicubic", 0.1),
+    ("tpsnr", "bicubic", 0.0),
+)
 
 Upscaler = Callable[[np.ndarray], np.ndarray]
 """Maps LR luma uint8 [h,w] to SR luma float [2h,2w] on the 0..1 scale."""
@@ -381,7 +396,14 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="VMAF and VMAF-NEG on the coded-video path too (libvmaf: pip install -e '.[vmaf]')",
     )
+    ap.add_argument(
+        "--targets",
+        action="store_true",
+        help="check --model at each coded point against TARGETS (VMAF-NEG needs --vmaf; the fidelity reference is "
+        "the best --compare model of kind fidelity); lines on the log, 'targets' in the JSON",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+    ap.add_argument("--json-out", default=None, help="also write the JSON object to this file")
     return ap
 
 
@@ -421,6 +443,64 @@ def log_grid(grid: list[dict], models: list[str]) -> None:
         log.info("  %-28s %s", name, "   ".join(cells))
 
 
+def fidelity_models(names: list[str]) -> list[str]:
+    """Those of ``names`` that the manifest lists with kind "fidelity" (paths and unknown names are not)."""
+    from srtc.zoo import load_manifest
+
+    models = load_manifest().get("models", {})
+    return [name for name in names if models.get(name, {}).get("kind") == "fidelity"]
+
+
+def target_checks(entry: dict, model: str, fidelity: list[str]) -> dict:
+    """``model`` at one coded point (a ``video_grid`` entry) against ``TARGETS``.
+
+    Each check has the margin, the margin needed, ``meets`` (margin >= needed) and ``ordered`` (the model
+    above its reference: margin > 0, or >= 0 where the target is "no worse"). Checks whose metric was not
+    scored (VMAF without ``--vmaf``) or whose reference is missing are left out.
+    """
+    res = entry["results"]
+    scored = [name for name in fidelity if "vmaf_neg" in res.get(name, {})]
+    best = max(scored, key=lambda name: res[name]["vmaf_neg"]) if scored else None
+    checks = []
+    for metric, against, need in TARGETS:
+        ref = best if against == "fidelity" else against
+        if ref is None or metric not in res[model] or metric not in res[ref]:
+            continue
+        margin = res[model][metric] - res[ref][metric]
+        checks.append(
+            {
+                "metric": metric,
+                "against": ref,
+                "margin": round(margin, 4),
+                "need": need,
+                "meets": margin >= need - 1e-9,
+                "ordered": margin >= 0 if need == 0 else margin > 0,
+            }
+        )
+    return {
+        "codec": entry["codec"],
+        "kbps": entry["kbps"],
+        "model": model,
+        "fidelity": best,
+        "checks": checks,
+        "meets_all": all(c["meets"] for c in checks),
+        "ordered_all": all(c["ordered"] for c in checks),
+    }
+
+
+def log_targets(targets: list[dict]) -> None:
+    """One line per coded point: each target's margin and whether it is met."""
+    log.info("targets for %s (margin over the reference; needed):", targets[0]["model"] if targets else "-")
+    for t in targets:
+        cells = [
+            f"{c['metric']} {c['margin']:+.2f} vs {c['against']} (>= {c['need']:+.1f}) "
+            + ("meets" if c["meets"] else "MISSES")
+            for c in t["checks"]
+        ]
+        verdict = "meets all" if t["meets_all"] else ("misses some; ordered" if t["ordered_all"] else "misses some")
+        log.info("  %s %g: %s -- %s", t["codec"], t["kbps"], "; ".join(cells), verdict)
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole evaluation; returns the JSON object."""
     t0 = time.perf_counter()
@@ -443,6 +523,7 @@ def run(args: argparse.Namespace) -> dict:
         "video_grid": None,
         "pan": None,
         "peers": None,
+        "targets": None,
     }
     log.info("model %s (%s); x%d, Y BT.601 limited range, shave %d", model_name, path, SCALE, SHAVE)
     with tempfile.TemporaryDirectory(prefix="srtc-eval-") as tmp:
@@ -506,6 +587,10 @@ def run(args: argparse.Namespace) -> dict:
             )
     if len(result.get("video_grid") or []) > 1:
         log_grid(result["video_grid"], [name for name in upscalers])
+    if getattr(args, "targets", False) and result["video_grid"]:
+        fidelity = fidelity_models(names)
+        result["targets"] = [target_checks(entry, model_name, fidelity) for entry in result["video_grid"]]
+        log_targets(result["targets"])
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     log.info("done in %.1f s", result["wall_s"])
     return result
@@ -520,6 +605,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = run(args)
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if getattr(args, "json_out", None):
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result) + "\n", encoding="utf-8")
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
