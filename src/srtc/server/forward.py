@@ -48,6 +48,36 @@ class TimestampUnwrapper:
         return self._value
 
 
+class KeyframeRequests:
+    """A keyframe request passed on at most once per ``interval_s``: many asks (a viewer's PLIs, many viewers)
+    cost one keyframe. ``asked`` counts every ask, ``granted`` those passed on."""
+
+    def __init__(
+        self,
+        request: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        interval_s: float = KEYFRAME_REQUEST_INTERVAL_S,
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._interval_s = interval_s
+        self._last = -float("inf")
+        self.asked = 0
+        self.granted = 0
+
+    def __call__(self) -> None:
+        self.asked += 1
+        now = self._clock()
+        if now - self._last < self._interval_s:
+            return
+        self._last = now
+        self.granted += 1
+        try:
+            self._request()
+        except Exception as exc:  # a failed request must not stop the stream; the next one may succeed
+            log.debug("keyframe request failed: %s", exc)
+
+
 class ForwardTrack(MediaStreamTrack):
     """The uplink's encoded frames for one return sender, in order, starting at a keyframe.
 
@@ -65,19 +95,17 @@ class ForwardTrack(MediaStreamTrack):
     ) -> None:
         super().__init__()
         self.codec = codec.upper()
-        self._request_keyframe = request_keyframe
+        self._keyframes = KeyframeRequests(request_keyframe, clock)
         self._clock = clock
         self._queue: asyncio.Queue[av.Packet] = asyncio.Queue()
         self._unwrap = TimestampUnwrapper()
         self._waiting_for_keyframe = True
-        self._last_request = -float("inf")
         self.frames_in = 0
         self.queued = 0  # frames put in the queue to be sent (the watchdog's measure of "something to send")
         self.frames_out = 0
         self.keyframes = 0
         self.dropped = 0  # frames not forwarded: before the first keyframe, or after the queue overflowed
         self.other_codec = 0
-        self.keyframe_requests = 0  # passed upstream
         self.bytes_out = 0
         self.fps = RateMeter()
         self._rate = ByteRate(KBPS_WINDOW_S)
@@ -108,15 +136,12 @@ class ForwardTrack(MediaStreamTrack):
 
     def request_keyframe(self) -> None:
         """Ask the sender for a keyframe (the viewer lost the picture, or the forward is (re)starting)."""
-        now = self._clock()
-        if now - self._last_request < KEYFRAME_REQUEST_INTERVAL_S:
-            return
-        self._last_request = now
-        self.keyframe_requests += 1
-        try:
-            self._request_keyframe()
-        except Exception as exc:  # a failed request must not stop the forward; the next one may succeed
-            log.debug("keyframe request failed: %s", exc)
+        self._keyframes()
+
+    @property
+    def keyframe_requests(self) -> int:
+        """Keyframe requests passed upstream."""
+        return self._keyframes.granted
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":

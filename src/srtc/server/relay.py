@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .forward import KeyframeRequests
+
 log = logging.getLogger(__name__)
 
 KEYFRAME_INTERVAL_S = 0.5  # at most two keyframes a second per stream, whatever the number of viewers
@@ -81,8 +83,8 @@ class Relay:
         self._figures = figures
         self._clock = clock
         self._keyframes = {
-            "sr": _Limited(request_sr_keyframe, clock),
-            "raw": _Limited(request_raw_keyframe, clock) if request_raw_keyframe else None,
+            "sr": KeyframeRequests(request_sr_keyframe, clock, KEYFRAME_INTERVAL_S),
+            "raw": KeyframeRequests(request_raw_keyframe, clock, KEYFRAME_INTERVAL_S) if request_raw_keyframe else None,
         }
         self._limiting: set[int] = set()  # ids of the viewers whose congestion sets the rate
         self._below_since: dict[int, float] = {}  # since when a viewer's REMB has been under its share
@@ -173,29 +175,6 @@ class Relay:
             "cap_kbps": None if self.cap_bps is None else round(self.cap_bps / 1000),
             "limiting_viewers": len(self._limiting),
         }
-
-
-class _Limited:
-    """A keyframe request passed on at most once per :data:`KEYFRAME_INTERVAL_S`."""
-
-    def __init__(self, request: Callable[[], None], clock: Callable[[], float]) -> None:
-        self._request = request
-        self._clock = clock
-        self._last = -float("inf")
-        self.asked = 0
-        self.granted = 0
-
-    def __call__(self) -> None:
-        self.asked += 1
-        now = self._clock()
-        if now - self._last < KEYFRAME_INTERVAL_S:
-            return
-        self._last = now
-        self.granted += 1
-        try:
-            self._request()
-        except Exception as exc:  # a failed request must not stop the relay; the next one may succeed
-            log.debug("keyframe request failed: %s", exc)
 
 
 def tap(sender: Any, publish: Callable[[bytes, int, bool], None]) -> None:
