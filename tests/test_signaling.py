@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from srtc.server.app import create_app
+from srtc.server.app import SESSIONS, create_app
 from srtc.server.config import ConfigError, NetworkConfig, ServerConfig
 from srtc.server.registry import describe
 
@@ -56,7 +58,10 @@ async def test_malformed_json_is_a_400(client):
     ],
 )
 async def test_a_body_that_is_not_an_sdp_offer_is_a_400(client, body, fragment):
+    """... and leaves no session behind: an offer that fails after its session was made closes it."""
     await expect_error(await client.post("/offer", json=body), 400, fragment)
+    assert client.app[SESSIONS] == {}
+    assert (await (await client.get("/stats")).json())["totals"]["sessions"] == 0
 
 
 async def test_an_oversized_body_is_a_413_and_the_server_keeps_serving(client):
@@ -76,6 +81,20 @@ async def test_the_page_and_its_assets_are_served(client):
     assert page.status == 200 and "<video" in await page.text()
     script = await client.get("/static/app.js")
     assert script.status == 200
+
+
+def test_the_start_up_log_names_the_fast_model_only_when_it_is_used():
+    """A fast model that failed its self-check comes back as its info without an upscaler: not a step."""
+    from srtc.server.__main__ import governor_steps
+    from srtc.server.engine import BicubicUpscaler
+    from srtc.server.registry import BICUBIC
+
+    int8 = dataclasses.replace(BICUBIC, name="fast-int8", precision="int8")
+    assert "steps down to fast-int8 (int8)" in governor_steps(BicubicUpscaler(), int8)
+    refused = governor_steps(None, int8)
+    assert "straight to bicubic" in refused and "fast-int8 failed its self-check" in refused
+    assert "steps down to" not in refused
+    assert "no fast model" in governor_steps(None, None)
 
 
 def test_out_of_range_settings_are_refused():

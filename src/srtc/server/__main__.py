@@ -11,10 +11,10 @@ from aiohttp import web
 
 from .app import create_app
 from .config import ConfigError, NetworkConfig, ServerConfig
-from .engine import ModelError
+from .engine import ModelError, Upscaler
 from .memory import limit_arenas
 from .priority import per_thread_nice
-from .registry import open_fast_model, open_model
+from .registry import ModelInfo, open_fast_model, open_model
 
 log = logging.getLogger("server")
 
@@ -35,7 +35,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
         "network and every session's figures in /stats are the operator's, that is requests from this machine, "
         "or carrying the token of the SRTC_OPERATOR_TOKEN environment variable (16+ characters) in the "
         "X-Operator-Token header. One other address may hold --max-sessions-per-address sessions and make "
-        "--offers-per-minute offers (429 beyond).",
+        "--offers-per-minute offers (429 beyond). Behind a reverse proxy, name it with --trusted-proxy: the "
+        "client is then the address it forwards, and no forwarded request is the operator but by the token.",
     )
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.port, help="port (default %(default)s)")
@@ -61,6 +62,26 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
         type=int,
         default=defaults.offers_per_minute,
         help="offers one address other than this machine may make a minute (default %(default)s)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        nargs="+",
+        default=[],
+        metavar="ADDR",
+        help="reverse proxies (addresses or networks, e.g. 127.0.0.1 10.0.0.0/8) whose X-Forwarded-For names "
+        "the client: its right-most address that is not a trusted proxy counts for the limits and owns "
+        "sessions; a request through them is never the operator by address, only by X-Operator-Token; "
+        "X-Forwarded-For from any other peer is ignored (default: none)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="the Host names served (without port), e.g. the proxy's public name; any other Host gets 403, and "
+        "a POST's Origin may name any of them (default: any Host, or only localhost, 127.0.0.1 and ::1 when "
+        "listening on loopback; list those too to keep reaching the server by them)",
     )
     parser.add_argument(
         "--sr-headroom",
@@ -181,6 +202,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
             max_sessions_per_address=args.max_sessions_per_address,
             offers_per_minute=args.offers_per_minute,
             operator_token=os.environ.get("SRTC_OPERATOR_TOKEN") or None,
+            trusted_proxies=tuple(args.trusted_proxies),
+            allowed_hosts=tuple(args.allowed_hosts),
             resilient_receiver=not args.stock_receiver,
             sr_headroom=args.sr_headroom,
             fast_model=args.fast_model,
@@ -210,6 +233,16 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ServerConfig, Net
     return config, network
 
 
+def governor_steps(fast: Upscaler | None, fast_info: ModelInfo | None) -> str:
+    """What the governor falls back to under load: the fast model only if it loaded and passed its self-check
+    (``open_fast_model`` hands back the info of a refused one, with no upscaler)."""
+    if fast is not None and fast_info is not None:
+        return f"under load, the governor steps down to {fast_info.name} ({fast_info.precision}) before bicubic"
+    if fast_info is not None:
+        return f"under load, the governor goes straight to bicubic ({fast_info.name} failed its self-check here)"
+    return "under load, the governor goes straight to bicubic (no fast model)"
+
+
 def main(argv: list[str] | None = None) -> int:
     config, network = parse_command_line(argv)
     limit_arenas()
@@ -220,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 2
     log.info("model %s (%s, %s, %s params) from %s", info.name, info.kind, info.precision, info.params, info.path)
-    if fast_info is not None:
-        log.info("under load, the governor steps down to %s (%s) before bicubic", fast_info.name, fast_info.precision)
+    log.info("%s", governor_steps(fast, fast_info))
     if config.encoder_nice and not per_thread_nice():
         log.info("--encoder-nice needs per-thread priorities (Linux); the encoders run at the server's priority")
     if network.active:

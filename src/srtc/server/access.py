@@ -7,6 +7,10 @@
 - **Admission**: one address may hold at most ``max_per_address`` sessions and open at most
   ``offers_per_minute`` of them a minute, so one client cannot take every slot; the operator's own
   machine is not limited (its probes open many sessions on purpose).
+- **Behind a reverse proxy**, every request comes from the proxy's address. For a peer among the trusted
+  proxies, the client is the right-most ``X-Forwarded-For`` address that is not itself a trusted proxy (the
+  addresses to its left are whatever the client chose to send), and the request is never the operator's
+  machine, whatever that address says: the proxy serves everyone. Other peers' ``X-Forwarded-For`` is ignored.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ import ipaddress
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 OPERATOR_HEADER = "X-Operator-Token"
+FORWARDED_HEADER = "X-Forwarded-For"
 WINDOW_S = 60.0
+UNKNOWN = "unknown"  # the address of a client nobody can name (no peer, or a proxy forwarding junk)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def is_loopback_peer(remote: str | None) -> bool:
@@ -31,9 +39,63 @@ def is_loopback_peer(remote: str | None) -> bool:
         return False
 
 
-def is_operator(remote: str | None, presented: str | None, token: str | None) -> bool:
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """Addresses or networks (``10.0.0.0/8``); ``ValueError`` names the first that is neither."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address or network") from exc
+    return tuple(networks)
+
+
+def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who sent a request: its address, and whether a trusted proxy passed it on (then it is never the
+    server's own machine, since the proxy serves everyone)."""
+
+    address: str
+    proxied: bool = False
+
+    @property
+    def local(self) -> bool:
+        """On the server's own machine: a loopback peer that is not a proxy."""
+        return not self.proxied and is_loopback_peer(self.address)
+
+
+def resolve_client(peer: str | None, forwarded_for: Iterable[str], proxies: tuple[IPNetwork, ...]) -> Client:
+    """The client behind ``peer``: itself, or for a trusted proxy the right-most ``X-Forwarded-For`` entry
+    (over all such headers, in order) that is not a trusted proxy. Only the proxies appended to the right
+    end of the list; anything further left came from the client and proves nothing."""
+    if peer is None or not _in_networks(peer, proxies):
+        return Client(peer or UNKNOWN)
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+    for hop in reversed(hops):
+        if not _in_networks(hop, proxies):
+            return Client(_address(hop), proxied=True)
+    return Client(peer, proxied=True)  # from the proxy itself, or only proxies named: counted as the proxy
+
+
+def _address(hop: str) -> str:
+    """A forwarded entry as an address, or :data:`UNKNOWN` for anything else (a proxy passing on junk)."""
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return UNKNOWN
+
+
+def is_operator(client: Client, presented: str | None, token: str | None) -> bool:
     """The server's own machine, or the configured operator token (compared in constant time)."""
-    if is_loopback_peer(remote):
+    if client.local:
         return True
     return bool(token) and presented is not None and hmac.compare_digest(presented.encode(), str(token).encode())
 

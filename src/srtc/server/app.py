@@ -4,6 +4,8 @@
 
 The app's registry of sessions is the only shared mutable state. Every handler answers a bad request
 with a 4xx and a JSON ``{"error": ...}`` that says what was wrong, and never disturbs other sessions.
+Whoever a request is from (the limits, a session's owner, the operator) is its client as
+:func:`srtc.server.access.resolve_client` names it: the peer, or behind a trusted proxy the address it forwards.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .access import OPERATOR_HEADER, Admission, is_loopback_peer, is_operator
+from .access import (
+    FORWARDED_HEADER,
+    OPERATOR_HEADER,
+    Admission,
+    Client,
+    IPNetwork,
+    is_operator,
+    parse_networks,
+    resolve_client,
+)
 from .config import CLIENT_DIR, ConfigError, NetworkConfig, ServerConfig
 from .decoder import guard_decoders
 from .engine import Upscaler
@@ -45,6 +56,7 @@ ADMISSION = web.AppKey("admission", Admission)
 # (Upscaler, ModelInfo) of the governor's faster model, or (None, None)
 FAST = web.AppKey[tuple[Upscaler | None, ModelInfo | None]]("fast")
 ICE = web.AppKey("ice", IceServers)  # STUN/TURN for the page and for the server's own peer connections
+PROXIES = web.AppKey[tuple[IPNetwork, ...]]("proxies")  # the trusted reverse proxies, parsed once
 
 
 def create_app(
@@ -71,6 +83,7 @@ def create_app(
     app[SESSIONS] = {}
     app[VIEWERS] = {}
     app[ADMISSION] = Admission(config.max_sessions_per_address, config.offers_per_minute)
+    app[PROXIES] = parse_networks(config.trusted_proxies)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
     app.router.add_get("/stats", stats)
@@ -128,11 +141,12 @@ async def offer(request: web.Request) -> web.Response:
 
 
 def _admit(request: web.Request) -> str:
-    """The caller's address, once its offer is within the per-address limits (429 else). The operator's own
+    """The client's address, once its offer is within the per-address limits (429 else). The operator's own
     machine opens many sessions and viewers on purpose, and is not counted."""
     app = request.app
-    address = request.remote or "unknown"
-    if is_loopback_peer(request.remote):
+    client = _client(request)
+    address = client.address
+    if client.local:
         return address
     held = sum(1 for s in app[SESSIONS].values() if s.peer_address == address)
     held += sum(1 for v in app[VIEWERS].values() if v.peer_address == address)
@@ -397,20 +411,44 @@ async def _same_site(request: web.Request, handler) -> web.StreamResponse:
     - A POST must be JSON: a cross-site form or ``text/plain`` fetch cannot send that without CORS, which
       this server does not grant (no ``Access-Control-Allow-*`` header anywhere).
     - A POST or DELETE that names an ``Origin`` must come from this server's own pages.
-    - Served on a loopback address (the default), the ``Host`` must be a loopback name: a DNS-rebound
-      hostname that resolves to 127.0.0.1 is refused.
+    - With ``allowed_hosts``, the ``Host`` must be one of them; without, served on a loopback address (the
+      default), it must be a loopback name: a DNS-rebound hostname that resolves to 127.0.0.1 is refused.
     """
-    if _on_loopback(request.app[CONFIG].host) and _hostname(request.host) not in LOOPBACK_NAMES:
-        raise _error(web.HTTPForbidden, f"host {request.host!r} is not served here (the server listens on loopback)")
+    config = request.app[CONFIG]
+    refusal = _host_refusal(request.host, config)
+    if refusal is not None:
+        raise _error(web.HTTPForbidden, refusal)
     if request.method == "OPTIONS":  # a CORS preflight: no other site may call this server's routes
         raise _error(web.HTTPForbidden, "cross-origin requests are not allowed (this server grants no CORS)")
     if request.method in ("POST", "DELETE"):
         origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.host:
+        if origin is not None and not _own_origin(origin, request.host, config.allowed_hosts):
             raise _error(web.HTTPForbidden, f"cross-origin {request.method} from {origin!r} refused")
         if request.method == "POST" and request.content_type != "application/json":
             raise _error(web.HTTPUnsupportedMediaType, 'send JSON: the Content-Type must be "application/json"')
     return await handler(request)
+
+
+def _host_refusal(host: str, config: ServerConfig) -> str | None:
+    """Why a ``Host`` is not served here (off the allow-list, or not loopback on loopback), or None."""
+    name = _hostname(host).lower()
+    if config.allowed_hosts:
+        if name not in {allowed.lower() for allowed in config.allowed_hosts}:
+            return f"host {host!r} is not served here (it is not among the server's --allowed-hosts)"
+    elif _on_loopback(config.host) and name not in LOOPBACK_NAMES:
+        return f"host {host!r} is not served here (the server listens on loopback)"
+    return None
+
+
+def _own_origin(origin: str, host: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """An ``Origin`` of this server's own pages: the ``Host`` the request names, or an allowed host."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # "http://[", among others: no origin of ours
+        return False
+    if parts.netloc == host:
+        return True
+    return (parts.hostname or "") in {allowed.lower() for allowed in allowed_hosts}
 
 
 def _hostname(host: str | None) -> str:
@@ -421,8 +459,13 @@ def _hostname(host: str | None) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _client(request: web.Request) -> Client:
+    """Who sent the request: the peer, or the client a trusted proxy forwards (``X-Forwarded-For``)."""
+    return resolve_client(request.remote, request.headers.getall(FORWARDED_HEADER, []), request.app[PROXIES])
+
+
 def _operator(request: web.Request) -> bool:
-    return is_operator(request.remote, request.headers.get(OPERATOR_HEADER), request.app[CONFIG].operator_token)
+    return is_operator(_client(request), request.headers.get(OPERATOR_HEADER), request.app[CONFIG].operator_token)
 
 
 async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ CLIENT_DIR = Path(__file__).resolve().parent / "web"  # the page, shipped as pac
 _HOST_PORT = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?"
 _TURN_URL = re.compile(rf"turns?:{_HOST_PORT}(?:\?transport=(?:udp|tcp))?")
 _STUN_URL = re.compile(rf"stuns?:{_HOST_PORT}")
+# A DNS name as a Host header carries it: letters, digits, dots and hyphens, at most 253 characters.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 class ConfigError(ValueError):
@@ -38,6 +41,11 @@ class ServerConfig:
     # Grants operator rights (the simulated network, every session in /stats) to requests that carry it
     # in X-Operator-Token, from any address; None: only the server's own machine is the operator.
     operator_token: str | None = None
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the client: the per-address limits
+    # and a session's owner use that address, and nothing they forward is the operator by address.
+    trusted_proxies: tuple[str, ...] = ()
+    # The Host names served (without port); empty: any Host, or loopback names only when listening on loopback.
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024  # an SDP offer is a few kB; anything larger is refused with 413
     connect_timeout_s: float = 10.0  # a peer that never connects is closed after this long, freeing its slot
     resilient_receiver: bool = True  # False: aiortc's stock jitter buffer and NACK (for comparisons)
@@ -104,6 +112,24 @@ class ServerConfig:
         if not self.fast_model.strip():
             raise ConfigError('fast_model must be "auto", "none", a manifest name or a path')
         self._check_ice()
+        self._check_proxying()
+
+    def _check_proxying(self) -> None:
+        """The trusted proxies are addresses or networks; the allowed hosts are bare names or addresses."""
+        if not isinstance(self.trusted_proxies, tuple) or not all(isinstance(p, str) for p in self.trusted_proxies):
+            raise ConfigError(f"trusted_proxies must be a tuple of addresses, got {self.trusted_proxies!r}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"trusted_proxies: {proxy!r} is not an IP address or network") from exc
+        if not isinstance(self.allowed_hosts, tuple) or not all(isinstance(h, str) for h in self.allowed_hosts):
+            raise ConfigError(f"allowed_hosts must be a tuple of host names, got {self.allowed_hosts!r}")
+        for host in self.allowed_hosts:
+            if not (_HOST_NAME.fullmatch(host) or _is_ip(host)):
+                raise ConfigError(
+                    f"allowed_hosts: {host!r} is not a host name or address (no scheme, port or brackets)"
+                )
 
     def _check_ice(self) -> None:
         """The TURN and STUN settings: well-formed URLs, and a secret long enough that it cannot be guessed."""
@@ -117,6 +143,14 @@ class ServerConfig:
             raise ConfigError(f"turn_ttl_s must be an integer number of seconds, got {self.turn_ttl_s!r}")
         if not 60 <= self.turn_ttl_s <= 86_400:
             raise ConfigError(f"turn_ttl_s must be in 60..86400, got {self.turn_ttl_s}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_urls(name: str, urls: object, pattern: re.Pattern[str], form: str) -> None:
