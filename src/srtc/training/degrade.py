@@ -218,8 +218,11 @@ def open_encoder(codec: str, width: int, height: int, kbps: float, speed: str) -
     return ctx
 
 
-def encode_decode(lrs: list[Image.Image], codec: str, kbps: float, speed: str) -> tuple[list[np.ndarray], list[str]]:
-    """Encode LR frames as one realtime stream and decode it: decoded Y planes and frame types."""
+def encode_decode_yuv(
+    lrs: list[Image.Image], codec: str, kbps: float, speed: str
+) -> tuple[list[np.ndarray], list[str]]:
+    """Encode LR frames as one realtime stream and decode it: decoded yuv420p frames as I420 arrays
+    (``[h * 3 // 2, w]``: Y rows, then U, then V) and frame types; chroma too, for whoever upscales whole frames."""
     w, h = lrs[0].size
     enc = open_encoder(codec, w, h, kbps, speed)
     dec = cast(av.VideoCodecContext, av.CodecContext.create(DECODERS[codec], "r"))  # a video decoder
@@ -230,11 +233,18 @@ def encode_decode(lrs: list[Image.Image], codec: str, kbps: float, speed: str) -
         packets += enc.encode(frame)
     packets += enc.encode(None)
     decoded = [f for pkt in packets for f in dec.decode(pkt)] + list(dec.decode(None))
-    ys = [f.to_ndarray(format="yuv420p")[:h].copy() for f in decoded]
+    planes = [f.to_ndarray(format="yuv420p") for f in decoded]
     types = [PictureType(int(f.pict_type)).name for f in decoded]
-    if len(ys) != len(lrs):
-        raise RuntimeError(f"{codec}: {len(lrs)} frames in, {len(ys)} decoded")
-    return ys, types
+    if len(planes) != len(lrs):
+        raise RuntimeError(f"{codec}: {len(lrs)} frames in, {len(planes)} decoded")
+    return planes, types
+
+
+def encode_decode(lrs: list[Image.Image], codec: str, kbps: float, speed: str) -> tuple[list[np.ndarray], list[str]]:
+    """Encode LR frames as one realtime stream and decode it: decoded Y planes and frame types."""
+    planes, types = encode_decode_yuv(lrs, codec, kbps, speed)
+    h = lrs[0].height
+    return [p[:h].copy() for p in planes], types
 
 
 def pan_frames(

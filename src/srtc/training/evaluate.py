@@ -192,6 +192,8 @@ class Clip:
     lr_y: list[np.ndarray]  # uint8 [360, 640], the encoder's input
     decoded_y: list[np.ndarray]  # uint8 [360, 640], what the receiver gets
     frame_types: list[str]
+    # uint8 [540, 640] I420 (Y rows, then U, then V) of the decoded frames: whole frames for the server's upscaler
+    decoded_yuv: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
 def first_content_frame(path: Path, limit: int = 600) -> int:
@@ -220,8 +222,10 @@ def code_clip(name: str, start: int, hr_y: list[np.ndarray], lrs: list[Image.Ima
 
     encoder, speed = check_codec(codec)
     rate = degrade.stream_kbps(kbps, lrs[0].width, lrs[0].height)
-    decoded, types = degrade.encode_decode(lrs, encoder, rate, speed)
-    return Clip(name, start, hr_y, [imaging.luma_u8(lr) for lr in lrs], decoded, types)
+    decoded, types = degrade.encode_decode_yuv(lrs, encoder, rate, speed)
+    height = lrs[0].height
+    lr_y = [imaging.luma_u8(lr) for lr in lrs]
+    return Clip(name, start, hr_y, lr_y, [yuv[:height] for yuv in decoded], types, decoded)
 
 
 def load_clip(
