@@ -31,8 +31,9 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-# torch first, pinned: 2.13.0 is the CPU wheel on local disk; anything else downloads gigabytes.
-.venv/bin/pip install -q torch==2.13.0
+# torch first, pinned, from PyTorch's CPU index: PyPI's wheel pulls CUDA and gigabytes of nvidia packages. Only torch
+# comes from there (--no-deps): its dependencies come with the project below. Nothing is fetched when 2.13.0 is in.
+.venv/bin/pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 .venv/bin/pip install -q -e ".[train,test,vmaf]"
 # The habits first: lint, format and types, on the whole tree (configured in pyproject.toml).
 .venv/bin/ruff check src tests scripts

@@ -1,9 +1,12 @@
 """The house: the runtime imports neither the tools nor the training code, and no module imports itself
-back through others (function-level imports included, since they only hide a loop until it bites)."""
+back through others (function-level imports included, since they only hide a loop until it bites), and
+everything but the training code imports without the train extra (torch, onnx)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import srtc
@@ -93,6 +96,32 @@ def test_the_runtime_never_imports_the_tools_or_the_training_code() -> None:
         if any(name == r or name.startswith(r + ".") for r in runtime):
             leaks = sorted(m for m in imported if m.startswith(("srtc.tools", "srtc.training")))
             assert not leaks, f"{name} imports {leaks}"
+
+
+# What only the train extra brings (its pillow comes with the test extra too, so the suite always has it).
+TRAIN_ONLY = ("torch", "onnx", "tqdm")
+
+
+def without_train_extra(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where TRAIN_ONLY cannot be imported (None in sys.modules)."""
+    block = f"import sys\nsys.modules.update(dict.fromkeys({TRAIN_ONLY!r}))\n"
+    return subprocess.run([sys.executable, "-c", block + code], capture_output=True, text=True, timeout=120)
+
+
+def test_the_server_and_the_tools_import_without_the_train_extra() -> None:
+    """Without the train extra the server and every tool (encoder_bench included) still run."""
+    files = [*SRC.rglob("*.py"), *(SRC.parent / "server").rglob("*.py")]
+    names = sorted(module_name(f) for f in files if f.stem != "__main__" and "training" not in f.parts)
+    assert {"srtc.tools.encoder_bench", "srtc.tools.bench", "srtc.server.app", "server.worker"} <= set(names)
+    done = without_train_extra(f"import importlib\nfor name in {names!r}:\n    importlib.import_module(name)\n")
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_bench_says_what_it_needs_without_the_train_extra() -> None:
+    """It counts MACs from the ONNX graphs: without onnx it says how to install it, not a traceback."""
+    done = without_train_extra("from srtc.tools import bench\nbench.main(['--frames', '1'])\n")
+    assert done.returncode == 2, done.stderr
+    assert "pip install -e '.[train]'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_the_loop_finder_finds_a_loop() -> None:

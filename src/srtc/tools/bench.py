@@ -28,6 +28,7 @@ on both Set5 and Set14 is named, or "none" with why (``comparison`` in the JSON)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -39,91 +40,29 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import cv2
 import numpy as np
-import onnx
 
 from srtc.runtime import open_session
-from srtc.server.config import CLIENT_DIR
 from srtc.server.engine import BicubicUpscaler, OnnxUpscaler, plane_view
 from srtc.shared import SHARED
 from srtc.training.peers import export_peers
 from srtc.zoo import MANIFEST_PATH, load_manifest, resolve
 
+from .bench_frames import HEIGHT, WIDTH, load_frames
+
+if TYPE_CHECKING:
+    import onnx
+
 log = logging.getLogger(__name__)
 
-VIDEO = SHARED / "data" / "video" / "bbb_opening_720p24_00-15s.webm"
 BENCHMARKS = SHARED / "data" / "benchmarks"
-SAMPLES = CLIENT_DIR / "samples"
-WIDTH, HEIGHT = 640, 360
 WARMUP = 5
 ROW_SECONDS = 15.0  # per (row, threads): stop timing after this once MIN_FRAMES frames are timed
 MIN_FRAMES = 20
-MIN_LUMA_STD = 20.0  # below this a frame is a fade or a flat fill, not content
-
-
-# ---------------------------------------------------------------- frames
-
-
-def _to_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:
-    """uint8 RGB 640x360 to a yuv420p frame with a pts, as a decoder would hand it over."""
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
-    frame.pts = index
-    return frame
-
-
-def _cover(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Cover-crop to the target aspect ratio, then INTER_AREA resize (no letterbox, no stretch)."""
-    h, w = rgb.shape[:2]
-    scale = max(width / w, height / h)
-    cw, ch = round(width / scale), round(height / scale)
-    x0, y0 = (w - cw) // 2, (h - ch) // 2
-    return cv2.resize(rgb[y0 : y0 + ch, x0 : x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
-
-
-def video_frames(path: Path, count: int) -> list[av.VideoFrame]:
-    """``count`` decoded frames of ``path`` after its fade-in, downscaled (INTER_AREA) to 640x360 yuv420p.
-
-    Frames whose luma is nearly flat (the clip opens on black) are skipped: they time nothing real.
-    """
-    frames: list[av.VideoFrame] = []
-    with av.open(str(path)) as container:
-        for decoded in container.decode(video=0):
-            rgb = _cover(decoded.to_ndarray(format="rgb24"), WIDTH, HEIGHT)
-            frame = _to_frame(rgb, len(frames))
-            if plane_view(frame, 0).std() < MIN_LUMA_STD:
-                continue
-            frames.append(frame)
-            if len(frames) >= count:
-                break
-    return frames
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    """A picture file as RGB (cv2.error when it cannot be read, as cvtColor raises on imread's None)."""
-    bgr = cv2.imread(str(path))
-    if bgr is None:
-        raise cv2.error(f"cannot read {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def sample_frames(count: int) -> list[av.VideoFrame]:
-    """Fallback without ../shared: the page's sample photographs, cover-cropped, cycled."""
-    photos = [_cover(_read_rgb(p), WIDTH, HEIGHT) for p in sorted(SAMPLES.glob("*.jpg"))]
-    if not photos:
-        raise FileNotFoundError(f"no benchmark content: neither {VIDEO} nor {SAMPLES}/*.jpg")
-    return [_to_frame(photos[i % len(photos)], i) for i in range(count)]
-
-
-def load_frames(count: int, video: Path = VIDEO) -> tuple[list[av.VideoFrame], str]:
-    """Real frames (never synthetic: flat input flatters nothing but hides nothing either) and their source."""
-    if video.is_file():
-        frames = video_frames(video, count)
-        if frames:
-            return frames, str(video)
-    return sample_frames(count), str(SAMPLES / "*.jpg")
 
 
 # ---------------------------------------------------------------- counting
@@ -134,6 +73,8 @@ def _tensor_shapes(model: onnx.ModelProto, names: set[str], channels: int, heigh
 
     Shape inference alone is not enough: exported graphs pad to a multiple with computed sizes.
     """
+    import onnx  # the train extra: imported where a graph is read, so the module loads without it
+
     model = onnx.ModelProto.FromString(model.SerializeToString())
     present = {o.name for o in model.graph.output}
     wanted = sorted(names - present)
@@ -174,6 +115,8 @@ def count_macs(model: onnx.ModelProto, height: int = HEIGHT, width: int = WIDTH)
 
 def count_params(model: onnx.ModelProto) -> int:
     """Learned parameters: the floating-point initializers (shape constants excluded)."""
+    import onnx
+
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floats)
 
@@ -271,6 +214,8 @@ def onnx_candidate(
     precision: str = "fp32",
 ) -> Candidate:
     """A row for any contract-following ONNX file, run by the server's own ``OnnxUpscaler``."""
+    import onnx
+
     from srtc.training.evaluate import onnx_upscaler
 
     graph = onnx.load(str(path))
@@ -730,6 +675,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="also draw time against Set5/Set14 PSNR (srtc.tools.frontier) at the largest thread count",
     )
     args = ap.parse_args(argv)
+    if importlib.util.find_spec("onnx") is None:
+        ap.error("each row's MACs and parameters are counted from its ONNX graph: pip install -e '.[train]'")
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     result = run(args)

@@ -23,7 +23,7 @@ from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from srtc.server.encoder import OPTIONS, ReturnVp8Encoder
 from srtc.server.engine import BicubicUpscaler
 
-from .bench import load_frames
+from .bench_frames import load_frames
 
 log = logging.getLogger(__name__)
 

@@ -170,12 +170,15 @@ class DevicePatches:
         self.lr = torch.from_numpy(np.concatenate([a.ravel() for a in pairs.lr])).to(self.device)
         self.hr = torch.from_numpy(np.concatenate([a.ravel() for a in pairs.hr])).to(self.device)
         shapes = np.array([a.shape for a in pairs.lr], dtype=np.int64)
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
-        self.lr_h, self.lr_w = as_tensor(shapes[:, 0]), as_tensor(shapes[:, 1])
-        self.lr_off = as_tensor(np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]]))
+        self.lr_h, self.lr_w = self._tensor(shapes[:, 0]), self._tensor(shapes[:, 1])
+        self.lr_off = self._tensor(np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]]))
         self.hr_off = 4 * self.lr_off  # each HR image is exactly (2h, 2w)
         self.weights = torch.from_numpy(pairs.weights).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        """A numpy array as a contiguous tensor on this loader's device (the gather's image sizes and offsets)."""
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     def _grid(
         self, side: int, flip_y: torch.Tensor, flip_x: torch.Tensor, transpose: torch.Tensor

@@ -590,11 +590,11 @@ def export_peers(
 ) -> tuple[list[ExportedPeer], list[dict]]:
     """Rebuild, check and export every x2 peer under ``peers`` (``only``: short names or patterns)."""
     try:
-        import torch  # noqa: F401
+        from .export import export_onnx  # needs torch and onnx (the train extra)
     except ImportError as exc:
         files, skipped = list_peer_files(peers, only)
-        return [], skipped + [{"name": peer_label(s), "reason": f"torch not installed ({exc})"} for s, _, _ in files]
-    from .export import export_onnx
+        reason = f"train extra not installed ({exc})"
+        return [], skipped + [{"name": peer_label(s), "reason": reason} for s, _, _ in files]
 
     files, skipped = list_peer_files(peers, only)
     found = []
