@@ -226,6 +226,12 @@ def test_sample_source_streams_both_ways_and_sr_toggles(page, server_url):
     # SR-off is the frames as received (the 640x360 sample); SR-on is exactly twice that.
     assert (raw["w"], raw["h"]) == (640, 360), raw
     assert (sr["w"], sr["h"]) == (2 * raw["w"], 2 * raw["h"]), (sr, raw)
+    # ...and the page shows both at the same display size, so the comparison is of pictures, not of sizes.
+    shown = page.evaluate(
+        "() => ['video-raw', 'video-sr'].map(id => { const r = document.getElementById(id)"
+        ".getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; })"
+    )
+    assert shown[0] == shown[1] and shown[0][0] > 100, shown
 
     # The server knows this session and says SR is on.
     stats = _get_json(f"{server_url}/stats")

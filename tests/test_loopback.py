@@ -15,7 +15,7 @@ from srtc.tools import probe as probe_module
 from srtc.tools.probe import FULL_H, FULL_W, run_clients, run_probe
 from srtc.tools.probe_report import clients_summary
 
-from .conftest import serving
+from .conftest import serving, shared_or_skip
 
 
 async def test_frames_come_back_twice_the_size_with_their_numbers_in_order(upscaler, default_model_path):
@@ -63,13 +63,22 @@ async def test_sr_on_as_received_beats_forwarded_sr_off_by_more_than_bicubic_can
     """What the viewer gets: the SR stream as received against SR off as the sender encoded it (forwarded,
     upscaled by bicubic at the viewer), on real footage. The same run with SR switched off at the server
     (bicubic, then the same return encode) is the control: bicubic cannot beat the forwarded stream, so
-    the margin the generator adds over the control is the SR's own."""
+    the margin the generator adds over the control is the SR's own. The clip is the one the default model
+    never saw in training."""
+    clip = shared_or_skip("data", "video", "bbb_bunny_720p25_5s.mp4")
     app = create_app(ServerConfig(port=0), upscaler, describe(str(default_model_path)))
     margins, vmaf_neg = {}, {}
     async with serving(app) as url:
         for sr_on in (True, False):
             report = await run_probe(
-                url, seconds=6.0, fps=15.0, psnr_every=2, sr=sr_on, vmaf=True, generator=upscaler if sr_on else None
+                url,
+                seconds=6.0,
+                fps=15.0,
+                psnr_every=2,
+                sr=sr_on,
+                vmaf=True,
+                generator=upscaler if sr_on else None,
+                source=clip,
             )
             sr, raw = report.streams["sr"], report.streams["raw"]
             assert sr["psnr_y"] is not None and raw["psnr_y"] is not None and sr["frames"] >= 60, (sr, raw)
@@ -86,7 +95,7 @@ async def test_sr_on_as_received_beats_forwarded_sr_off_by_more_than_bicubic_can
                 assert gain["frames"] >= 20 and gain["gain_db"] > 0.05 and gain["encode_frames"] >= 10, gain
                 assert gain["return_encode_psnr_y"] > 42, gain
     assert margins[False] < 0.05, margins  # bicubic through the return encode: no better than forwarded
-    assert margins[True] > 0.05 and margins[True] > margins[False] + 0.15, margins
+    assert margins[True] > margins[False] + 0.1, margins  # the acceptance margin on this clip
     assert vmaf_neg[True] > vmaf_neg[False] + 1.0, vmaf_neg  # perceptually too, without credit for sharpening
 
 

@@ -120,6 +120,7 @@ def row(clip: Path, viewer_kbps: float, network: dict, report) -> dict:
         "return_encode_psnr_y": gain.get("return_encode_psnr_y"),
         "sr_fps": sr.get("fps"),
         "sr_latency_p95_ms": (sr.get("latency_ms") or {}).get("p95"),
+        "off_latency_p95_ms": (raw.get("latency_ms") or {}).get("p95"),
         "server_cores": (report.server_cpu or {}).get("cores_per_session"),
         "model_share": round(governor.get("generator_frames", 0) / sent, 3) if sent else None,
         "return_kbps": ((report.server_session or {}).get("return_bitrate", {}).get("sr") or {}).get("target_kbps"),
@@ -137,7 +138,7 @@ def markdown(rows: list[dict]) -> str:
         "margin (kept of gain)",
         "return encode PSNR-Y",
         "SR fps",
-        "p95 ms",
+        "p95 ms on / off",
         "cores",
         "model share",
     ]
@@ -159,7 +160,7 @@ def markdown(rows: list[dict]) -> str:
                     f"{f(r['vmaf_neg_margin'])} ({f(r['vmaf_neg_kept'])} of {f(r['generator_vmaf_neg_gain'])})",
                     f(r["return_encode_psnr_y"], 1),
                     f(r["sr_fps"], 1),
-                    f(r["sr_latency_p95_ms"], 0),
+                    f"{f(r['sr_latency_p95_ms'], 0)} / {f(r.get('off_latency_p95_ms'), 0)}",
                     f(r["server_cores"]),
                     f(r["model_share"]),
                 ]
