@@ -581,7 +581,9 @@
     a.textContent = `watch ${stream.id}`;
     li.appendChild(a);
     const viewers = isNum(stream.viewers) ? ` · ${stream.viewers} watching` : '';
-    li.appendChild(document.createTextNode(` ${fmtRes(stream)}${viewers}`));
+    // A stream reports 0x0 until its first frame: say nothing of its size until then.
+    const size = stream.width > 0 && stream.height > 0 ? ` ${fmtRes(stream)}` : ' starting';
+    li.appendChild(document.createTextNode(`${size}${viewers}`));
     if (stream.id === state.streamId) {
       const mine = document.createElement('span');
       mine.className = 'mine';
