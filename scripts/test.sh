@@ -31,9 +31,11 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-# torch first, pinned, from PyTorch's CPU index: PyPI's wheel pulls CUDA and gigabytes of nvidia packages. Only torch
-# comes from there (--no-deps): its dependencies come with the project below. Nothing is fetched when 2.13.0 is in.
-.venv/bin/pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# torch first, pinned, and only the CPU build: PyPI's wheel pulls CUDA and gigabytes of nvidia packages. A wheel
+# already at hand (installed, or in pip's find-links) is used without touching the network; otherwise it comes
+# from PyTorch's CPU index. Only torch comes from there (--no-deps): its dependencies come with the project below.
+.venv/bin/pip install -q --no-deps --no-index torch==2.13.0 2>/dev/null ||
+  .venv/bin/pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 .venv/bin/pip install -q -e ".[train,test,vmaf]"
 # The habits first: lint, format and types, on the whole tree (configured in pyproject.toml).
 .venv/bin/ruff check src tests scripts
