@@ -4,8 +4,9 @@ A session allocates many short-lived buffers of frame size (decoded planes, upsc
 input) from several threads. glibc keeps what they free in its per-thread arenas instead of returning it,
 so the server's resident memory climbs with every session and stays up between them: about 65 MiB per
 cycle of four 4-second sessions, measured (python -m server.probe --clients 4, six cycles). Fewer arenas
-(:func:`limit_arenas`, at start) and ``malloc_trim`` after each session (:func:`release_freed_memory`)
-return it. Elsewhere than glibc both do nothing.
+(:func:`limit_arenas`, at start), frame-sized buffers mapped on their own (:func:`map_frame_buffers`, at
+start) and ``malloc_trim`` after each session (:func:`release_freed_memory`) return it. Elsewhere than
+glibc they do nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import ctypes.util
 from functools import cache
 from typing import Any
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
+M_ARENA_MAX = -8  # glibc's mallopt parameters
+M_MMAP_THRESHOLD = -3
+FRAME_BUFFER_BYTES = 512 << 10  # a 640x360 float plane and a 1280x720 luma plane are 0.9 MiB each, a 720p frame 1.3
 
 
 @cache
@@ -44,3 +47,14 @@ def limit_arenas(count: int = 2) -> bool:
     arenas hold less freed memory between sessions. True if the C library took the setting."""
     mallopt = _glibc_call("mallopt")
     return mallopt is not None and bool(mallopt(M_ARENA_MAX, count))
+
+
+def map_frame_buffers(threshold: int = FRAME_BUFFER_BYTES) -> bool:
+    """Serve every allocation of ``threshold`` bytes or more with its own mapping, unmapped when freed.
+
+    glibc maps large blocks at first, but each time one is freed it raises its threshold to that block's
+    size, so from the first frames on the frame-sized buffers come from the arenas, where freed ones stay
+    resident and fragment the heap over a long call (RSS rising in steps of tens of MiB). A fixed threshold
+    turns that off. True if the C library took the setting."""
+    mallopt = _glibc_call("mallopt")
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, threshold))

@@ -43,7 +43,7 @@ from .engine import ModelError, Upscaler
 from .governor import GovernorPolicy
 from .ice import bind_media
 from .janus import JanusError, JanusHandle, JanusSession, JanusSessionLost, Jsep
-from .memory import limit_arenas
+from .memory import limit_arenas, map_frame_buffers
 from .pipeline import SrPipeline
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
 from .registry import open_fast_model, open_model
@@ -724,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     if level != "DEBUG":
         logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check otherwise
     limit_arenas()
+    map_frame_buffers()
     try:
         upscaler, info = open_model(config.model, config.threads)
         fast, _ = open_fast_model(config.fast_model, info, config.threads)
