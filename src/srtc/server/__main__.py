@@ -12,7 +12,7 @@ from aiohttp import web
 from .app import create_app
 from .config import ConfigError, NetworkConfig, ServerConfig
 from .engine import ModelError, Upscaler
-from .memory import limit_arenas, map_frame_buffers
+from .memory import tune_allocator
 from .priority import per_thread_nice
 from .registry import ModelInfo, open_fast_model, open_model
 
@@ -245,8 +245,7 @@ def governor_steps(fast: Upscaler | None, fast_info: ModelInfo | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     config, network = parse_command_line(argv)
-    limit_arenas()
-    map_frame_buffers()
+    tune_allocator()
     try:
         upscaler, info = open_model(config.model, config.threads)
         fast, fast_info = open_fast_model(config.fast_model, info, config.threads)

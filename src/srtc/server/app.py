@@ -57,6 +57,7 @@ ADMISSION = web.AppKey("admission", Admission)
 FAST = web.AppKey[tuple[Upscaler | None, ModelInfo | None]]("fast")
 ICE = web.AppKey("ice", IceServers)  # STUN/TURN for the page and for the server's own peer connections
 PROXIES = web.AppKey[tuple[IPNetwork, ...]]("proxies")  # the trusted reverse proxies, parsed once
+ALLOWED_HOSTS = web.AppKey[frozenset[str]]("allowed_hosts")  # --allowed-hosts, lower case, empty if none
 
 
 def create_app(
@@ -84,6 +85,7 @@ def create_app(
     app[VIEWERS] = {}
     app[ADMISSION] = Admission(config.max_sessions_per_address, config.offers_per_minute)
     app[PROXIES] = parse_networks(config.trusted_proxies)
+    app[ALLOWED_HOSTS] = frozenset(host.lower() for host in config.allowed_hosts)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
     app.router.add_get("/stats", stats)
@@ -414,33 +416,33 @@ async def _same_site(request: web.Request, handler) -> web.StreamResponse:
     - With ``allowed_hosts``, the ``Host`` must be one of them; without, served on a loopback address (the
       default), it must be a loopback name: a DNS-rebound hostname that resolves to 127.0.0.1 is refused.
     """
-    config = request.app[CONFIG]
-    refusal = _host_refusal(request.host, config)
+    config, allowed = request.app[CONFIG], request.app[ALLOWED_HOSTS]
+    refusal = _host_refusal(request.host, config.host, allowed)
     if refusal is not None:
         raise _error(web.HTTPForbidden, refusal)
     if request.method == "OPTIONS":  # a CORS preflight: no other site may call this server's routes
         raise _error(web.HTTPForbidden, "cross-origin requests are not allowed (this server grants no CORS)")
     if request.method in ("POST", "DELETE"):
         origin = request.headers.get("Origin")
-        if origin is not None and not _own_origin(origin, request.host, config.allowed_hosts):
+        if origin is not None and not _own_origin(origin, request.host, allowed):
             raise _error(web.HTTPForbidden, f"cross-origin {request.method} from {origin!r} refused")
         if request.method == "POST" and request.content_type != "application/json":
             raise _error(web.HTTPUnsupportedMediaType, 'send JSON: the Content-Type must be "application/json"')
     return await handler(request)
 
 
-def _host_refusal(host: str, config: ServerConfig) -> str | None:
+def _host_refusal(host: str, listen_host: str, allowed: frozenset[str]) -> str | None:
     """Why a ``Host`` is not served here (off the allow-list, or not loopback on loopback), or None."""
     name = _hostname(host).lower()
-    if config.allowed_hosts:
-        if name not in {allowed.lower() for allowed in config.allowed_hosts}:
+    if allowed:
+        if name not in allowed:
             return f"host {host!r} is not served here (it is not among the server's --allowed-hosts)"
-    elif _on_loopback(config.host) and name not in LOOPBACK_NAMES:
+    elif _on_loopback(listen_host) and name not in LOOPBACK_NAMES:
         return f"host {host!r} is not served here (the server listens on loopback)"
     return None
 
 
-def _own_origin(origin: str, host: str, allowed_hosts: tuple[str, ...]) -> bool:
+def _own_origin(origin: str, host: str, allowed: frozenset[str]) -> bool:
     """An ``Origin`` of this server's own pages: the ``Host`` the request names, or an allowed host."""
     try:
         parts = urlsplit(origin)
@@ -448,7 +450,7 @@ def _own_origin(origin: str, host: str, allowed_hosts: tuple[str, ...]) -> bool:
         return False
     if parts.netloc == host:
         return True
-    return (parts.hostname or "") in {allowed.lower() for allowed in allowed_hosts}
+    return (parts.hostname or "") in allowed
 
 
 def _hostname(host: str | None) -> str:

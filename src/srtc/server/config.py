@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .access import parse_networks
+
 CLIENT_DIR = Path(__file__).resolve().parent / "web"  # the page, shipped as package data
 
 # RFC 7064/7065 URIs: a host name, IPv4 or [IPv6] address, an optional port, and for TURN the transport.
@@ -118,11 +120,10 @@ class ServerConfig:
         """The trusted proxies are addresses or networks; the allowed hosts are bare names or addresses."""
         if not isinstance(self.trusted_proxies, tuple) or not all(isinstance(p, str) for p in self.trusted_proxies):
             raise ConfigError(f"trusted_proxies must be a tuple of addresses, got {self.trusted_proxies!r}")
-        for proxy in self.trusted_proxies:
-            try:
-                ipaddress.ip_network(proxy, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"trusted_proxies: {proxy!r} is not an IP address or network") from exc
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"trusted_proxies: {exc}") from exc
         if not isinstance(self.allowed_hosts, tuple) or not all(isinstance(h, str) for h in self.allowed_hosts):
             raise ConfigError(f"allowed_hosts must be a tuple of host names, got {self.allowed_hosts!r}")
         for host in self.allowed_hosts:

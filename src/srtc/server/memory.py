@@ -58,3 +58,9 @@ def map_frame_buffers(threshold: int = FRAME_BUFFER_BYTES) -> bool:
     turns that off. True if the C library took the setting."""
     mallopt = _glibc_call("mallopt")
     return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def tune_allocator() -> None:
+    """At start: the fewer arenas and the frame-sized mappings, whichever the C library takes."""
+    limit_arenas()
+    map_frame_buffers()

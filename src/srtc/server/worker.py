@@ -43,7 +43,7 @@ from .engine import ModelError, Upscaler
 from .governor import GovernorPolicy
 from .ice import bind_media
 from .janus import JanusError, JanusHandle, JanusSession, JanusSessionLost, Jsep
-from .memory import limit_arenas, map_frame_buffers
+from .memory import tune_allocator
 from .pipeline import SrPipeline
 from .receiver import ResilientReceiver, attach, sender_rtt_ms
 from .registry import open_fast_model, open_model
@@ -723,8 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
         logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check otherwise
-    limit_arenas()
-    map_frame_buffers()
+    tune_allocator()
     try:
         upscaler, info = open_model(config.model, config.threads)
         fast, _ = open_fast_model(config.fast_model, info, config.threads)
